@@ -1,0 +1,13 @@
+"""jepa_ray: Ray-distributed hyperparameter sweeps for Rectified LpJEPA, LpJEPA and LeJEPA."""
+
+__version__ = "0.1.0"
+
+
+def load_encoder(path, map_location="cpu"):
+    """The encoder saved in a checkpoint directory; forward(x) gives (backbone features, z)."""
+    from jepa_ray.checkpoint import load_encoder as _load
+
+    return _load(path, map_location=map_location)
+
+
+__all__ = ["load_encoder", "__version__"]

@@ -1,0 +1,114 @@
+"""Autograd-aware collectives for the regularizers and the per-step seeds that keep every rank
+on the same random directions and target samples.
+
+Gradient convention (the one DDP needs): every rank computes the same global loss L from the
+gathered batch, and the backward of a collective SUMS the incoming gradients over ranks, so
+rank r's shard receives W * dL/dz_r. DDP then averages parameter gradients over the W ranks,
+which gives exactly dL/dtheta of one process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.autograd import Function
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _backend_reduce_scatter(grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of grad over ranks, then this rank's chunk along dim."""
+    w, r = dist.get_world_size(), dist.get_rank()
+    if dist.get_backend() == dist.Backend.NCCL:
+        moved = grad.movedim(dim, 0).contiguous()
+        out = torch.empty((moved.shape[0] // w, *moved.shape[1:]), dtype=grad.dtype, device=grad.device)
+        dist.reduce_scatter_tensor(out, moved, op=dist.ReduceOp.SUM)
+        return out.movedim(0, dim)
+    # gloo has no reduce_scatter: all_reduce then slice (one collective, W times the data).
+    summed = grad.contiguous()
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    return summed.chunk(w, dim=dim)[r].contiguous()
+
+
+class _GatherWithGrad(Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim = dim
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _backend_reduce_scatter(grad, ctx.dim), None
+
+
+class _AllReduceSum(Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        # A fresh tensor: torch.distributed.nn.all_reduce returns the result and leaves its
+        # input untouched, and in-place reduction of an autograd input would be wrong here too.
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's (equal-shaped) x along dim; gradients flow back to each shard."""
+    if not is_distributed():
+        return x
+    return _GatherWithGrad.apply(x, dim)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of x over ranks, differentiable (backward sums the gradients over ranks)."""
+    if not is_distributed():
+        return x
+    return _AllReduceSum.apply(x)
+
+
+def all_reduce_mean_detached(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks of a detached value (for logging)."""
+    x = x.detach().clone()
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= dist.get_world_size()
+    return x
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed from (run seed, global step, stream id); the same on every rank, so the
+    directions and target samples of a step agree everywhere without communication."""
+    return _splitmix64(_splitmix64(_splitmix64(seed) ^ step) ^ stream) & ((1 << 63) - 1)
+
+
+def step_generator(device: torch.device, seed: int, step: int, stream: int) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(step_seed(seed, step, stream))
+    return g

@@ -1,0 +1,157 @@
+"""The JEPA encoder: a timm backbone (any registered name) and a projector MLP whose output z is
+what the regularizer shapes; with the `rgg` target the projector ends in a ReLU so z is sparse
+and non-negative."""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from timm.models import register_model
+from torch import nn
+
+from jepa_ray.config import ConfigError, TrialConfig, proj_dims_list
+
+# --------------------------------------------------------------------------------------------
+# A tiny CNN registered in timm's registry: the default for 8x8 digits and CPU sweeps, where a
+# ResNet-18 would cost minutes per epoch.
+
+
+class ConvNetTiny(nn.Module):
+    """Conv-BN-ReLU stages with global average pooling; timm-compatible (`num_features`,
+    `forward_features`, `forward_head`, `reset_classifier`)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3,
+                 num_classes: int = 0, global_pool: str = "avg", **_: object):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(prev, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            prev = w
+        self.features = nn.Sequential(*layers)
+        self.num_features = prev
+        self.global_pool = global_pool
+        self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def jepa_convnet_tiny(pretrained: bool = False, **kwargs) -> ConvNetTiny:
+    """32-64-128 channels, ~0.3M parameters."""
+    kwargs.pop("img_size", None)
+    return ConvNetTiny((32, 64, 128), **kwargs)
+
+
+@register_model
+def jepa_convnet_small(pretrained: bool = False, **kwargs) -> ConvNetTiny:
+    """64-128-256 channels, ~1.1M parameters."""
+    kwargs.pop("img_size", None)
+    return ConvNetTiny((64, 128, 256), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise ConfigError for a name timm does not know, listing close matches."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+    raise ConfigError(f"config field 'backbone' = {name!r} is not a timm model{hint}")
+
+
+def in_chans_for(cfg: TrialConfig) -> int:
+    """Input channels of a dataset (digits are grayscale, every other loader gives RGB)."""
+    return 1 if cfg.data.dataset == "digits" else 3
+
+
+def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:
+    """3x3 stride-1 stem without max-pool (the CIFAR ResNet of the reference code)."""
+    conv = getattr(backbone, "conv1", None)
+    if isinstance(conv, nn.Conv2d):
+        backbone.conv1 = nn.Conv2d(in_chans, conv.out_channels, 3, 1, 1, bias=False)
+        if hasattr(backbone, "maxpool"):
+            backbone.maxpool = nn.Identity()
+        return
+    raise ConfigError(f"config field 'cifar_stem' = True is not supported for backbone {name!r}; "
+                      "allowed: ResNet-style backbones with conv1 (ViTs take patch size from image_size)")
+
+
+def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bool = False) -> nn.Module:
+    """A timm backbone with num_classes=0 and random weights. ViT-style models get
+    img_size=image_size and, with cifar_stem, patches of image_size/8."""
+    check_backbone_name(name)
+    kwargs: dict = dict(pretrained=False, num_classes=0, in_chans=in_chans)
+    try:
+        extra = {"img_size": image_size} if image_size else {}
+        if cifar_stem and "vit" in name:
+            extra["patch_size"] = max(1, image_size // 8)
+        backbone = timm.create_model(name, **kwargs, **extra)
+        vit_like = True
+    except TypeError:
+        backbone = timm.create_model(name, **kwargs)
+        vit_like = False
+    if cifar_stem and not (vit_like and hasattr(backbone, "patch_embed")):
+        _apply_cifar_stem(backbone, name, in_chans)
+    return backbone
+
+
+class Projector(nn.Sequential):
+    """Linear-BN-ReLU for each hidden width, a final Linear, then an optional ReLU."""
+
+    def __init__(self, in_dim: int, dims: list[int], rectify: bool):
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in dims[:-1]:
+            layers += [nn.Linear(prev, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+            prev = width
+        layers.append(nn.Linear(prev, dims[-1]))
+        if rectify:
+            layers.append(nn.ReLU())
+        super().__init__(*layers)
+        self.out_dim = dims[-1]
+
+
+class JEPAEncoder(nn.Module):
+    """Backbone + projector; forward gives (backbone features, z)."""
+
+    def __init__(self, backbone: nn.Module, projector: Projector):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = projector
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.num_features)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.projector(h)
+
+
+def create_model(cfg: TrialConfig) -> JEPAEncoder:
+    """The encoder a (resolved) trial config describes."""
+    image_size = cfg.data.image_size or {"digits": 8}.get(cfg.data.dataset, 32)
+    in_chans = in_chans_for(cfg)
+    backbone = create_backbone(cfg.model.backbone, in_chans=in_chans, image_size=image_size,
+                               cifar_stem=cfg.model.cifar_stem)
+    projector = Projector(int(backbone.num_features), proj_dims_list(cfg),
+                          rectify=cfg.target.target == "rgg")
+    return JEPAEncoder(backbone, projector)

@@ -1,0 +1,174 @@
+"""The JEPA losses: invariance between views, RDMReg (Rectified LpJEPA / LpJEPA: two-sample
+sliced 2-Wasserstein distance to fresh target samples) and SIGReg (LeJEPA: Epps-Pulley test of
+the projections against N(0, 1)), and the total loss with the fixed lambda convention.
+
+`rdmreg` and `sigreg` are the plain single-process formulas on (B, D) features; the modules
+`RDMReg` and `SIGReg` draw the per-step directions and target samples and are
+distributed-correct (see jepa_ray.distributed for the gradient convention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from jepa_ray import distributed as dist_lib
+from jepa_ray import targets
+
+_STREAM_DIRECTIONS, _STREAM_TARGETS = 1, 2
+
+
+def _check_features(z: torch.Tensor, name: str = "z") -> torch.Tensor:
+    """(B, D) -> (1, B, D); (V, B, D) unchanged."""
+    if z.dim() == 2:
+        return z.unsqueeze(0)
+    if z.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, D) or (V, B, D), got {tuple(z.shape)}")
+    return z
+
+
+def _check_directions(directions: torch.Tensor, dim: int) -> None:
+    if directions.dim() != 2 or directions.shape[1] != dim:
+        raise ValueError(f"directions must have shape (N, {dim}), got {tuple(directions.shape)}")
+
+
+def random_directions(num: int, dim: int, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """num unit vectors in R^dim, uniform on the sphere (normalized Gaussians), float32."""
+    d = torch.randn(num, dim, generator=generator, device=device, dtype=torch.float32)
+    return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain formulas
+
+
+def rdmreg(z: torch.Tensor, y: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Sliced squared 2-Wasserstein distance between the empirical distributions of z and y:
+    project both on each direction, sort over the batch, mean of squared differences.
+
+    z, y: (B, D) or (V, B, D) with the same shape; directions: (N, D). Returns the mean over
+    views, samples and directions."""
+    z3, y3 = _check_features(z), _check_features(y, "y")
+    if z3.shape != y3.shape:
+        raise ValueError(f"z and y must have the same shape, got {tuple(z.shape)} and {tuple(y.shape)}")
+    _check_directions(directions, z3.shape[-1])
+    d = directions.to(z3.dtype).t()
+    zs = torch.sort(z3 @ d, dim=1).values
+    # Target samples carry no gradient: project and sort them outside autograd.
+    with torch.no_grad():
+        ys = torch.sort(y3.to(z3.dtype) @ d, dim=1).values
+    return (zs - ys).square().mean()
+
+
+def _sigreg_grid(t_max: float, knots: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Knots on [0, t_max] and trapezoid weights of the symmetric integral over [-t_max, t_max]
+    (the integrand is even in t, so the half grid is integrated twice)."""
+    t = torch.linspace(0.0, t_max, knots, device=device, dtype=dtype)
+    h = t_max / (knots - 1)
+    w = torch.full((knots,), 2.0 * h, device=device, dtype=dtype)
+    w[0] = h  # t = 0 is shared by both halves
+    w[-1] = h
+    return t, w
+
+
+def _sigreg_from_moments(cos_mean: torch.Tensor, sin_mean: torch.Tensor, t: torch.Tensor,
+                         w: torch.Tensor, n: int) -> torch.Tensor:
+    """n * integral of |phi_n(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt, averaged over directions."""
+    phi0 = torch.exp(-0.5 * t.square())
+    err = (cos_mean - phi0).square() + sin_mean.square()
+    return (err * (phi0 * w)).sum(-1).mean() * n
+
+
+def sigreg(z: torch.Tensor, directions: torch.Tensor, *, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """Epps-Pulley statistic of the projections of z against N(0, 1) (LeJEPA's SIGReg):
+    B * integral over [-t_max, t_max] of |ECF(t) - exp(-t^2/2)|^2 exp(-t^2/2), trapezoid rule,
+    mean over directions (and views for (V, B, D) input)."""
+    z3 = _check_features(z)
+    _check_directions(directions, z3.shape[-1])
+    if knots < 2 or t_max <= 0:
+        raise ValueError(f"need knots >= 2 and t_max > 0, got knots={knots}, t_max={t_max}")
+    t, w = _sigreg_grid(t_max, knots, z3.device, z3.dtype)
+    xt = (z3 @ directions.to(z3.dtype).t()).unsqueeze(-1) * t  # (V, B, N, T)
+    return _sigreg_from_moments(xt.cos().mean(1), xt.sin().mean(1), t, w, z3.shape[1])
+
+
+def invariance(z: torch.Tensor, num_global: int | None = None) -> torch.Tensor:
+    """Mean over views, samples and dims of (z_v - z_bar)^2, z_bar the mean over the global
+    views (the first num_global; all views when None). z: (V, B, D)."""
+    if z.dim() != 3 or z.shape[0] < 2:
+        raise ValueError(f"z must have shape (V >= 2, B, D), got {tuple(z.shape)}")
+    center = z[: num_global or z.shape[0]].mean(0, keepdim=True)
+    return (z - center).square().mean()
+
+
+def total_loss(inv: torch.Tensor, reg: torch.Tensor, lambd: float) -> torch.Tensor:
+    """(1 - lambd) * invariance + lambd * regularizer (the fixed convention of DESIGN.md)."""
+    if not 0.0 < lambd < 1.0:
+        raise ValueError(f"lambd={lambd} is not allowed: lambd must be in (0, 1)")
+    return (1.0 - lambd) * inv + lambd * reg
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed modules
+
+
+class RDMReg(nn.Module):
+    """RDMReg over the global batch: fresh directions and target samples each step, the same
+    on every rank (seeded from the global step), features gathered with gradients."""
+
+    def __init__(self, num_slices: int, target: str = "rgg", p: float = 1.0, mu: float = 0.0,
+                 sigma: float | None = None, seed: int = 0):
+        super().__init__()
+        if target not in targets.TARGET_KINDS:
+            raise ValueError(f"target={target!r} is not allowed: one of {', '.join(targets.TARGET_KINDS)}")
+        if num_slices < 1:
+            raise ValueError(f"num_slices={num_slices} is not allowed: num_slices must be >= 1")
+        self.num_slices, self.target, self.p, self.mu = num_slices, target, p, mu
+        self.sigma = targets.sigma_gn(p) if sigma is None else sigma
+        self.seed = seed
+
+    def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        z3 = dist_lib.gather_with_grad(_check_features(z).float(), dim=1)
+        gen_d = dist_lib.step_generator(z3.device, self.seed, step, _STREAM_DIRECTIONS)
+        directions = random_directions(self.num_slices, z3.shape[-1], gen_d, z3.device)
+        gen_t = dist_lib.step_generator(z3.device, self.seed, step, _STREAM_TARGETS)
+        y = targets.sample(self.target, tuple(z3.shape), p=self.p, mu=self.mu, sigma=self.sigma,
+                           generator=gen_t, device=z3.device, dtype=torch.float32)
+        with torch.autocast(z3.device.type, enabled=False):
+            return rdmreg(z3, y, directions)
+
+
+class SIGReg(nn.Module):
+    """SIGReg with the empirical characteristic function averaged over the global batch through
+    an autograd-aware all-reduce, scaled by the global batch size."""
+
+    def __init__(self, num_slices: int, t_max: float = 3.0, knots: int = 17, seed: int = 0):
+        super().__init__()
+        if num_slices < 1:
+            raise ValueError(f"num_slices={num_slices} is not allowed: num_slices must be >= 1")
+        if knots < 2 or not t_max > 0:
+            raise ValueError(f"knots={knots}, t_max={t_max} are not allowed: knots >= 2, t_max > 0")
+        self.num_slices, self.t_max, self.knots, self.seed = num_slices, t_max, knots, seed
+
+    def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
+        z3 = _check_features(z).float()
+        gen = dist_lib.step_generator(z3.device, self.seed, step, _STREAM_DIRECTIONS)
+        directions = random_directions(self.num_slices, z3.shape[-1], gen, z3.device)
+        with torch.autocast(z3.device.type, enabled=False):
+            t, w = _sigreg_grid(self.t_max, self.knots, z3.device, z3.dtype)
+            xt = (z3 @ directions.t()).unsqueeze(-1) * t  # (V, B_local, N, T)
+            moments = torch.stack([xt.cos().sum(1), xt.sin().sum(1)])  # one all-reduce for both
+            moments = dist_lib.all_reduce_sum(moments)
+            n = z3.shape[1] * dist_lib.world_size()
+            return _sigreg_from_moments(moments[0] / n, moments[1] / n, t, w, n)
+
+
+def create_regularizer(cfg) -> nn.Module:
+    """The regularizer a resolved TrialConfig asks for."""
+    loss, tgt, seed = cfg.loss, cfg.target, cfg.system.seed
+    if loss.regularizer == "sigreg":
+        return SIGReg(loss.num_slices, t_max=loss.t_max, knots=loss.knots, seed=seed)
+    return RDMReg(loss.num_slices, target=tgt.target, p=tgt.p, mu=tgt.mu, sigma=tgt.sigma, seed=seed)
