@@ -161,6 +161,12 @@ class SystemConfig:
     """Fault injection for tests: rank 0 dies once when this epoch starts (-1: never)."""
     threads_per_worker: int = 0
     """torch intra-op threads per worker (0: cpus_per_worker rounded up)."""
+    collapse_guard: bool = True
+    """Stop a trial whose z collapsed (all zeros, never sparse, or effective rank near 1)."""
+    collapse_warmup_epochs: int = 3
+    """Epochs before the collapse guard starts checking."""
+    collapse_min_rank: float = 1.5
+    """The guard stops a trial whose RankMe of z falls below this after the warm-up."""
 
 
 @dataclass
@@ -508,3 +514,5 @@ def validate(cfg: TrialConfig) -> None:
     _require(s.checkpoint_every >= 0, "checkpoint_every", ">= 0", s.checkpoint_every)
     _require(s.max_failures >= 0, "max_failures", ">= 0", s.max_failures)
     _require(s.threads_per_worker >= 0, "threads_per_worker", ">= 0", s.threads_per_worker)
+    _require(s.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", s.collapse_warmup_epochs)
+    _require(s.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", s.collapse_min_rank)

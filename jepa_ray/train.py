@@ -42,6 +42,7 @@ EPOCH_METRICS = ("train/loss", "train/invariance", "train/regularizer", "train/l
 FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
                  "l0_density_backbone", "rank_me")
 _STREAM_AUGMENT = 100
+ACTIVATION_FILE = "activation_rates.json"
 
 
 class TrialFailure(RuntimeError):
@@ -252,6 +253,9 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             "time/epoch_s": seconds,
         }
         history.append(epoch_metrics)
+        collapse = collapse_reason(cfg, epoch_metrics)
+        if collapse:
+            raise TrialFailure(f"collapse at epoch {epoch}: {collapse}")
         if on_epoch is not None:
             on_epoch(epoch_metrics)
         last = epoch == cfg.optim.epochs - 1
@@ -262,10 +266,34 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             d, model, cfg, epoch_metrics, optimizer, probe, epoch + 1, step, history))
 
     final = dict(history[-1]) if history else {}
-    final.update(_final_evaluation(cfg, model, splits, normalize, rt))
-    _report(reporter, rt, final, True, lambda d: _save(
-        d, model, cfg, final, optimizer, probe, cfg.optim.epochs, step, history))
+    evaluation, rates = _final_evaluation(cfg, model, splits, normalize, rt)
+    final.update(evaluation)
+
+    def save_final(d: Path) -> Path:
+        path = _save(d, model, cfg, final, optimizer, probe, cfg.optim.epochs, step, history)
+        (path / ACTIVATION_FILE).write_text(json.dumps(rates))
+        return path
+
+    _report(reporter, rt, final, True, save_final)
     return final
+
+
+def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
+    """Why a trial is hopeless after the warm-up (None while it is not): z all zeros, z never
+    sparse although the target is, or an effective rank near 1."""
+    s = cfg.system
+    if not s.collapse_guard or m["epoch"] + 1 <= s.collapse_warmup_epochs:
+        return None
+    density = m["train/l0_density"]
+    if density <= 1e-4:
+        return f"train/l0_density={density:.2g}: z is all zeros (dead projector)"
+    from jepa_ray.evaluate import target_l0_density
+
+    if density >= 0.9999 and target_l0_density(cfg) < 0.9:
+        return f"train/l0_density={density:.4f}: z never sparse although the target density is {target_l0_density(cfg):.3f}"
+    if m["train/rank_me"] < s.collapse_min_rank:
+        return f"train/rank_me={m['train/rank_me']:.3f} < {s.collapse_min_rank}: representation collapsed"
+    return None
 
 
 def _forward_views(model, x_views: list[torch.Tensor], num_global: int):
@@ -293,9 +321,11 @@ def _report(reporter: Reporter, rt: Runtime, metrics: dict, with_checkpoint: boo
         reporter.report(metrics, path)
 
 
-def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt: Runtime) -> dict:
-    """Final metrics on frozen features, computed on rank 0 and broadcast to every rank."""
-    result = [None]
+def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt: Runtime
+                      ) -> tuple[dict, list[float] | None]:
+    """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
+    on rank 0, the activation rate of each z dimension on the test split."""
+    result, rates = [None], None
     if rt.is_main:
         enc = ckpt_lib.unwrap(model)
         bs = max(256, cfg.optim.batch_size)
@@ -304,9 +334,10 @@ def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt
         te_h, te_z = extract_features(enc, splits.test_x, normalize, **kw)
         result[0] = evaluate(cfg, tr_h, tr_z, splits.train_y, te_h, te_z, splits.test_y,
                              splits.num_classes, rt.device)
+        rates = metrics_lib.activation_rates(te_z).tolist()
     if dist_lib.is_distributed():
         dist.broadcast_object_list(result, src=0)
-    return result[0]
+    return result[0], rates
 
 
 # --------------------------------------------------------------------------------------------

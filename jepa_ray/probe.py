@@ -1,0 +1,371 @@
+"""Evaluation of representations by classifiers on frozen features.
+
+- `fit_linear_grid`: DINOv2-style linear evaluation: a grid of linear heads (learning rate x
+  weight decay) trained together in one pass over cached features; the head with the best
+  accuracy on a held-out part of the train split is reported on the test split.
+- `knn_accuracy`: the weighted kNN classifier of InstDisc/DINO (cosine similarity, top-k votes
+  weighted exp(sim / T)).
+- `OnlineProbe`: a linear classifier trained on detached backbone features alongside SSL,
+  giving a cheap accuracy signal every step without touching the backbone's gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LinearHeadGrid",
+    "fit_linear_grid",
+    "stratified_split",
+    "knn_predict",
+    "knn_accuracy",
+    "OnlineProbe",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    raise ValueError(f"{name} must be a torch tensor or numpy array, got {type(x).__name__}")
+
+
+def _features(x: Any, name: str) -> torch.Tensor:
+    """Features as a finite float32 (N, D) tensor with N >= 1, D >= 1."""
+    t = _tensor(x, name)
+    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"{name} must have shape (N, D) with N >= 1 and D >= 1, got shape {tuple(t.shape)}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return t
+
+
+def _labels(y: Any, name: str, n: int) -> torch.Tensor:
+    """Labels as an int64 (N,) tensor matching n feature rows."""
+    t = _tensor(y, name)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D class indices, got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {t.dtype}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} has {t.shape[0]} labels but its features have {n} rows")
+    return t.long()
+
+
+def _num_classes(num_classes: int | None, *labels: tuple[str, torch.Tensor]) -> int:
+    """The class count (inferred as max label + 1 when None), checking every label is in range."""
+    if num_classes is None:
+        num_classes = 1 + max(int(y.max()) for _, y in labels)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for name, y in labels:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} has labels in [{lo}, {hi}]; allowed: 0 .. {num_classes - 1}")
+    return num_classes
+
+
+def _same_dim(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_b} has {b.shape[1]} feature dims but {name_a} has {a.shape[1]}")
+
+
+def _positive_int(value: int, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Linear-head grid
+
+
+class LinearHeadGrid(nn.Module):
+    """len(lrs) * len(wds) linear heads D -> C held as one (H, D, C) weight and (H, C) bias, so one
+    pass over a batch trains every head. Head h = i * len(wds) + j uses (lrs[i], wds[j]).
+
+    Inputs are standardized with a fixed mean/std (set by `set_standardization` from the train
+    split) so one grid of learning rates suits features of any scale. `train_step` applies SGD
+    with momentum per head (PyTorch's convention; weight decay on weights, not biases) using the
+    closed-form cross-entropy gradient: one GEMM forward and one backward for all heads, and no
+    autograd, so it also runs under `torch.inference_mode`.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, lrs: Sequence[float], wds: Sequence[float], *,
+                 momentum: float = 0.9, init_std: float = 0.01,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        _positive_int(in_dim, "in_dim")
+        _positive_int(num_classes, "num_classes")
+        lrs, wds = [float(v) for v in lrs], [float(v) for v in wds]
+        if not lrs:
+            raise ValueError("lrs must hold at least one learning rate, got an empty grid")
+        if not wds:
+            raise ValueError("wds must hold at least one weight decay, got an empty grid")
+        if not all(math.isfinite(v) and v > 0 for v in lrs):
+            raise ValueError(f"lrs must be finite and > 0, got {lrs}")
+        if not all(math.isfinite(v) and v >= 0 for v in wds):
+            raise ValueError(f"wds must be finite and >= 0, got {wds}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.grid: list[tuple[float, float]] = [(lr, wd) for lr in lrs for wd in wds]
+        self.momentum = momentum
+        h = len(self.grid)
+        self.weight = nn.Parameter(torch.randn(h, in_dim, num_classes, generator=generator) * init_std,
+                                   requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(h, num_classes), requires_grad=False)
+        self.register_buffer("lrs", torch.tensor([g[0] for g in self.grid]))
+        self.register_buffer("wds", torch.tensor([g[1] for g in self.grid]))
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.register_buffer("weight_buf", torch.zeros_like(self.weight))
+        self.register_buffer("bias_buf", torch.zeros_like(self.bias))
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.grid)
+
+    @torch.no_grad()
+    def set_standardization(self, x: torch.Tensor, eps: float = 1e-6) -> None:
+        """Use the per-dimension mean/std of x (the training features) to standardize inputs."""
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0, unbiased=False).clamp_min(eps))
+
+    def _standardized_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(standardized x (B, D), logits (B, H, C)) with all heads in one matrix product."""
+        xs = (x - self.mean) / self.std
+        h, d, c = self.weight.shape
+        w = self.weight.permute(1, 0, 2).reshape(d, h * c)
+        return xs, torch.addmm(self.bias.reshape(-1), xs, w).view(-1, h, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every head, shape (H, B, C)."""
+        return self._standardized_logits(x)[1].transpose(0, 1)
+
+    @torch.no_grad()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr_scale: float = 1.0) -> torch.Tensor:
+        """One SGD-with-momentum step of every head on the batch (x, y), each with its own
+        lr * lr_scale and weight decay; returns each head's mean cross-entropy before the step (H,)."""
+        xs, logits = self._standardized_logits(x)
+        b, h, c = logits.shape
+        log_p = logits.log_softmax(dim=2)
+        target = y.view(b, 1, 1).expand(b, h, 1)
+        loss = -log_p.gather(2, target).squeeze(2).mean(dim=0)
+        # d(mean cross-entropy)/d(logits) = (softmax - onehot) / B.
+        grad = log_p.exp_()
+        grad.scatter_add_(2, target, torch.full_like(target, -1.0, dtype=grad.dtype))
+        grad.div_(b)
+        grad_w = (xs.T @ grad.view(b, h * c)).view(-1, h, c).permute(1, 0, 2)
+        grad_b = grad.sum(dim=0)
+        lr = self.lrs * lr_scale
+        self.weight_buf.mul_(self.momentum).add_(grad_w).addcmul_(self.wds.view(-1, 1, 1), self.weight)
+        self.bias_buf.mul_(self.momentum).add_(grad_b)
+        self.weight.addcmul_(lr.view(-1, 1, 1), self.weight_buf, value=-1.0)
+        self.bias.addcmul_(lr.view(-1, 1), self.bias_buf, value=-1.0)
+        return loss
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Accuracy of every head on (x, y), shape (H,), evaluated in batches to bound memory."""
+        correct = torch.zeros(self.num_heads, device=x.device, dtype=torch.float64)
+        for start in range(0, x.shape[0], batch_size):
+            logits = self._standardized_logits(x[start:start + batch_size])[1]
+            correct += (logits.argmax(dim=2) == y[start:start + batch_size, None]).sum(dim=0)
+        return correct / max(x.shape[0], 1)
+
+
+def stratified_split(y: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) with about val_fraction of each class in val, chosen with a seeded
+    permutation. A class keeps at least one sample in train."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    y = y.cpu()
+    train, val = [], []
+    for cls in torch.unique(y):
+        idx = torch.nonzero(y == cls).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n_val = min(int(round(val_fraction * idx.numel())), idx.numel() - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    train_idx, val_idx = torch.cat(train).sort().values, torch.cat(val).sort().values
+    if val_idx.numel() == 0:
+        raise ValueError(f"val_fraction={val_fraction} leaves no validation sample out of {y.numel()} training labels")
+    return train_idx, val_idx
+
+
+def _cosine(step: int, total: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
+                    lrs: Sequence[float], wds: Sequence[float], epochs: int, batch_size: int = 256,
+                    val_fraction: float = 0.1, seed: int = 0, device: torch.device | str | None = None,
+                    num_classes: int | None = None) -> dict[str, float]:
+    """Train a grid of linear heads on frozen features and report the best one.
+
+    A seeded stratified part of the train split (val_fraction) chooses the head; every head is
+    trained on the rest for `epochs` passes with a cosine-decayed learning rate. Returns
+    {"test_acc", "val_acc", "train_acc", "best_lr", "best_wd"} of the chosen head.
+    """
+    train_x, test_x = _features(train_x, "train_x"), _features(test_x, "test_x")
+    _same_dim(train_x, test_x, "train_x", "test_x")
+    train_y = _labels(train_y, "train_y", train_x.shape[0])
+    test_y = _labels(test_y, "test_y", test_x.shape[0])
+    num_classes = _num_classes(num_classes, ("train_y", train_y), ("test_y", test_y))
+    _positive_int(epochs, "epochs")
+    _positive_int(batch_size, "batch_size")
+    device = torch.device(device) if device is not None else train_x.device
+
+    tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
+    x_tr, y_tr = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
+    x_va, y_va = train_x[va_idx].to(device), train_y[va_idx].to(device)
+    x_te, y_te = test_x.to(device), test_y.to(device)
+
+    g = torch.Generator().manual_seed(seed)
+    grid = LinearHeadGrid(train_x.shape[1], num_classes, lrs, wds, generator=g).to(device)
+    grid.set_standardization(x_tr)
+
+    n = x_tr.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total = epochs * steps_per_epoch
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            grid.train_step(x_tr[idx], y_tr[idx], _cosine(step, total))
+            step += 1
+
+    val_acc = grid.accuracy(x_va, y_va)
+    # First head of the best validation accuracy (grid order), identical on every device.
+    best = int(torch.nonzero(val_acc == val_acc.max()).flatten()[0])
+    test_acc = grid.accuracy(x_te, y_te)[best]
+    train_acc = grid.accuracy(x_tr, y_tr)[best]
+    best_lr, best_wd = grid.grid[best]
+    return {"test_acc": float(test_acc), "val_acc": float(val_acc[best]), "train_acc": float(train_acc),
+            "best_lr": best_lr, "best_wd": best_wd}
+
+
+# --------------------------------------------------------------------------------------------
+# Weighted kNN
+
+
+def knn_predict(train_x: Any, train_y: Any, test_x: Any, *, k: int = 20, temperature: float = 0.07,
+                num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Class predictions (int64) of the weighted kNN classifier: cosine similarity on
+    L2-normalized features, the k most similar train samples vote with weight
+    exp(sim / temperature) (Wu et al. 2018; Caron et al. 2021). Ties go to the lower class.
+    Runs on train_x's device (the feature bank), test_x chunk by chunk."""
+    train_x, test_x = _features(train_x, "train_x"), _features(test_x, "test_x")
+    _same_dim(train_x, test_x, "train_x", "test_x")
+    train_y = _labels(train_y, "train_y", train_x.shape[0])
+    num_classes = _num_classes(num_classes, ("train_y", train_y))
+    _positive_int(k, "k")
+    _positive_int(chunk, "chunk")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    device = train_x.device
+    bank = F.normalize(train_x, dim=1)
+    bank_y = train_y.to(device)
+    k = min(k, bank.shape[0])
+    preds = []
+    for start in range(0, test_x.shape[0], chunk):
+        q = F.normalize(test_x[start:start + chunk].to(device), dim=1)
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(q.shape[0], num_classes, device=device)
+        # Shifting by the row's top similarity rescales a row's votes (same argmax) and keeps
+        # exp() finite for small temperatures.
+        votes.scatter_add_(1, bank_y[idx], ((sim - sim[:, :1]) / temperature).exp())
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 20,
+                 temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> float:
+    """Accuracy of the weighted kNN classifier (see `knn_predict`) on (test_x, test_y)."""
+    test_t = _features(test_x, "test_x")
+    test_y = _labels(test_y, "test_y", test_t.shape[0])
+    train_y_t = _labels(train_y, "train_y", _tensor(train_y, "train_y").shape[0])
+    num_classes = _num_classes(num_classes, ("train_y", train_y_t), ("test_y", test_y))
+    pred = knn_predict(train_x, train_y_t, test_t, k=k, temperature=temperature,
+                       num_classes=num_classes, chunk=chunk)
+    return (pred == test_y.to(pred.device)).double().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# Online probe
+
+
+class OnlineProbe(nn.Module):
+    """A linear classifier on detached backbone features, trained alongside SSL with its own
+    optimizer: every step reports a cheap accuracy (`online/linear_acc`) without sending gradient
+    into the backbone.
+
+    Keep it outside DistributedDataParallel: with a process group initialized, `step` averages
+    the probe's gradients over ranks itself, so every rank keeps the same probe (all ranks must
+    call `step` together).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, *, sync_grads: bool = True) -> None:
+        super().__init__()
+        _positive_int(in_dim, "in_dim")
+        _positive_int(num_classes, "num_classes")
+        self.linear = nn.Linear(in_dim, num_classes)
+        self.num_classes = num_classes
+        self.sync_grads = sync_grads
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def make_optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """Create (and keep) the probe's own AdamW optimizer; call after moving it to its device."""
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        return self.optimizer
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the detached features (float32, outside autocast)."""
+        return self.linear(features.detach().float())
+
+    def step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        """One optimizer step on a batch; returns (mean cross-entropy, number correct) of the
+        batch as seen before the update."""
+        if self.optimizer is None:
+            raise RuntimeError("OnlineProbe.step needs an optimizer: call make_optimizer(lr) first")
+        if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] != self.linear.in_features:
+            raise ValueError(f"features must have shape (B >= 1, {self.linear.in_features}), got {tuple(features.shape)}")
+        labels = _labels(labels, "labels", features.shape[0]).to(features.device)
+        _num_classes(self.num_classes, ("labels", labels))
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self(features)
+            loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._all_reduce_grads()
+        self.optimizer.step()
+        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        return loss.item(), int(correct)
+
+    def _all_reduce_grads(self) -> None:
+        if not (self.sync_grads and dist.is_available() and dist.is_initialized()):
+            return
+        world = dist.get_world_size()
+        if world == 1:
+            return
+        for p in self.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)

@@ -1,0 +1,724 @@
+"""The sweep driver: Ray Tune + Optuna (multi-objective, define-by-run spaces from
+`search_spaces/`) over trials that each train one JEPA encoder; every trial mirrored into
+MLflow by the driver; resumable from the Optuna study and MLflow.
+
+A trial with one worker trains inside its Tune trial process (no TorchTrainer: starting a Ray
+Train controller and worker group costs ~15 s per trial, more than a digits trial trains); a
+trial with several workers builds and fits a TorchTrainer and streams its per-epoch metrics to
+Tune through a Ray queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jepa_ray import config as config_lib
+from jepa_ray.config import ConfigError, TrialConfig
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger("jepa_ray.sweep")
+
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
+
+
+@dataclass
+class SweepOptions:
+    """Everything a sweep needs, from the command line of `sweeps/*.py`."""
+
+    space: str = "rectified"
+    """Search space: a module of search_spaces/ (or `package.module`) with `space(trial)`."""
+    preset: str = "digits"
+    """Base trial config that the space's suggestions override."""
+    sets: list[str] = field(default_factory=list)
+    """Fixed `key=value` overrides of the base config for every trial."""
+    num_samples: int = 12
+    """Trials in the sweep (in total, counting those a resumed sweep already finished)."""
+    max_concurrent: int = 0
+    """Trials at once (0: as many as the cluster's resources fit)."""
+    dataset: str | None = None
+    data_dir: str | None = None
+    backbone: str | None = None
+    epochs: int | None = None
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    sampler: str | None = None
+    """tpe | nsga2 | gp | random | grid (None: the space's DEFAULT_SAMPLER, else tpe)."""
+    objectives: str = DEFAULT_OBJECTIVES
+    experiment: str = "rectified-lpjepa"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    optuna_storage: str | None = None
+    """Optuna RDB storage URL (default: optuna.db beside a sqlite MLflow store)."""
+    storage_path: str = "ray_results"
+    """Ray storage for trial checkpoints and Tune state (s3://... or a shared path on a cluster)."""
+    name: str | None = None
+    """Sweep name (default: EXPERIMENT-YYYYmmdd-HHMMSS; with --resume, the newest sweep)."""
+    seed: int = 0
+    resume: bool = False
+    smoke: bool = False
+    address: str | None = None
+    max_failed_trials: int = 5
+    """Stop the sweep after this many failed trials (0: never)."""
+    print_front: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Search spaces
+
+
+def load_space(name: str):
+    """The module of a search space: `search_spaces.NAME`, or a dotted module path."""
+    module_name = name if "." in name else f"search_spaces.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        available = sorted(p.stem for p in Path(__file__).resolve().parents[1].joinpath("search_spaces").glob("*.py")
+                           if not p.stem.startswith("_"))
+        raise ConfigError(f"unknown search space '{name}' ({err}); allowed: {', '.join(available)} "
+                          "or a dotted module path with a space(trial) function") from err
+    if not callable(getattr(module, "space", None)):
+        raise ConfigError(f"search space '{name}': module {module_name} has no space(trial) function")
+    return module
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """A short stable id of a trial's sampled parameters (identifies a re-run trial)."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class DefineByRun:
+    """A space wrapped for OptunaSearch (picklable: Tune saves the searcher): the trial config
+    carries the config overrides, the Optuna trial number, the per-trial seed and the params
+    key."""
+
+    def __init__(self, space: str, sweep_seed: int):
+        self.space, self.sweep_seed = space, sweep_seed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        overrides = dict(load_space(self.space).space(trial) or {})
+        return {"overrides": overrides, "optuna_trial": trial.number,
+                "seed": self.sweep_seed + trial.number, "params_key": params_key(trial.params)}
+
+
+def trial_config(base: TrialConfig, trial: dict[str, Any]) -> TrialConfig:
+    """The resolved config of one trial: base config + the space's overrides + its seed."""
+    overrides = dict(trial.get("overrides", {}))
+    if "seed" in trial:
+        overrides["seed"] = trial["seed"]
+    return config_lib.resolve(config_lib.apply_overrides(base, overrides))
+
+
+def validate_space(module, base: TrialConfig, n: int = 200, seed: int = 0) -> int:
+    """Sample n random trials of a space (no Ray) and check that every one gives a config the
+    trainer accepts. Returns the number of distinct trials seen; raises ConfigError."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    name = module.__name__.rsplit(".", 1)[-1]
+    fn = DefineByRun(module.__name__, 0)
+    seen = set()
+    for _ in range(n):
+        trial = study.ask()
+        try:
+            out = fn(trial)
+            trial_config(base, out)
+        except ConfigError as err:
+            raise ConfigError(f"search space '{name}': {err}") from err
+        except (ValueError, TypeError) as err:  # optuna: empty or inverted ranges, bad choices
+            raise ConfigError(f"search space '{name}': {err}") from err
+        seen.add(out["params_key"])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    for point in getattr(module, "STARTING_POINTS", []):
+        unknown = set(point) - set(study.trials[-1].params) if study.trials else set()
+        if unknown and not all(k in _all_param_names(study) for k in point):
+            raise ConfigError(f"search space '{name}': starting point {point} names parameters the space "
+                              f"does not suggest: {', '.join(sorted(unknown))}")
+    return len(seen)
+
+
+def _all_param_names(study) -> set[str]:
+    names: set[str] = set()
+    for t in study.trials:
+        names.update(t.params)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# The trial (runs in a Tune trial actor)
+
+
+def _persist(local_dir: Path, uri: str) -> None:
+    """Copy a local checkpoint directory to a storage URI (no-op for the same local path)."""
+    from jepa_ray.checkpoint import local_path
+
+    if "://" not in uri or uri.startswith("file://"):
+        return
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(root, recursive=True)
+    pafs.copy_files(str(local_dir), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    del local_path
+
+
+def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
+               resume_map: dict[str, str]) -> None:
+    """A Tune function trial: train one config and report per-epoch then final metrics."""
+    import tempfile
+
+    from ray import tune
+
+    from jepa_ray import checkpoint as ckpt_lib
+    from jepa_ray.train import LocalReporter, TrialFailure, fit, run_trial
+
+    cfg = trial_config(config_lib.from_dict(base), trial)
+    number = trial.get("optuna_trial", 0)
+    trial_uri = f"{storage.rstrip('/')}/{sweep}/trials/{number:05d}"
+    remote = "://" in storage and not storage.startswith("file://")
+    local_root = Path(tempfile.mkdtemp(prefix="jepa_ray_trial_")) if remote else Path(trial_uri)
+    local_root.mkdir(parents=True, exist_ok=True)
+
+    resume_from = None
+    if (local_root / "checkpoint" / ckpt_lib.TRAIN_STATE_FILE).is_file():
+        resume_from = local_root / "checkpoint"  # a Tune retry of this trial (its actor died)
+    elif trial.get("params_key") in resume_map:
+        resume_from = ckpt_lib.local_path(resume_map[trial["params_key"]])  # interrupted sweep
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        out = dict(metrics)
+        if checkpoint_dir is not None:
+            uri = f"{trial_uri}/checkpoint"
+            if remote:
+                _persist(checkpoint_dir, uri)
+            out["checkpoint_uri"] = uri if remote else str(Path(uri).resolve())
+        tune.report(out)
+
+    try:
+        if cfg.system.workers == 1:
+            fit(cfg, LocalReporter(local_root, resume_from=resume_from, callback=report))
+        else:
+            _fit_with_torch_trainer(cfg, storage, f"{sweep}-trial{number:05d}", report)
+    except (TrialFailure, ConfigError) as err:
+        tune.report({"failure": str(err)})
+
+
+def _fit_with_torch_trainer(cfg: TrialConfig, storage: str, name: str, report) -> None:
+    """Several workers: a TorchTrainer in a thread; its rank 0 streams epoch metrics here."""
+    from ray.util.queue import Empty, Queue
+
+    from jepa_ray.train import run_trial
+
+    progress = Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run_trial(cfg, storage_path=storage, name=name, progress=progress)
+        except BaseException as err:  # handed to the trial thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    while thread.is_alive() or not progress.empty():
+        try:
+            item = progress.get(timeout=1.0)
+        except Empty:
+            continue
+        if "linear_acc" not in item and "failure" not in item:
+            report(item, None)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    metrics, checkpoint = outcome["result"]
+    final = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    prefix = storage.split("://", 1)[0] + "://" if "://" in storage else ""
+    final["checkpoint_uri"] = f"{prefix}{checkpoint}" if checkpoint else None
+    from ray import tune
+
+    tune.report(final)
+
+
+# --------------------------------------------------------------------------------------------
+# Optuna
+
+
+def make_sampler(name: str, seed: int, grid: dict | None = None):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if not grid:
+            raise ConfigError("--sampler grid needs a space with a GRID dict (e.g. --space grid)")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise ConfigError(f"--sampler {name!r} is not allowed; allowed: {', '.join(SAMPLERS)}")
+
+
+def optuna_storage_url(opts: SweepOptions) -> str:
+    """The study's RDB storage: optuna.db beside a sqlite MLflow store (so optuna-dashboard
+    opens it next to `mlflow ui`), else optuna.db in the working directory."""
+    if opts.optuna_storage:
+        return opts.optuna_storage
+    uri = opts.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        return f"sqlite:///{path.with_name('optuna.db')}"
+    return "sqlite:///optuna.db"
+
+
+class JepaOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna FAIL for a trial that reported a failure (not
+    PRUNED or COMPLETE) and records the Tune trial id on the Optuna trial."""
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return params
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            failed = error or not result or result.get("failure") or any(
+                not _finite(result.get(m)) for m in self.metric)
+            if failed:
+                ot_trial = self._ot_trials[trial_id]
+                if result and result.get("failure"):
+                    ot_trial.set_user_attr("failure", str(result["failure"])[:1000])
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return
+        super().on_trial_complete(trial_id, result, error)
+
+
+
+def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: str, seed: int):
+    import optuna
+
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 30}}
+                                         if storage_url.startswith("sqlite") else {})
+    return JepaOptunaSearch(space=space_fn, metric=[o.name for o in objectives],
+                            mode=[o.direction for o in objectives], sampler=sampler,
+                            study_name=study_name, storage=storage), storage
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+
+
+@dataclass
+class ResumeState:
+    finished: int = 0
+    reuse_runs: dict[str, str] = field(default_factory=dict)  # params key -> MLflow run id
+    resume_map: dict[str, str] = field(default_factory=dict)  # params key -> checkpoint URI
+
+
+def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) -> ResumeState:
+    """Make an interrupted sweep resumable: trials that were running are marked FAIL
+    (interrupted) in Optuna and enqueued again with the same parameters; their MLflow runs
+    are reused (no duplicates) and resume from their last checkpoint."""
+    from optuna.trial import TrialState
+
+    from jepa_ray import tracking
+
+    state = ResumeState()
+    runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
+    by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
+    c = tracking.client(tracking_uri)
+    for t in study.get_trials(deepcopy=False):
+        key = params_key(t.params)
+        run = by_key.get(key)
+        if t.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"resumed_from_trial": t.number}, skip_if_exists=False)
+            if run is not None:
+                state.reuse_runs[key] = run.info.run_id
+                last = run.data.tags.get(tracking.LAST_CHECKPOINT)
+                if last:
+                    state.resume_map[key] = last
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")):
+            state.finished += 1
+            if run is not None and run.info.status == "RUNNING":
+                # Optuna heard of the end but the driver died before MLflow did.
+                finished = t.state == TrialState.COMPLETE and "linear_acc" in run.data.metrics
+                if not finished:
+                    c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
+                c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Failure limit
+
+
+class FailureLimit:
+    """Counts failed trials (errors and reported failures) and stops the sweep at a limit."""
+
+    def __init__(self, limit: int):
+        self.limit, self.failed, self.reasons = limit, 0, []
+
+    def record(self, why: str) -> None:
+        self.failed += 1
+        self.reasons.append(why)
+
+    @property
+    def reached(self) -> bool:
+        return self.limit > 0 and self.failed >= self.limit
+
+
+def make_failure_callback(limit: FailureLimit):
+    from ray.tune import Callback
+
+    from jepa_ray.tracking import _trial_error_text, one_line
+
+    class FailureCounter(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if (trial.last_result or {}).get("failure"):
+                limit.record(one_line(trial.last_result["failure"]))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            limit.record(one_line(_trial_error_text(trial)))
+
+    return FailureCounter()
+
+
+def make_stopper(limit: FailureLimit):
+    from ray.tune import Stopper
+
+    class StopOnFailures(Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return limit.reached
+
+    return StopOnFailures()
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+
+
+def base_config(opts: SweepOptions) -> TrialConfig:
+    """Preset + fixed overrides + the CLI shortcuts (validated: a bad value exits 2)."""
+    cfg = config_lib.preset("smoke" if opts.smoke and opts.preset == "digits" else opts.preset)
+    overrides = config_lib.parse_set_args(opts.sets)
+    for key, value in (("dataset", opts.dataset), ("data_dir", opts.data_dir), ("backbone", opts.backbone),
+                       ("epochs", opts.epochs)):
+        if value is not None:
+            overrides[key] = value
+    overrides.update(workers=opts.workers_per_trial, gpus_per_worker=opts.gpus_per_worker,
+                     cpus_per_worker=opts.cpus_per_worker)
+    cfg = config_lib.apply_overrides(cfg, overrides)
+    if opts.smoke:
+        cfg.optim.epochs, cfg.optim.warmup_epochs = 1, 0.0
+    config_lib.resolve(cfg)  # validates
+    if cfg.optim.warmup_epochs > cfg.optim.epochs:
+        cfg.optim.warmup_epochs = float(cfg.optim.epochs)
+    return cfg
+
+
+def validate_options(opts: SweepOptions) -> None:
+    def bad(flag: str, value, allowed: str):
+        raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
+
+    if opts.num_samples < 1:
+        bad("--num-samples", opts.num_samples, ">= 1")
+    if opts.max_concurrent < 0:
+        bad("--max-concurrent", opts.max_concurrent, ">= 0 (0: from the cluster's resources)")
+    if opts.workers_per_trial < 1:
+        bad("--workers-per-trial", opts.workers_per_trial, ">= 1")
+    if opts.gpus_per_worker < 0:
+        bad("--gpus-per-worker", opts.gpus_per_worker, ">= 0")
+    if opts.cpus_per_worker <= 0:
+        bad("--cpus-per-worker", opts.cpus_per_worker, "> 0")
+    if opts.sampler is not None and opts.sampler not in SAMPLERS:
+        bad("--sampler", opts.sampler, ", ".join(SAMPLERS))
+    if opts.max_failed_trials < 0:
+        bad("--max-failed-trials", opts.max_failed_trials, ">= 0 (0: never stop)")
+    if opts.data_dir and not os.path.isdir(opts.data_dir):
+        bad("--data-dir", opts.data_dir, "an existing directory")
+    if not opts.experiment.strip():
+        bad("--experiment", opts.experiment, "a non-empty name")
+
+
+def trial_resources(cfg: TrialConfig) -> dict[str, float]:
+    """What Tune reserves for a trial: the worker itself when it trains in-process; next to
+    nothing when a TorchTrainer reserves its workers separately (trial + workers must fit)."""
+    if cfg.system.workers == 1:
+        res = {"CPU": cfg.system.cpus_per_worker}
+        if cfg.system.gpus_per_worker:
+            res["GPU"] = cfg.system.gpus_per_worker
+        return res
+    return {"CPU": 0.01}
+
+
+def auto_concurrency(cfg: TrialConfig) -> int:
+    """How many trials the cluster's resources fit at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus_needed = cfg.system.workers * cfg.system.cpus_per_worker
+    fits = [int(total.get("CPU", 1) // cpus_needed)]
+    if cfg.system.gpus_per_worker > 0:
+        fits.append(int(total.get("GPU", 0) // (cfg.system.workers * cfg.system.gpus_per_worker)))
+    n = max(fits) if len(fits) == 1 else min(fits)
+    if n < 1:
+        raise ConfigError(
+            f"a trial needs {cpus_needed:g} CPUs and {cfg.system.workers * cfg.system.gpus_per_worker:g} GPUs "
+            f"but the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; "
+            "lower --workers-per-trial/--cpus-per-worker/--gpus-per-worker or add nodes")
+    return n
+
+
+def run_sweep(opts: SweepOptions) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns a summary. Raises ConfigError on bad input before any
+    trial starts."""
+    import optuna
+
+    from jepa_ray import cluster, pareto, tracking
+
+    validate_options(opts)
+    try:
+        objectives = pareto.parse_objectives(opts.objectives)
+    except ValueError as err:
+        raise ConfigError(f"--objectives {opts.objectives!r}: {err}") from err
+    base = base_config(opts)
+    module = load_space(opts.space)
+    validate_space(module, base, n=200 if not opts.smoke else 50, seed=opts.seed)
+    grid = getattr(module, "GRID", None)
+    sampler_name = opts.sampler or getattr(module, "DEFAULT_SAMPLER", "tpe")
+    sampler = make_sampler(sampler_name, opts.seed, grid)
+    num_samples = opts.num_samples
+    cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
+    storage = opts.storage_path if "://" in opts.storage_path else str(Path(opts.storage_path).resolve())
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    cluster.connect(opts.address, num_cpus=os.cpu_count())
+    nodes = cluster.node_count()
+    cluster.check_storage_path(storage, nodes)
+    concurrency = opts.max_concurrent or auto_concurrency(base)
+
+    exp_id = tracking.experiment_id(opts.tracking_uri, opts.experiment)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = optuna_storage_url(opts)
+    if opts.resume:
+        parent = tracking.find_sweep_run(opts.tracking_uri, exp_id, opts.name)
+        if parent is None:
+            raise ConfigError(f"--resume: no sweep {opts.name or ''} in experiment '{opts.experiment}' "
+                              f"at {opts.tracking_uri}; start one without --resume")
+        sweep_name = parent.data.tags[tracking.SWEEP_NAME]
+        parent_id = parent.info.run_id
+        tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
+    else:
+        sweep_name = opts.name or f"{opts.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if tracking.find_sweep_run(opts.tracking_uri, exp_id, sweep_name) is not None:
+            raise ConfigError(f"--name {sweep_name!r}: a sweep of that name exists; use --resume or another name")
+        parent_id = None
+
+    searcher, rdb = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler,
+                                  sweep_name, storage_url, opts.seed)
+    study = searcher._ot_study
+    if parent_id is None:
+        parent_id = tracking.start_sweep_run(
+            opts.tracking_uri, exp_id, sweep_name,
+            tags={"jepa_ray.git_commit": tracking.git_commit(Path(__file__).resolve().parent),
+                  "jepa_ray.sampler": sampler_name, "jepa_ray.sampler_seed": str(opts.seed),
+                  "jepa_ray.space": opts.space, "jepa_ray.optuna_storage": storage_url,
+                  "jepa_ray.storage_path": storage, "jepa_ray.objectives": opts.objectives},
+            params={"space": opts.space, "sampler": sampler_name, "seed": opts.seed, "num_samples": num_samples,
+                    **{f"base.{k}": v for k, v in config_lib.flatten(base).items()}})
+        for point in getattr(module, "STARTING_POINTS", [])[:num_samples]:
+            study.enqueue_trial(point)
+        resume = ResumeState()
+    else:
+        resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id)
+    remaining = max(0, num_samples - resume.finished)
+
+    limit = FailureLimit(opts.max_failed_trials)
+    summary: dict[str, Any] = {"sweep": sweep_name, "parent_run_id": parent_id, "experiment": opts.experiment,
+                               "tracking_uri": opts.tracking_uri, "optuna_storage": storage_url,
+                               "already_finished": resume.finished, "launched": remaining}
+    if remaining > 0:
+        _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
+                   resume, limit)
+    c = tracking.client(opts.tracking_uri)
+    status = "FAILED" if limit.reached else "FINISHED"
+    if limit.reached:
+        c.set_tag(parent_id, tracking.FAILURE, f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}")
+    c.set_terminated(parent_id, status)
+    summary.update(failed=limit.failed, failure_reasons=limit.reasons, stopped_on_failures=limit.reached)
+    if opts.print_front:
+        summary["front"] = _print_front(opts, objectives, parent_id)
+    return summary
+
+
+def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
+               resume: ResumeState, limit: FailureLimit) -> None:
+    from ray import tune
+
+    from jepa_ray import tracking
+
+    attempt = time.strftime("%Y%m%d-%H%M%S")
+    base_dict = config_lib.to_dict(base)
+    trainable = tune.with_parameters(trial_main, base=base_dict, storage=storage, sweep=sweep_name,
+                                     resume_map=resume.resume_map)
+    trainable = tune.with_resources(trainable, trial_resources(base))
+    mlflow_cb = tracking.make_callback(opts.tracking_uri, exp_id, parent_id,
+                                       lambda trial: trial_config(base, trial), resume.reuse_runs)
+    reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train/loss": "loss",
+                                                "linear_acc": "linear_acc", "l0_density": "l0",
+                                                "target_l0_density": "target_l0"},
+                                parameter_columns=["optuna_trial"], max_report_frequency=15)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                    max_concurrent_trials=concurrency, reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=f"{sweep_name}-tune-{attempt}", storage_path=storage,
+            callbacks=[mlflow_cb, make_failure_callback(limit)], stop=make_stopper(limit),
+            failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
+            progress_reporter=reporter, verbose=1 if not opts.smoke else 0,
+        ),
+    )
+    tuner.fit()
+
+
+def _print_front(opts: SweepOptions, objectives, parent_id: str):
+    from jepa_ray import pareto
+
+    try:
+        trials = pareto.read_trials(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id])
+        result = pareto.compute_front(trials, objectives)
+    except (ConfigError, ValueError, LookupError) as err:
+        print(f"no Pareto front: {err}")
+        return None
+    print()
+    print(f"Pareto front of sweep {parent_id} ({len(result.front)} of {len(result.trials)} finished trials):")
+    print(pareto.format_table(result))
+    try:
+        pareto.log_to_parent(result, opts.tracking_uri, parent_id)
+    except Exception as err:  # the table was printed; the artifact is a convenience
+        logger.warning("could not log the front to the sweep run: %s", err)
+    return result
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("http"):
+        return f"open {tracking_uri} (or: ray attach cluster.yaml -p 5000)"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (sweeps/rectified.py and sweeps/lejepa.py are thin wrappers around main)
+
+
+def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Ray Tune + Optuna sweep of JEPA trials, recorded in MLflow.")
+    a = p.add_argument
+    a("--space", default=defaults.space, help="search space module in search_spaces/ (default: %(default)s)")
+    a("--preset", default=defaults.preset, help=f"base config ({', '.join(config_lib.PRESETS)})")
+    a("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="fixed config override for every trial")
+    a("--num-samples", type=int, default=defaults.num_samples, help="trials in total (default: %(default)s)")
+    a("--max-concurrent", type=int, default=0, help="trials at once (default: what the cluster fits)")
+    a("--dataset", help="digits | cifar10 | cifar100 | imagefolder | parquet")
+    a("--data-dir", help="dataset directory")
+    a("--backbone", help="timm model name")
+    a("--epochs", type=int, help="epochs per trial")
+    a("--workers-per-trial", type=int, default=1, help="DDP workers per trial (>1: a TorchTrainer per trial)")
+    a("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU)")
+    a("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    a("--sampler", default=defaults.sampler, help=f"{' | '.join(SAMPLERS)} (default: the space's, else tpe)")
+    a("--objectives", default=DEFAULT_OBJECTIVES, help="metric:max|min,... (default: %(default)s)")
+    a("--experiment", default=defaults.experiment, help="MLflow experiment (default: %(default)s)")
+    a("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI (default: %(default)s)")
+    a("--optuna-storage", help="Optuna RDB URL (default: optuna.db beside the MLflow sqlite store)")
+    a("--storage-path", default=defaults.storage_path, help="Ray storage: a directory, s3://... (default: %(default)s)")
+    a("--name", help="sweep name (default: EXPERIMENT-TIMESTAMP; with --resume: the newest sweep)")
+    a("--seed", type=int, default=0, help="sampler seed; trial i trains with seed + i")
+    a("--resume", action="store_true", help="continue the newest (or --name) sweep of the experiment")
+    a("--smoke", action="store_true", help="a tiny sweep for tests: 2 trials of 1 epoch")
+    a("--address", help="Ray cluster (default: connect if one runs, else start a local one)")
+    a("--max-failed-trials", type=int, default=defaults.max_failed_trials, help="stop after this many failed trials (0: never)")
+    return p
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # exit 2 with one line, like every other bad input
+        raise _ArgumentError(message)
+
+
+def main(argv: list[str] | None = None, **defaults: Any) -> int:
+    """Entry point of the sweep scripts; `defaults` set the space, preset and experiment."""
+    base_defaults = SweepOptions(**defaults)
+    p = parser(base_defaults)
+    p.__class__ = _Parser
+    try:
+        args = p.parse_args(argv)
+    except _ArgumentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    opts = dataclasses.replace(base_defaults, **{k: v for k, v in vars(args).items()})
+    if opts.smoke and "--num-samples" not in (argv or sys.argv):
+        opts.num_samples = 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = run_sweep(opts)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        _shutdown_ray()
+    print()
+    print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
+          f"{summary['already_finished']} already finished, {summary['failed']} failed")
+    if summary["stopped_on_failures"]:
+        print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
+        for why in summary["failure_reasons"]:
+            print(f"  - {why}")
+    print(f"MLflow: {mlflow_ui_command(opts.tracking_uri)}")
+    print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
+    return 1 if summary["stopped_on_failures"] else 0
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass

@@ -1,0 +1,330 @@
+"""Frozen-feature evaluation: the linear-head grid, weighted kNN and the online probe, checked
+against autograd + torch.optim.SGD, brute-force numpy kNN and problems with known answers."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from jepa_ray.probe import (LinearHeadGrid, OnlineProbe, fit_linear_grid, knn_accuracy, knn_predict,
+                            stratified_split)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are small: one intra-op thread avoids OpenMP oversubscription on a shared
+    CPU, which makes them many times slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _linear_labelling(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features with an offset and uneven scales, labelled by argmax of a random linear map."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, c, generator=g)
+    x = torch.randn(n, d, generator=g)
+    y = (x @ w).argmax(dim=1)
+    scales = torch.logspace(-1, 1, d)
+    return x * scales + 3.0, y
+
+
+# --------------------------------------------------------------------------------------------
+# Linear-head grid
+
+
+def test_grid_recovers_a_linear_labelling():
+    x, y = _linear_labelling(2000, 32, 5, seed=0)
+    lrs, wds = [0.3, 0.1, 0.03], [0.0, 1e-4]
+    res = fit_linear_grid(x[:1600], y[:1600], x[1600:], y[1600:], lrs=lrs, wds=wds, epochs=30, seed=0)
+    assert set(res) == {"test_acc", "val_acc", "train_acc", "best_lr", "best_wd"}
+    assert res["test_acc"] >= 0.9
+    assert res["val_acc"] >= 0.9 and res["train_acc"] >= 0.9
+    assert res["best_lr"] in lrs and res["best_wd"] in wds
+    # Close to a converged multinomial logistic regression on the same split (scikit-learn).
+    scaler = StandardScaler().fit(x[:1600].numpy())
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(x[:1600].numpy()), y[:1600].numpy())
+    assert res["test_acc"] >= reference.score(scaler.transform(x[1600:].numpy()), y[1600:].numpy()) - 0.04
+
+
+def test_grid_never_picks_an_absurdly_small_lr():
+    x, y = _linear_labelling(1200, 16, 4, seed=1)
+    res = fit_linear_grid(x[:1000], y[:1000], x[1000:], y[1000:], lrs=[1e-8, 0.1], wds=[0.0, 1e-3],
+                          epochs=10, seed=3)
+    assert res["best_lr"] == 0.1
+    assert res["test_acc"] >= 0.85
+
+
+def test_grid_is_deterministic_for_a_seed_and_accepts_numpy():
+    x, y = _linear_labelling(600, 8, 3, seed=2)
+    kw = dict(lrs=[0.1, 0.01], wds=[0.0], epochs=5, seed=7)
+    a = fit_linear_grid(x[:500], y[:500], x[500:], y[500:], **kw)
+    b = fit_linear_grid(x[:500].numpy(), y[:500].numpy(), x[500:].numpy(), y[500:].numpy(), **kw)
+    assert a == b
+
+
+def test_grid_step_matches_autograd_sgd_per_head():
+    """Every head follows torch.optim.SGD (momentum, weight decay on the weight only) on the
+    standardized features, with the closed-form gradient equal to autograd's."""
+    g = torch.Generator().manual_seed(4)
+    n, d, c = 64, 6, 3
+    x = torch.randn(n, d, generator=g) * 2.0 + 1.0
+    y = torch.randint(0, c, (n,), generator=g)
+    lrs, wds = [0.5, 0.05], [0.0, 0.01]
+    grid = LinearHeadGrid(d, c, lrs, wds, generator=g)
+    grid.set_standardization(x)
+    xs = (x - x.mean(0)) / x.std(0, unbiased=False)
+
+    refs = []
+    for h, (lr, wd) in enumerate(grid.grid):
+        lin = torch.nn.Linear(d, c)
+        with torch.no_grad():
+            lin.weight.copy_(grid.weight[h].T)
+            lin.bias.copy_(grid.bias[h])
+        opt = torch.optim.SGD([{"params": [lin.weight], "weight_decay": wd},
+                               {"params": [lin.bias], "weight_decay": 0.0}], lr=lr, momentum=0.9)
+        refs.append((lin, opt, lr))
+
+    for step, scale in enumerate([1.0, 0.8, 0.5, 0.2, 0.05]):
+        batch = slice(16 * (step % 4), 16 * (step % 4) + 16)
+        losses = grid.train_step(x[batch], y[batch], lr_scale=scale)
+        for h, (lin, opt, lr) in enumerate(refs):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+            opt.zero_grad()
+            loss = F.cross_entropy(lin(xs[batch]), y[batch])
+            loss.backward()
+            opt.step()
+            assert losses[h].item() == pytest.approx(loss.item(), rel=1e-5)
+    for h, (lin, _, _) in enumerate(refs):
+        torch.testing.assert_close(grid.weight[h], lin.weight.detach().T, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grid.bias[h], lin.bias.detach(), rtol=1e-5, atol=1e-6)
+    logits = grid(x)
+    assert logits.shape == (4, n, c)
+    torch.testing.assert_close(logits[3], refs[3][0](xs).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_grid_runs_under_inference_mode():
+    x, y = _linear_labelling(400, 8, 3, seed=5)
+    with torch.inference_mode():
+        res = fit_linear_grid(x[:300], y[:300], x[300:], y[300:], lrs=[0.1], wds=[0.0], epochs=5)
+    assert res["test_acc"] > 0.7
+
+
+def test_grid_is_fast_on_cpu():
+    """1,300 x 512 features, 12 heads, 10 classes, 50 epochs: well under 2 s of CPU time on one
+    thread (CPU time rather than wall time, so that a loaded test machine does not decide)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1800, 512, generator=g)
+    y = (x @ torch.randn(512, 10, generator=g)).argmax(dim=1)
+    start = time.process_time()
+    fit_linear_grid(x[:1300], y[:1300], x[1300:], y[1300:], lrs=[0.3, 0.1, 0.03, 0.01],
+                    wds=[0.0, 1e-4, 1e-3], epochs=50)
+    assert time.process_time() - start < 2.0
+
+
+def test_stratified_split_keeps_class_proportions():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [3] * 1)
+    tr, va = stratified_split(y, 0.1, seed=0)
+    assert sorted(torch.cat([tr, va]).tolist()) == list(range(len(y)))
+    assert np.bincount(y[va].numpy(), minlength=4).tolist() == [5, 3, 2, 0]
+    tr2, va2 = stratified_split(y, 0.1, seed=0)
+    assert torch.equal(va, va2) and torch.equal(tr, tr2)
+    assert not torch.equal(va, stratified_split(y, 0.1, seed=1)[1])
+
+
+def test_grid_input_errors_name_the_input():
+    x, y = _linear_labelling(100, 4, 3, seed=0)
+    kw = dict(lrs=[0.1], wds=[0.0], epochs=1)
+    with pytest.raises(ValueError, match="train_y"):
+        fit_linear_grid(x, y[:-1], x, y, **kw)
+    with pytest.raises(ValueError, match="test_y"):
+        fit_linear_grid(x, y, x, y[:-1], **kw)
+    with pytest.raises(ValueError, match="test_x"):
+        fit_linear_grid(x, y, x[:, :3], y, **kw)
+    with pytest.raises(ValueError, match=r"test_y has labels in \[7, 7\]"):
+        fit_linear_grid(x, y, x, torch.full_like(y, 7), num_classes=3, **kw)
+    with pytest.raises(ValueError, match="train_y has labels in"):
+        fit_linear_grid(x, y - 1, x, y, **kw)
+    with pytest.raises(ValueError, match="train_y must hold integer"):
+        fit_linear_grid(x, y.float(), x, y, **kw)
+    with pytest.raises(ValueError, match="lrs"):
+        fit_linear_grid(x, y, x, y, lrs=[], wds=[0.0], epochs=1)
+    with pytest.raises(ValueError, match="wds"):
+        fit_linear_grid(x, y, x, y, lrs=[0.1], wds=[], epochs=1)
+    with pytest.raises(ValueError, match="lrs must be finite and > 0"):
+        fit_linear_grid(x, y, x, y, lrs=[0.0], wds=[0.0], epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        fit_linear_grid(x, y, x, y, lrs=[0.1], wds=[0.0], epochs=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        fit_linear_grid(x, y, x, y, val_fraction=1.0, **kw)
+    with pytest.raises(ValueError, match="train_x contains non-finite"):
+        fit_linear_grid(x * float("nan"), y, x, y, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Weighted kNN
+
+
+def _knn_brute_force(train_x, train_y, test_x, k, temperature, num_classes):
+    """Independent reference: float64 numpy, one test sample and one neighbour at a time."""
+    train_x = np.asarray(train_x, dtype=np.float64)
+    test_x = np.asarray(test_x, dtype=np.float64)
+    preds = []
+    for q in test_x:
+        sims = []
+        for t in train_x:
+            sims.append(float(q @ t) / (np.linalg.norm(q) * np.linalg.norm(t)))
+        order = np.argsort(-np.array(sims), kind="stable")[:k]
+        votes = [0.0] * num_classes
+        for j in order:
+            votes[int(train_y[j])] += np.exp(sims[j] / temperature)
+        preds.append(int(np.argmax(votes)))
+    return np.array(preds)
+
+
+@pytest.mark.parametrize("k,temperature,chunk", [(5, 0.1, 7), (200, 0.07, 1024), (3, 0.005, 16)])
+def test_knn_matches_brute_force(k, temperature, chunk):
+    rng = np.random.default_rng(k)
+    train_x = rng.standard_normal((120, 8)).astype(np.float32)
+    train_y = rng.integers(0, 4, 120)
+    test_x = rng.standard_normal((40, 8)).astype(np.float32)
+    test_y = rng.integers(0, 4, 40)
+    ref = _knn_brute_force(train_x, train_y, test_x, min(k, 120), temperature, 4)
+    pred = knn_predict(train_x, train_y, test_x, k=k, temperature=temperature, num_classes=4, chunk=chunk)
+    assert pred.tolist() == ref.tolist()
+    acc = knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=temperature, chunk=chunk)
+    assert acc == pytest.approx(float(np.mean(ref == test_y)), abs=0)
+
+
+def test_knn_separates_gaussian_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(6, 32, generator=g) * 5.0
+    y = torch.randint(0, 6, (1500,), generator=g)
+    x = centers[y] + torch.randn(1500, 32, generator=g)
+    assert knn_accuracy(x[:1000], y[:1000], x[1000:], y[1000:], k=20, temperature=0.07) >= 0.99
+
+
+def test_knn_input_errors_name_the_input():
+    x = torch.randn(10, 3)
+    y = torch.arange(10) % 2
+    with pytest.raises(ValueError, match="k must"):
+        knn_accuracy(x, y, x, y, k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        knn_accuracy(x, y, x, y, temperature=0.0)
+    with pytest.raises(ValueError, match="train_y"):
+        knn_accuracy(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="test_y"):
+        knn_accuracy(x, y, x, y[:5])
+    with pytest.raises(ValueError, match="test_x"):
+        knn_accuracy(x, y, x[:, :2], y)
+    with pytest.raises(ValueError, match="test_y has labels in"):
+        knn_accuracy(x, y, x, y + 5, num_classes=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Online probe
+
+
+def test_online_probe_learns_without_touching_its_input():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 16, generator=g) * 3.0
+    backbone = torch.nn.Linear(16, 16)
+    probe = OnlineProbe(16, 3)
+    probe.make_optimizer(1e-2)
+    accs = []
+    for _ in range(150):
+        y = torch.randint(0, 3, (64,), generator=g)
+        raw = (centers[y] + torch.randn(64, 16, generator=g)).requires_grad_(True)
+        features = backbone(raw)
+        loss, correct = probe.step(features, y)
+        assert isinstance(loss, float) and isinstance(correct, int)
+        accs.append(correct / 64)
+        assert raw.grad is None
+        assert all(p.grad is None for p in backbone.parameters())
+    assert np.mean(accs[-20:]) > np.mean(accs[:5]) + 0.2
+    assert np.mean(accs[-20:]) > 0.95
+
+
+def _distributed_probe_worker(rank: int, world: int, init_file: str, x: torch.Tensor, y: torch.Tensor,
+                              out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        probe = OnlineProbe(x.shape[1], 3)
+        probe.make_optimizer(0.05)
+        part = x.shape[0] // world
+        for _ in range(3):
+            probe.step(x[rank * part:(rank + 1) * part], y[rank * part:(rank + 1) * part])
+        torch.save(probe.state_dict(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_online_probe_stays_identical_across_ranks(tmp_path):
+    """Two gloo processes on halves of a batch end with the probe of one process on the whole
+    batch (equal halves: the mean of the ranks' mean gradients is the global mean gradient)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    torch.multiprocessing.spawn(_distributed_probe_worker, args=(2, str(tmp_path / "init"), x, y, str(tmp_path)),
+                                nprocs=2, join=True)
+    torch.manual_seed(0)
+    reference = OnlineProbe(6, 3)
+    reference.make_optimizer(0.05)
+    for _ in range(3):
+        reference.step(x, y)
+    for rank in range(2):
+        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_online_probe_under_bf16_autocast_keeps_float32_weights():
+    probe = OnlineProbe(8, 2)
+    probe.make_optimizer(1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, correct = probe.step(torch.randn(4, 8, dtype=torch.bfloat16), torch.tensor([0, 1, 0, 1]))
+    assert np.isfinite(loss) and 0 <= correct <= 4
+    assert probe.linear.weight.dtype == torch.float32
+
+
+def test_online_probe_errors():
+    probe = OnlineProbe(8, 2)
+    with pytest.raises(RuntimeError, match="make_optimizer"):
+        probe.step(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+    probe.make_optimizer(1e-3)
+    with pytest.raises(ValueError, match="features"):
+        probe.step(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        probe.step(torch.randn(4, 8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels has labels in \[0, 2\]"):
+        probe.step(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="lr"):
+        probe.make_optimizer(0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    x, y = _linear_labelling(1200, 16, 4, seed=8)
+    kw = dict(lrs=[0.3, 0.03], wds=[0.0, 1e-4], epochs=10, seed=0)
+    cpu = fit_linear_grid(x[:1000], y[:1000], x[1000:], y[1000:], **kw)
+    gpu = fit_linear_grid(x[:1000].cuda(), y[:1000].cuda(), x[1000:].cuda(), y[1000:].cuda(), **kw)
+    assert gpu["test_acc"] == pytest.approx(cpu["test_acc"], abs=0.02)
+    assert knn_predict(x[:1000].cuda(), y[:1000], x[1000:], k=10).tolist() == \
+        knn_predict(x[:1000], y[:1000], x[1000:], k=10).tolist()
+    probe = OnlineProbe(16, 4).cuda()
+    probe.make_optimizer(1e-3)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, correct = probe.step(x[:64].cuda().bfloat16(), y[:64].cuda())
+    assert np.isfinite(loss) and 0 <= correct <= 64
