@@ -1,0 +1,261 @@
+"""Connecting the sweep driver to Ray, and the checks a multi-node run needs before any trial.
+
+On one machine every path and every port is shared. On a cluster, trial workers run on other
+nodes: they only see storage that every node sees, and the driver only reaches servers that
+answer. These helpers turn the usual multi-node failures (a local `storage_path` that Ray Train
+cannot sync between nodes, a tracking server nobody started or forwarded, a Ray address that
+does not answer and on which `ray.init` would retry for minutes) into one clear error before
+any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from jepa_ray.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SHARED_FS_ENV = "JEPA_RAY_SHARED_FS"
+"""Set to 1 when a local-looking storage path is a shared mount (NFS, Lustre, EFS) that is
+mounted at the same path on every node."""
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+"""Where `ray up` leaves the resolved cluster config on the head node."""
+
+CONNECT_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 3.0
+
+TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                    "databricks", "databricks-uc", "uc")
+
+
+def connect(address: str | None, *, num_cpus: int | None = None,
+            runtime_env: dict | None = None) -> None:
+    """Connect this driver to Ray (no-op when already connected).
+
+    `address`: None connects to a running cluster when one is found ($RAY_ADDRESS, or one started
+    on this machine with `ray start`) and starts a local instance otherwise; "local" always starts
+    a local instance; "auto" requires a cluster on this machine; anything else ("HOST:PORT",
+    "ray://HOST:PORT") is a cluster to connect to. `num_cpus` applies only to a local instance
+    (a running cluster has its own resources). An address that does not answer raises ConfigError
+    within seconds instead of letting `ray.init` retry for minutes.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address == "local":
+        _start_local(num_cpus, runtime_env)
+        return
+    if address is None:
+        env_address = os.environ.get("RAY_ADDRESS", "").strip()
+        if env_address:
+            _connect_to(env_address, runtime_env, source="RAY_ADDRESS")
+            return
+        found = _running_cluster_address()
+        if found is not None and _reachable(found):
+            _connect_auto(runtime_env)
+            return
+        if found is not None:
+            logger.warning("the last Ray cluster started on this machine (%s) does not answer; "
+                           "starting a local instance", found)
+        _start_local(num_cpus, runtime_env)
+        return
+    if address == "auto":
+        found = _running_cluster_address()
+        if found is None or not _reachable(found):
+            raise ConfigError(
+                "--address auto: no running Ray cluster found on this machine; start one "
+                "(`ray start --head`, `ray up cluster.yaml`), pass its HOST:PORT, or leave out "
+                "--address to run locally"
+            )
+        _connect_auto(runtime_env)
+        return
+    _connect_to(address, runtime_env, source="--address")
+    if num_cpus is not None:
+        logger.info("num_cpus=%s ignored: connected to an existing cluster", num_cpus)
+
+
+def _start_local(num_cpus: int | None, runtime_env: dict | None) -> None:
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env)
+
+
+def _connect_auto(runtime_env: dict | None) -> None:
+    import ray
+
+    # "auto" (not the resolved HOST:PORT) so that Ray picks up ~/.ray/auth_token for a cluster
+    # started with token authentication: Ray does so only for automatically found clusters.
+    ray.init(address="auto", runtime_env=runtime_env)
+
+
+def _connect_to(address: str, runtime_env: dict | None, *, source: str) -> None:
+    import ray
+
+    if address in ("auto", "local"):
+        connect(address, runtime_env=runtime_env)
+        return
+    try:
+        host, port = parse_address(address)
+    except ValueError as err:
+        raise ConfigError(f"{source} {address!r}: {err}") from None
+    if not _reachable(f"{host}:{port}"):
+        raise ConfigError(
+            f"{source} {address!r}: Ray cluster unreachable (no answer on {host}:{port} within "
+            f"{CONNECT_TIMEOUT_S:g} s); start it (`ray up cluster.yaml`, `ray start --head`), check "
+            "the address and port (6379 by default), or leave out --address to run locally"
+        )
+    ray.init(address=address, runtime_env=runtime_env)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """("HOST", PORT) of "HOST:PORT", "ray://HOST:PORT" or "[IPV6]:PORT"."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or 'local'")
+    return host.strip("[]"), int(port)
+
+
+def _running_cluster_address() -> str | None:
+    """HOST:PORT of the cluster `ray start` last started on this machine, if any."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        return None
+
+
+def _reachable(address: str) -> bool:
+    """True when a TCP connection to the Ray GCS at HOST:PORT opens. Ray maps loopback names
+    to this node's IP, so for loopback both are tried."""
+    try:
+        host, port = parse_address(address)
+    except ValueError:
+        return False
+    candidates = [host]
+    if host in ("localhost", "127.0.0.1", "::1"):
+        try:
+            from ray._private.services import get_node_ip_address
+
+            candidates.append(get_node_ip_address())
+        except Exception:  # a best-effort extra candidate; the loopback one stands alone
+            pass
+    for candidate in candidates:
+        try:
+            with socket.create_connection((candidate, port), timeout=CONNECT_TIMEOUT_S):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def node_count() -> int:
+    """The number of alive nodes of the connected Ray cluster."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def max_node_count(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> int:
+    """The most nodes the connected cluster can have: on a head launched by `ray up` (which
+    keeps the resolved launcher config in ~/ray_bootstrap_config.yaml) 1 + its max_workers,
+    else the alive nodes. An autoscaling cluster may be just its head when the sweep starts
+    and have GPU workers a minute later, so checks about sharing must not count only the
+    nodes alive now."""
+    alive = node_count()
+    path = Path(bootstrap_config).expanduser()
+    if not path.is_file():
+        return alive
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    return max(alive, 1 + int(config.get("max_workers", 0)))
+
+
+def is_local_path(path: str) -> bool:
+    """True for a plain path or a file:// URI (as opposed to s3://, gs://, hdfs://, ...)."""
+    scheme = urlsplit(path).scheme
+    return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def check_storage_path(storage_path: str, num_nodes: int) -> None:
+    """Refuse a node-local Ray storage path on a cluster of several nodes.
+
+    Since Ray 2.7 Ray Train and Tune do not sync checkpoints between nodes: every node must be
+    able to read and write `storage_path`, so on more than one node it must be cloud storage
+    (s3://, gs://, ...) or a shared filesystem. Set JEPA_RAY_SHARED_FS=1 when a local-looking
+    path is such a shared mount (NFS, EFS, Lustre) at the same path on every node.
+    """
+    if not storage_path:
+        raise ConfigError("storage_path is empty; give a directory, s3://BUCKET/PREFIX or gs://...")
+    if num_nodes < 1:
+        raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+    if num_nodes == 1 or not is_local_path(storage_path):
+        return
+    if os.environ.get(SHARED_FS_ENV, "") == "1":
+        return
+    raise ConfigError(
+        f"storage_path {storage_path} is a local path but the cluster has {num_nodes} nodes; use "
+        "s3://... or a shared filesystem path (NFS) mounted on every node, and pass "
+        f"--storage-path (set {SHARED_FS_ENV}=1 if this path already is such a shared mount)"
+    )
+
+
+def check_tracking_uri(uri: str, *, multi_node: bool) -> None:
+    """Refuse a tracking URI the driver cannot use.
+
+    http(s):// must answer GET /health within a few seconds. A sqlite:// (or file) store is
+    local to the driver's node; that is fine on a cluster too, because the sweep driver makes
+    every MLflow write (trials on other nodes report to it through Ray and never open the
+    store), so with `multi_node` it is only noted in the log. A sqlite file's directory must
+    exist.
+    """
+    scheme = urlsplit(uri).scheme.split("+", 1)[0]
+    if len(scheme) == 1:  # a Windows drive letter: a plain path
+        scheme = ""
+    if scheme not in TRACKING_SCHEMES:
+        allowed = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., file:PATH"
+        raise ConfigError(f"tracking URI {uri}: unknown scheme '{scheme}'; allowed: {allowed}")
+    if scheme in ("http", "https"):
+        _check_http_tracking(uri)
+    elif scheme == "sqlite":
+        _check_sqlite_tracking(uri)
+    if multi_node and scheme in ("", "file", "sqlite"):
+        logger.info("tracking URI %s is local to the driver's node; fine on a cluster because "
+                    "only the driver writes to MLflow", uri)
+
+
+def _check_http_tracking(uri: str) -> None:
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code < 500:  # it answered (401/403: an authenticating proxy or basic-auth app)
+            return
+        reason = f"HTTP {err.code} {err.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise ConfigError(
+        f"tracking URI {uri} unreachable: {reason}; start the server "
+        "(`python -m jepa_ray.serve_mlflow --daemon`) or forward its port "
+        "(`ray attach cluster.yaml -p 5000`)"
+    )
+
+
+def _check_sqlite_tracking(uri: str) -> None:
+    if not uri.startswith("sqlite:///"):
+        raise ConfigError(f"tracking URI {uri}: expected sqlite:///RELATIVE/PATH or sqlite:////ABS/PATH")
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if str(path) != ":memory:" and not path.parent.is_dir():
+        raise ConfigError(f"tracking URI {uri}: directory {path.parent} does not exist")
