@@ -280,14 +280,18 @@ def make_sampler(name: str, seed: int, grid: dict | None = None):
 
 def optuna_storage_url(opts: SweepOptions) -> str:
     """The study's RDB storage: optuna.db beside a sqlite MLflow store (so optuna-dashboard
-    opens it next to `mlflow ui`), else optuna.db in the working directory."""
+    opens it next to `mlflow ui`), else ~/.jepa_ray/optuna.db."""
     if opts.optuna_storage:
         return opts.optuna_storage
     uri = opts.tracking_uri
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
         return f"sqlite:///{path.with_name('optuna.db')}"
-    return "sqlite:///optuna.db"
+    # A tracking server (cluster head): a stable path, not the working directory, which is a
+    # temporary copy inside a Ray job.
+    home = Path("~/.jepa_ray").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'optuna.db'}"
 
 
 class JepaOptunaSearch(OptunaSearch):
@@ -482,8 +486,9 @@ def trial_resources(cfg: TrialConfig) -> dict[str, float]:
     return {"CPU": 0.01}
 
 
-def auto_concurrency(cfg: TrialConfig) -> int:
-    """How many trials the cluster's resources fit at once."""
+def auto_concurrency(cfg: TrialConfig, max_nodes: int = 1) -> int:
+    """How many trials the cluster's resources fit at once (on an autoscaling cluster that is
+    still small: one trial per node it can grow to, the autoscaler adding what they ask)."""
     import ray
 
     total = ray.cluster_resources()
@@ -492,6 +497,9 @@ def auto_concurrency(cfg: TrialConfig) -> int:
     if cfg.system.gpus_per_worker > 0:
         fits.append(int(total.get("GPU", 0) // (cfg.system.workers * cfg.system.gpus_per_worker)))
     n = max(fits) if len(fits) == 1 else min(fits)
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if n < 1 and max_nodes > alive:
+        return max_nodes - 1
     if n < 1:
         raise ConfigError(
             f"a trial needs {cpus_needed:g} CPUs and {cfg.system.workers * cfg.system.gpus_per_worker:g} GPUs "
@@ -524,9 +532,10 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cluster.connect(opts.address, num_cpus=os.cpu_count())
-    nodes = cluster.node_count()
+    # An autoscaling cluster may be only its head now: count the nodes it can grow to.
+    nodes = cluster.max_node_count()
     cluster.check_storage_path(storage, nodes)
-    concurrency = opts.max_concurrent or auto_concurrency(base)
+    concurrency = opts.max_concurrent or auto_concurrency(base, nodes)
 
     exp_id = tracking.experiment_id(opts.tracking_uri, opts.experiment)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -614,16 +623,17 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
 
 
 def _print_front(opts: SweepOptions, objectives, parent_id: str):
+    """The front of this sweep, printed as a table and logged to the sweep's parent run
+    (the same code as `python -m jepa_ray.pareto`)."""
     from jepa_ray import pareto
 
     try:
-        trials = pareto.read_trials(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id])
-        result = pareto.compute_front(trials, objectives)
+        result = pareto.extract(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id],
+                                objectives=objectives)
     except (ConfigError, ValueError, LookupError) as err:
         print(f"no Pareto front: {err}")
         return None
     print()
-    print(f"Pareto front of sweep {parent_id} ({len(result.front)} of {len(result.trials)} finished trials):")
     print(pareto.format_table(result))
     try:
         pareto.log_to_parent(result, opts.tracking_uri, parent_id)
