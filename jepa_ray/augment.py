@@ -1,0 +1,409 @@
+"""Batched, device-side augmentations that turn a batch of images into JEPA views.
+
+All randomness is per sample and drawn from one `torch.Generator`, so a view batch is reproducible
+from the generator's seed. Geometry (RandomResizedCrop, flip, rotation, translation) becomes one
+affine matrix per sample and all views of one size come out of one `grid_sample` call;
+photometric ops are elementwise on the whole stack of views, each gated per sample by a Bernoulli
+mask. Nothing synchronizes with the host when the generator lives on the data's device.
+
+Differences from torchvision's per-image transforms, on purpose:
+- crop boxes are continuous (sub-pixel offsets and sizes) and resampled bilinearly without
+  antialiasing (crops are mostly upsampled; downsampled local crops alias a little);
+- ColorJitter applies brightness, contrast, saturation, hue in this fixed order (torchvision
+  shuffles the order per call); hue is the exact HSV rotation (same result as
+  torchvision's adjust_hue), computed with the closed-form HSV -> RGB map;
+- ops run in float32 on [0, 1] without re-quantizing to uint8 between ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from jepa_ray.config import ConfigError, ViewConfig
+
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+_DIGITS_MIN_CROP_SCALE = 0.5
+"""Digits keep at least half of the 8x8 image per global crop: a 20% crop is ~3x3 pixels and no
+longer shows which digit it is."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Parameters of an augmentation recipe. Probabilities are per sample; factors are drawn
+    uniformly in [1 - s, 1 + s] (brightness, contrast, saturation) or [-s, s] (hue, in turns)."""
+
+    crop_scale: tuple[float, float]
+    """Area fraction range of global crops."""
+    local_crop_scale: tuple[float, float]
+    """Area fraction range of local (multi-crop) views."""
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+    rotate_deg: float = 0.0
+    """Rotation uniform in [-rotate_deg, rotate_deg] about the crop center."""
+    translate: float = 0.0
+    """Shift uniform in [-t, t] of the image side, on each axis."""
+    padding_mode: str = "border"
+    """grid_sample padding for samples that reach outside the image (zeros for digits)."""
+    p_color_jitter: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    p_grayscale: float = 0.2
+    p_solarize: float = 0.1
+    solarize_threshold: float = 0.5
+    p_blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Gaussian blur sigma range in pixels; the kernel spans ~10% of the view side (SimCLR)."""
+    p_noise: float = 0.0
+    noise_std: float = 0.0
+    """Std of additive Gaussian noise on [0, 1] pixels."""
+
+    def validate(self) -> None:
+        for name in ("p_flip", "p_color_jitter", "p_grayscale", "p_solarize", "p_blur", "p_noise"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
+        for name in ("crop_scale", "local_crop_scale"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(f"{name}: expected 0 < min <= max <= 1, got ({lo}, {hi})")
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"crop_ratio: expected 0 < min <= max, got ({lo}, {hi})")
+        lo, hi = self.blur_sigma
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"blur_sigma: expected 0 < min <= max, got ({lo}, {hi})")
+        for name in ("rotate_deg", "translate", "brightness", "contrast", "saturation", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.brightness > 1 or self.contrast > 1 or self.saturation > 1:
+            raise ValueError("brightness, contrast, saturation: expected <= 1 (factors must stay >= 0)")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue: expected 0 <= hue <= 0.5, got {self.hue}")
+        if self.padding_mode not in ("zeros", "border", "reflection"):
+            raise ValueError(f"padding_mode: expected zeros | border | reflection, got {self.padding_mode!r}")
+
+
+def recipe_defaults(name: str, crop_scale_min: float = 0.2) -> Recipe:
+    """The recipe `name` (digits, cifar, imagenet) with global crops of area in [crop_scale_min, 1].
+
+    cifar is the reference (RandomResizedCrop, flips, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
+    Grayscale p 0.2, Solarize p 0.1); imagenet adds Gaussian blur p 0.5; digits has no flips and
+    no color (one channel): a small rotation/shift, brightness/contrast jitter and mild noise,
+    with crops of at least half the image.
+    """
+    if name == "digits":
+        lo = max(crop_scale_min, _DIGITS_MIN_CROP_SCALE)
+        return Recipe(crop_scale=(lo, 1.0), local_crop_scale=(min(0.25, lo), lo), p_flip=0.0,
+                      rotate_deg=10.0, translate=0.1, padding_mode="zeros", saturation=0.0, hue=0.0,
+                      p_grayscale=0.0, p_solarize=0.0, p_noise=0.5, noise_std=0.05)
+    if name in ("cifar", "imagenet"):
+        return Recipe(crop_scale=(crop_scale_min, 1.0), local_crop_scale=(min(0.05, crop_scale_min), crop_scale_min),
+                      p_blur=0.5 if name == "imagenet" else 0.0)
+    raise ConfigError(f"config field 'recipe' = {name!r} is not allowed here; allowed: digits | cifar | imagenet "
+                      f"(resolve 'auto' with jepa_ray.config.resolve)")
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+
+
+def _uniform(shape: Sequence[int], lo: float | torch.Tensor, hi: float | torch.Tensor,
+             gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """U[lo, hi) drawn on the generator's device, then moved (a generator on the data's device
+    avoids host-to-device copies)."""
+    u = torch.rand(tuple(shape), generator=gen, device=gen.device).to(device, non_blocking=True)
+    return lo + (hi - lo) * u
+
+
+def _bernoulli(n: int, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return _uniform((n,), 0.0, 1.0, gen, device) < p
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      gen: torch.Generator, device: torch.device, tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop boxes (n, 4) as (x0, y0, w, h) in pixels, batched.
+
+    As torchvision: area ~ U(scale) * H * W, log aspect ~ U(log ratio); the first of `tries`
+    candidates that fits is kept, else the whole image clipped to the ratio range; the offset is
+    uniform. Sizes and offsets stay continuous (no rounding)."""
+    area = height * width
+    s = _uniform((n, tries), scale[0], scale[1], gen, device)
+    r = torch.exp(_uniform((n, tries), math.log(ratio[0]), math.log(ratio[1]), gen, device))
+    w, h = torch.sqrt(area * s * r), torch.sqrt(area * s / r)
+    fits = (w <= width) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = float(width), width / ratio[0]
+    elif in_ratio > ratio[1]:
+        fw, fh = height * ratio[1], float(height)
+    else:
+        fw, fh = float(width), float(height)
+    ok = fits.any(dim=1)
+    w = torch.where(ok, w, torch.full_like(w, fw))
+    h = torch.where(ok, h, torch.full_like(h, fh))
+    x0 = _uniform((n,), 0.0, 1.0, gen, device) * (width - w)
+    y0 = _uniform((n,), 0.0, 1.0, gen, device) * (height - h)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def crop_affine(boxes: torch.Tensor, height: int, width: int, flip: torch.Tensor | None = None,
+                angle: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Affine matrices (n, 2, 3) for F.affine_grid (align_corners=False) that sample the boxes
+    (x0, y0, w, h in pixels), mirrored where `flip`, rotated by `angle` (radians) about the box
+    center and shifted by `shift` (n, 2) in normalized units (2 = one image side).
+
+    In pixels: p_in = c + Rot(angle) diag(±w/2, h/2) v, v the output's normalized coordinate;
+    dividing by (W/2, H/2) gives input normalized coordinates (rotation stays rigid in pixels
+    for non-square images)."""
+    x0, y0, w, h = boxes.unbind(1)
+    sx = w / 2 if flip is None else torch.where(flip, -w / 2, w / 2)
+    sy = h / 2
+    cos = torch.ones_like(w) if angle is None else torch.cos(angle)
+    sin = torch.zeros_like(w) if angle is None else torch.sin(angle)
+    theta = torch.stack([
+        torch.stack([cos * sx * (2 / width), -sin * sy * (2 / width), (2 * x0 + w) / width - 1], dim=1),
+        torch.stack([sin * sx * (2 / height), cos * sy * (2 / height), (2 * y0 + h) / height - 1], dim=1),
+    ], dim=1)
+    if shift is not None:
+        theta[:, :, 2] += shift
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, size: int, padding_mode: str = "border") -> torch.Tensor:
+    """Resample each image of x (B, C, H, W) through its affine matrix into (B, C, size, size)."""
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Photometric ops: x float (B, C, H, W) in [0, 1], per-sample factors (B,)
+
+
+def _per_sample(f: torch.Tensor) -> torch.Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma (B, 1, H, W); one-channel input is returned as is."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = _per_sample(factor)
+    return (f * x + (1 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * _per_sample(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's mean luma."""
+    return _blend(x, rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's luma (RGB only)."""
+    return _blend(x, rgb_to_grayscale(x), factor)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue by `shift` turns (RGB only); V and S are kept.
+
+    HSV -> RGB in closed form: channel_n = V - C * clamp(min(k, 4 - k), 0, 1),
+    k = (n + 6 H) mod 6 with n = 5, 3, 1 for R, G, B and chroma C = V - min (= S V)."""
+    r, g, b = x.unbind(1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inv = torch.where(chroma > 0, chroma, torch.ones_like(chroma)).reciprocal_()
+    hue6 = torch.where(maxc == r, (g - b) * inv,
+                       torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    hue6 += 6.0 * shift.view(-1, 1, 1)  # the remainder below wraps it into [0, 6)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + hue6, 6.0)
+        out.append(maxc - chroma * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Per-sample Gaussian blur (odd kernel_size, reflect padding, as torchvision's gaussian_blur):
+    two grouped 1-D convolutions with one kernel per (sample, channel)."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size: expected a positive odd integer, got {kernel_size}")
+    b, c, h, w = x.shape
+    half = (kernel_size - 1) / 2
+    taps = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - half
+    kernel = torch.exp(-0.5 * (taps / sigma.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (B*C, k)
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel.view(b * c, 1, 1, kernel_size), groups=b * c)
+    y = F.conv2d(y, kernel.view(b * c, 1, kernel_size, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def blur_kernel_size(size: int) -> int:
+    """An odd kernel spanning ~10% of the view side (SimCLR), at least 3, below the side."""
+    k = max(3, int(round(0.1 * size)) | 1)
+    return min(k, size - 1 if size % 2 == 0 else size)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class ViewMaker:
+    """Builds the V views of a batch: `num_views` global views of `image_size` then
+    `num_local_views` local views of `local_size`, normalized with (mean, std), float32.
+
+    Recipe parameters can be overridden by keyword (any `Recipe` field, e.g. p_grayscale=1.0).
+    Give it a generator on the batch's device (`torch.Generator(device="cuda")`): a CPU generator
+    works but each random draw is then copied to the device.
+    """
+
+    def __init__(self, views: ViewConfig, image_size: int, mean: Sequence[float], std: Sequence[float],
+                 num_channels: int | None = None, **overrides):
+        num_channels = len(mean) if num_channels is None else num_channels
+        if len(mean) != num_channels or len(std) != num_channels:
+            raise ValueError(f"mean/std: expected {num_channels} values each, got {len(mean)} and {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std: expected positive values, got {tuple(std)}")
+        if image_size < 2:
+            raise ValueError(f"image_size: expected >= 2, got {image_size}")
+        base = recipe_defaults(views.recipe, views.crop_scale_min)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Recipe)})
+        if unknown:
+            raise ValueError(f"unknown augmentation parameter(s) {', '.join(unknown)}; allowed: Recipe fields")
+        self.recipe = dataclasses.replace(base, **overrides)
+        self.recipe.validate()
+        self.recipe_name = views.recipe
+        self.num_views, self.num_local_views = views.num_views, views.num_local_views
+        self.image_size = image_size
+        self.local_size = views.local_size or max(image_size // 2, 4)
+        self.num_channels = num_channels
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._stats_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def total_views(self) -> int:
+        return self.num_views + self.num_local_views
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """x: uint8 (B, C, H, W) (or float in [0, 1]) on any device -> list of V float32 views on
+        x's device. All randomness comes from `generator`."""
+        if x.ndim != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"x: expected (B, {self.num_channels}, H, W), got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        elif x.is_floating_point():
+            x = x.float()
+        else:
+            raise ValueError(f"x: expected uint8 or float images, got {x.dtype}")
+        rec, views = self.recipe, []
+        for count, size, scale in ((self.num_views, self.image_size, rec.crop_scale),
+                                   (self.num_local_views, self.local_size, rec.local_crop_scale)):
+            if count:
+                views.extend(self._views(x, count, size, scale, generator).split(x.shape[0]))
+        return views
+
+    def _views(self, x: torch.Tensor, count: int, size: int, scale: tuple[float, float],
+               gen: torch.Generator) -> torch.Tensor:
+        """`count` views of every image, (count * B, C, size, size), view-major. All views go
+        through one grid_sample (their grids stacked along the output height, so the input is
+        not repeated) and one pass of each photometric op: a few kernel launches per view size."""
+        b, c = x.shape[:2]
+        theta = self._geometry(count * b, x.shape[2], x.shape[3], x.device, scale, gen)
+        grid = F.affine_grid(theta, [count * b, c, size, size], align_corners=False)
+        grid = grid.view(count, b, size, size, 2).transpose(0, 1).reshape(b, count * size, size, 2)
+        v = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.recipe.padding_mode, align_corners=False)
+        v = v.view(b, c, count, size, size).permute(2, 0, 1, 3, 4).reshape(count * b, c, size, size)
+        v = self._photometric(v, gen)
+        mean, std = self._stats(v.device)
+        return v.sub_(mean).div_(std)
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean/std on `device`, copied once (a pageable host-to-device copy per call would block
+        the host until the GPU drains)."""
+        if device not in self._stats_cache:
+            self._stats_cache[device] = (self._mean.to(device), self._std.to(device))
+        return self._stats_cache[device]
+
+    def _geometry(self, b: int, h: int, w: int, dev: torch.device, scale: tuple[float, float],
+                  gen: torch.Generator) -> torch.Tensor:
+        rec = self.recipe
+        boxes = sample_crop_boxes(b, h, w, scale, rec.crop_ratio, gen, dev)
+        flip = _bernoulli(b, rec.p_flip, gen, dev) if rec.p_flip > 0 else None
+        angle = None
+        if rec.rotate_deg > 0:
+            angle = _uniform((b,), -math.radians(rec.rotate_deg), math.radians(rec.rotate_deg), gen, dev)
+        shift = _uniform((b, 2), -2 * rec.translate, 2 * rec.translate, gen, dev) if rec.translate > 0 else None
+        return crop_affine(boxes, h, w, flip, angle, shift)
+
+    def _photometric(self, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        rec, b, dev = self.recipe, v.shape[0], v.device
+        rgb = v.shape[1] == 3
+        if rec.p_color_jitter > 0:
+            on = _bernoulli(b, rec.p_color_jitter, gen, dev)
+            one = torch.ones(b, device=dev)
+            if rec.brightness > 0:
+                v = adjust_brightness(v, torch.where(on, _uniform((b,), 1 - rec.brightness, 1 + rec.brightness, gen, dev), one))
+            if rec.contrast > 0:
+                v = adjust_contrast(v, torch.where(on, _uniform((b,), 1 - rec.contrast, 1 + rec.contrast, gen, dev), one))
+            if rgb and rec.saturation > 0:
+                v = adjust_saturation(v, torch.where(on, _uniform((b,), 1 - rec.saturation, 1 + rec.saturation, gen, dev), one))
+            if rgb and rec.hue > 0:
+                shift = _uniform((b,), -rec.hue, rec.hue, gen, dev)
+                v = torch.where(_per_sample(on), adjust_hue(v, shift), v)
+        if rgb and rec.p_grayscale > 0:
+            on = _bernoulli(b, rec.p_grayscale, gen, dev)
+            v = torch.where(_per_sample(on), rgb_to_grayscale(v).expand_as(v), v)
+        if rec.p_blur > 0:
+            on = _bernoulli(b, rec.p_blur, gen, dev)
+            sigma = _uniform((b,), rec.blur_sigma[0], rec.blur_sigma[1], gen, dev)
+            v = torch.where(_per_sample(on), gaussian_blur(v, sigma, blur_kernel_size(v.shape[-1])), v)
+        if rec.p_solarize > 0:
+            on = _bernoulli(b, rec.p_solarize, gen, dev)
+            v = torch.where(_per_sample(on), solarize(v, rec.solarize_threshold), v)
+        if rec.p_noise > 0 and rec.noise_std > 0:
+            on = _bernoulli(b, rec.p_noise, gen, dev)
+            noise = torch.randn(v.shape, generator=gen, device=gen.device).to(dev, non_blocking=True)
+            v = (v + _per_sample(on * rec.noise_std) * noise).clamp_(0.0, 1.0)
+        return v
+
+
+def measure_views_per_second(view_maker: ViewMaker, x_uint8: torch.Tensor, batch_size: int, repeats: int = 10) -> float:
+    """Views produced per second on x's device (every view of every image counts), after one
+    warm-up call; the generator lives on x's device as in training."""
+    if repeats < 1 or batch_size < 1:
+        raise ValueError(f"batch_size and repeats: expected >= 1, got {batch_size} and {repeats}")
+    idx = torch.arange(batch_size, device=x_uint8.device) % x_uint8.shape[0]
+    batch = x_uint8[idx]
+    gen = torch.Generator(device=x_uint8.device).manual_seed(0)
+    sync = torch.cuda.synchronize if x_uint8.device.type == "cuda" else (lambda: None)
+    view_maker(batch, gen)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        view_maker(batch, gen)
+    sync()
+    return repeats * batch_size * view_maker.total_views / (time.perf_counter() - start)
