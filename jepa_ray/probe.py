@@ -343,12 +343,18 @@ class OnlineProbe(nn.Module):
     def step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         """One optimizer step on a batch; returns (mean cross-entropy, number correct) of the
         batch as seen before the update."""
-        if self.optimizer is None:
-            raise RuntimeError("OnlineProbe.step needs an optimizer: call make_optimizer(lr) first")
         if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] != self.linear.in_features:
             raise ValueError(f"features must have shape (B >= 1, {self.linear.in_features}), got {tuple(features.shape)}")
         labels = _labels(labels, "labels", features.shape[0]).to(features.device)
         _num_classes(self.num_classes, ("labels", labels))
+        loss, correct = self.step_tensors(features, labels)
+        return loss.item(), int(correct)
+
+    def step_tensors(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` without input checks and without reading results back: (loss, correct) stay
+        on the device, so a training loop on a GPU is never forced to wait for them."""
+        if self.optimizer is None:
+            raise RuntimeError("OnlineProbe.step needs an optimizer: call make_optimizer(lr) first")
         with torch.autocast(features.device.type, enabled=False):
             logits = self(features)
             loss = F.cross_entropy(logits, labels)
@@ -357,7 +363,7 @@ class OnlineProbe(nn.Module):
         self._all_reduce_grads()
         self.optimizer.step()
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        return loss.item(), int(correct)
+        return loss.detach(), correct
 
     def _all_reduce_grads(self) -> None:
         if not (self.sync_grads and dist.is_available() and dist.is_initialized()):

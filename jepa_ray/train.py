@@ -179,12 +179,12 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
     probe.make_optimizer(cfg.eval.online_probe_lr)
 
     local_batch = cfg.optim.batch_size // rt.world_size
+    if cfg.optim.batch_size > train_x.shape[0]:
+        raise ConfigError(f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
+                          f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}")
     batches = BatchIterator(train_x.shape[0], cfg.optim.batch_size, rank=rt.rank,
                             world_size=rt.world_size, seed=cfg.system.seed)
     steps_per_epoch = len(batches)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
-                          f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}")
     total_steps = cfg.optim.epochs * steps_per_epoch
     warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
     peak = peak_lr(cfg)
@@ -206,11 +206,11 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         model.train()
         batches.set_epoch(epoch)
         sums = torch.zeros(6, dtype=torch.float64, device=rt.device)
+        pending = None
         t0 = time.perf_counter()
-        for idx in batches:
+        for idx in [b.to(rt.device) for b in batches]:  # one host-to-device copy per epoch
             set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak, cfg.optim.min_lr_ratio))
             gen = dist_lib.step_generator(rt.device, cfg.system.seed, step, _STREAM_AUGMENT + rt.rank)
-            idx = idx.to(rt.device, non_blocking=True)
             x_views = views(train_x[idx], gen)  # list of V normalized (b, C, H, W)
             num_global = cfg.views.num_views
             with torch.autocast(rt.device.type, dtype=rt.autocast_dtype or torch.bfloat16,
@@ -219,21 +219,22 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             inv = invariance(z.float(), num_global)
             reg = regularizer(z[:num_global], step)
             loss = total_loss(inv, reg, cfg.loss.lambd)
-            if not torch.isfinite(loss):
-                raise TrialFailure(f"non-finite loss at epoch {epoch} step {step}: "
-                                   f"invariance={inv.item():.4g} regularizer={reg.item():.4g}")
+            # The finiteness check reads the previous step's loss: reading this step's would make
+            # the CPU wait for the GPU every step. A non-finite loss stops the trial one step late.
+            _check_finite(pending, epoch)
+            pending = (step, loss.detach(), inv.detach(), reg.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             labels = train_y[idx]
-            _, correct = probe.step(h[0], labels)
+            _, correct = probe.step_tensors(h[0], labels)
             with torch.no_grad():
-                sums += torch.stack([loss.detach().double(), inv.detach().double(), reg.detach().double(),
-                                     (z[0] != 0).double().mean(), torch.tensor(float(correct), device=rt.device, dtype=torch.float64),
-                                     torch.tensor(float(labels.numel()), device=rt.device, dtype=torch.float64)])
+                sums += torch.stack([loss.detach(), inv.detach(), reg.detach(), (z[0] != 0).float().mean(),
+                                     correct.float(), torch.full((), float(labels.numel()), device=rt.device)]).double()
             step += 1
+        _check_finite(pending, epoch)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         seconds = time.perf_counter() - t0
@@ -276,6 +277,16 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
 
     _report(reporter, rt, final, True, save_final)
     return final
+
+
+def _check_finite(pending, epoch: int) -> None:
+    """Raise TrialFailure if the recorded (step, loss, invariance, regularizer) is not finite."""
+    if pending is None:
+        return
+    step, loss, inv, reg = pending
+    if not torch.isfinite(loss):
+        raise TrialFailure(f"non-finite loss at epoch {epoch} step {step}: "
+                           f"invariance={inv.item():.4g} regularizer={reg.item():.4g}")
 
 
 def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:

@@ -1,0 +1,171 @@
+"""Trainer speed: the input pipeline alone (views/s), and images/s of our training loop (`fit`,
+under a 1-worker TorchTrainer when Ray is installed, else in-process) against a plain
+single-process PyTorch loop on the same model, data, views and loss in the same run.
+
+    python benchmarks/trainer.py                       # digits on CPU
+    python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
+
+Prints one JSON line per case (DESIGN.md format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jepa_ray import config as config_lib  # noqa: E402
+from jepa_ray.augment import ViewMaker  # noqa: E402
+from jepa_ray.data import load_dataset  # noqa: E402
+from jepa_ray.distributed import step_generator  # noqa: E402
+from jepa_ray.model import create_model  # noqa: E402
+from jepa_ray.regularizers import create_regularizer, invariance, total_loss  # noqa: E402
+
+
+def emit(case: str, metric: str, value: float, device: str, baseline: float | None = None, **extra) -> None:
+    row = {"bench": "trainer", "case": case, "metric": metric, "value": round(value, 3)}
+    if baseline is not None:
+        row.update(baseline=round(baseline, 3), ratio=round(value / baseline, 4))
+    row["device"] = device
+    row.update(extra)
+    print(json.dumps(row), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pipeline_views_per_s(cfg, splits, device: torch.device, batch: int, steps: int) -> float:
+    views = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
+    x = splits.train_x.to(device)
+    n = x.shape[0]
+    for warm in (True, False):
+        sync(device)
+        t0 = time.perf_counter()
+        for s in range(3 if warm else steps):
+            idx = torch.randint(0, n, (batch,), device=device)
+            out = views(x[idx], step_generator(device, 0, s, 7))
+        sync(device)
+        seconds = time.perf_counter() - t0
+    return steps * batch * len(out) / seconds
+
+
+def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float:
+    """The reference approach written plainly: augment, forward both views, invariance +
+    regularizer, backward, AdamW step; nothing else (no probe, no metrics, no reporting)."""
+    torch.manual_seed(0)
+    model = create_model(cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    reg = create_regularizer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    views = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
+    x = splits.train_x.to(device)
+    batch = cfg.optim.batch_size
+    bf16 = device.type == "cuda"
+    times = []
+    for s in range(steps + 3):
+        sync(device)
+        t0 = time.perf_counter()
+        idx = torch.randint(0, x.shape[0], (batch,), device=device)
+        v = torch.cat(views(x[idx], step_generator(device, 0, s, 7)))
+        if device.type == "cuda":
+            v = v.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, z = model(v)
+        z = z.view(cfg.views.num_views, batch, -1)
+        loss = total_loss(invariance(z.float()), reg(z, s), cfg.loss.lambd)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if s >= 3:
+            times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def fit_img_per_s(cfg, use_ray: bool) -> float:
+    """Median over epochs after the first of our loop's own throughput/img_per_s."""
+    from jepa_ray.train import LocalReporter, fit, run_trial
+
+    epochs: list[dict] = []
+    if use_ray:
+        import ray
+        from ray.util.queue import Queue
+
+        ray.init(num_cpus=max(2, torch.get_num_threads()) + 1, include_dashboard=False,
+                 log_to_driver=False)
+        q = Queue()
+        with tempfile.TemporaryDirectory() as tmp:
+            run_trial(cfg, storage_path=tmp, name="bench", progress=q)
+        while not q.empty():
+            epochs.append(q.get())
+        ray.shutdown()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            fit(cfg, LocalReporter(Path(tmp), callback=lambda m, d: epochs.append(m)))
+    rates = [m["throughput/img_per_s"] for m in epochs if "throughput/img_per_s" in m][1:]
+    return statistics.median(rates)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cifar", help="directory with CIFAR-10 train.parquet/test.parquet (else digits)")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--max-train", type=int, default=0, help="cap on training images per epoch")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--no-ray", action="store_true", help="time fit in-process instead of under TorchTrainer")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    overrides = {"epochs": args.epochs, "warmup_epochs": 0, "collapse_guard": False,
+                 "threads_per_worker": torch.get_num_threads(), "probe_epochs": 1,
+                 "gpus_per_worker": 1 if device.type == "cuda" else 0,
+                 "max_train_samples": args.max_train}
+    if args.cifar:
+        overrides.update(dataset="parquet", data_dir=args.cifar, recipe="cifar", backbone="resnet18",
+                         cifar_stem=True, proj_dims="512-512-512", num_slices=1024, batch_size=512)
+    if args.backbone:
+        overrides["backbone"] = args.backbone
+    if args.batch:
+        overrides["batch_size"] = args.batch
+    cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset("digits"), overrides))
+    splits = load_dataset(cfg.data)
+    if not cfg.data.image_size:
+        cfg.data.image_size = splits.image_size
+    label = f"{cfg.data.dataset} {cfg.model.backbone} B={cfg.optim.batch_size} V={cfg.views.num_views} {cfg.data.image_size}px"
+    if device.type == "cuda":
+        label += " bf16"
+
+    vps = pipeline_views_per_s(cfg, splits, device, cfg.optim.batch_size, args.steps)
+    emit(f"input pipeline {label}", "views_per_s", vps, device.type)
+
+    plain = plain_loop_img_per_s(cfg, splits, device, args.steps)
+    emit(f"plain loop {label}", "img_per_s", plain, device.type,
+         views_per_s=round(plain * cfg.views.num_views, 1))
+
+    use_ray = not args.no_ray
+    if use_ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            use_ray = False
+    ours = fit_img_per_s(cfg, use_ray)
+    where = "TorchTrainer 1 worker" if use_ray else "in-process"
+    emit(f"jepa_ray fit ({where}) vs plain loop {label}", "img_per_s", ours, device.type, baseline=plain,
+         views_per_s=round(ours * cfg.views.num_views, 1))
+
+
+if __name__ == "__main__":
+    main()
