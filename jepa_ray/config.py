@@ -486,6 +486,7 @@ def validate(cfg: TrialConfig) -> None:
     _require(math.isfinite(o.lr) and o.lr > 0, "lr", "> 0", o.lr)
     _require(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay)
     _require(o.batch_size >= 2, "batch_size", ">= 2", o.batch_size)
+    _require(s.workers >= 1, "workers", ">= 1", s.workers)  # before batch_size % workers
     _require(o.batch_size % s.workers == 0, "batch_size",
              f"a multiple of workers={s.workers}", o.batch_size)
     _require(o.batch_size // s.workers >= 2, "batch_size", f">= 2 per worker (workers={s.workers})", o.batch_size)
@@ -507,7 +508,6 @@ def validate(cfg: TrialConfig) -> None:
     _require(e.knn_temperature > 0, "knn_temperature", "> 0", e.knn_temperature)
     _require(e.online_probe_lr > 0, "online_probe_lr", "> 0", e.online_probe_lr)
 
-    _require(s.workers >= 1, "workers", ">= 1", s.workers)
     _require(s.gpus_per_worker >= 0, "gpus_per_worker", ">= 0", s.gpus_per_worker)
     _require(s.cpus_per_worker > 0, "cpus_per_worker", "> 0", s.cpus_per_worker)
     _choice("precision", s.precision, PRECISIONS)

@@ -526,13 +526,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     import ray
 
     from jepa_ray.cluster import connect
 
-    connect(args.address, num_cpus=max(2, math.ceil(cfg.system.workers * cfg.system.cpus_per_worker) + 1))
+    try:
+        connect(args.address, num_cpus=max(2, math.ceil(cfg.system.workers * cfg.system.cpus_per_worker) + 1))
+    except ConfigError as err:  # an --address that does not answer: bad input, exit 2 like the config
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     try:
         metrics, checkpoint = run_trial(cfg, storage_path=args.storage_path or str(out / "ray"), name="train")
     except TrialFailure as err:

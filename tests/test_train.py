@@ -1,0 +1,346 @@
+"""The trainer of one trial: the per-worker loop `fit` in process (resume, non-finite loss,
+collapse guard), the Ray Train run with a killed worker, and `python -m jepa_ray.train`.
+
+Ray runs cost 30-60 s each on a small CPU, so there are two: the command line with 2 workers
+(whose checkpoints also serve the per-epoch metric checks) and the fault-injection run; the
+uninterrupted reference of the resume checks is an in-process `fit`, shared by both resume tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import jepa_ray
+from jepa_ray import checkpoint as ckpt_lib
+from jepa_ray import config as config_lib
+from jepa_ray import train
+from jepa_ray.config import LOSS_CONVENTION, ConfigError, TrialConfig
+from jepa_ray.targets import expected_l0_density, sigma_gn
+from jepa_ray.train import (EPOCH_METRICS, FINAL_METRICS, LocalReporter, TrialFailure, collapse_reason,
+                            fit, run_trial)
+
+RESUME = {"epochs": 4, "checkpoint_every": 1}
+"""The resume runs: smoke preset (4 steps of 128 images per epoch), a checkpoint every epoch."""
+
+FAULT_MESSAGE = "[jepa_ray] fault injection: rank 0 exits at the start of epoch 2"
+
+
+def smoke(**overrides) -> TrialConfig:
+    return config_lib.resolve(config_lib.apply_overrides(config_lib.preset("smoke"), overrides))
+
+
+def model_file(checkpoint: Path) -> dict:
+    """Everything in model.pt (encoder and online probe), loaded as plain tensors."""
+    return ckpt_lib.load_state(checkpoint, ckpt_lib.MODEL_FILE)
+
+
+def history(checkpoint: Path) -> list[dict]:
+    return json.loads(ckpt_lib.load_state(checkpoint, ckpt_lib.TRAIN_STATE_FILE)["history"])
+
+
+def assert_same_weights(got: dict, want: dict) -> None:
+    """Bitwise equality of two model.pt contents.
+
+    Exact, not approximate: both runs execute the same CPU kernels with one intra-op thread
+    (fit sets it from cpus_per_worker=1), the same op order, and the same random streams,
+    which are seeded from (seed, epoch) and (seed, global step) and never from process state.
+    A resumed run therefore repeats the uninterrupted one bit for bit; any difference means
+    something was not restored (optimizer moments, schedule position, probe, data order)."""
+    assert got.keys() == want.keys()
+    for part in want:
+        assert got[part].keys() == want[part].keys(), part
+        for name, tensor in want[part].items():
+            assert torch.equal(got[part][name], tensor), f"{part}.{name} differs"
+
+
+@dataclass
+class Reference:
+    final: dict
+    weights: dict
+    history: list[dict]
+    trained_epochs: list[int]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Reference:
+    """The resume configuration trained in process on one worker, without interruption."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    trained: list[int] = []
+    final = fit(smoke(**RESUME), LocalReporter(out), on_epoch=lambda m: trained.append(m["epoch"]))
+    return Reference(final, model_file(out / "checkpoint"), history(out / "checkpoint"), trained)
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------------------------
+# In process
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupted, tmp_path):
+    cfg = smoke(**RESUME)
+
+    def crash_after_epoch_1(metrics: dict, kept: Path | None) -> None:
+        assert kept is not None  # checkpoint_every=1: every epoch's report carries one
+        if metrics["epoch"] == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        fit(cfg, LocalReporter(tmp_path / "crashed", callback=crash_after_epoch_1))
+    saved = tmp_path / "after_epoch_1"
+    shutil.copytree(tmp_path / "crashed" / "checkpoint", saved)
+    assert ckpt_lib.load_state(saved, ckpt_lib.TRAIN_STATE_FILE)["epoch"] == 2
+    assert [h["epoch"] for h in history(saved)] == [0, 1]
+
+    trained: list[int] = []
+    final = fit(cfg, LocalReporter(tmp_path / "resumed", resume_from=saved),
+                on_epoch=lambda m: trained.append(m["epoch"]))
+
+    assert uninterrupted.trained_epochs == [0, 1, 2, 3]
+    assert trained == [2, 3]  # no epoch trained twice
+    resumed = tmp_path / "resumed" / "checkpoint"
+    assert [h["epoch"] for h in history(resumed)] == [0, 1, 2, 3]
+    assert_same_weights(model_file(resumed), uninterrupted.weights)
+    for got, want in zip(history(resumed), uninterrupted.history):
+        for key in ("train/loss", "train/invariance", "train/regularizer", "train/l0_density",
+                    "online/linear_acc", "train/lr"):
+            assert got[key] == want[key], (got["epoch"], key)
+    for key in FINAL_METRICS:
+        assert final[key] == uninterrupted.final[key], key
+
+
+def test_non_finite_loss_raises_trial_failure_naming_epoch_and_step(monkeypatch, tmp_path):
+    real = train.create_regularizer
+
+    def poisoned(cfg):
+        regularizer = real(cfg)
+
+        def call(z, step):
+            value = regularizer(z, step)
+            return value * float("nan") if step == 5 else value
+
+        return call
+
+    monkeypatch.setattr(train, "create_regularizer", poisoned)
+    reported: list[int] = []
+    # 512 training images in batches of 128: 4 steps per epoch, so global step 5 is in epoch 1.
+    with pytest.raises(TrialFailure, match=r"non-finite loss at epoch 1 step 5"):
+        fit(smoke(epochs=2, checkpoint_every=1), LocalReporter(tmp_path, callback=lambda m, k: reported.append(m["epoch"])))
+    assert reported == [0]
+
+
+def test_collapse_guard_stops_fit_after_its_warmup(tmp_path):
+    # A minimum rank no representation reaches: the guard must fire at the first checked epoch.
+    cfg = smoke(epochs=3, collapse_warmup_epochs=1, collapse_min_rank=1e9)
+    trained: list[int] = []
+    with pytest.raises(TrialFailure, match=r"collapse at epoch 1: train/rank_me="):
+        fit(cfg, LocalReporter(tmp_path), on_epoch=lambda m: trained.append(m["epoch"]))
+    assert trained == [0]
+
+
+def epoch_metrics(epoch: int, density: float = 0.4, rank: float = 20.0) -> dict:
+    return {"epoch": epoch, "train/l0_density": density, "train/rank_me": rank}
+
+
+@pytest.mark.parametrize("density, rank, reason", [
+    (0.0, 20.0, "all zeros"),
+    (1.0, 20.0, "never sparse"),
+    (0.4, 1.0, "representation collapsed"),
+])
+def test_collapse_reason_after_warmup_only(density, rank, reason):
+    cfg = smoke(collapse_warmup_epochs=3)  # rgg, mu=0: target density 0.5
+    assert collapse_reason(cfg, epoch_metrics(2, density, rank)) is None  # epochs 0..2: warm-up
+    assert reason in collapse_reason(cfg, epoch_metrics(3, density, rank))
+    off = config_lib.apply_overrides(cfg, {"collapse_guard": False})
+    assert collapse_reason(off, epoch_metrics(3, density, rank)) is None
+
+
+def test_collapse_reason_accepts_healthy_and_dense_targets():
+    assert collapse_reason(smoke(), epoch_metrics(10)) is None
+    # A Gaussian target is dense: z that is never zero is what it asks for.
+    gaussian = smoke(target="gaussian", regularizer="sigreg")
+    assert collapse_reason(gaussian, epoch_metrics(10, density=1.0)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Train
+
+
+def ray_worker_logs() -> str:
+    """What every Ray worker process of this session wrote to stdout (Ray Train copies a
+    worker's stdout into its .err file too: reading both would count each line twice)."""
+    import ray._private.worker
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*.out")))
+
+
+@pytest.mark.slow
+def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, uninterrupted, tmp_path):
+    from ray.util.queue import Queue
+
+    progress = Queue()
+    cfg = smoke(**RESUME, fail_at_epoch=2, max_failures=1)
+    metrics, checkpoint = run_trial(cfg, storage_path=str(tmp_path), name="resume", progress=progress)
+
+    reported = [m["epoch"] for m in progress.get_nowait_batch(progress.qsize())]
+    assert reported == [0, 1, 2, 3]  # epoch 2 and 3 trained once, after the restart
+    assert ray_worker_logs().count(FAULT_MESSAGE) == 1  # the worker did die, once
+    assert metrics["epoch"] == 3
+    assert [h["epoch"] for h in history(Path(checkpoint))] == [0, 1, 2, 3]
+    assert_same_weights(model_file(Path(checkpoint)), uninterrupted.weights)
+    for key in FINAL_METRICS:
+        assert metrics[key] == uninterrupted.final[key], key
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jepa_ray.train", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def test_cli_rejects_bad_config_before_starting_ray(tmp_path):
+    start = time.monotonic()
+    proc = run_cli(["--set", "p=-1", "--out", str(tmp_path / "out")], tmp_path, timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config field 'p'" in lines[0] and "allowed: p > 0" in lines[0], proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr  # e.g. "Started a local Ray instance"
+    assert not (tmp_path / "out").exists()
+    assert elapsed < 20
+
+
+def test_cli_rejects_an_unreachable_address_with_one_line(tmp_path):
+    # Port 1 on the loopback refuses connections: the check fails fast, before ray.init.
+    proc = run_cli(["--preset", "smoke", "--address", "127.0.0.1:1", "--out", str(tmp_path / "out")], tmp_path,
+                   timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--address '127.0.0.1:1'" in lines[0] and "unreachable" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_without_out_is_a_usage_error(capsys):
+    assert train.main(["--preset", "smoke"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_cli_list_keys_prints_every_key_with_its_doc(capsys):
+    assert train.main(["--list-keys"]) == 0
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
+    assert rows.keys() == config_lib.LEAVES.keys()
+    assert all(doc.strip() for doc in rows.values())
+
+
+def test_build_config_applies_sets_and_shortcuts():
+    cfg = train.build_config("smoke", ["mu=-1", "p=0.5"], workers=2, gpus_per_worker=0)
+    assert (cfg.target.mu, cfg.target.p, cfg.system.workers) == (-1.0, 0.5, 2)
+    assert cfg.target.sigma == pytest.approx(sigma_gn(0.5))
+    with pytest.raises(ConfigError, match="'batch_size'"):
+        train.build_config("smoke", [], workers=3)  # 128 images per step over 3 workers
+
+
+def printed_json(stdout: str) -> dict:
+    """The last JSON object printed (indented, starting with a line '{')."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    end = next(i for i in range(start, len(lines)) if lines[i] == "}")
+    return json.loads("\n".join(lines[start:end + 1]))
+
+
+@dataclass
+class CliRun:
+    out: Path
+    proc: subprocess.CompletedProcess
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def cli_run(ray_cluster, tmp_path_factory) -> CliRun:
+    """`python -m jepa_ray.train --preset smoke` with 2 gloo workers and 2 epochs, joining the
+    session's Ray instance (a subprocess that starts its own would pay Ray's start-up again)."""
+    out = tmp_path_factory.mktemp("cli") / "out"
+    start = time.monotonic()
+    proc = run_cli(["--preset", "smoke", "--workers", "2", "--set", "epochs=2", "--set", "checkpoint_every=1",
+                    "--address", ray_cluster, "--out", str(out)], out.parent, timeout=500)
+    return CliRun(out, proc, time.monotonic() - start)
+
+
+@pytest.mark.slow
+def test_cli_trial_prints_final_metrics_in_range(cli_run):
+    assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
+    shown = printed_json(cli_run.proc.stdout)
+    assert shown["checkpoint"] == str(cli_run.out.resolve() / "checkpoint")
+    assert set(FINAL_METRICS) <= shown.keys()
+    assert all(finite(shown[k]) for k in FINAL_METRICS), shown
+    for key in ("linear_acc", "linear_acc_z", "knn_acc"):
+        assert 0.2 < shown[key] <= 1.0, (key, shown[key])  # 10 classes: chance is 0.1
+    for key in ("l0_density", "l0_density_backbone"):
+        assert 0.0 <= shown[key] <= 1.0, (key, shown[key])
+    assert shown["target_l0_density"] == pytest.approx(expected_l0_density(1.0, 0.0, sigma_gn(1.0)))
+    assert 1.0 <= shown["rank_me"] <= 64.0  # z has 64 dimensions (proj_dims 64-64)
+    saved = json.loads((cli_run.out / "checkpoint" / ckpt_lib.METRICS_FILE).read_text())
+    assert {k: saved[k] for k in FINAL_METRICS} == {k: shown[k] for k in FINAL_METRICS}
+
+
+@pytest.mark.slow
+def test_cli_trial_writes_loadable_checkpoint(cli_run):
+    assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
+    path = cli_run.out / "checkpoint"
+    for name in (ckpt_lib.MODEL_FILE, ckpt_lib.CONFIG_FILE, ckpt_lib.METRICS_FILE):
+        assert (path / name).is_file(), name
+    state = torch.load(path / ckpt_lib.MODEL_FILE, weights_only=True)
+    assert "model" in state
+    saved_cfg = json.loads((path / ckpt_lib.CONFIG_FILE).read_text())
+    assert saved_cfg["loss_convention"] == LOSS_CONVENTION
+    assert saved_cfg["loss"]["lambd"] == 0.9
+    assert saved_cfg["system"]["workers"] == 2
+
+    encoder = jepa_ray.load_encoder(path)
+    assert not encoder.training
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        h, z = encoder(x)
+    assert h.shape[0] == 5 and z.shape == (5, 64)
+    assert bool((z >= 0).all())  # rgg target: the projector ends in a ReLU
+    loaded = encoder.state_dict()
+    assert loaded.keys() == state["model"].keys()
+    assert all(torch.equal(loaded[k], v) for k, v in state["model"].items())
+
+
+@pytest.mark.slow
+def test_two_worker_trial_reports_every_epoch_metric(cli_run):
+    assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
+    per_epoch = [json.loads(p.read_text()) for p in (cli_run.out / "ray" / "train").glob("checkpoint_*/metrics.json")]
+    per_epoch.sort(key=lambda m: m["epoch"])
+    assert [m["epoch"] for m in per_epoch] == [0, 1]
+    assert [h["epoch"] for h in history(cli_run.out / "checkpoint")] == [0, 1]
+    for m in per_epoch:
+        for key in EPOCH_METRICS:
+            assert finite(m[key]), (m["epoch"], key, m.get(key))
+        assert m["train/loss"] > 0 and m["throughput/img_per_s"] > 0
+        assert 0.0 <= m["train/l0_density"] <= 1.0 and 0.0 <= m["online/linear_acc"] <= 1.0
+        # The loss convention holds for the epoch means too (the mean is linear); each step's
+        # terms are float32, hence the float32-sized tolerance.
+        lambd = 0.9
+        assert m["train/loss"] == pytest.approx((1 - lambd) * m["train/invariance"] + lambd * m["train/regularizer"],
+                                                rel=1e-6)
