@@ -12,4 +12,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from jepa_ray.sweep import main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:], space="rectified", preset="digits", experiment="rectified-lpjepa"))
+    raise SystemExit(main(sys.argv[1:], space="rectified", preset="digits-sweep", experiment="rectified-lpjepa"))

@@ -217,7 +217,7 @@ BAD = [
     ({"knots": 16}, "knots"),
     ({"lr": 0.0}, "lr"),
     ({"epochs": 0}, "epochs"),
-    ({"warmup_epochs": 30.0}, "warmup_epochs"),
+    ({"warmup_epochs": 1e6}, "warmup_epochs"),
     ({"num_views": 1}, "num_views"),
     ({"probe_lrs": "0.1,-1"}, "probe_lrs"),
     ({"val_fraction": 0.5}, "val_fraction"),

@@ -312,7 +312,7 @@ def test_cli_trial_writes_loadable_checkpoint(cli_run):
     assert "model" in state
     saved_cfg = json.loads((path / ckpt_lib.CONFIG_FILE).read_text())
     assert saved_cfg["loss_convention"] == LOSS_CONVENTION
-    assert saved_cfg["loss"]["lambd"] == 0.9
+    assert saved_cfg["loss"]["lambd"] == config_lib.preset("smoke").loss.lambd
     assert saved_cfg["system"]["workers"] == 2
 
     encoder = jepa_ray.load_encoder(path)
@@ -341,6 +341,6 @@ def test_two_worker_trial_reports_every_epoch_metric(cli_run):
         assert 0.0 <= m["train/l0_density"] <= 1.0 and 0.0 <= m["online/linear_acc"] <= 1.0
         # The loss convention holds for the epoch means too (the mean is linear); each step's
         # terms are float32, hence the float32-sized tolerance.
-        lambd = 0.9
+        lambd = config_lib.preset("smoke").loss.lambd
         assert m["train/loss"] == pytest.approx((1 - lambd) * m["train/invariance"] + lambd * m["train/regularizer"],
                                                 rel=1e-6)
