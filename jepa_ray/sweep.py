@@ -35,6 +35,10 @@ logger = logging.getLogger("jepa_ray.sweep")
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
+SMOKE_REPLACES = ("digits", "digits-sweep")
+"""Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
+EPOCH_PROBE_METRIC = "train/loss"
+"""A metric every epoch result carries: its MLflow history tells which epochs were logged."""
 
 
 @dataclass
@@ -126,39 +130,50 @@ def trial_config(base: TrialConfig, trial: dict[str, Any]) -> TrialConfig:
 
 
 def validate_space(module, base: TrialConfig, n: int = 200, seed: int = 0) -> int:
-    """Sample n random trials of a space (no Ray) and check that every one gives a config the
-    trainer accepts. Returns the number of distinct trials seen; raises ConfigError."""
+    """Run the space's STARTING_POINTS, then n random trials, through the space (no Ray) and
+    check that every one gives a config the trainer accepts and that every starting point
+    names only parameters the space suggests, with values inside their ranges. Returns the
+    number of distinct trials seen; raises ConfigError."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     name = module.__name__.rsplit(".", 1)[-1]
+    points = list(getattr(module, "STARTING_POINTS", []))
+    for point in points:
+        study.enqueue_trial(point)
     fn = DefineByRun(module.__name__, 0)
     seen = set()
-    for _ in range(n):
+    for i in range(len(points) + n):
+        where = f"starting point {points[i]}: " if i < len(points) else ""
         trial = study.ask()
         try:
             out = fn(trial)
             trial_config(base, out)
-        except ConfigError as err:
-            raise ConfigError(f"search space '{name}': {err}") from err
-        except (ValueError, TypeError) as err:  # optuna: empty or inverted ranges, bad choices
-            raise ConfigError(f"search space '{name}': {err}") from err
+        except (ValueError, TypeError) as err:  # ConfigError; optuna: inverted ranges, bad choices
+            raise ConfigError(f"search space '{name}': {where}{err}") from err
+        if i < len(points):
+            _check_starting_point(name, points[i], trial)
         seen.add(out["params_key"])
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    for point in getattr(module, "STARTING_POINTS", []):
-        unknown = set(point) - set(study.trials[-1].params) if study.trials else set()
-        if unknown and not all(k in _all_param_names(study) for k in point):
-            raise ConfigError(f"search space '{name}': starting point {point} names parameters the space "
-                              f"does not suggest: {', '.join(sorted(unknown))}")
     return len(seen)
 
 
-def _all_param_names(study) -> set[str]:
-    names: set[str] = set()
-    for t in study.trials:
-        names.update(t.params)
-    return names
+def _check_starting_point(space: str, point: dict, trial) -> None:
+    """A starting point Optuna would silently ignore (a parameter the space does not suggest on
+    that path) or take although it lies outside the space (Optuna only warns) is an error."""
+    unused = sorted(set(point) - set(trial.params))
+    if unused:
+        raise ConfigError(f"search space '{space}': starting point {point} names parameters the space "
+                          f"does not suggest: {', '.join(unused)}")
+    for key, value in point.items():
+        dist = trial.distributions[key]
+        choices = getattr(dist, "choices", None)
+        inside = value in choices if choices is not None else dist.low <= value <= dist.high
+        if not inside:
+            allowed = ", ".join(map(str, choices)) if choices is not None else f"[{dist.low}, {dist.high}]"
+            raise ConfigError(f"search space '{space}': starting point {point}: {key}={value!r} is outside "
+                              f"the space; allowed: {allowed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +319,25 @@ class JepaOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
         return params
 
+    @property
+    def suggested(self) -> int:
+        """Trials suggested (started) in this run of the sweep."""
+        return len(self._ot_trials)
+
+    def fail_unfinished(self, why: str) -> int:
+        """Tell FAIL (marked `stopped`, so that --resume runs them again) for the suggested
+        trials whose end Tune never reported: those it stopped when the sweep stopped."""
+        count = 0
+        for trial_id, ot_trial in self._ot_trials.items():
+            if trial_id in self._completed_trials:
+                continue
+            ot_trial.set_user_attr("stopped", True)
+            ot_trial.set_user_attr("failure", why)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            count += 1
+        return count
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             failed = error or not result or result.get("failure") or any(
@@ -345,9 +379,10 @@ class ResumeState:
 
 
 def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) -> ResumeState:
-    """Make an interrupted sweep resumable: trials that were running are marked FAIL
-    (interrupted) in Optuna and enqueued again with the same parameters; their MLflow runs
-    are reused (no duplicates) and resume from their last checkpoint."""
+    """Make an interrupted sweep resumable: trials that were running (or that a stopped sweep
+    stopped) are marked FAIL (interrupted) in Optuna and enqueued again with the same
+    parameters; their MLflow runs are reused (no duplicates) and resume from their last
+    checkpoint."""
     from optuna.trial import TrialState
 
     from jepa_ray import tracking
@@ -356,20 +391,25 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
     runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
     by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
     c = tracking.client(tracking_uri)
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.user_attrs.get("resumed_from_trial") for t in trials}
+    for t in trials:
         key = params_key(t.params)
         run = by_key.get(key)
-        if t.state == TrialState.RUNNING:
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        stopped = t.state == TrialState.FAIL and t.user_attrs.get("stopped") and t.number not in requeued
+        if t.state == TrialState.RUNNING or stopped:
+            if t.state == TrialState.RUNNING:
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"resumed_from_trial": t.number}, skip_if_exists=False)
             if run is not None:
                 state.reuse_runs[key] = run.info.run_id
                 last = run.data.tags.get(tracking.LAST_CHECKPOINT)
                 if last:
                     state.resume_map[key] = last
+                    _log_missing_epochs(c, run.info.run_id, last)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")):
+                t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")):
             state.finished += 1
             if run is not None and run.info.status == "RUNNING":
                 # Optuna heard of the end but the driver died before MLflow did.
@@ -378,6 +418,26 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
                     c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
                 c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
     return state
+
+
+def _log_missing_epochs(c, run_id: str, checkpoint_uri: str) -> None:
+    """Log the epochs a trial's last checkpoint holds but its MLflow run lacks.
+
+    A trial writes an epoch's checkpoint (at a fixed path) before the driver logs that epoch's
+    result; a driver killed in between leaves a checkpoint one epoch ahead of MLflow, and the
+    resumed trial starts after that epoch. Its metrics are in the checkpoint's history."""
+    from jepa_ray import checkpoint as ckpt_lib
+    from jepa_ray import tracking
+
+    try:
+        history = json.loads(ckpt_lib.load_state(checkpoint_uri, ckpt_lib.TRAIN_STATE_FILE)["history"])
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        logger.warning("could not read the epoch history of %s: %s", checkpoint_uri, err)
+        return
+    logged = {m.step for m in c.get_metric_history(run_id, EPOCH_PROBE_METRIC)}
+    for metrics in history:
+        if metrics["epoch"] not in logged:
+            tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,7 +494,7 @@ def make_stopper(limit: FailureLimit):
 
 def base_config(opts: SweepOptions) -> TrialConfig:
     """Preset + fixed overrides + the CLI shortcuts (validated: a bad value exits 2)."""
-    cfg = config_lib.preset("smoke" if opts.smoke and opts.preset == "digits" else opts.preset)
+    cfg = config_lib.preset("smoke" if opts.smoke and opts.preset in SMOKE_REPLACES else opts.preset)
     overrides = config_lib.parse_set_args(opts.sets)
     for key, value in (("dataset", opts.dataset), ("data_dir", opts.data_dir), ("backbone", opts.backbone),
                        ("epochs", opts.epochs)):
@@ -518,8 +578,9 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     validate_options(opts)
     try:
         objectives = pareto.parse_objectives(opts.objectives)
-    except ValueError as err:
-        raise ConfigError(f"--objectives {opts.objectives!r}: {err}") from err
+    except ValueError as err:  # the message already names --objectives and what is allowed
+        raise ConfigError(str(err)) from err
+    cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)  # cheap: fail fast
     base = base_config(opts)
     module = load_space(opts.space)
     validate_space(module, base, n=200 if not opts.smoke else 50, seed=opts.seed)
@@ -527,8 +588,26 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     sampler_name = opts.sampler or getattr(module, "DEFAULT_SAMPLER", "tpe")
     sampler = make_sampler(sampler_name, opts.seed, grid)
     num_samples = opts.num_samples
-    cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
     storage = opts.storage_path if "://" in opts.storage_path else str(Path(opts.storage_path).resolve())
+
+    # The sweep to resume (or the new sweep's name) is checked before Ray starts, so that a
+    # bad --resume or --name exits 2 in seconds rather than after a cluster start.
+    exp_id = tracking.experiment_id(opts.tracking_uri, opts.experiment)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = optuna_storage_url(opts)
+    if opts.resume:
+        parent = tracking.find_sweep_run(opts.tracking_uri, exp_id, opts.name)
+        if parent is None:
+            which = f"sweep '{opts.name}'" if opts.name else "sweep"
+            raise ConfigError(f"--resume: no {which} in experiment '{opts.experiment}' "
+                              f"at {opts.tracking_uri}; start one without --resume")
+        sweep_name = parent.data.tags[tracking.SWEEP_NAME]
+        parent_id = parent.info.run_id
+    else:
+        sweep_name = opts.name or f"{opts.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if tracking.find_sweep_run(opts.tracking_uri, exp_id, sweep_name) is not None:
+            raise ConfigError(f"--name {sweep_name!r}: a sweep of that name exists; use --resume or another name")
+        parent_id = None
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cluster.connect(opts.address, num_cpus=os.cpu_count())
@@ -536,23 +615,8 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     nodes = cluster.max_node_count()
     cluster.check_storage_path(storage, nodes)
     concurrency = opts.max_concurrent or auto_concurrency(base, nodes)
-
-    exp_id = tracking.experiment_id(opts.tracking_uri, opts.experiment)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage_url = optuna_storage_url(opts)
-    if opts.resume:
-        parent = tracking.find_sweep_run(opts.tracking_uri, exp_id, opts.name)
-        if parent is None:
-            raise ConfigError(f"--resume: no sweep {opts.name or ''} in experiment '{opts.experiment}' "
-                              f"at {opts.tracking_uri}; start one without --resume")
-        sweep_name = parent.data.tags[tracking.SWEEP_NAME]
-        parent_id = parent.info.run_id
+    if parent_id is not None:
         tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
-    else:
-        sweep_name = opts.name or f"{opts.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if tracking.find_sweep_run(opts.tracking_uri, exp_id, sweep_name) is not None:
-            raise ConfigError(f"--name {sweep_name!r}: a sweep of that name exists; use --resume or another name")
-        parent_id = None
 
     searcher, rdb = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler,
                                   sweep_name, storage_url, opts.seed)
@@ -571,15 +635,23 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         resume = ResumeState()
     else:
         resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id)
+    tracking.client(opts.tracking_uri).set_tag(parent_id, "jepa_ray.max_concurrent", str(concurrency))
     remaining = max(0, num_samples - resume.finished)
 
     limit = FailureLimit(opts.max_failed_trials)
     summary: dict[str, Any] = {"sweep": sweep_name, "parent_run_id": parent_id, "experiment": opts.experiment,
                                "tracking_uri": opts.tracking_uri, "optuna_storage": storage_url,
-                               "already_finished": resume.finished, "launched": remaining}
+                               "already_finished": resume.finished, "launched": remaining,
+                               "max_concurrent": concurrency}
     if remaining > 0:
         _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
                    resume, limit)
+        # Trials Tune stopped (the failure limit, Ctrl-C) end without a report: close them.
+        why = (f"stopped before its end: the sweep stopped after {limit.failed} failed trials" if limit.reached
+               else "stopped before its end: the sweep ended first")
+        searcher.fail_unfinished(why)
+        tracking.fail_running_trials(opts.tracking_uri, exp_id, parent_id, why)
+        summary["launched"] = searcher.suggested
     c = tracking.client(opts.tracking_uri)
     status = "FAILED" if limit.reached else "FINISHED"
     if limit.reached:
@@ -597,6 +669,10 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
 
     from jepa_ray import tracking
 
+    # The objectives are final metrics: per-epoch results and a failure report do not carry
+    # them, and Tune's strict check (read by the controller, in this process) would end the
+    # whole sweep at the first such result. The searcher only reads the final result.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     attempt = time.strftime("%Y%m%d-%H%M%S")
     base_dict = config_lib.to_dict(base)
     trainable = tune.with_parameters(trial_main, base=base_dict, storage=storage, sweep=sweep_name,
@@ -604,6 +680,10 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
     trainable = tune.with_resources(trainable, trial_resources(base))
     mlflow_cb = tracking.make_callback(opts.tracking_uri, exp_id, parent_id,
                                        lambda trial: trial_config(base, trial), resume.reuse_runs)
+    # An in-process trial's actor is reused by the next trial: a fresh one costs a worker
+    # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
+    # trial trains). A multi-worker trial's actor only drives a TorchTrainer: nothing to keep.
+    reuse_actors = base.system.workers == 1
     reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train/loss": "loss",
                                                 "linear_acc": "linear_acc", "l0_density": "l0",
                                                 "target_l0_density": "target_l0"},
@@ -611,7 +691,7 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                    max_concurrent_trials=concurrency, reuse_actors=False),
+                                    max_concurrent_trials=concurrency, reuse_actors=reuse_actors),
         run_config=tune.RunConfig(
             name=f"{sweep_name}-tune-{attempt}", storage_path=storage,
             callbacks=[mlflow_cb, make_failure_callback(limit)], stop=make_stopper(limit),
@@ -705,13 +785,15 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     if opts.smoke and "--num-samples" not in (argv or sys.argv):
         opts.num_samples = 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ray_was_running = _ray_initialized()
     try:
         summary = run_sweep(opts)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        _shutdown_ray()
+        if not ray_was_running:  # leave the caller's Ray session (a notebook, a test) alone
+            _shutdown_ray()
     print()
     print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
           f"{summary['already_finished']} already finished, {summary['failed']} failed")
@@ -722,6 +804,12 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     print(f"MLflow: {mlflow_ui_command(opts.tracking_uri)}")
     print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
     return 1 if summary["stopped_on_failures"] else 0
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _shutdown_ray() -> None:

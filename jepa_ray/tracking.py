@@ -93,6 +93,17 @@ def trial_runs(tracking_uri: str, exp_id: str, parent_run_id: str) -> list:
             return runs
 
 
+def fail_running_trials(tracking_uri: str, exp_id: str, parent_run_id: str, why: str) -> int:
+    """End the sweep's child runs still RUNNING (trials stopped without a report) as FAILED
+    with the reason; returns how many."""
+    c = client(tracking_uri)
+    running = [r for r in trial_runs(tracking_uri, exp_id, parent_run_id) if r.info.status == "RUNNING"]
+    for run in running:
+        c.set_tag(run.info.run_id, FAILURE, one_line(why))
+        c.set_terminated(run.info.run_id, "FAILED")
+    return len(running)
+
+
 def log_params(c, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -168,6 +179,8 @@ class MlflowSweepCallback:
         reused = self.reuse_runs.pop(key, None)
         if reused:
             run_id = reused
+            if FAILURE in self.c.get_run(run_id).data.tags:  # a trial the stopped sweep failed
+                self.c.delete_tag(run_id, FAILURE)
             self.c.update_run(run_id, status="RUNNING")
             self.c.set_tag(run_id, "jepa_ray.resumed", "true")
             for k, v in tags.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from search_spaces._projector import suggest_projector
 
-LAMBD = (0.01, 0.95)
+LAMBD = (0.02, 0.95)
 SLICES = (256, 512, 1024, 2048, 4096, 8192)
 P = (0.25, 2.0)
 MU = (-3.0, 1.0)

@@ -1,0 +1,524 @@
+"""The sweep end to end: `sweeps/rectified.py` as a user runs it, into a temporary MLflow store,
+Optuna study and Ray storage.
+
+Each sweep is a subprocess. All but one join the session's Ray instance (`ray_cluster`, with
+`--address`): starting a Ray instance costs 20-40 s on a small CPU. The resume test starts its
+own instance (`--address local`) in a new process group and kills the whole group, Ray
+included, so nothing of the killed sweep outlives it to disturb the resumed one or other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from scipy import stats
+
+import jepa_ray
+from jepa_ray import checkpoint as ckpt_lib
+from jepa_ray import config as config_lib
+from jepa_ray import sweep, tracking
+from jepa_ray.model import in_chans_for
+from jepa_ray.train import EPOCH_METRICS, FINAL_METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "sweeps" / "rectified.py"
+EXPERIMENT = "test-sweep"
+DESIGN_PARAMS = ("lambd", "num_slices", "p", "mu", "sigma", "proj_dims", "backbone", "dataset", "epochs",
+                 "batch_size", "lr", "seed")
+SWEEP_TIMEOUT_S = 420
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --------------------------------------------------------------------------------------------
+# Running a sweep and reading what it recorded
+
+
+@dataclass
+class Sweep:
+    dir: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.dir}/mlflow.db"
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.dir}/optuna.db"
+
+    def output(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
+
+
+def sweep_command(workdir: Path, *args: str, address: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "--address", address, "--experiment", EXPERIMENT,
+            "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--storage-path", str(workdir / "ray"), *args]
+
+
+def sweep_env(pythonpath: Path | None = None) -> dict[str, str]:
+    """This process's environment (it holds the session cluster's auth mode) without a Ray
+    address that could send the sweep to some other cluster."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return env
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a sweep started with start_new_session=True, and wait
+    until none of its processes (driver, Ray services, trial workers) is alive."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while live_group_members(proc.pid):
+        assert time.monotonic() < deadline, f"processes of the killed sweep survive: {live_group_members(proc.pid)}"
+        time.sleep(0.2)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (an orphan zombie may wait for a reaper)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def run_sweep(workdir: Path, *args: str, address: str, pythonpath: Path | None = None) -> Sweep:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(sweep_command(workdir, *args, address=address), cwd=workdir, env=sweep_env(pythonpath),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=SWEEP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"sweep did not finish in {SWEEP_TIMEOUT_S} s:\n{out[-3000:]}\n{err[-3000:]}")
+    return Sweep(workdir, proc.returncode, out, err)
+
+
+def client(run: Sweep):
+    return tracking.client(run.tracking_uri)
+
+
+def parent_and_children(run: Sweep):
+    c = client(run)
+    exp = c.get_experiment_by_name(EXPERIMENT)
+    parents = c.search_runs([exp.experiment_id], f"tags.`{tracking.ROLE}` = 'sweep'")
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    parent = parents[0]
+    children = c.search_runs([exp.experiment_id], f"tags.`{tracking.PARENT}` = '{parent.info.run_id}'")
+    return parent, children
+
+
+def load_study(run: Sweep, parent) -> optuna.Study:
+    return optuna.load_study(study_name=parent.data.tags[tracking.SWEEP_NAME], storage=run.optuna_storage)
+
+
+def assert_optuna_matches_mlflow(study: optuna.Study, children, objectives=("linear_acc", "l0_density")) -> None:
+    """Every COMPLETE Optuna trial has exactly one FINISHED MLflow child with the same
+    parameters, and its objective values are that child's final metrics."""
+    by_key = {}
+    for run in children:
+        key = run.data.tags[tracking.PARAMS_KEY]
+        assert key not in by_key, f"two MLflow runs of the trial {key}"
+        by_key[key] = run
+    for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        run = by_key[sweep.params_key(trial.params)]
+        assert run.info.status == "FINISHED"
+        assert trial.values == pytest.approx([run.data.metrics[m] for m in objectives], rel=1e-12, abs=0)
+        for name, value in trial.params.items():
+            if name in config_lib.LEAVES:
+                assert float(run.data.params[name]) == pytest.approx(value, rel=1e-12)
+
+
+def l0_density_reference(p: float, mu: float, sigma: float) -> float:
+    """P(X > 0) for X ~ GN_p(mu, sigma), from scipy's gennorm."""
+    return float(stats.gennorm(beta=p, loc=mu, scale=sigma * p ** (1 / p)).sf(0.0))
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# --smoke: parent + 2 children in the DESIGN.md layout, Optuna in agreement
+
+
+@pytest.fixture(scope="module")
+def smoke(ray_cluster, tmp_path_factory) -> Sweep:
+    run = run_sweep(tmp_path_factory.mktemp("smoke"), "--smoke", address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    return run
+
+
+@pytest.mark.slow
+def test_smoke_sweep_prints_front_and_commands(smoke):
+    assert "Pareto front" in smoke.stdout
+    assert "2 trials launched, 0 already finished, 0 failed" in smoke.stdout
+    assert f"mlflow ui --backend-store-uri {smoke.tracking_uri}" in smoke.stdout
+    assert f"optuna-dashboard {smoke.optuna_storage}" in smoke.stdout
+
+
+@pytest.mark.slow
+def test_smoke_sweep_parent_run(smoke):
+    parent, children = parent_and_children(smoke)
+    tags = parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert tags[tracking.ROLE] == "sweep" and tags[tracking.SWEEP_NAME]
+    commit = tags["jepa_ray.git_commit"]
+    assert commit.removesuffix("-dirty") == head_commit() and len(head_commit()) == 40
+    assert tags["jepa_ray.sampler"] == "tpe" and tags["jepa_ray.sampler_seed"] == "0"
+    assert tags["jepa_ray.optuna_storage"] == smoke.optuna_storage
+    assert parent.data.params["num_samples"] == "2" and parent.data.params["base.epochs"] == "1"
+    assert len(children) == 2
+
+
+@pytest.mark.slow
+def test_smoke_sweep_child_params_and_tags(smoke):
+    parent, children = parent_and_children(smoke)
+    trial_ids = set()
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"
+        assert tags[tracking.ROLE] == "trial" and tags[tracking.PARENT] == parent.info.run_id
+        trial_ids.add(tags[tracking.TRIAL_ID])
+        assert set(params) == set(config_lib.LEAVES)  # the whole resolved config, flattened
+        assert set(DESIGN_PARAMS) <= set(params)
+        number = int(tags[tracking.OPTUNA_TRIAL])
+        assert params["seed"] == str(number)  # sweep seed 0 + trial number
+        assert (params["dataset"], params["epochs"], params["backbone"]) == ("digits", "1", "jepa_convnet_tiny")
+        assert params["batch_size"] == "128" and params["target"] == "rgg"
+        # The smoke sweep's trials are the space's first starting points, in order.
+        point = sweep.load_space("rectified").STARTING_POINTS[number]
+        assert float(params["mu"]) == point["mu"] and float(params["p"]) == point["p"]
+        assert float(params["lambd"]) == point["lambd"] and int(params["num_slices"]) == point["num_slices"]
+        assert params["proj_dims"] == "256-256-256"
+        p = float(params["p"])
+        assert float(params["sigma"]) == pytest.approx(
+            math.sqrt(math.gamma(1 / p) / math.gamma(3 / p)) / p ** (1 / p), rel=1e-12)
+    assert len(trial_ids) == 2 and "" not in trial_ids
+
+
+@pytest.mark.slow
+def test_smoke_sweep_child_metrics(smoke):
+    c = client(smoke)
+    _, children = parent_and_children(smoke)
+    for run in children:
+        for name in EPOCH_METRICS:
+            steps = [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, name)]
+            assert [s for s, _ in steps] == [0], (name, steps)  # one epoch, at step = epoch
+            assert math.isfinite(steps[0][1])
+        m = run.data.metrics
+        for name in FINAL_METRICS:
+            assert math.isfinite(m[name]), name
+        for name in ("linear_acc", "linear_acc_z", "knn_acc", "l0_density", "l0_density_backbone"):
+            assert 0.0 <= m[name] <= 1.0, name
+        assert m["linear_acc"] > 0.3  # ten classes: well above chance even after one epoch
+        params = run.data.params
+        want = l0_density_reference(float(params["p"]), float(params["mu"]), float(params["sigma"]))
+        assert m["target_l0_density"] == pytest.approx(want, rel=1e-6)
+        assert 1.0 <= m["rank_me"] <= 256
+
+
+@pytest.mark.slow
+def test_smoke_sweep_checkpoint_tag_is_loadable(smoke):
+    _, children = parent_and_children(smoke)
+    for run in children:
+        path = ckpt_lib.local_path(run.data.tags[tracking.CHECKPOINT])
+        cfg = ckpt_lib.read_config(path)
+        assert config_lib.flatten(cfg)["mu"] == float(run.data.params["mu"])
+        assert ckpt_lib.read_metrics(path)["linear_acc"] == pytest.approx(run.data.metrics["linear_acc"])
+        encoder = jepa_ray.load_encoder(path)
+        size = cfg.data.image_size
+        with torch.no_grad():
+            h, z = encoder(torch.randn(5, in_chans_for(cfg), size, size))
+        assert z.shape == (5, 256) and h.shape[0] == 5
+        assert bool((z >= 0).all())  # rgg: the projector ends in a ReLU
+        artifacts = {a.path for a in client(smoke).list_artifacts(run.info.run_id)}
+        assert {"config.json", "activation_rates.png", "checkpoint"} <= artifacts
+
+
+@pytest.mark.slow
+def test_smoke_sweep_optuna_study_matches_mlflow(smoke):
+    parent, children = parent_and_children(smoke)
+    study = load_study(smoke, parent)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert_optuna_matches_mlflow(study, children)
+    assert {t.user_attrs["tune_trial_id"] for t in trials} == {r.data.tags[tracking.TRIAL_ID] for r in children}
+
+
+# --------------------------------------------------------------------------------------------
+# Failures
+
+
+FIRST_TRIAL_FAILS = '''
+"""Trial 0 asks for a batch larger than the training split: a config only the trainer rejects."""
+
+
+def space(trial):
+    overrides = {"mu": trial.suggest_float("mu", -1.0, 0.0)}
+    if trial.number == 0:
+        overrides["batch_size"] = 100000
+    return overrides
+'''
+
+
+@pytest.mark.slow
+def test_failed_trial_is_recorded_and_the_others_finish(ray_cluster, tmp_path):
+    package = f"jr_sweep_spaces_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "spaces" / package).mkdir(parents=True)
+    (tmp_path / "spaces" / package / "__init__.py").write_text("")
+    (tmp_path / "spaces" / package / "first_fails.py").write_text(textwrap.dedent(FIRST_TRIAL_FAILS))
+    run = run_sweep(tmp_path / "sweep", "--smoke", "--space", f"{package}.first_fails",
+                    address=ray_cluster, pythonpath=tmp_path / "spaces")
+    assert run.returncode == 0, run.output()
+    assert "2 trials launched, 0 already finished, 1 failed" in run.stdout
+
+    parent, children = parent_and_children(run)
+    assert parent.info.status == "FINISHED"
+    by_number = {int(r.data.tags[tracking.OPTUNA_TRIAL]): r for r in children}
+    assert sorted(by_number) == [0, 1]
+    failed, finished = by_number[0], by_number[1]
+    assert failed.info.status == "FAILED" and failed.data.params["batch_size"] == "100000"
+    why = failed.data.tags[tracking.FAILURE]
+    assert "\n" not in why and "'batch_size' = 100000 is larger than the training split" in why
+    assert tracking.CHECKPOINT not in failed.data.tags and "linear_acc" not in failed.data.metrics
+    assert finished.info.status == "FINISHED" and math.isfinite(finished.data.metrics["linear_acc"])
+
+    study = load_study(run, parent)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.COMPLETE}
+    assert "batch_size" in study.trials[0].user_attrs["failure"]
+    assert_optuna_matches_mlflow(study, children)
+
+
+@pytest.mark.slow
+def test_max_failed_trials_stops_the_sweep_with_a_summary(ray_cluster, tmp_path):
+    samples = 6
+    run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--num-samples", str(samples),
+                    "--max-concurrent", "2", "--max-failed-trials", "2", address=ray_cluster)
+    assert run.returncode == 1, run.output()
+    lines = run.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if "(--max-failed-trials); reasons:" in line)
+    failed = int(lines[header].split("stopped after ")[1].split()[0])
+    reasons = lines[header + 1: header + 1 + failed]
+    assert failed >= 2 and len(reasons) == failed
+    assert sum("larger than the training split" in r for r in reasons) >= 2
+    assert all(r.startswith("  - ") for r in reasons)
+
+    parent, children = parent_and_children(run)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[tracking.FAILURE].startswith(f"stopped after {failed} failed trials")
+    assert 2 <= len(children) < samples  # stopped early
+    launched = int(run.stdout.split(" trials launched")[0].rsplit(" ", 1)[1])
+    assert len(children) <= launched < samples
+    # Trials running when the sweep stopped end too (no run left RUNNING), saying why.
+    assert all(r.info.status == "FAILED" and tracking.FAILURE in r.data.tags for r in children)
+    stopped = [r for r in children if "larger than the training split" not in r.data.tags[tracking.FAILURE]]
+    assert all(r.data.tags[tracking.FAILURE].startswith("stopped before its end") for r in stopped)
+    study = load_study(run, parent)
+    assert not study.get_trials(states=[optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING])
+    fails = study.get_trials(states=[optuna.trial.TrialState.FAIL])
+    assert len(fails) == launched and sum(bool(t.user_attrs.get("stopped")) for t in fails) == launched - failed
+
+
+def test_resume_without_a_sweep_exits_2_before_ray(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from jepa_ray import cluster
+
+    was_running = ray.is_initialized()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(cluster, "connect", refuse)
+    monkeypatch.chdir(tmp_path)
+    code = sweep.main(["--resume", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "nothing",
+                       "--storage-path", str(tmp_path / "ray")], space="rectified", preset="digits")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    # MLflow logs its schema creation above; the error is the one line that follows.
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:]
+    assert lines[-1].startswith("error: --resume: no sweep in experiment 'nothing'")
+    assert ray.is_initialized() is was_running
+
+
+# --------------------------------------------------------------------------------------------
+# Resume after the driver was killed
+
+
+RESUME_ARGS = ("--preset", "smoke", "--epochs", "4", "--set", "checkpoint_every=1", "--set", "collapse_guard=false",
+               "--num-samples", "3", "--max-concurrent", "1")
+
+
+def trial_run_states(db: Path) -> list[tuple[str, str, bool]]:
+    """(run id, status, has a last checkpoint) of the trial runs, read with sqlite while the
+    sweep writes (no MLflow client: it would race the driver's schema creation)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            rows = con.execute(
+                "SELECT r.run_uuid, r.status, EXISTS(SELECT 1 FROM tags c WHERE c.run_uuid = r.run_uuid "
+                f"AND c.key = '{tracking.LAST_CHECKPOINT}') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                f"WHERE t.key = '{tracking.ROLE}' AND t.value = 'trial'").fetchall()
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return []
+    return [(run_id, status, bool(ckpt)) for run_id, status, ckpt in rows]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_every_trial_exactly_once(ray_cluster, tmp_path):
+    # 1. A sweep on its own Ray instance, killed (driver, Ray and trials) once a trial has
+    #    finished and the next one has written an epoch checkpoint.
+    log = tmp_path / "killed-sweep.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(sweep_command(tmp_path, *RESUME_ARGS, address="local"), cwd=tmp_path,
+                                env=sweep_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    try:
+        while True:
+            states = trial_run_states(tmp_path / "mlflow.db")
+            if any(s == "FINISHED" for _, s, _ in states) and any(s == "RUNNING" and c for _, s, c in states):
+                break
+            assert proc.poll() is None, f"the sweep ended before it could be killed:\n{log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        kill_group(proc)
+    states = trial_run_states(tmp_path / "mlflow.db")
+    interrupted = [run_id for run_id, status, _ in states if status == "RUNNING"]
+    finished = sum(status == "FINISHED" for _, status, _ in states)
+    assert len(interrupted) == 1 and finished in (1, 2)
+
+    killed = Sweep(tmp_path, -9, "", "")
+    parent, _ = parent_and_children(killed)
+    assert parent.info.status == "RUNNING"
+    running = load_study(killed, parent).get_trials(states=[optuna.trial.TrialState.RUNNING])
+    assert len(running) == 1
+
+    # 2. --resume (same store, experiment and storage) on the session's Ray instance.
+    run = run_sweep(tmp_path, "--resume", *RESUME_ARGS, address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    assert f"{3 - finished} trials launched, {finished} already finished, 0 failed" in run.stdout
+
+    parent, children = parent_and_children(run)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 3
+    assert all(r.info.status == "FINISHED" for r in children)
+    keys = [r.data.tags[tracking.PARAMS_KEY] for r in children]
+    assert len(set(keys)) == 3
+    c = client(run)
+    resumed = next(r for r in children if r.info.run_id == interrupted[0])
+    assert resumed.data.tags.get("jepa_ray.resumed") == "true"
+    for r in children:
+        # Each epoch once: the interrupted trial went on from its checkpoint, not from scratch.
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
+        assert steps == [0, 1, 2, 3], (r.info.run_id, steps)
+        assert ckpt_lib.local_path(r.data.tags[tracking.CHECKPOINT]).is_dir()
+
+    study = load_study(run, parent)
+    complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(complete) == 3
+    failed = study.get_trials(states=[optuna.trial.TrialState.FAIL])
+    assert [t.number for t in failed] == [running[0].number] and failed[0].user_attrs["interrupted"] is True
+    assert running[0].params in [t.params for t in complete]  # the interrupted trial was re-run
+    assert not study.get_trials(states=[optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING])
+    assert_optuna_matches_mlflow(study, children)
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_resume on a hand-made interrupted sweep (no Ray)
+
+
+def epoch_result(epoch: int) -> dict:
+    return {"epoch": epoch, "train/loss": 1.0 / (epoch + 1), "train/l0_density": 0.5 - 0.1 * epoch}
+
+
+def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp_id = tracking.experiment_id(uri, "resume-unit")
+    parent = tracking.start_sweep_run(uri, exp_id, "unit", tags={}, params={})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="unit",
+                                directions=["maximize", "minimize"])
+    space = {"mu": FloatDistribution(-3.0, 1.0)}
+    c = tracking.client(uri)
+
+    def trial_run(trial, status: str) -> str:
+        tags = {tracking.ROLE: "trial", tracking.PARENT: parent, tracking.PARAMS_KEY: sweep.params_key(trial.params)}
+        run_id = c.create_run(exp_id, tags=tags).info.run_id
+        if status != "RUNNING":
+            c.set_terminated(run_id, status)
+        return run_id
+
+    finished = study.ask(space)  # done in both
+    study.tell(finished, [0.8, 0.3])
+    trial_run(finished, "FINISHED")
+    told = study.ask(space)  # Optuna heard of its end, the driver died before MLflow did
+    study.tell(told, [0.7, 0.2])
+    told_run = trial_run(told, "RUNNING")
+    tracking.log_metrics(c, told_run, {"linear_acc": 0.7, "l0_density": 0.2}, step=0)
+    interrupted = study.ask(space)  # running when the driver died, one epoch logged, two checkpointed
+    interrupted_run = trial_run(interrupted, "RUNNING")
+    tracking.log_metrics(c, interrupted_run, epoch_result(0), step=0)
+    checkpoint = tmp_path / "trials" / "00002" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    torch.save({"history": json.dumps([epoch_result(0), epoch_result(1)])}, checkpoint / ckpt_lib.TRAIN_STATE_FILE)
+    c.set_tag(interrupted_run, tracking.LAST_CHECKPOINT, str(checkpoint))
+    failed = study.ask(space)  # failed for good: not run again
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    trial_run(failed, "FAILED")
+    stopped = study.ask(space)  # stopped by a sweep that stopped on failures: run again
+    stopped.set_user_attr("stopped", True)
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    stopped_run = trial_run(stopped, "FAILED")
+
+    state = sweep.prepare_resume(study, uri, exp_id, parent)
+
+    key, stopped_key = sweep.params_key(interrupted.params), sweep.params_key(stopped.params)
+    assert state.finished == 3
+    assert state.reuse_runs == {key: interrupted_run, stopped_key: stopped_run}
+    assert state.resume_map == {key: str(checkpoint)}
+    trials = study.get_trials()
+    TS = optuna.trial.TrialState
+    assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE, TS.FAIL, TS.FAIL, TS.FAIL, TS.WAITING, TS.WAITING]
+    assert trials[2].user_attrs["interrupted"] is True
+    # Enqueued again with the same parameters, in order.
+    assert [t.system_attrs["fixed_params"] for t in trials[5:]] == [interrupted.params, stopped.params]
+    assert [t.user_attrs["resumed_from_trial"] for t in trials[5:]] == [2, 4]
+    # A second resume neither re-enqueues nor counts the requeued trials again.
+    again = sweep.prepare_resume(study, uri, exp_id, parent)
+    assert again.finished == 3 and len(study.get_trials()) == 7
+    assert c.get_run(told_run).info.status == "FINISHED"
+    history = sorted((m.step, m.value) for m in c.get_metric_history(interrupted_run, "train/loss"))
+    assert history == [(0, 1.0), (1, 0.5)]  # the checkpointed epoch MLflow had missed
+    assert c.get_run(interrupted_run).info.status == "RUNNING"
