@@ -511,6 +511,20 @@ def base_config(opts: SweepOptions) -> TrialConfig:
     return cfg
 
 
+def recorded_base_config(parent_run, given: TrialConfig) -> TrialConfig:
+    """The base config a sweep started with (its parent run's `base.*` params): a resumed sweep
+    trains its remaining trials like its first ones, whatever --preset/--set say now."""
+    recorded = {k[len("base."):]: v for k, v in parent_run.data.params.items() if k.startswith("base.")}
+    if not recorded:
+        return given
+    cfg = config_lib.apply_overrides(config_lib.TrialConfig(), recorded)
+    changed = sorted(k for k, v in config_lib.flatten(given).items() if str(v) != str(config_lib.flatten(cfg)[k]))
+    if changed:
+        logger.warning("--resume: keeping the sweep's recorded base config; ignoring the given %s",
+                       ", ".join(f"{k}={config_lib.flatten(given)[k]}" for k in changed))
+    return cfg
+
+
 def validate_options(opts: SweepOptions) -> None:
     def bad(flag: str, value, allowed: str):
         raise ConfigError(f"{flag} {value!r} is not allowed; allowed: {allowed}")
@@ -603,6 +617,10 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
                               f"at {opts.tracking_uri}; start one without --resume")
         sweep_name = parent.data.tags[tracking.SWEEP_NAME]
         parent_id = parent.info.run_id
+        recorded = recorded_base_config(parent, base)
+        if recorded != base:
+            base = recorded
+            validate_space(module, base, n=50, seed=opts.seed)
     else:
         sweep_name = opts.name or f"{opts.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         if tracking.find_sweep_run(opts.tracking_uri, exp_id, sweep_name) is not None:

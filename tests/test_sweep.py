@@ -522,3 +522,18 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     history = sorted((m.step, m.value) for m in c.get_metric_history(interrupted_run, "train/loss"))
     assert history == [(0, 1.0), (1, 0.5)]  # the checkpointed epoch MLflow had missed
     assert c.get_run(interrupted_run).info.status == "RUNNING"
+
+
+def test_resume_keeps_the_recorded_base_config():
+    """A resumed sweep trains like its first trials even if --preset/--set differ now."""
+    from types import SimpleNamespace
+
+    from jepa_ray import config as config_lib
+
+    started = config_lib.apply_overrides(config_lib.preset("digits-sweep"), {"epochs": 7, "mu": -2.0})
+    parent = SimpleNamespace(data=SimpleNamespace(params={
+        **{f"base.{k}": str(v) for k, v in config_lib.flatten(started).items()}, "space": "rectified"}))
+    given_now = config_lib.preset("digits")
+    assert sweep.recorded_base_config(parent, given_now) == started
+    no_record = SimpleNamespace(data=SimpleNamespace(params={}))
+    assert sweep.recorded_base_config(no_record, given_now) == given_now
