@@ -1,0 +1,41 @@
+"""The benchmark scripts run and print DESIGN.md's JSON lines (speed goals live in the scripts'
+output, never in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"bench", "case", "metric", "value", "device"}
+
+
+def run_bench(*args: str) -> list[dict]:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert rows, out.stdout[-2000:]
+    for row in rows:
+        assert REQUIRED <= set(row), row
+        assert isinstance(row["value"], (int, float)) and row["value"] > 0, row
+        if "baseline" in row:
+            assert row["ratio"] == pytest.approx(row["value"] / row["baseline"], rel=1e-2), row
+    return rows
+
+
+@pytest.mark.slow
+def test_regularizers_benchmark_quick():
+    rows = run_bench("benchmarks/regularizers.py", "--quick", "--device", "cpu")
+    cases = " ".join(r["case"] for r in rows)
+    assert "rdmreg" in cases and "sigreg" in cases and "sample rgg p=0.5" in cases
+
+
+@pytest.mark.slow
+def test_trainer_benchmark_in_process():
+    rows = run_bench("benchmarks/trainer.py", "--no-ray", "--epochs", "2", "--steps", "3", "--device", "cpu")
+    assert [r["metric"] for r in rows] == ["views_per_s", "img_per_s", "img_per_s"]
+    assert "baseline" in rows[-1]
