@@ -168,6 +168,10 @@ class SystemConfig:
     """Epochs before the collapse guard starts checking."""
     collapse_min_rank: float = 1.5
     """The guard stops a trial whose RankMe of z falls below this after the warm-up."""
+    collapse_min_density_ratio: float = 0.2
+    """With the rgg target, the guard stops a trial whose l0 density of z falls below this
+    fraction of the target density after the warm-up (z collapsing to all zeros, the trivial
+    solution of the invariance term when lambd is small)."""
 
 
 @dataclass
@@ -527,3 +531,5 @@ def validate(cfg: TrialConfig) -> None:
     _require(s.threads_per_worker >= 0, "threads_per_worker", ">= 0", s.threads_per_worker)
     _require(s.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", s.collapse_warmup_epochs)
     _require(s.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", s.collapse_min_rank)
+    _require(0 <= s.collapse_min_density_ratio < 1, "collapse_min_density_ratio", "[0, 1)",
+             s.collapse_min_density_ratio)

@@ -36,6 +36,7 @@ logger = logging.getLogger("jepa_ray.sweep")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
 SMOKE_REPLACES = ("digits", "digits-sweep")
+COLLAPSE_PREFIX = "collapse at epoch"  # how train.fit's collapse guard words its TrialFailure
 """Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
 EPOCH_PROBE_METRIC = "train/loss"
 """A metric every epoch result carries: its MLflow history tells which epochs were logged."""
@@ -445,12 +446,17 @@ def _log_missing_epochs(c, run_id: str, checkpoint_uri: str) -> None:
 
 
 class FailureLimit:
-    """Counts failed trials (errors and reported failures) and stops the sweep at a limit."""
+    """Counts failed trials (errors and reported failures) and stops the sweep at a limit.
+    Trials the collapse guard stopped are counted apart: they say the hyperparameters are bad,
+    not that the sweep keeps failing."""
 
     def __init__(self, limit: int):
-        self.limit, self.failed, self.reasons = limit, 0, []
+        self.limit, self.failed, self.reasons, self.collapsed = limit, 0, [], 0
 
     def record(self, why: str) -> None:
+        if why.startswith(COLLAPSE_PREFIX):
+            self.collapsed += 1
+            return
         self.failed += 1
         self.reasons.append(why)
 
@@ -675,7 +681,8 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     if limit.reached:
         c.set_tag(parent_id, tracking.FAILURE, f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}")
     c.set_terminated(parent_id, status)
-    summary.update(failed=limit.failed, failure_reasons=limit.reasons, stopped_on_failures=limit.reached)
+    summary.update(failed=limit.failed, failure_reasons=limit.reasons, stopped_on_failures=limit.reached,
+                   collapsed=limit.collapsed)
     if opts.print_front:
         summary["front"] = _print_front(opts, objectives, parent_id)
     return summary
@@ -814,7 +821,8 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
             _shutdown_ray()
     print()
     print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
-          f"{summary['already_finished']} already finished, {summary['failed']} failed")
+          f"{summary['already_finished']} already finished, {summary['failed']} failed, "
+          f"{summary['collapsed']} stopped by the collapse guard")
     if summary["stopped_on_failures"]:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
         for why in summary["failure_reasons"]:

@@ -290,8 +290,9 @@ def _check_finite(pending, epoch: int) -> None:
 
 
 def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
-    """Why a trial is hopeless after the warm-up (None while it is not): z all zeros, z never
-    sparse although the target is, or an effective rank near 1."""
+    """Why a trial is hopeless after the warm-up (None while it is not): z all zeros or far
+    sparser than its target, z never sparse although the target is, or an effective rank
+    near 1."""
     s = cfg.system
     if not s.collapse_guard or m["epoch"] + 1 <= s.collapse_warmup_epochs:
         return None
@@ -300,8 +301,12 @@ def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
         return f"train/l0_density={density:.2g}: z is all zeros (dead projector)"
     from jepa_ray.evaluate import target_l0_density
 
-    if density >= 0.9999 and target_l0_density(cfg) < 0.9:
-        return f"train/l0_density={density:.4f}: z never sparse although the target density is {target_l0_density(cfg):.3f}"
+    target = target_l0_density(cfg)
+    if density >= 0.9999 and target < 0.9:
+        return f"train/l0_density={density:.4f}: z never sparse although the target density is {target:.3f}"
+    if cfg.target.target == "rgg" and density < s.collapse_min_density_ratio * target:
+        return (f"train/l0_density={density:.4f} is below {s.collapse_min_density_ratio:g} x the target density "
+                f"{target:.3f}: z is collapsing to all zeros")
     if m["train/rank_me"] < s.collapse_min_rank:
         return f"train/rank_me={m['train/rank_me']:.3f} < {s.collapse_min_rank}: representation collapsed"
     return None

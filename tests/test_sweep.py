@@ -537,3 +537,12 @@ def test_resume_keeps_the_recorded_base_config():
     assert sweep.recorded_base_config(parent, given_now) == started
     no_record = SimpleNamespace(data=SimpleNamespace(params={}))
     assert sweep.recorded_base_config(no_record, given_now) == given_now
+
+
+def test_collapsed_trials_do_not_count_towards_the_failure_limit():
+    limit = sweep.FailureLimit(2)
+    limit.record("collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2")
+    limit.record("non-finite loss at epoch 1 step 5")
+    assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
+    limit.record("the trial ended without final metrics")
+    assert limit.reached and limit.reasons[0].startswith("non-finite")

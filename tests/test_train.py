@@ -161,6 +161,7 @@ def epoch_metrics(epoch: int, density: float = 0.4, rank: float = 20.0) -> dict:
     (0.0, 20.0, "all zeros"),
     (1.0, 20.0, "never sparse"),
     (0.4, 1.0, "representation collapsed"),
+    (0.05, 20.0, "collapsing to all zeros"),  # below 0.2 x the target density 0.5
 ])
 def test_collapse_reason_after_warmup_only(density, rank, reason):
     cfg = smoke(collapse_warmup_epochs=3)  # rgg, mu=0: target density 0.5
@@ -172,6 +173,7 @@ def test_collapse_reason_after_warmup_only(density, rank, reason):
 
 def test_collapse_reason_accepts_healthy_and_dense_targets():
     assert collapse_reason(smoke(), epoch_metrics(10)) is None
+    assert collapse_reason(smoke(), epoch_metrics(10, density=0.11)) is None  # sparse, not collapsed
     # A Gaussian target is dense: z that is never zero is what it asks for.
     gaussian = smoke(target="gaussian", regularizer="sigreg")
     assert collapse_reason(gaussian, epoch_metrics(10, density=1.0)) is None
