@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa_ray import config as config_lib  # noqa: E402
 from jepa_ray.data import load_dataset  # noqa: E402
-from jepa_ray.evaluate import evaluate, extract_features  # noqa: E402
+from jepa_ray.evaluate import evaluate_encoder  # noqa: E402
 from jepa_ray.model import create_model  # noqa: E402
 from jepa_ray.train import LocalReporter, Normalizer, fit  # noqa: E402
 
@@ -51,10 +51,7 @@ def random_init_metrics(cfg) -> dict:
     size = cfg.data.image_size or splits.image_size
     normalize = Normalizer(splits.mean, splits.std, size)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    kw = dict(batch_size=512, device=device, autocast_dtype=amp)
-    tr_h, tr_z = extract_features(model, splits.train_x, normalize, **kw)
-    te_h, te_z = extract_features(model, splits.test_x, normalize, **kw)
-    return evaluate(cfg, tr_h, tr_z, splits.train_y, te_h, te_z, splits.test_y, splits.num_classes, device)
+    return evaluate_encoder(cfg, model, splits, normalize, device=device, autocast_dtype=amp)[0]
 
 
 def main() -> None:

@@ -61,3 +61,15 @@ def evaluate(cfg: TrialConfig, train_h: torch.Tensor, train_z: torch.Tensor, tra
         "probe_best_lr": on_h["best_lr"],
         "probe_best_wd": on_h["best_wd"],
     }
+
+
+def evaluate_encoder(cfg: TrialConfig, model: nn.Module, splits, normalize, *, device: torch.device,
+                     autocast_dtype: torch.dtype | None, batch_size: int = 512
+                     ) -> tuple[dict[str, float], torch.Tensor]:
+    """`evaluate` on the frozen features of both splits of `splits` (an ImageSplits); also
+    returns z of the test split."""
+    kw = dict(batch_size=batch_size, device=device, autocast_dtype=autocast_dtype)
+    tr_h, tr_z = extract_features(model, splits.train_x, normalize, **kw)
+    te_h, te_z = extract_features(model, splits.test_x, normalize, **kw)
+    result = evaluate(cfg, tr_h, tr_z, splits.train_y, te_h, te_z, splits.test_y, splits.num_classes, device)
+    return result, te_z

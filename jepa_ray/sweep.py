@@ -23,9 +23,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from jepa_ray import config as config_lib
+from jepa_ray.cluster import is_local_path
 from jepa_ray.config import ConfigError, TrialConfig
 
 from optuna.trial import TrialState
@@ -182,17 +183,12 @@ def _check_starting_point(space: str, point: dict, trial) -> None:
 
 
 def _persist(local_dir: Path, uri: str) -> None:
-    """Copy a local checkpoint directory to a storage URI (no-op for the same local path)."""
-    from jepa_ray.checkpoint import local_path
-
-    if "://" not in uri or uri.startswith("file://"):
-        return
+    """Copy a local checkpoint directory to a remote storage URI (s3://, gs://, ...)."""
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(uri)
     fs.create_dir(root, recursive=True)
     pafs.copy_files(str(local_dir), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    del local_path
 
 
 def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
@@ -203,12 +199,12 @@ def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
     from ray import tune
 
     from jepa_ray import checkpoint as ckpt_lib
-    from jepa_ray.train import LocalReporter, TrialFailure, fit, run_trial
+    from jepa_ray.train import LocalReporter, TrialFailure, fit
 
     cfg = trial_config(config_lib.from_dict(base), trial)
     number = trial.get("optuna_trial", 0)
     trial_uri = f"{storage.rstrip('/')}/{sweep}/trials/{number:05d}"
-    remote = "://" in storage and not storage.startswith("file://")
+    remote = not is_local_path(storage)
     local_root = Path(tempfile.mkdtemp(prefix="jepa_ray_trial_")) if remote else Path(trial_uri)
     local_root.mkdir(parents=True, exist_ok=True)
 
@@ -354,14 +350,14 @@ class JepaOptunaSearch(OptunaSearch):
 
 
 
-def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: str, seed: int):
+def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: str) -> JepaOptunaSearch:
     import optuna
 
     storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 30}}
                                          if storage_url.startswith("sqlite") else {})
     return JepaOptunaSearch(space=space_fn, metric=[o.name for o in objectives],
                             mode=[o.direction for o in objectives], sampler=sampler,
-                            study_name=study_name, storage=storage), storage
+                            study_name=study_name, storage=storage)
 
 
 def _finite(v) -> bool:
@@ -608,7 +604,9 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     sampler_name = opts.sampler or getattr(module, "DEFAULT_SAMPLER", "tpe")
     sampler = make_sampler(sampler_name, opts.seed, grid)
     num_samples = opts.num_samples
-    storage = opts.storage_path if "://" in opts.storage_path else str(Path(opts.storage_path).resolve())
+    storage = opts.storage_path.removeprefix("file://")  # trials treat any local path alike
+    if is_local_path(storage):
+        storage = str(Path(storage).resolve())
 
     # The sweep to resume (or the new sweep's name) is checked before Ray starts, so that a
     # bad --resume or --name exits 2 in seconds rather than after a cluster start.
@@ -642,8 +640,8 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     if parent_id is not None:
         tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
 
-    searcher, rdb = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler,
-                                  sweep_name, storage_url, opts.seed)
+    searcher = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler,
+                             sweep_name, storage_url)
     study = searcher._ot_study
     if parent_id is None:
         parent_id = tracking.start_sweep_run(

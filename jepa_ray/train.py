@@ -9,10 +9,10 @@ checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ from jepa_ray import metrics as metrics_lib
 from jepa_ray.augment import ViewMaker
 from jepa_ray.config import ConfigError, TrialConfig
 from jepa_ray.data import BatchIterator, ImageSplits, load_dataset
-from jepa_ray.evaluate import evaluate, extract_features
+from jepa_ray.evaluate import evaluate_encoder, extract_features
 from jepa_ray.model import create_model
 from jepa_ray.optim import create_optimizer, lr_at, peak_lr, set_lr
 from jepa_ray.probe import OnlineProbe
@@ -343,13 +343,9 @@ def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt
     on rank 0, the activation rate of each z dimension on the test split."""
     result, rates = [None], None
     if rt.is_main:
-        enc = ckpt_lib.unwrap(model)
-        bs = max(256, cfg.optim.batch_size)
-        kw = dict(batch_size=bs, device=rt.device, autocast_dtype=rt.autocast_dtype)
-        tr_h, tr_z = extract_features(enc, splits.train_x, normalize, **kw)
-        te_h, te_z = extract_features(enc, splits.test_x, normalize, **kw)
-        result[0] = evaluate(cfg, tr_h, tr_z, splits.train_y, te_h, te_z, splits.test_y,
-                             splits.num_classes, rt.device)
+        result[0], te_z = evaluate_encoder(cfg, ckpt_lib.unwrap(model), splits, normalize, device=rt.device,
+                                           autocast_dtype=rt.autocast_dtype,
+                                           batch_size=max(256, cfg.optim.batch_size))
         rates = metrics_lib.activation_rates(te_z).tolist()
     if dist_lib.is_distributed():
         dist.broadcast_object_list(result, src=0)
@@ -374,8 +370,6 @@ class LocalReporter:
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         kept = None
         if checkpoint_dir is not None:
-            import shutil
-
             kept = self.out_dir / "checkpoint"
             tmp = self.out_dir / ".checkpoint.copy"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -550,8 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     final_dir = out / "checkpoint"
-    import shutil
-
     if final_dir.exists():
         shutil.rmtree(final_dir)
     shutil.copytree(ckpt_lib.local_path(checkpoint), final_dir)
