@@ -6,7 +6,8 @@ a trial inside Ray Tune.
    - efficiency = (sum over trials of the time inside the training loops, the per-epoch
      `time/epoch_s`) / (wall time x concurrency), with the sweep's wall time (its parent run,
      from Ray connected to the front printed) and with the whole command's (Ray start and
-     imports included);
+     imports included); every trial's loop counts, those the collapse guard stopped too, and
+     the count over finished trials only is printed beside it;
    - per-trial overhead = trial wall time minus its training-loop time, median; the wall time
      runs from the searcher's suggestion (Tune asks for a trial when a slot is free: the
      Optuna trial's start) to the searcher hearing of the end (the Optuna trial's completion).
@@ -119,14 +120,16 @@ def sweep_case(args) -> None:
     sweep_wall = (parent.info.end_time - parent.info.start_time) / 1000
     study = optuna.load_study(study_name=parent.data.tags["jepa_ray.sweep_name"],
                               storage=parent.data.tags["jepa_ray.optuna_storage"])
-    by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.get_trials()
-                  if t.state == optuna.trial.TrialState.COMPLETE}
+    by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.get_trials() if t.state.is_finished()}
     timelines = [trial_timeline(c, r, by_tune_id[r.data.tags["jepa_ray.trial_id"]]) for r in finished]
-    loop_total = sum(t["loop"] for t in timelines)
+    # Trials the collapse guard stopped (or that failed) also trained until they stopped.
+    loop_total = sum(m.value for r in children for m in c.get_metric_history(r.info.run_id, "time/epoch_s"))
+    loop_finished = sum(t["loop"] for t in timelines)
 
     case = f"default sweep ({len(children)} trials, concurrency {concurrency}{', ' + ' '.join(extra) if extra else ''})"
     emit(case, "efficiency", loop_total / (sweep_wall * concurrency))
     emit(case, "efficiency_with_ray_start", loop_total / (wall * concurrency))
+    emit(case, "efficiency_finished_trials_only", loop_finished / (sweep_wall * concurrency))
     emit(case, "trial_overhead_median_s", median([t["overhead"] for t in timelines]))
     for part in ("actor_start", "setup", "between_epochs", "final_evaluation", "after_final"):
         emit(case, f"overhead_{part}_median_s", median([t[part] for t in timelines if part in t]))

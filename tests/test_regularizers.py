@@ -88,6 +88,20 @@ def test_rdmreg_gradient_equals_autograd_through_sort():
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sorted_matches_torch_sort_with_ties(dtype):
+    """The CPU sort (numpy for float32/64, torch otherwise) gives torch.sort's values, and its
+    gradient gives each group of tied inputs the same total as torch.sort's does."""
+    x = torch.randint(0, 5, (6, 2, 30), generator=_gen(8)).to(dtype).requires_grad_(True)
+    w = torch.randn(6, 2, 30, generator=_gen(9)).to(dtype)
+    (mine,) = torch.autograd.grad((R._sorted(x) * w).sum(), x)
+    (ref,) = torch.autograd.grad((x.sort(dim=-1).values * w).sum(), x)
+    torch.testing.assert_close(R._sorted(x.detach()), x.detach().sort(dim=-1).values, rtol=0, atol=0)
+    for value in range(5):
+        tied = x.detach() == value
+        torch.testing.assert_close((mine * tied).sum(-1), (ref * tied).sum(-1))
+
+
 def test_rdmreg_under_autocast_runs_in_the_input_dtype():
     z = torch.randn(16, 8, generator=_gen(1), requires_grad=True)
     y, dirs = torch.randn(16, 8, generator=_gen(2)), R.random_directions(32, 8, _gen(3))
