@@ -6,6 +6,11 @@ the closed-form target. Default: the embedded digits with the default config (CP
     python benchmarks/quality.py --set mu=0       # any trial-config override
     python benchmarks/quality.py --preset cifar10-resnet18 --set dataset=parquet \
         --set data_dir=DIR --set gpus_per_worker=1 --set epochs=30   # CIFAR-10 on a GPU
+    python benchmarks/quality.py --mu-curve=-2,-1,0,1 --seeds 0,1   # accuracy vs target density
+
+The mu curve trains the same config at each mu (target density from sparse to dense) and
+seed, and prints the mean over seeds of each accuracy and of the measured density: the
+trade-off a sweep's Pareto front is made of, without the search's other knobs.
 
 Prints one JSON line per case (DESIGN.md format).
 """
@@ -54,17 +59,39 @@ def random_init_metrics(cfg) -> dict:
     return evaluate_encoder(cfg, model, splits, normalize, device=device, autocast_dtype=amp)[0]
 
 
+def mu_curve(preset: str, overrides: dict, mus: list[float], seeds: list[int]) -> None:
+    """Accuracy and measured density against the target density, one mu at a time."""
+    for mu in mus:
+        runs = []
+        for seed in seeds:
+            cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset(preset),
+                                                                {**overrides, "mu": mu, "seed": seed}))
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(fit(cfg, LocalReporter(Path(tmp))))
+        label = (f"mu curve, {cfg.data.dataset} {cfg.model.backbone} rgg p={cfg.target.p:g} mu={mu:g} "
+                 f"lambd={cfg.loss.lambd:g} {cfg.optim.epochs} epochs, target l0 {runs[0]['target_l0_density']:.3f}")
+        for metric in ("linear_acc", "linear_acc_z", "knn_acc", "l0_density", "rank_me"):
+            values = [r[metric] for r in runs]
+            emit(label, metric, sum(values) / len(values), per_seed=[round(v, 4) for v in values])
+
+
 def main() -> None:
     global DEVICE
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="digits")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--mu-curve", help="comma-separated mu values: train each instead of the default case")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the mu curve")
     args = p.parse_args()
     overrides = {"target": "rgg", "mu": -1.0, "p": 1.0, "threads_per_worker": torch.get_num_threads(),
                  **config_lib.parse_set_args(args.set)}
     cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset(args.preset), overrides))
     if cfg.system.gpus_per_worker > 0 and torch.cuda.is_available():
         DEVICE = "cuda"
+    if args.mu_curve:
+        mu_curve(args.preset, overrides, config_lib.float_list(args.mu_curve),
+                 [int(s) for s in args.seeds.split(",")])
+        return
     label = f"{cfg.data.dataset} {cfg.model.backbone} rgg p={cfg.target.p:g} mu={cfg.target.mu:g} {cfg.optim.epochs} epochs"
 
     start = time.perf_counter()

@@ -53,7 +53,7 @@ class SweepOptions:
     """Base trial config that the space's suggestions override."""
     sets: list[str] = field(default_factory=list)
     """Fixed `key=value` overrides of the base config for every trial."""
-    num_samples: int = 12
+    num_samples: int = 24
     """Trials in the sweep (in total, counting those a resumed sweep already finished)."""
     max_concurrent: int = 0
     """Trials at once (0: as many as the cluster's resources fit)."""
@@ -276,7 +276,7 @@ def make_sampler(name: str, seed: int, grid: dict | None = None):
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=4)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "gp":
@@ -307,8 +307,12 @@ def optuna_storage_url(opts: SweepOptions) -> str:
 
 
 class JepaOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna FAIL for a trial that reported a failure (not
-    PRUNED or COMPLETE) and records the Tune trial id on the Optuna trial."""
+    """OptunaSearch that tells Optuna FAIL for a trial that failed, PRUNED for one the collapse
+    guard stopped, and records the Tune trial id on the Optuna trial.
+
+    PRUNED rather than FAIL because samplers learn from pruned trials and not from failed
+    ones: TPE ranks them below every complete trial, so it stops proposing the small-lambda
+    corner where z collapses instead of sampling it again and again."""
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -341,9 +345,11 @@ class JepaOptunaSearch(OptunaSearch):
                 not _finite(result.get(m)) for m in self.metric)
             if failed:
                 ot_trial = self._ot_trials[trial_id]
-                if result and result.get("failure"):
-                    ot_trial.set_user_attr("failure", str(result["failure"])[:1000])
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                why = str(result.get("failure") or "") if result else ""
+                if why:
+                    ot_trial.set_user_attr("failure", why[:1000])
+                collapsed = not error and why.startswith(COLLAPSE_PREFIX)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED if collapsed else TrialState.FAIL)
                 self._completed_trials.add(trial_id)
                 return
         super().on_trial_complete(trial_id, result, error)

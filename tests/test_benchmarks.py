@@ -39,3 +39,14 @@ def test_trainer_benchmark_in_process():
     rows = run_bench("benchmarks/trainer.py", "--no-ray", "--epochs", "2", "--steps", "3", "--device", "cpu")
     assert [r["metric"] for r in rows] == ["views_per_s", "img_per_s", "img_per_s"]
     assert "baseline" in rows[-1]
+
+
+@pytest.mark.slow
+def test_quality_benchmark_default_case_and_mu_curve():
+    rows = run_bench("benchmarks/quality.py", "--preset", "smoke")
+    assert {r["metric"] for r in rows} == {"accuracy", "l0_density"}
+    assert any("baseline" in r and "random init" in r["case"] for r in rows)
+    rows = run_bench("benchmarks/quality.py", "--preset", "smoke", "--mu-curve=-1,0", "--seeds", "0,1")
+    assert len(rows) == 2 * 5
+    density = {r["case"].split(" mu=")[1].split(" ")[0]: r for r in rows if r["metric"] == "l0_density"}
+    assert set(density) == {"-1", "0"} and all(len(r["per_seed"]) == 2 for r in density.values())

@@ -35,3 +35,14 @@ def test_documented_entry_points_exist():
         assert (ROOT / path).is_file(), path
     for module in set(re.findall(r"python -m (jepa_ray\.\w+)", text)):
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_options_table_defaults_match_the_sweep_defaults():
+    from jepa_ray.sweep import SweepOptions
+
+    text = (ROOT / "README.md").read_text()
+    defaults = SweepOptions()
+    for option, value in (("--num-samples N", defaults.num_samples),
+                          ("--max-failed-trials N", defaults.max_failed_trials)):
+        row = re.search(rf"^\| `{re.escape(option)}` \| (\d+)", text, flags=re.M)
+        assert row and int(row.group(1)) == value, option

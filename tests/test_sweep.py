@@ -546,3 +546,26 @@ def test_collapsed_trials_do_not_count_towards_the_failure_limit():
     assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
     limit.record("the trial ended without final metrics")
     assert limit.reached and limit.reasons[0].startswith("non-finite")
+
+
+def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_path):
+    """TPE learns from PRUNED trials (not from FAIL ones): a collapse must steer it away."""
+    from search_spaces import rectified
+
+    from jepa_ray import pareto
+
+    objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
+    searcher = sweep.make_searcher(rectified.space, objectives, sweep.make_sampler("tpe", 0), "s",
+                                   f"sqlite:///{tmp_path / 'optuna.db'}")
+    for trial_id in ("collapsed", "failed", "raised", "done"):
+        assert searcher.suggest(trial_id)
+    searcher.on_trial_complete("collapsed", {"failure": "collapse at epoch 3: train/rank_me=1.1 < 1.5"})
+    searcher.on_trial_complete("failed", {"failure": "non-finite loss at epoch 1 step 5"})
+    searcher.on_trial_complete("raised", None, error=True)
+    searcher.on_trial_complete("done", {"linear_acc": 0.9, "l0_density": 0.1})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
+    assert {k: t.state.name for k, t in by_id.items()} == {
+        "collapsed": "PRUNED", "failed": "FAIL", "raised": "FAIL", "done": "COMPLETE"}
+    assert by_id["collapsed"].user_attrs["failure"].startswith("collapse at epoch 3")
+    assert by_id["done"].values == [0.9, 0.1]
