@@ -2,7 +2,8 @@
 under a 1-worker TorchTrainer when Ray is installed, else in-process) against a plain
 single-process PyTorch loop on the same model, data, views and loss in the same run.
 
-    python benchmarks/trainer.py                       # digits on CPU
+    python benchmarks/trainer.py                       # digits on CPU, one thread
+    python benchmarks/trainer.py --threads 2           # every core of a 2-core machine
     python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
 
 Prints one JSON line per case (DESIGN.md format).
@@ -102,7 +103,7 @@ def fit_img_per_s(cfg, use_ray: bool) -> float:
         import ray
         from ray.util.queue import Queue
 
-        ray.init(num_cpus=max(2, torch.get_num_threads()) + 1, include_dashboard=False,
+        ray.init(num_cpus=max(2, cfg.system.threads_per_worker) + 1, include_dashboard=False,
                  log_to_driver=False)
         q = Queue()
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,10 +128,14 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=0, help="cap on training images per epoch")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--no-ray", action="store_true", help="time fit in-process instead of under TorchTrainer")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of both loops (default 1: the one CPU a sweep trial's worker gets; "
+                        "with every core busy, Ray's own processes take time from the training threads)")
     args = p.parse_args()
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "warmup_epochs": 0, "collapse_guard": False,
-                 "threads_per_worker": torch.get_num_threads(), "probe_epochs": 1,
+                 "threads_per_worker": args.threads, "probe_epochs": 1,
                  "gpus_per_worker": 1 if device.type == "cuda" else 0,
                  "max_train_samples": args.max_train}
     if args.cifar:
@@ -147,6 +152,8 @@ def main() -> None:
     label = f"{cfg.data.dataset} {cfg.model.backbone} B={cfg.optim.batch_size} V={cfg.views.num_views} {cfg.data.image_size}px"
     if device.type == "cuda":
         label += " bf16"
+    else:
+        label += f" {args.threads} thread{'s' if args.threads > 1 else ''}"
 
     vps = pipeline_views_per_s(cfg, splits, device, cfg.optim.batch_size, args.steps)
     emit(f"input pipeline {label}", "views_per_s", vps, device.type)
