@@ -230,7 +230,9 @@ def _parse_value(key: str, raw: Any) -> Any:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
         typ = args[0]
-    if isinstance(raw, typ) and not (typ is int and isinstance(raw, bool)):
+    if isinstance(raw, bool) and typ in (int, float):
+        raise ConfigError(f"config field '{key}': {raw!r} is a boolean; allowed: a {typ.__name__}")
+    if isinstance(raw, typ):
         return raw
     try:
         if typ is bool:
@@ -240,8 +242,9 @@ def _parse_value(key: str, raw: Any) -> Any:
                     return True
                 if low in ("0", "false", "no", "off"):
                     return False
-                raise ValueError
-            return bool(raw)
+            elif raw in (0, 1):
+                return bool(raw)
+            raise ValueError
         if typ is int:
             as_float = float(raw)
             if not as_float.is_integer():

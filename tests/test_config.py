@@ -96,6 +96,15 @@ def test_set_rejects_unreadable_values_naming_the_field(item, key):
         parsed(item)
 
 
+@pytest.mark.parametrize("overrides, key", [({"epochs": True}, "epochs"), ({"lr": False}, "lr"),
+                                             ({"download": 2}, "download")])
+def test_python_values_of_the_wrong_kind_are_rejected(overrides, key):
+    """A JSON/Python boolean is not a number (True would train 1 epoch), nor 2 a boolean."""
+    with pytest.raises(ConfigError, match=f"config field '{key}'"):
+        C.apply_overrides(TrialConfig(), overrides)
+    assert C.apply_overrides(TrialConfig(), {"download": 1}).data.download is True
+
+
 def test_parse_set_args_splits_once_and_strips():
     assert C.parse_set_args([" mu = -1 ", "probe_lrs=a=b"]) == {"mu": "-1", "probe_lrs": "a=b"}
     with pytest.raises(ConfigError, match="expected key=value"):
