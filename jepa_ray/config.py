@@ -331,7 +331,7 @@ def _preset_digits() -> TrialConfig:
 
 def _preset_digits_sweep() -> TrialConfig:
     """digits with 30-epoch trials: the base of the default sweep (two dozen trials in about
-    five minutes on a 2-core CPU); the search space sets lambd, slices, p, mu and the
+    six minutes on a 2-core CPU); the search space sets lambd, slices, p, mu and the
     projector."""
     c = TrialConfig()
     c.optim.epochs = 30
