@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa_ray import config as config_lib  # noqa: E402
 from jepa_ray.data import load_dataset  # noqa: E402
-from jepa_ray.evaluate import evaluate_encoder  # noqa: E402
 from jepa_ray.model import create_model  # noqa: E402
-from jepa_ray.train import LocalReporter, Normalizer, fit  # noqa: E402
+from jepa_ray.train import LocalReporter, Normalizer, _final_evaluation, _runtime, fit  # noqa: E402
 
 
 DEVICE = "cpu"
@@ -48,15 +47,13 @@ def emit(case: str, metric: str, value: float, baseline: float | None = None, **
 
 
 def random_init_metrics(cfg) -> dict:
-    """The final evaluation of the untrained encoder (the weights fit starts from)."""
+    """fit's final evaluation of the untrained encoder (the weights fit starts from)."""
     torch.manual_seed(cfg.system.seed)
-    device = torch.device(DEVICE)
-    model = create_model(cfg).to(device)
+    rt = _runtime(cfg)
+    model = create_model(cfg).to(rt.device)
     splits = load_dataset(cfg.data)
-    size = cfg.data.image_size or splits.image_size
-    normalize = Normalizer(splits.mean, splits.std, size)
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    return evaluate_encoder(cfg, model, splits, normalize, device=device, autocast_dtype=amp)[0]
+    normalize = Normalizer(splits.mean, splits.std, cfg.data.image_size or splits.image_size)
+    return _final_evaluation(cfg, model, splits, normalize, rt)[0]
 
 
 def mu_curve(preset: str, overrides: dict, mus: list[float], seeds: list[int]) -> None:

@@ -75,10 +75,10 @@ def run_default_sweep(workdir: Path, extra: list[str]) -> tuple[float, float, su
     return start, time.time() - start, proc
 
 
-def trial_timeline(c, run, optuna_trial) -> dict[str, float]:
+def trial_timeline(run, epochs: list, optuna_trial) -> dict[str, float]:
     """Where a finished trial's wall time went, from its Optuna trial's start and end and the
-    driver's metric timestamps (each epoch's metrics are logged when its result arrives)."""
-    epochs = sorted(c.get_metric_history(run.info.run_id, "time/epoch_s"), key=lambda m: m.step)
+    driver's metric timestamps (`epochs`: its `time/epoch_s` history, in epoch order; each
+    epoch's metrics are logged when its result arrives)."""
     loop = sum(m.value for m in epochs)
     asked, told = optuna_trial.datetime_start.timestamp(), optuna_trial.datetime_complete.timestamp()
     start = run.info.start_time / 1000
@@ -94,10 +94,9 @@ def trial_timeline(c, run, optuna_trial) -> dict[str, float]:
 
 def sweep_case(args) -> None:
     import optuna
-    from mlflow.tracking import MlflowClient
     from scipy import stats
 
-    from jepa_ray import pareto
+    from jepa_ray import pareto, tracking
 
     extra = []
     if args.num_samples:
@@ -111,19 +110,22 @@ def sweep_case(args) -> None:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"the sweep failed with exit code {proc.returncode}")
     uri = f"sqlite:///{workdir}/mlflow.db"
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    parent = c.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'sweep'")[0]
-    children = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    c = tracking.client(uri)
+    exp_id = c.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = tracking.find_sweep_run(uri, exp_id)
+    children = tracking.trial_runs(uri, exp_id, parent.info.run_id)
+    history = {r.info.run_id: sorted(c.get_metric_history(r.info.run_id, "time/epoch_s"), key=lambda m: m.step)
+               for r in children}
     finished = [r for r in children if r.info.status == "FINISHED"]
     concurrency = int(parent.data.tags["jepa_ray.max_concurrent"])
     sweep_wall = (parent.info.end_time - parent.info.start_time) / 1000
-    study = optuna.load_study(study_name=parent.data.tags["jepa_ray.sweep_name"],
+    study = optuna.load_study(study_name=parent.data.tags[tracking.SWEEP_NAME],
                               storage=parent.data.tags["jepa_ray.optuna_storage"])
     by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.get_trials() if t.state.is_finished()}
-    timelines = [trial_timeline(c, r, by_tune_id[r.data.tags["jepa_ray.trial_id"]]) for r in finished]
+    timelines = [trial_timeline(r, history[r.info.run_id], by_tune_id[r.data.tags[tracking.TRIAL_ID]])
+                 for r in finished]
     # Trials the collapse guard stopped (or that failed) also trained until they stopped.
-    loop_total = sum(m.value for r in children for m in c.get_metric_history(r.info.run_id, "time/epoch_s"))
+    loop_total = sum(m.value for epochs in history.values() for m in epochs)
     loop_finished = sum(t["loop"] for t in timelines)
 
     case = f"default sweep ({len(children)} trials, concurrency {concurrency}{', ' + ' '.join(extra) if extra else ''})"

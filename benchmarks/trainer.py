@@ -113,7 +113,7 @@ def fit_img_per_s(cfg, use_ray: bool) -> float:
         ray.shutdown()
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            fit(cfg, LocalReporter(Path(tmp), callback=lambda m, d: epochs.append(m)))
+            fit(cfg, LocalReporter(Path(tmp)), on_epoch=epochs.append)
     rates = [m["throughput/img_per_s"] for m in epochs if "throughput/img_per_s" in m][1:]
     return statistics.median(rates)
 

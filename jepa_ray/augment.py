@@ -294,7 +294,6 @@ class ViewMaker:
             raise ValueError(f"unknown augmentation parameter(s) {', '.join(unknown)}; allowed: Recipe fields")
         self.recipe = dataclasses.replace(base, **overrides)
         self.recipe.validate()
-        self.recipe_name = views.recipe
         self.num_views, self.num_local_views = views.num_views, views.num_local_views
         self.image_size = image_size
         self.local_size = views.local_size or max(image_size // 2, 4)

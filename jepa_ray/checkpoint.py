@@ -25,6 +25,7 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 TRAIN_STATE_FILE = "train_state.pt"
+ACTIVATION_FILE = "activation_rates.json"  # the final checkpoint's per-dimension activation rates of z
 
 
 def unwrap(model: nn.Module) -> nn.Module:

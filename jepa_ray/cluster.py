@@ -253,9 +253,22 @@ def _check_http_tracking(uri: str) -> None:
     )
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///path` URI (None for other URIs and in-memory sqlite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_sqlite_directory(uri: str, what: str) -> None:
+    """ConfigError naming `what` when the directory of a sqlite URI's file does not exist."""
+    path = sqlite_path(uri)
+    if path is not None and not path.parent.is_dir():
+        raise ConfigError(f"{what} {uri}: directory {path.parent} does not exist; create it first")
+
+
 def _check_sqlite_tracking(uri: str) -> None:
     if not uri.startswith("sqlite:///"):
         raise ConfigError(f"tracking URI {uri}: expected sqlite:///RELATIVE/PATH or sqlite:////ABS/PATH")
-    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    if str(path) != ":memory:" and not path.parent.is_dir():
-        raise ConfigError(f"tracking URI {uri}: directory {path.parent} does not exist")
+    check_sqlite_directory(uri, "tracking URI")

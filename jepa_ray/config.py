@@ -20,6 +20,7 @@ from typing import Any
 LOSS_CONVENTION = "loss = (1 - lambd) * invariance + lambd * regularizer"
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "parquet")
+NATIVE_IMAGE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # image folders and tables: their own
 TARGETS = ("gaussian", "gn", "rgg")
 REGULARIZERS = ("rdmreg", "sigreg")
 OPTIMIZERS = ("adamw", "lars")
@@ -445,7 +446,7 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
         cfg.views.recipe = "digits" if cfg.data.dataset == "digits" else (
             "cifar" if cfg.data.dataset.startswith("cifar") else "imagenet")
     if cfg.data.image_size == 0:
-        cfg.data.image_size = {"digits": 8, "cifar10": 32, "cifar100": 32}.get(cfg.data.dataset, 0)
+        cfg.data.image_size = NATIVE_IMAGE_SIZES.get(cfg.data.dataset, 0)
     return cfg
 
 

@@ -74,11 +74,6 @@ class ImageSplits:
         """Side of the stored (square) images."""
         return int(self.train_x.shape[-1])
 
-    def to(self, device: torch.device | str) -> ImageSplits:
-        """The same splits with the tensors on `device` (e.g. the whole train set on the GPU)."""
-        return replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
-                       test_x=self.test_x.to(device), test_y=self.test_y.to(device))
-
     def subset_train(self, indices: torch.Tensor) -> ImageSplits:
         """Keep only these train rows; mean/std are recomputed from them."""
         return replace(self, train_x=self.train_x[indices], train_y=self.train_y[indices], mean=(), std=())

@@ -11,7 +11,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from jepa_ray.config import ConfigError, TrialConfig, proj_dims_list
+from jepa_ray.config import NATIVE_IMAGE_SIZES, ConfigError, TrialConfig, proj_dims_list
 
 # --------------------------------------------------------------------------------------------
 # A tiny CNN registered in timm's registry: the default for 8x8 digits and CPU sweeps, where a
@@ -148,7 +148,7 @@ class JEPAEncoder(nn.Module):
 
 def create_model(cfg: TrialConfig) -> JEPAEncoder:
     """The encoder a (resolved) trial config describes."""
-    image_size = cfg.data.image_size or {"digits": 8}.get(cfg.data.dataset, 32)
+    image_size = cfg.data.image_size or NATIVE_IMAGE_SIZES.get(cfg.data.dataset, 32)
     in_chans = in_chans_for(cfg)
     backbone = create_backbone(cfg.model.backbone, in_chans=in_chans, image_size=image_size,
                                cifar_stem=cfg.model.cifar_stem)

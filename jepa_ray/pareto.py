@@ -37,16 +37,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jepa_ray import tracking
+from jepa_ray.cluster import sqlite_path
+from jepa_ray.tracking import CHECKPOINT as CHECKPOINT_TAG
+from jepa_ray.tracking import FAILURE as FAILURE_TAG
+from jepa_ray.tracking import FINAL_METRICS
+from jepa_ray.tracking import PARENT as PARENT_TAG
+from jepa_ray.tracking import ROLE as ROLE_TAG
+from jepa_ray.tracking import TRIAL_ID as TRIAL_ID_TAG
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "rectified-lpjepa"
 DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
-FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
-                 "l0_density_backbone", "rank_me")
 KEY_PARAMS = ("lambd", "num_slices", "p", "mu", "proj_dims", "target", "sigma", "backbone")
 
-ROLE_TAG, ROLE_TRIAL = "jepa_ray.role", "trial"
-TRIAL_ID_TAG, CHECKPOINT_TAG, FAILURE_TAG = "jepa_ray.trial_id", "jepa_ray.checkpoint", "jepa_ray.failure"
-PARENT_TAG = "mlflow.parentRunId"
+ROLE_TRIAL = "trial"
 METRIC_PREFIX, PARAM_PREFIX = "metrics.", "params."
 BASE_COLUMNS = ("run_id", "trial_id", "sweep_run_id", "checkpoint")
 _TAG_COLUMNS = {TRIAL_ID_TAG: "trial_id", PARENT_TAG: "sweep_run_id", CHECKPOINT_TAG: "checkpoint"}
@@ -394,9 +399,7 @@ def read_params(tracking_uri: str, run_ids: Sequence[str], *, reader: str = "aut
                 f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({_marks(run_ids[start:start + 500])})",
                 run_ids[start:start + 500])]
     else:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
+        client = tracking.client(tracking_uri)
         rows = [(rid, k, v) for rid in run_ids for k, v in client.get_run(rid).data.params.items()]
     index = pd.Index(run_ids, name="run_id")
     return _params_frame(rows, index).reset_index()
@@ -406,14 +409,6 @@ def _use_sql(tracking_uri: str, reader: str) -> bool:
     if reader not in ("auto", "sql", "mlflow"):
         raise ValueError(f"reader {reader!r} is not allowed; allowed: auto, sql, mlflow")
     return reader == "sql" or (reader == "auto" and _sql_readable(tracking_uri))
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///path` URI (None for other URIs and in-memory sqlite)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
 
 
 _SQL_COLUMNS = {
@@ -523,9 +518,7 @@ def _unknown_experiment(experiment: str, tracking_uri: str, names: list[str]) ->
 def _read_mlflow(tracking_uri: str, experiment: str, sweeps: list[str], metrics: list[str], with_params: bool,
                  page_size: int):
     from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments(max_results=200))[:20]
@@ -656,7 +649,7 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[Objective] | str | 
     trials: a read_trials frame (or any frame with run_id and `metrics.<name>` columns, such as
     mlflow.search_runs gives)."""
     objectives = _objective_list(objectives)
-    filters = [parse_filter(f) if isinstance(f, str) else f for f in (filters or [])]
+    filters = _filter_list(filters)
     if trials.empty:
         raise ParetoError("no finished trial runs to rank")
     _check_objectives(trials, objectives)
@@ -683,6 +676,10 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[Objective] | str | 
         hypervolume=hypervolume(front_values, directions, ref), knee_run_id=str(front["run_id"].iloc[knee]),
         experiment=experiment, sweep_run_ids=list(sweep_run_ids or []), filters=filters,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _filter_list(filters: Sequence[Filter | str] | None) -> list[Filter]:
+    return [parse_filter(f) if isinstance(f, str) else f for f in (filters or [])]
 
 
 def _objective_list(objectives: Sequence[Objective] | str | None) -> list[Objective]:
@@ -730,8 +727,9 @@ def extract(tracking_uri: str, experiment: str, *, sweep_run_ids: Sequence[str] 
     params of the front's trials (the trials frame has none): what the sweep driver calls at
     its end and what the command line runs."""
     objectives = _objective_list(objectives)
-    filters = [parse_filter(f) if isinstance(f, str) else f for f in (filters or [])]
+    filters = _filter_list(filters)
     metrics = [*FINAL_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
+    reader = "sql" if _use_sql(tracking_uri, reader) else "mlflow"  # probe the store's schema once
     trials = read_trials(tracking_uri, experiment, sweep_run_ids=sweep_run_ids, metrics=metrics, params=False,
                          reader=reader)
     if trials.empty:
@@ -977,9 +975,7 @@ def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name
     """Log each exported checkpoint to its trial run (artifact `pareto_encoder`) and register it
     as a version of model `name`, tagged with its objectives; the version numbers."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     try:
         client.create_registered_model(name, description="Pareto-optimal jepa_ray encoders")
     except MlflowException as exc:
@@ -1006,9 +1002,7 @@ def log_to_parent(result: ParetoResult, tracking_uri: str, parent_run_id: str,
                   files: Sequence[str | os.PathLike] | None = None) -> None:
     """Log the plot and table (and any other given files) under `pareto/` of a sweep's parent
     run, with the hypervolume and front size as metrics."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="jepa_ray_pareto_") as tmp:
         if files is None:
             files = [write_plot(result, Path(tmp) / "pareto.png"), Path(tmp) / "pareto.txt"]

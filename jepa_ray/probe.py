@@ -21,6 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from jepa_ray import distributed as dist_lib
+
 __all__ = [
     "LinearHeadGrid",
     "fit_linear_grid",
@@ -368,11 +370,9 @@ class OnlineProbe(nn.Module):
         return loss.detach(), correct
 
     def _all_reduce_grads(self) -> None:
-        if not (self.sync_grads and dist.is_available() and dist.is_initialized()):
+        if not (self.sync_grads and dist_lib.is_distributed()):
             return
-        world = dist.get_world_size()
-        if world == 1:
-            return
+        world = dist_lib.world_size()
         for p in self.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)

@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from jepa_ray.cluster import check_sqlite_directory
 from jepa_ray.config import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -91,18 +92,8 @@ def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | N
         uri = cli_value
     else:
         uri = environ.get(BACKEND_URI_ENV) or DEFAULT_BACKEND_STORE_URI
-    _check_sqlite_directory(uri)
+    check_sqlite_directory(uri, "--backend-store-uri")
     return uri
-
-
-def _check_sqlite_directory(uri: str) -> None:
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    if str(path) != ":memory:" and not path.parent.is_dir():
-        raise ConfigError(
-            f"--backend-store-uri {uri}: directory {path.parent} does not exist; create it first"
-        )
 
 
 def health_url(host: str, port: int) -> str:

@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
 from jepa_ray import config as config_lib
 from jepa_ray.cluster import is_local_path
 from jepa_ray.config import ConfigError, TrialConfig
-
-from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from jepa_ray.pareto import DEFAULT_OBJECTIVES
 
 logger = logging.getLogger("jepa_ray.sweep")
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
-SMOKE_REPLACES = ("digits", "digits-sweep")
 COLLAPSE_PREFIX = "collapse at epoch"  # how train.fit's collapse guard words its TrialFailure
+SMOKE_REPLACES = ("digits", "digits-sweep")
 """Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
 EPOCH_PROBE_METRIC = "train/loss"
 """A metric every epoch result carries: its MLflow history tells which epochs were logged."""
@@ -470,7 +470,7 @@ class FailureLimit:
 def make_failure_callback(limit: FailureLimit):
     from ray.tune import Callback
 
-    from jepa_ray.tracking import _trial_error_text, one_line
+    from jepa_ray.tracking import one_line, trial_error_text
 
     class FailureCounter(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -478,7 +478,7 @@ def make_failure_callback(limit: FailureLimit):
                 limit.record(one_line(trial.last_result["failure"]))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            limit.record(one_line(_trial_error_text(trial)))
+            limit.record(one_line(trial_error_text(trial)))
 
     return FailureCounter()
 
@@ -526,10 +526,11 @@ def recorded_base_config(parent_run, given: TrialConfig) -> TrialConfig:
     if not recorded:
         return given
     cfg = config_lib.apply_overrides(config_lib.TrialConfig(), recorded)
-    changed = sorted(k for k, v in config_lib.flatten(given).items() if str(v) != str(config_lib.flatten(cfg)[k]))
+    kept, now = config_lib.flatten(cfg), config_lib.flatten(given)
+    changed = sorted(k for k, v in now.items() if str(v) != str(kept[k]))
     if changed:
         logger.warning("--resume: keeping the sweep's recorded base config; ignoring the given %s",
-                       ", ".join(f"{k}={config_lib.flatten(given)[k]}" for k in changed))
+                       ", ".join(f"{k}={now[k]}" for k in changed))
     return cfg
 
 
@@ -578,7 +579,7 @@ def auto_concurrency(cfg: TrialConfig, max_nodes: int = 1) -> int:
     fits = [int(total.get("CPU", 1) // cpus_needed)]
     if cfg.system.gpus_per_worker > 0:
         fits.append(int(total.get("GPU", 0) // (cfg.system.workers * cfg.system.gpus_per_worker)))
-    n = max(fits) if len(fits) == 1 else min(fits)
+    n = min(fits)
     alive = sum(1 for node in ray.nodes() if node.get("Alive"))
     if n < 1 and max_nodes > alive:
         return max_nodes - 1
@@ -768,22 +769,22 @@ def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
     a("--preset", default=defaults.preset, help=f"base config ({', '.join(config_lib.PRESETS)})")
     a("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="fixed config override for every trial")
     a("--num-samples", type=int, default=defaults.num_samples, help="trials in total (default: %(default)s)")
-    a("--max-concurrent", type=int, default=0, help="trials at once (default: what the cluster fits)")
+    a("--max-concurrent", type=int, default=defaults.max_concurrent, help="trials at once (default: what the cluster fits)")
     a("--dataset", help="digits | cifar10 | cifar100 | imagefolder | parquet")
     a("--data-dir", help="dataset directory")
     a("--backbone", help="timm model name")
     a("--epochs", type=int, help="epochs per trial")
-    a("--workers-per-trial", type=int, default=1, help="DDP workers per trial (>1: a TorchTrainer per trial)")
-    a("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (0: CPU)")
-    a("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
+    a("--workers-per-trial", type=int, default=defaults.workers_per_trial, help="DDP workers per trial (>1: a TorchTrainer per trial)")
+    a("--gpus-per-worker", type=float, default=defaults.gpus_per_worker, help="GPUs per worker (0: CPU)")
+    a("--cpus-per-worker", type=float, default=defaults.cpus_per_worker, help="CPUs per worker")
     a("--sampler", default=defaults.sampler, help=f"{' | '.join(SAMPLERS)} (default: the space's, else tpe)")
-    a("--objectives", default=DEFAULT_OBJECTIVES, help="metric:max|min,... (default: %(default)s)")
+    a("--objectives", default=defaults.objectives, help="metric:max|min,... (default: %(default)s)")
     a("--experiment", default=defaults.experiment, help="MLflow experiment (default: %(default)s)")
     a("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI (default: %(default)s)")
     a("--optuna-storage", help="Optuna RDB URL (default: optuna.db beside the MLflow sqlite store)")
     a("--storage-path", default=defaults.storage_path, help="Ray storage: a directory, s3://... (default: %(default)s)")
     a("--name", help="sweep name (default: EXPERIMENT-TIMESTAMP; with --resume: the newest sweep)")
-    a("--seed", type=int, default=0, help="sampler seed; trial i trains with seed + i")
+    a("--seed", type=int, default=defaults.seed, help="sampler seed; trial i trains with seed + i")
     a("--resume", action="store_true", help="continue the newest (or --name) sweep of the experiment")
     a("--smoke", action="store_true", help="a tiny sweep for tests: 2 trials of 1 epoch")
     a("--address", help="Ray cluster (default: connect if one runs, else start a local one)")
@@ -810,7 +811,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     except _ArgumentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    opts = dataclasses.replace(base_defaults, **{k: v for k, v in vars(args).items()})
+    opts = dataclasses.replace(base_defaults, **vars(args))
     if opts.smoke and "--num-samples" not in (argv or sys.argv):
         opts.num_samples = 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -29,6 +29,9 @@ ROLE, SWEEP_NAME, TRIAL_ID, CHECKPOINT, FAILURE = (
     "jepa_ray.role", "jepa_ray.sweep_name", "jepa_ray.trial_id", "jepa_ray.checkpoint", "jepa_ray.failure")
 OPTUNA_TRIAL, PARAMS_KEY, LAST_CHECKPOINT = "jepa_ray.optuna_trial", "jepa_ray.params_key", "jepa_ray.last_checkpoint"
 PARENT = "mlflow.parentRunId"
+# DESIGN.md's final metrics of a trial run (the trainer reports them, pareto reads them).
+FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
+                 "l0_density_backbone", "rank_me")
 # Bookkeeping Tune adds to every result: not trial metrics.
 _TUNE_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
                         "time_since_restore", "iterations_since_restore", "done", "epoch", "config"})
@@ -227,7 +230,7 @@ class MlflowSweepCallback:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        self._fail(run_id, _trial_error_text(trial))
+        self._fail(run_id, trial_error_text(trial))
 
     # ---------------------------------------------------------------------------------------
 
@@ -249,7 +252,7 @@ class MlflowSweepCallback:
         try:
             local = ckpt_lib.local_path(uri)
             self.c.log_artifact(run_id, str(local / ckpt_lib.METRICS_FILE), "checkpoint")
-            rates_file = local / "activation_rates.json"
+            rates_file = local / ckpt_lib.ACTIVATION_FILE
             if rates_file.is_file():
                 rates = json.loads(rates_file.read_text())
                 with tempfile.TemporaryDirectory() as tmp:
@@ -260,7 +263,7 @@ class MlflowSweepCallback:
             logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
 
 
-def _trial_error_text(trial) -> str:
+def trial_error_text(trial) -> str:
     for attr in ("error_message", "error_msg"):
         msg = getattr(trial, attr, None)
         if msg:

@@ -36,13 +36,11 @@ from jepa_ray.model import create_model
 from jepa_ray.optim import create_optimizer, lr_at, peak_lr, set_lr
 from jepa_ray.probe import OnlineProbe
 from jepa_ray.regularizers import create_regularizer, invariance, total_loss
+from jepa_ray.tracking import FINAL_METRICS
 
 EPOCH_METRICS = ("train/loss", "train/invariance", "train/regularizer", "train/l0_density",
                  "online/linear_acc", "throughput/img_per_s")
-FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
-                 "l0_density_backbone", "rank_me")
 _STREAM_AUGMENT = 100
-ACTIVATION_FILE = "activation_rates.json"
 
 
 class TrialFailure(RuntimeError):
@@ -126,7 +124,9 @@ class Normalizer:
         if x.shape[-1] != self.image_size:
             x = nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True,
                                           align_corners=False)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, not on every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - self.mean) / self.std
 
 
 def _sum_over_ranks(values: list[float], device) -> list[float]:
@@ -205,10 +205,10 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             os._exit(17)
         model.train()
         batches.set_epoch(epoch)
-        sums = torch.zeros(6, dtype=torch.float64, device=rt.device)
+        sums = torch.zeros(5, dtype=torch.float64, device=rt.device)
         pending = None
         t0 = time.perf_counter()
-        for idx in [b.to(rt.device) for b in batches]:  # one host-to-device copy per epoch
+        for idx in torch.stack(list(batches)).to(rt.device):  # one host-to-device copy per epoch
             set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak, cfg.optim.min_lr_ratio))
             gen = dist_lib.step_generator(rt.device, cfg.system.seed, step, _STREAM_AUGMENT + rt.rank)
             x_views = views(train_x[idx], gen)  # list of V normalized (b, C, H, W)
@@ -232,7 +232,7 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             _, correct = probe.step_tensors(h[0], labels)
             with torch.no_grad():
                 sums += torch.stack([loss.detach(), inv.detach(), reg.detach(), (z[0] != 0).float().mean(),
-                                     correct.float(), torch.full((), float(labels.numel()), device=rt.device)]).double()
+                                     correct.float()]).double()
             step += 1
         _check_finite(pending, epoch)
         if rt.device.type == "cuda":
@@ -246,11 +246,11 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             "train/invariance": totals[1] / n_steps,
             "train/regularizer": totals[2] / n_steps,
             "train/l0_density": totals[3] / n_steps,
-            "online/train_acc": totals[4] / max(totals[5], 1),
+            "online/train_acc": totals[4] / (n_steps * local_batch),
             "online/linear_acc": _online_test_accuracy(model, probe, splits, normalize, rt, local_batch * 2),
             "train/rank_me": metrics_lib.rank_me(z[0].detach().float()),
             "train/lr": optimizer.param_groups[0]["lr"],
-            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
+            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[5] / rt.world_size),
             "time/epoch_s": seconds,
         }
         history.append(epoch_metrics)
@@ -272,7 +272,7 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
 
     def save_final(d: Path) -> Path:
         path = _save(d, model, cfg, final, optimizer, probe, cfg.optim.epochs, step, history)
-        (path / ACTIVATION_FILE).write_text(json.dumps(rates))
+        (path / ckpt_lib.ACTIVATION_FILE).write_text(json.dumps(rates))
         return path
 
     _report(reporter, rt, final, True, save_final)
