@@ -1,9 +1,11 @@
-"""Trainer speed: the input pipeline alone (views/s), and images/s of our training loop (`fit`,
-under a 1-worker TorchTrainer when Ray is installed, else in-process) against a plain
-single-process PyTorch loop on the same model, data, views and loss in the same run.
+"""Trainer speed: the input pipeline alone (views/s), and images/s of our training loop (`fit`
+through `run_trial`: in-process for one worker, as every one-worker trial trains; under a
+TorchTrainer with `--workers N`) against a plain single-process PyTorch loop on the same model,
+data, views and loss in the same run.
 
     python benchmarks/trainer.py                       # digits on CPU, one thread
     python benchmarks/trainer.py --threads 2           # every core of a 2-core machine
+    python benchmarks/trainer.py --workers 2           # 2 gloo DDP workers under Ray Train
     python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
 
 Prints one JSON line per case (DESIGN.md format).
@@ -94,26 +96,23 @@ def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float
     return batch / statistics.median(times)
 
 
-def fit_img_per_s(cfg, use_ray: bool) -> float:
+def fit_img_per_s(cfg) -> float:
     """Median over epochs after the first of our loop's own throughput/img_per_s."""
-    from jepa_ray.train import LocalReporter, fit, run_trial
+    from jepa_ray import checkpoint as ckpt_lib
+    from jepa_ray.train import run_trial
 
     epochs: list[dict] = []
-    if use_ray:
-        import ray
-        from ray.util.queue import Queue
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.system.workers > 1:
+            import ray
 
-        ray.init(num_cpus=max(2, cfg.system.threads_per_worker) + 1, include_dashboard=False,
-                 log_to_driver=False)
-        q = Queue()
-        with tempfile.TemporaryDirectory() as tmp:
-            run_trial(cfg, storage_path=tmp, name="bench", progress=q)
-        while not q.empty():
-            epochs.append(q.get())
-        ray.shutdown()
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            fit(cfg, LocalReporter(Path(tmp)), on_epoch=epochs.append)
+            ray.init(num_cpus=cfg.system.workers * max(1, cfg.system.threads_per_worker) + 1,
+                     include_dashboard=False, log_to_driver=False)
+            _, uri = run_trial(cfg, tmp)
+            epochs = ckpt_lib.read_history(uri)
+            ray.shutdown()
+        else:
+            run_trial(cfg, tmp, report=epochs.append)
     rates = [m["throughput/img_per_s"] for m in epochs if "throughput/img_per_s" in m][1:]
     return statistics.median(rates)
 
@@ -127,7 +126,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--max-train", type=int, default=0, help="cap on training images per epoch")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--no-ray", action="store_true", help="time fit in-process instead of under TorchTrainer")
+    p.add_argument("--workers", type=int, default=1, help="DDP workers of our loop (>1: under a TorchTrainer)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of both loops (default 1: the one CPU a sweep trial's worker gets; "
                         "with every core busy, Ray's own processes take time from the training threads)")
@@ -137,7 +136,7 @@ def main() -> None:
     overrides = {"epochs": args.epochs, "warmup_epochs": 0, "collapse_guard": False,
                  "threads_per_worker": args.threads, "probe_epochs": 1,
                  "gpus_per_worker": 1 if device.type == "cuda" else 0,
-                 "max_train_samples": args.max_train}
+                 "max_train_samples": args.max_train, "workers": args.workers}
     if args.cifar:
         overrides.update(dataset="parquet", data_dir=args.cifar, recipe="cifar", backbone="resnet18",
                          cifar_stem=True, proj_dims="512-512-512", num_slices=1024, batch_size=512)
@@ -162,14 +161,8 @@ def main() -> None:
     emit(f"plain loop {label}", "img_per_s", plain, device.type,
          views_per_s=round(plain * cfg.views.num_views, 1))
 
-    use_ray = not args.no_ray
-    if use_ray:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            use_ray = False
-    ours = fit_img_per_s(cfg, use_ray)
-    where = "TorchTrainer 1 worker" if use_ray else "in-process"
+    ours = fit_img_per_s(cfg)
+    where = f"TorchTrainer {cfg.system.workers} workers" if cfg.system.workers > 1 else "in-process"
     emit(f"jepa_ray fit ({where}) vs plain loop {label}", "img_per_s", ours, device.type, baseline=plain,
          views_per_s=round(ours * cfg.views.num_views, 1))
 

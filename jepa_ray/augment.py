@@ -307,9 +307,18 @@ class ViewMaker:
         return self.num_views + self.num_local_views
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, *, offset: int = 0,
+                 total: int | None = None) -> list[torch.Tensor]:
         """x: uint8 (B, C, H, W) (or float in [0, 1]) on any device -> list of V float32 views on
-        x's device. All randomness comes from `generator`."""
+        x's device. All randomness comes from `generator`.
+
+        x may be rows [offset, offset + B) of a batch of `total` images (one rank's share of a
+        global batch): the random parameters are drawn for the whole batch and this share's rows
+        kept, so W ranks with one generator seed make exactly the views one process makes of
+        the whole batch (the draws are cheap next to the resampling)."""
+        total = x.shape[0] if total is None else total
+        if not 0 <= offset <= total - x.shape[0]:
+            raise ValueError(f"offset/total: rows [{offset}, {offset + x.shape[0]}) do not lie in a batch of {total}")
         if x.ndim != 4 or x.shape[1] != self.num_channels:
             raise ValueError(f"x: expected (B, {self.num_channels}, H, W), got {tuple(x.shape)}")
         if x.dtype == torch.uint8:
@@ -322,21 +331,22 @@ class ViewMaker:
         for count, size, scale in ((self.num_views, self.image_size, rec.crop_scale),
                                    (self.num_local_views, self.local_size, rec.local_crop_scale)):
             if count:
-                views.extend(self._views(x, count, size, scale, generator).split(x.shape[0]))
+                rows = _Rows(generator, count, total, offset, x.shape[0], x.device)
+                views.extend(self._views(x, count, size, scale, rows).split(x.shape[0]))
         return views
 
     def _views(self, x: torch.Tensor, count: int, size: int, scale: tuple[float, float],
-               gen: torch.Generator) -> torch.Tensor:
+               rows: _Rows) -> torch.Tensor:
         """`count` views of every image, (count * B, C, size, size), view-major. All views go
         through one grid_sample (their grids stacked along the output height, so the input is
         not repeated) and one pass of each photometric op: a few kernel launches per view size."""
         b, c = x.shape[:2]
-        theta = self._geometry(count * b, x.shape[2], x.shape[3], x.device, scale, gen)
+        theta = rows.pick(self._geometry(rows.n, x.shape[2], x.shape[3], x.device, scale, rows.gen))
         grid = F.affine_grid(theta, [count * b, c, size, size], align_corners=False)
         grid = grid.view(count, b, size, size, 2).transpose(0, 1).reshape(b, count * size, size, 2)
         v = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.recipe.padding_mode, align_corners=False)
         v = v.view(b, c, count, size, size).permute(2, 0, 1, 3, 4).reshape(count * b, c, size, size)
-        v = self._photometric(v, gen)
+        v = self._photometric(v, rows)
         mean, std = self._stats(v.device)
         return v.sub_(mean).div_(std)
 
@@ -358,36 +368,59 @@ class ViewMaker:
         shift = _uniform((b, 2), -2 * rec.translate, 2 * rec.translate, gen, dev) if rec.translate > 0 else None
         return crop_affine(boxes, h, w, flip, angle, shift)
 
-    def _photometric(self, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        rec, b, dev = self.recipe, v.shape[0], v.device
+    def _photometric(self, v: torch.Tensor, rows: _Rows) -> torch.Tensor:
+        rec, dev = self.recipe, v.device
         rgb = v.shape[1] == 3
         if rec.p_color_jitter > 0:
-            on = _bernoulli(b, rec.p_color_jitter, gen, dev)
-            one = torch.ones(b, device=dev)
+            on = rows.bernoulli(rec.p_color_jitter)
+            one = torch.ones(v.shape[0], device=dev)
             if rec.brightness > 0:
-                v = adjust_brightness(v, torch.where(on, _uniform((b,), 1 - rec.brightness, 1 + rec.brightness, gen, dev), one))
+                v = adjust_brightness(v, torch.where(on, rows.uniform(1 - rec.brightness, 1 + rec.brightness), one))
             if rec.contrast > 0:
-                v = adjust_contrast(v, torch.where(on, _uniform((b,), 1 - rec.contrast, 1 + rec.contrast, gen, dev), one))
+                v = adjust_contrast(v, torch.where(on, rows.uniform(1 - rec.contrast, 1 + rec.contrast), one))
             if rgb and rec.saturation > 0:
-                v = adjust_saturation(v, torch.where(on, _uniform((b,), 1 - rec.saturation, 1 + rec.saturation, gen, dev), one))
+                v = adjust_saturation(v, torch.where(on, rows.uniform(1 - rec.saturation, 1 + rec.saturation), one))
             if rgb and rec.hue > 0:
-                shift = _uniform((b,), -rec.hue, rec.hue, gen, dev)
+                shift = rows.uniform(-rec.hue, rec.hue)
                 v = torch.where(_per_sample(on), adjust_hue(v, shift), v)
         if rgb and rec.p_grayscale > 0:
-            on = _bernoulli(b, rec.p_grayscale, gen, dev)
+            on = rows.bernoulli(rec.p_grayscale)
             v = torch.where(_per_sample(on), rgb_to_grayscale(v).expand_as(v), v)
         if rec.p_blur > 0:
-            on = _bernoulli(b, rec.p_blur, gen, dev)
-            sigma = _uniform((b,), rec.blur_sigma[0], rec.blur_sigma[1], gen, dev)
+            on = rows.bernoulli(rec.p_blur)
+            sigma = rows.uniform(rec.blur_sigma[0], rec.blur_sigma[1])
             v = torch.where(_per_sample(on), gaussian_blur(v, sigma, blur_kernel_size(v.shape[-1])), v)
         if rec.p_solarize > 0:
-            on = _bernoulli(b, rec.p_solarize, gen, dev)
+            on = rows.bernoulli(rec.p_solarize)
             v = torch.where(_per_sample(on), solarize(v, rec.solarize_threshold), v)
         if rec.p_noise > 0 and rec.noise_std > 0:
-            on = _bernoulli(b, rec.p_noise, gen, dev)
-            noise = torch.randn(v.shape, generator=gen, device=gen.device).to(dev, non_blocking=True)
+            on = rows.bernoulli(rec.p_noise)
+            noise = rows.pick(torch.randn((rows.n, *v.shape[1:]), generator=rows.gen, device=rows.gen.device)
+                              ).to(dev, non_blocking=True)
             v = (v + _per_sample(on * rec.noise_std) * noise).clamp_(0.0, 1.0)
         return v
+
+
+class _Rows:
+    """Random draws for the `count * total` view rows of a whole batch (view-major), of which
+    this call keeps its own: view k of image offset + i is row k * total + offset + i."""
+
+    def __init__(self, gen: torch.Generator, count: int, total: int, offset: int, local: int,
+                 device: torch.device):
+        self.gen, self.n, self.device = gen, count * total, device
+        self.index = None
+        if local != total:
+            starts = torch.arange(count) * total + offset
+            self.index = (starts[:, None] + torch.arange(local)).flatten().to(device)
+
+    def pick(self, values: torch.Tensor) -> torch.Tensor:
+        return values if self.index is None else values.index_select(0, self.index.to(values.device))
+
+    def uniform(self, lo: float, hi: float) -> torch.Tensor:
+        return self.pick(_uniform((self.n,), lo, hi, self.gen, self.device))
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        return self.pick(_bernoulli(self.n, p, self.gen, self.device))
 
 
 def measure_views_per_second(view_maker: ViewMaker, x_uint8: torch.Tensor, batch_size: int, repeats: int = 10) -> float:

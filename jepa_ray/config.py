@@ -159,8 +159,6 @@ class SystemConfig:
     """Write a checkpoint every k epochs (0: only at the end)."""
     max_failures: int = 1
     """Worker-group restarts allowed before the trial fails (resumes from the last checkpoint)."""
-    fail_at_epoch: int = -1
-    """Fault injection for tests: rank 0 dies once when this epoch starts (-1: never)."""
     threads_per_worker: int = 0
     """torch intra-op threads per worker (0: cpus_per_worker rounded up)."""
     collapse_guard: bool = True

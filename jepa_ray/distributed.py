@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.autograd import Function
 
 
@@ -112,3 +113,68 @@ def step_generator(device: torch.device, seed: int, step: int, stream: int) -> t
     g = torch.Generator(device=device)
     g.manual_seed(step_seed(seed, step, stream))
     return g
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, on any backend.
+
+    torch.nn.SyncBatchNorm runs on CUDA only; this one all-reduces the per-channel sums and
+    sums of squares (one differentiable all-reduce, summing gradients over ranks as the
+    convention above needs), so W CPU (gloo) workers with B/W samples each normalize exactly as
+    one process with the whole batch. Eval mode and single-process runs are plain BatchNorm."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4, 5):
+            raise ValueError(f"expected 2D to 5D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        local_n = torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device)
+        moments = torch.cat([xf.sum(dims), xf.square().sum(dims), local_n.view(1)])
+        moments = all_reduce_sum(moments)
+        c = x.shape[1]
+        n = moments[-1]
+        mean = moments[:c] / n
+        var = (moments[c:2 * c] / n - mean.square()).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)).clamp_min(1.0), alpha=m)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm layers with global-batch statistics: torch's SyncBatchNorm on CUDA (fused NCCL
+    kernels), GlobalBatchNorm elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global(module)
+
+
+def _to_global(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        if module.affine:
+            with torch.no_grad():
+                out.weight.copy_(module.weight)
+                out.bias.copy_(module.bias)
+        if module.track_running_stats:
+            out.running_mean.copy_(module.running_mean)
+            out.running_var.copy_(module.running_var)
+            out.num_batches_tracked.copy_(module.num_batches_tracked)
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_global(child))
+    return out

@@ -2,10 +2,11 @@
 `search_spaces/`) over trials that each train one JEPA encoder; every trial mirrored into
 MLflow by the driver; resumable from the Optuna study and MLflow.
 
-A trial with one worker trains inside its Tune trial process (no TorchTrainer: starting a Ray
-Train controller and worker group costs ~15 s per trial, more than a digits trial trains); a
-trial with several workers builds and fits a TorchTrainer and streams its per-epoch metrics to
-Tune through a Ray queue.
+Every trial runs through `jepa_ray.train.run_trial`, as the command line does: one worker trains
+inside its Tune trial process (no TorchTrainer: starting a Ray Train controller and worker group
+costs ~15 s per trial, more than a digits trial trains); several workers train under a
+TorchTrainer whose controller forwards rank 0's reports to the trial (TuneReportCallback). Both
+keep their checkpoints in the trial's store under `--storage-path` and resume from it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ from jepa_ray import config as config_lib
 from jepa_ray.cluster import is_local_path
 from jepa_ray.config import ConfigError, TrialConfig
 from jepa_ray.pareto import DEFAULT_OBJECTIVES
+from jepa_ray.tracking import EPOCH_PROBE_METRIC, is_final
 
 logger = logging.getLogger("jepa_ray.sweep")
 
@@ -39,8 +40,6 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 COLLAPSE_PREFIX = "collapse at epoch"  # how train.fit's collapse guard words its TrialFailure
 SMOKE_REPLACES = ("digits", "digits-sweep")
 """Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
-EPOCH_PROBE_METRIC = "train/loss"
-"""A metric every epoch result carries: its MLflow history tells which epochs were logged."""
 
 
 @dataclass
@@ -182,90 +181,33 @@ def _check_starting_point(space: str, point: dict, trial) -> None:
 # The trial (runs in a Tune trial actor)
 
 
-def _persist(local_dir: Path, uri: str) -> None:
-    """Copy a local checkpoint directory to a remote storage URI (s3://, gs://, ...)."""
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(uri)
-    fs.create_dir(root, recursive=True)
-    pafs.copy_files(str(local_dir), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+def trial_dir(storage: str, sweep: str, number: int) -> str:
+    """Where trial `number` of a sweep keeps its checkpoints (a jepa_ray.checkpoint.TrialStore)."""
+    return f"{storage.rstrip('/')}/{sweep}/trials/{number:05d}"
 
 
 def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
-               resume_map: dict[str, str]) -> None:
-    """A Tune function trial: train one config and report per-epoch then final metrics."""
-    import tempfile
-
+               resume_map: dict[str, str], fault=None) -> None:
+    """A Tune function trial: train one config with `run_trial` and report per-epoch then final
+    metrics. One worker trains in this actor and reports through tune.report; several train
+    under a TorchTrainer whose controller forwards rank 0's reports to this trial
+    (TuneReportCallback: a report reaches Tune only once Ray Train registered it)."""
     from ray import tune
 
-    from jepa_ray import checkpoint as ckpt_lib
-    from jepa_ray.train import LocalReporter, TrialFailure, fit
+    from jepa_ray.train import TrialFailure, run_trial
 
     cfg = trial_config(config_lib.from_dict(base), trial)
-    number = trial.get("optuna_trial", 0)
-    trial_uri = f"{storage.rstrip('/')}/{sweep}/trials/{number:05d}"
-    remote = not is_local_path(storage)
-    local_root = Path(tempfile.mkdtemp(prefix="jepa_ray_trial_")) if remote else Path(trial_uri)
-    local_root.mkdir(parents=True, exist_ok=True)
+    callbacks = []
+    if cfg.system.workers > 1:
+        from ray.tune.integration.ray_train import TuneReportCallback
 
-    resume_from = None
-    if (local_root / "checkpoint" / ckpt_lib.TRAIN_STATE_FILE).is_file():
-        resume_from = local_root / "checkpoint"  # a Tune retry of this trial (its actor died)
-    elif trial.get("params_key") in resume_map:
-        resume_from = ckpt_lib.local_path(resume_map[trial["params_key"]])  # interrupted sweep
-
-    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        out = dict(metrics)
-        if checkpoint_dir is not None:
-            uri = f"{trial_uri}/checkpoint"
-            if remote:
-                _persist(checkpoint_dir, uri)
-            out["checkpoint_uri"] = uri if remote else str(Path(uri).resolve())
-        tune.report(out)
-
+        callbacks = [TuneReportCallback()]
     try:
-        if cfg.system.workers == 1:
-            fit(cfg, LocalReporter(local_root, resume_from=resume_from, callback=report))
-        else:
-            _fit_with_torch_trainer(cfg, storage, f"{sweep}-trial{number:05d}", report)
+        run_trial(cfg, trial_dir(storage, sweep, trial.get("optuna_trial", 0)),
+                  resume_from=resume_map.get(trial.get("params_key", "")), report=tune.report, fault=fault,
+                  ray_callbacks=callbacks)
     except (TrialFailure, ConfigError) as err:
         tune.report({"failure": str(err)})
-
-
-def _fit_with_torch_trainer(cfg: TrialConfig, storage: str, name: str, report) -> None:
-    """Several workers: a TorchTrainer in a thread; its rank 0 streams epoch metrics here."""
-    from ray.util.queue import Empty, Queue
-
-    from jepa_ray.train import run_trial
-
-    progress = Queue()
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = run_trial(cfg, storage_path=storage, name=name, progress=progress)
-        except BaseException as err:  # handed to the trial thread below
-            outcome["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    while thread.is_alive() or not progress.empty():
-        try:
-            item = progress.get(timeout=1.0)
-        except Empty:
-            continue
-        if "linear_acc" not in item and "failure" not in item:
-            report(item, None)
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    metrics, checkpoint = outcome["result"]
-    final = {k: v for k, v in metrics.items() if not k.startswith("_")}
-    prefix = storage.split("://", 1)[0] + "://" if "://" in storage else ""
-    final["checkpoint_uri"] = f"{prefix}{checkpoint}" if checkpoint else None
-    from ray import tune
-
-    tune.report(final)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,10 +349,10 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
             study.enqueue_trial(t.params, user_attrs={"resumed_from_trial": t.number}, skip_if_exists=False)
             if run is not None:
                 state.reuse_runs[key] = run.info.run_id
-                last = run.data.tags.get(tracking.LAST_CHECKPOINT)
-                if last:
-                    state.resume_map[key] = last
-                    _log_missing_epochs(c, run.info.run_id, last)
+                where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
+                if where:
+                    state.resume_map[key] = where
+                    _log_missing_epochs(c, run.info.run_id, where)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
                 t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")):
             state.finished += 1
@@ -423,19 +365,21 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
     return state
 
 
-def _log_missing_epochs(c, run_id: str, checkpoint_uri: str) -> None:
-    """Log the epochs a trial's last checkpoint holds but its MLflow run lacks.
+def _log_missing_epochs(c, run_id: str, where: str) -> None:
+    """Log the epochs the interrupted trial's newest checkpoint holds but its MLflow run lacks.
 
-    A trial writes an epoch's checkpoint (at a fixed path) before the driver logs that epoch's
-    result; a driver killed in between leaves a checkpoint one epoch ahead of MLflow, and the
-    resumed trial starts after that epoch. Its metrics are in the checkpoint's history."""
+    The driver logs an epoch once a checkpoint covers it (tracking.EpochLog); a driver killed
+    between a trial's checkpoint and the driver's write leaves the checkpoint ahead of MLflow,
+    and the resumed trial starts after it. Those epochs are in the checkpoint's history."""
     from jepa_ray import checkpoint as ckpt_lib
     from jepa_ray import tracking
+    from jepa_ray.train import resumable_checkpoint
 
     try:
-        history = json.loads(ckpt_lib.load_state(checkpoint_uri, ckpt_lib.TRAIN_STATE_FILE)["history"])
+        checkpoint = resumable_checkpoint(where)
+        history = ckpt_lib.read_history(checkpoint) if checkpoint else []
     except (OSError, RuntimeError, KeyError, ValueError) as err:
-        logger.warning("could not read the epoch history of %s: %s", checkpoint_uri, err)
+        logger.warning("could not read the epoch history of %s: %s", where, err)
         return
     logged = {m.step for m in c.get_metric_history(run_id, EPOCH_PROBE_METRIC)}
     for metrics in history:
@@ -453,7 +397,7 @@ class FailureLimit:
     not that the sweep keeps failing."""
 
     def __init__(self, limit: int):
-        self.limit, self.failed, self.reasons, self.collapsed = limit, 0, [], 0
+        self.limit, self.failed, self.reasons, self.collapsed, self.finished = limit, 0, [], 0, 0
 
     def record(self, why: str) -> None:
         if why.startswith(COLLAPSE_PREFIX):
@@ -474,8 +418,11 @@ def make_failure_callback(limit: FailureLimit):
 
     class FailureCounter(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if (trial.last_result or {}).get("failure"):
-                limit.record(one_line(trial.last_result["failure"]))
+            result = trial.last_result or {}
+            if result.get("failure"):
+                limit.record(one_line(result["failure"]))
+            elif is_final(result):
+                limit.finished += 1
 
         def on_trial_error(self, iteration, trials, trial, **info):
             limit.record(one_line(trial_error_text(trial)))
@@ -560,35 +507,16 @@ def validate_options(opts: SweepOptions) -> None:
 
 def trial_resources(cfg: TrialConfig) -> dict[str, float]:
     """What Tune reserves for a trial: the worker itself when it trains in-process; next to
-    nothing when a TorchTrainer reserves its workers separately (trial + workers must fit)."""
+    nothing when a TorchTrainer reserves its workers separately (both must fit: see
+    cluster.check_trial_fits)."""
+    from jepa_ray.cluster import TRIAL_ACTOR_CPUS
+
     if cfg.system.workers == 1:
         res = {"CPU": cfg.system.cpus_per_worker}
         if cfg.system.gpus_per_worker:
             res["GPU"] = cfg.system.gpus_per_worker
         return res
-    return {"CPU": 0.01}
-
-
-def auto_concurrency(cfg: TrialConfig, max_nodes: int = 1) -> int:
-    """How many trials the cluster's resources fit at once (on an autoscaling cluster that is
-    still small: one trial per node it can grow to, the autoscaler adding what they ask)."""
-    import ray
-
-    total = ray.cluster_resources()
-    cpus_needed = cfg.system.workers * cfg.system.cpus_per_worker
-    fits = [int(total.get("CPU", 1) // cpus_needed)]
-    if cfg.system.gpus_per_worker > 0:
-        fits.append(int(total.get("GPU", 0) // (cfg.system.workers * cfg.system.gpus_per_worker)))
-    n = min(fits)
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
-    if n < 1 and max_nodes > alive:
-        return max_nodes - 1
-    if n < 1:
-        raise ConfigError(
-            f"a trial needs {cpus_needed:g} CPUs and {cfg.system.workers * cfg.system.gpus_per_worker:g} GPUs "
-            f"but the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs; "
-            "lower --workers-per-trial/--cpus-per-worker/--gpus-per-worker or add nodes")
-    return n
+    return {"CPU": TRIAL_ACTOR_CPUS}
 
 
 def run_sweep(opts: SweepOptions) -> dict[str, Any]:
@@ -604,6 +532,9 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     except ValueError as err:  # the message already names --objectives and what is allowed
         raise ConfigError(str(err)) from err
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)  # cheap: fail fast
+    from jepa_ray import faults
+
+    fault = faults.from_env()
     base = base_config(opts)
     module = load_space(opts.space)
     validate_space(module, base, n=200 if not opts.smoke else 50, seed=opts.seed)
@@ -643,7 +574,10 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     # An autoscaling cluster may be only its head now: count the nodes it can grow to.
     nodes = cluster.max_node_count()
     cluster.check_storage_path(storage, nodes)
-    concurrency = opts.max_concurrent or auto_concurrency(base, nodes)
+    capacity = cluster.capacity()
+    demand = cluster.trial_demand(base, in_tune=True)
+    cluster.check_trial_fits(demand, capacity)
+    concurrency = opts.max_concurrent or max(1, cluster.copies_that_fit(demand, capacity))
     if parent_id is not None:
         tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
 
@@ -674,7 +608,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
                                "max_concurrent": concurrency}
     if remaining > 0:
         _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
-                   resume, limit)
+                   resume, limit, fault)
         # Trials Tune stopped (the failure limit, Ctrl-C) end without a report: close them.
         why = (f"stopped before its end: the sweep stopped after {limit.failed} failed trials" if limit.reached
                else "stopped before its end: the sweep ended first")
@@ -687,14 +621,14 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         c.set_tag(parent_id, tracking.FAILURE, f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}")
     c.set_terminated(parent_id, status)
     summary.update(failed=limit.failed, failure_reasons=limit.reasons, stopped_on_failures=limit.reached,
-                   collapsed=limit.collapsed)
+                   collapsed=limit.collapsed, finished=limit.finished)
     if opts.print_front:
         summary["front"] = _print_front(opts, objectives, parent_id)
     return summary
 
 
 def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
-               resume: ResumeState, limit: FailureLimit) -> None:
+               resume: ResumeState, limit: FailureLimit, fault) -> None:
     from ray import tune
 
     from jepa_ray import tracking
@@ -706,10 +640,11 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
     attempt = time.strftime("%Y%m%d-%H%M%S")
     base_dict = config_lib.to_dict(base)
     trainable = tune.with_parameters(trial_main, base=base_dict, storage=storage, sweep=sweep_name,
-                                     resume_map=resume.resume_map)
+                                     resume_map=resume.resume_map, fault=fault)
     trainable = tune.with_resources(trainable, trial_resources(base))
     mlflow_cb = tracking.make_callback(opts.tracking_uri, exp_id, parent_id,
-                                       lambda trial: trial_config(base, trial), resume.reuse_runs)
+                                       lambda trial: trial_config(base, trial), resume.reuse_runs,
+                                       trial_dir=lambda trial: trial_dir(storage, sweep_name, trial.get("optuna_trial", 0)))
     # An in-process trial's actor is reused by the next trial: a fresh one costs a worker
     # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
     # trial trains). A multi-worker trial's actor only drives a TorchTrainer: nothing to keep.
@@ -827,13 +762,16 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     print()
     print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
           f"{summary['already_finished']} already finished, {summary['failed']} failed, "
-          f"{summary['collapsed']} stopped by the collapse guard")
+          f"{summary['collapsed']} stopped by the collapse guard, {summary['finished']} finished")
     if summary["stopped_on_failures"]:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
         for why in summary["failure_reasons"]:
             print(f"  - {why}")
     print(f"MLflow: {mlflow_ui_command(opts.tracking_uri)}")
     print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
+    if summary["launched"] and not summary["finished"]:
+        print("no trial of this run finished", file=sys.stderr)
+        return 1
     return 1 if summary["stopped_on_failures"] else 0
 
 

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 ROLE, SWEEP_NAME, TRIAL_ID, CHECKPOINT, FAILURE = (
     "jepa_ray.role", "jepa_ray.sweep_name", "jepa_ray.trial_id", "jepa_ray.checkpoint", "jepa_ray.failure")
 OPTUNA_TRIAL, PARAMS_KEY, LAST_CHECKPOINT = "jepa_ray.optuna_trial", "jepa_ray.params_key", "jepa_ray.last_checkpoint"
+TRIAL_DIR = "jepa_ray.trial_dir"  # the trial's checkpoint store: where an interrupted trial resumes from
 PARENT = "mlflow.parentRunId"
 # DESIGN.md's final metrics of a trial run (the trainer reports them, pareto reads them).
 FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
@@ -36,6 +37,59 @@ FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z"
 _TUNE_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
                         "time_since_restore", "iterations_since_restore", "done", "epoch", "config"})
 MAX_TAG = 5000
+EPOCH_PROBE_METRIC = "train/loss"
+"""A metric every epoch result carries: its MLflow history tells which epochs were logged."""
+
+
+def is_final(result: dict) -> bool:
+    """True for a trial's last result (its final metrics), not a per-epoch one or a failure."""
+    return "linear_acc" in result and not result.get("failure")
+
+
+class EpochLog:
+    """The per-epoch metrics of one trial, released for writing exactly once per epoch.
+
+    An epoch is released once a checkpoint covers it (a result carrying `checkpoint_uri`, or the
+    trial's end). A restarted trial resumes from its newest checkpoint and reports the epochs
+    after it again; until a checkpoint covers them they wait here, and a repeated epoch
+    replaces the earlier report and those after it (the later values belong to the training
+    that produced the final weights). An epoch a checkpoint covers but whose report never
+    arrived (a worker killed after its checkpoint, before its report was collected) is read
+    from that checkpoint's history."""
+
+    def __init__(self, committed: int = -1):
+        self.committed = committed
+        self.pending: dict[int, dict] = {}
+
+    def add(self, epoch: int, metrics: dict) -> None:
+        if epoch <= self.committed:
+            return  # already written: a restart never resumes before a written epoch's checkpoint
+        for later in [e for e in self.pending if e >= epoch]:
+            del self.pending[later]
+        self.pending[epoch] = metrics
+
+    def commit(self, upto: int, history: Callable[[], list[dict]] | None = None) -> list[tuple[int, dict]]:
+        """Release every epoch up to `upto` (covered by a checkpoint whose history `history`
+        reads, to fill epochs whose report was lost)."""
+        missing = [e for e in range(self.committed + 1, upto + 1) if e not in self.pending]
+        if missing and history is not None:
+            try:
+                recorded = {int(m["epoch"]): m for m in history()}
+            except Exception as err:  # the gap stays a gap; the rest is still written
+                logger.warning("could not read the history of a checkpoint to fill epochs %s: %s", missing, err)
+                recorded = {}
+            for e in missing:
+                if e in recorded:
+                    self.pending[e] = {k: v for k, v in recorded[e].items() if k != "epoch"}
+        out = sorted((e, m) for e, m in self.pending.items() if e <= upto)
+        for e, _ in out:
+            del self.pending[e]
+        self.committed = max(self.committed, upto)
+        return out
+
+    def flush(self) -> list[tuple[int, dict]]:
+        """Release what is left (the trial ended: nothing will be reported again)."""
+        return self.commit(max(self.pending, default=self.committed))
 
 
 def client(tracking_uri: str):
@@ -162,11 +216,13 @@ class MlflowSweepCallback:
     subclass by `make_callback` so this module imports without Ray)."""
 
     def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str,
-                 resolve_trial: Callable[[dict], TrialConfig], reuse_runs: dict[str, str] | None = None):
+                 resolve_trial: Callable[[dict], TrialConfig], reuse_runs: dict[str, str] | None = None,
+                 trial_dir: Callable[[dict], str] | None = None):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
-        self.resolve_trial = resolve_trial
+        self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
         self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
+        self.logs: dict[str, EpochLog] = {}  # tune trial id -> its epochs not yet written
         self.started: dict[str, float] = {}
         self.c = client(tracking_uri)
 
@@ -179,7 +235,10 @@ class MlflowSweepCallback:
         key = trial.config.get("params_key", "")
         tags = {ROLE: "trial", PARENT: self.parent, TRIAL_ID: trial.trial_id, PARAMS_KEY: key,
                 OPTUNA_TRIAL: str(trial.config.get("optuna_trial", ""))}
+        if self.trial_dir is not None:
+            tags[TRIAL_DIR] = self.trial_dir(trial.config)
         reused = self.reuse_runs.pop(key, None)
+        committed = -1
         if reused:
             run_id = reused
             if FAILURE in self.c.get_run(run_id).data.tags:  # a trial the stopped sweep failed
@@ -187,7 +246,9 @@ class MlflowSweepCallback:
             self.c.update_run(run_id, status="RUNNING")
             self.c.set_tag(run_id, "jepa_ray.resumed", "true")
             for k, v in tags.items():
-                self.c.set_tag(run_id, k, v)
+                if k != TRIAL_DIR:  # keep pointing at the store the trial resumes from
+                    self.c.set_tag(run_id, k, v)
+            committed = max((m.step for m in self.c.get_metric_history(run_id, EPOCH_PROBE_METRIC)), default=-1)
         else:
             run = self.c.create_run(self.exp_id, run_name=f"trial-{trial.config.get('optuna_trial', trial.trial_id)}",
                                     tags=tags)
@@ -195,28 +256,39 @@ class MlflowSweepCallback:
             log_params(self.c, run_id, config_lib.flatten(cfg))
             self._log_config(run_id, cfg)
         self.runs[trial.trial_id] = run_id
+        self.logs[trial.trial_id] = EpochLog(committed)
         self.started[trial.trial_id] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
+        if run_id is None or result.get("failure") or "epoch" not in result:
             return
+        log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
-        epoch = int(result.get("epoch", result.get("training_iteration", 1) - 1))
-        log_metrics(self.c, run_id, {k: v for k, v in result.items() if k not in _TUNE_KEYS}, step=epoch)
-        if result.get("checkpoint_uri"):
-            self.c.set_tag(run_id, LAST_CHECKPOINT, result["checkpoint_uri"])
+        epoch = int(result["epoch"])
+        log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
+        uri = result.get("checkpoint_uri")
+        if uri:
+            from jepa_ray import checkpoint as ckpt_lib
+
+            self.c.set_tag(run_id, LAST_CHECKPOINT, uri)
+            self._write_epochs(run_id, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
+
+    def _write_epochs(self, run_id: str, epochs: list[tuple[int, dict]]) -> None:
+        for epoch, metrics in epochs:
+            log_metrics(self.c, run_id, metrics, step=epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
+        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
         result = trial.last_result or {}
         failure = result.get("failure")
         if failure:
             self._fail(run_id, failure)
             return
-        if "linear_acc" not in result:
+        if not is_final(result):
             self._fail(run_id, "the trial ended without final metrics")
             return
         uri = result.get("checkpoint_uri")
@@ -230,6 +302,7 @@ class MlflowSweepCallback:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
+        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
         self._fail(run_id, trial_error_text(trial))
 
     # ---------------------------------------------------------------------------------------

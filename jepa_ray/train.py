@@ -32,6 +32,7 @@ from jepa_ray.augment import ViewMaker
 from jepa_ray.config import ConfigError, TrialConfig
 from jepa_ray.data import BatchIterator, ImageSplits, load_dataset
 from jepa_ray.evaluate import evaluate_encoder, extract_features
+from jepa_ray.faults import Fault
 from jepa_ray.model import create_model
 from jepa_ray.optim import create_optimizer, lr_at, peak_lr, set_lr
 from jepa_ray.probe import OnlineProbe
@@ -47,12 +48,16 @@ class TrialFailure(RuntimeError):
     """A trial that cannot produce a useful result (non-finite loss, collapse); not retried."""
 
 
+CheckpointWriter = Callable[[Path], Path]
+"""Writes a checkpoint directory at the given path and returns it (`_save` bound to the state)."""
+
+
 class Reporter(Protocol):
-    """Where a worker sends its per-epoch metrics and checkpoints (Ray Train, Tune or a test)."""
+    """Where a worker finds its restore point and sends its per-epoch metrics and checkpoints."""
 
     def restore_dir(self) -> Path | None: ...
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+    def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None: ...
 
 
 @dataclass
@@ -85,9 +90,9 @@ def _threads(cfg: TrialConfig) -> None:
 # State (what a resumable checkpoint holds)
 
 
-def _train_state(epoch: int, step: int, optimizer, probe: OnlineProbe, history: list) -> dict:
+def _train_state(epoch: int, step: int, optimizer, probe: OnlineProbe) -> dict:
     return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe.optimizer.state_dict(), "history": json.dumps(history)}
+            "probe_optimizer": probe.optimizer.state_dict()}
 
 
 def _restore(path: Path, model: nn.Module, optimizer, probe: OnlineProbe, device) -> tuple[int, int, list]:
@@ -97,14 +102,14 @@ def _restore(path: Path, model: nn.Module, optimizer, probe: OnlineProbe, device
     train = ckpt_lib.load_state(path, ckpt_lib.TRAIN_STATE_FILE, device)
     optimizer.load_state_dict(train["optimizer"])
     probe.optimizer.load_state_dict(train["probe_optimizer"])
-    return int(train["epoch"]), int(train["step"]), json.loads(train["history"])
+    return int(train["epoch"]), int(train["step"]), ckpt_lib.read_history(path)
 
 
 def _save(path: Path, model, cfg, metrics, optimizer, probe, epoch, step, history) -> Path:
     return ckpt_lib.save_checkpoint(
-        path, model=model, cfg=cfg, metrics=metrics,
+        path, model=model, cfg=cfg, metrics=metrics, history=history,
         extra_state={"online_probe": probe.state_dict()},
-        train_state=_train_state(epoch, step, optimizer, probe, history))
+        train_state=_train_state(epoch, step, optimizer, probe))
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,11 +154,12 @@ def _online_test_accuracy(model, probe, splits: ImageSplits, normalize: Normaliz
 
 
 def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        on_epoch: Callable[[dict], None] | None = None, fault: Fault | None = None) -> dict[str, Any]:
     """Train one worker's share of a trial and return its final metrics.
 
     Call inside an initialized process group for several workers (Ray Train does that).
-    Raises TrialFailure on a non-finite loss."""
+    Raises TrialFailure on a non-finite loss or a collapse. `fault` is the tests' hook that
+    kills this worker at a global step (jepa_ray.faults)."""
     _threads(cfg)
     rt = _runtime(cfg, device)
     torch.manual_seed(cfg.system.seed)  # identical initial weights on every rank
@@ -170,7 +176,7 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         model = model.to(memory_format=torch.channels_last)
     if rt.world_size > 1:
         if cfg.model.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = dist_lib.convert_sync_batchnorm(model, rt.device)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     regularizer = create_regularizer(cfg)
@@ -195,23 +201,19 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         start_epoch, step, history = _restore(restored, model, optimizer, probe, rt.device)
 
     for epoch in range(start_epoch, cfg.optim.epochs):
-        if epoch == cfg.system.fail_at_epoch and start_epoch < epoch and rt.is_main:
-            # Fault injection: die like a lost worker (no exception, no cleanup), once: the
-            # restarted group resumes at this epoch from the checkpoint, so start_epoch == epoch.
-            # The controller collects reports by polling the workers; wait for two polls so the
-            # previous epoch's checkpoint is registered before this worker dies.
-            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)) + 1)
-            print(f"[jepa_ray] fault injection: rank 0 exits at the start of epoch {epoch}", flush=True)
-            os._exit(17)
         model.train()
         batches.set_epoch(epoch)
         sums = torch.zeros(5, dtype=torch.float64, device=rt.device)
         pending = None
         t0 = time.perf_counter()
         for idx in torch.stack(list(batches)).to(rt.device):  # one host-to-device copy per epoch
+            if fault is not None:
+                fault.check(rt.rank, step)
             set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak, cfg.optim.min_lr_ratio))
-            gen = dist_lib.step_generator(rt.device, cfg.system.seed, step, _STREAM_AUGMENT + rt.rank)
-            x_views = views(train_x[idx], gen)  # list of V normalized (b, C, H, W)
+            # One stream for the whole global batch, each rank keeping its rows: the views do not
+            # depend on the number of workers.
+            gen = dist_lib.step_generator(rt.device, cfg.system.seed, step, _STREAM_AUGMENT)
+            x_views = views(train_x[idx], gen, offset=rt.rank * local_batch, total=cfg.optim.batch_size)
             num_global = cfg.views.num_views
             with torch.autocast(rt.device.type, dtype=rt.autocast_dtype or torch.bfloat16,
                                 enabled=rt.autocast_dtype is not None):
@@ -263,8 +265,8 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         due = cfg.system.checkpoint_every > 0 and (epoch + 1) % cfg.system.checkpoint_every == 0
         if last:
             break  # the final report carries the final metrics and checkpoint
-        _report(reporter, rt, epoch_metrics, due, lambda d: _save(
-            d, model, cfg, epoch_metrics, optimizer, probe, epoch + 1, step, history))
+        reporter.report(epoch_metrics, (lambda d, m=epoch_metrics, e=epoch: _save(
+            d, model, cfg, m, optimizer, probe, e + 1, step, history)) if due else None, final=False)
 
     final = dict(history[-1]) if history else {}
     evaluation, rates = _final_evaluation(cfg, model, splits, normalize, rt)
@@ -275,7 +277,7 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         (path / ckpt_lib.ACTIVATION_FILE).write_text(json.dumps(rates))
         return path
 
-    _report(reporter, rt, final, True, save_final)
+    reporter.report(final, save_final, final=True)
     return final
 
 
@@ -327,16 +329,6 @@ def _forward_views(model, x_views: list[torch.Tensor], num_global: int):
     return torch.cat(hs), torch.cat(zs)
 
 
-def _report(reporter: Reporter, rt: Runtime, metrics: dict, with_checkpoint: bool, save) -> None:
-    """Rank 0 writes the checkpoint into a temporary directory; every rank reports."""
-    if not with_checkpoint:
-        reporter.report(metrics, None)
-        return
-    with tempfile.TemporaryDirectory(prefix="jepa_ray_ckpt_") as tmp:
-        path = save(Path(tmp) / "checkpoint") if rt.is_main else None
-        reporter.report(metrics, path)
-
-
 def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt: Runtime
                       ) -> tuple[dict, list[float] | None]:
     """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
@@ -356,82 +348,74 @@ def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt
 # Reporters
 
 
-class LocalReporter:
-    """In-process runs (one worker, no Ray Train): checkpoints are copied into `out_dir`
-    (the latest one as `checkpoint/`), and `callback(metrics, checkpoint_dir)` is called."""
+class StoreReporter:
+    """A worker's reporter: restores from the trial's newest checkpoint (else from
+    `resume_from`, the store of an interrupted earlier run of the same trial), and reports by
+    letting rank 0 write the checkpoint into the trial's store, then sending the metrics (with
+    `checkpoint_uri` on rank 0 when a checkpoint was written) through `send` on every rank.
 
-    def __init__(self, out_dir: Path, resume_from: Path | None = None,
-                 callback: Callable[[dict, Path | None], None] | None = None):
-        self.out_dir, self.resume_from, self.callback = Path(out_dir), resume_from, callback
+    The restore point is whatever the store holds, not what Ray Train last registered: a worker
+    killed after writing a checkpoint but before the controller polled its report resumes
+    after that epoch, so a lost worker costs at most the epoch in flight."""
 
-    def restore_dir(self) -> Path | None:
-        return self.resume_from
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        kept = None
-        if checkpoint_dir is not None:
-            kept = self.out_dir / "checkpoint"
-            tmp = self.out_dir / ".checkpoint.copy"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            if kept.exists():
-                shutil.rmtree(kept)
-            tmp.rename(kept)
-        if self.callback is not None:
-            self.callback(metrics, kept)
-
-
-class RayTrainReporter:
-    """Inside a Ray Train worker: ray.train.report with the checkpoint of rank 0; per-epoch
-    metrics also go to `progress` (a ray.util.queue.Queue) so a Tune trial can stream them."""
-
-    def __init__(self, progress=None):
-        self.progress = progress
+    def __init__(self, store: ckpt_lib.TrialStore, *, send: Callable[[dict], None] | None = None,
+                 resume_from: str | None = None, is_main: bool = True):
+        self.store, self.send, self.resume_from, self.is_main = store, send, resume_from, is_main
 
     def restore_dir(self) -> Path | None:
-        import ray.train
+        uri = self.store.latest() or (resumable_checkpoint(self.resume_from) if self.resume_from else None)
+        return ckpt_lib.local_path(uri) if uri else None
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        return Path(checkpoint.to_directory())
+    def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None:
+        out = dict(metrics)
+        if write is not None and self.is_main:
+            out["checkpoint_uri"] = (self.store.save_final(write) if final
+                                     else self.store.save_epoch(int(metrics["epoch"]) + 1, write))
+        if self.send is not None:
+            self.send(out)
 
-    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
-        import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        if self.progress is not None and ray.train.get_context().get_world_rank() == 0:
-            self.progress.put(dict(metrics))
-        ray.train.report(metrics, checkpoint=checkpoint)
+class LocalReporter(StoreReporter):
+    """An in-process run into the directory `out_dir` (its store); `callback(metrics,
+    checkpoint_uri or None)` is called for each report."""
+
+    def __init__(self, out_dir: str | os.PathLike, resume_from: str | None = None,
+                 callback: Callable[[dict, str | None], None] | None = None):
+        send = (lambda m: callback(m, m.get("checkpoint_uri"))) if callback is not None else None
+        super().__init__(ckpt_lib.TrialStore(out_dir), send=send, resume_from=resume_from)
+
+
+def resumable_checkpoint(uri: str) -> str | None:
+    """The checkpoint to resume from in `uri`: the newest of a trial store, or `uri` itself
+    when it is a resumable checkpoint directory (what older sweeps recorded)."""
+    latest = ckpt_lib.TrialStore(uri).latest()
+    if latest is not None:
+        return latest
+    return uri if ckpt_lib.has_file(uri, ckpt_lib.TRAIN_STATE_FILE) else None
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """The Ray Train worker function."""
-    cfg = config_lib.from_dict(loop_config["trial_config"])
-    reporter = RayTrainReporter(loop_config.get("progress"))
-    try:
-        fit(cfg, reporter)
-    except TrialFailure as err:
-        # A deterministic failure: report it (with a checkpoint, so Ray keeps the metrics)
-        # instead of raising, which would make Ray Train restart the worker group in vain.
-        print(f"[jepa_ray] trial failed: {err}", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            marker = None
-            if ray_rank() == 0:
-                marker = Path(tmp) / "failure"
-                marker.mkdir()
-                (marker / "failure.txt").write_text(str(err))
-            reporter.report({"failure": str(err)}, marker)
-
-
-def ray_rank() -> int:
+    """The Ray Train worker function: `fit` on this worker's share, reporting through
+    ray.train.report (a TuneReportCallback on the controller forwards rank 0's reports to a
+    Tune trial). A TrialFailure is recorded in the store by rank 0 and ends the worker
+    normally: raising would make Ray Train restart the worker group in vain."""
     import ray.train
 
-    return ray.train.get_context().get_world_rank()
+    cfg = config_lib.from_dict(loop_config["trial_config"])
+    store = ckpt_lib.TrialStore(loop_config["trial_dir"])
+    rank = ray.train.get_context().get_world_rank()
+    reporter = StoreReporter(store, send=lambda m: ray.train.report(m), resume_from=loop_config.get("resume_from"),
+                             is_main=rank == 0)
+    try:
+        fit(cfg, reporter, fault=loop_config.get("fault"))
+    except TrialFailure as err:
+        print(f"[jepa_ray] trial failed: {err}", file=sys.stderr, flush=True)
+        if rank == 0:
+            store.write_failure(str(err))
 
 
 # --------------------------------------------------------------------------------------------
-# Running a trial
+# Running a trial: the one way, for the command line and the sweep alike
 
 
 def scaling_config(cfg: TrialConfig):
@@ -444,36 +428,49 @@ def scaling_config(cfg: TrialConfig):
     return ScalingConfig(num_workers=cfg.system.workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
-def run_trial(cfg: TrialConfig, *, storage_path: str, name: str, progress=None,
-              callbacks: list | None = None) -> tuple[dict, str | None]:
-    """Fit one trial with a TorchTrainer; return (final metrics, final checkpoint path).
-    Raises TrialFailure when the trial reported a failure or ended without a result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+def run_trial(cfg: TrialConfig, trial_dir: str, *, resume_from: str | None = None,
+              report: Callable[[dict], None] | None = None, fault: Fault | None = None,
+              ray_callbacks: list | None = None) -> tuple[dict, str]:
+    """Train one trial into the store `trial_dir` and return (final metrics, final checkpoint
+    URI). One worker trains in this process (`report` receives every epoch's metrics); several
+    train under a TorchTrainer whose run state lives in TRIAL_DIR/ray (its reports reach a
+    Tune trial through `ray_callbacks`). Both resume from the store's newest checkpoint, else
+    from `resume_from`. Raises TrialFailure when the trial failed or ended without a result."""
+    store = ckpt_lib.TrialStore(trial_dir)
+    store.clear_failure()
+    if cfg.system.workers == 1:
+        final = fit(cfg, StoreReporter(store, send=report, resume_from=resume_from), fault=fault)
+        return final, store.final()
+    _fit_torch_trainer(cfg, store, resume_from, fault, ray_callbacks or [])
+    why = store.failure()
+    if why is not None:
+        raise TrialFailure(why)
+    uri = store.final()
+    if uri is None:
+        raise TrialFailure("the trial ended without final metrics")
+    return json.loads(ckpt_lib.read_text(uri, ckpt_lib.METRICS_FILE)), uri
+
+
+def _fit_torch_trainer(cfg: TrialConfig, store: ckpt_lib.TrialStore, resume_from: str | None,
+                       fault: Fault | None, callbacks: list) -> None:
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = cfg.system.gpus_per_worker > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial_config": config_lib.to_dict(cfg), "progress": progress},
+        train_loop_config={"trial_config": config_lib.to_dict(cfg), "trial_dir": store.uri,
+                           "resume_from": resume_from, "fault": fault},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
-            name=name, storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.system.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks or [],
-        ),
+            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=store.child("ray"),
+            failure_config=FailureConfig(max_failures=cfg.system.max_failures), callbacks=callbacks),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as err:  # TrainingFailedError: workers kept failing
         raise TrialFailure(f"training failed: {_one_line(err)}") from err
-    metrics = dict(result.metrics or {})
-    if "failure" in metrics:
-        raise TrialFailure(metrics["failure"])
-    if "linear_acc" not in metrics:
-        raise TrialFailure("the trial ended without final metrics")
-    return metrics, (result.checkpoint.path if result.checkpoint else None)
 
 
 def _one_line(err: BaseException) -> str:
@@ -499,17 +496,61 @@ def build_config(preset: str | None, sets: list[str], workers: int | None = None
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jepa_ray.train",
-                                description="Train one Rectified LpJEPA / LpJEPA / LeJEPA trial with Ray Train.")
+                                description="Train one Rectified LpJEPA / LpJEPA / LeJEPA trial: in this process "
+                                            "with one worker, under a Ray Train TorchTrainer (DDP) with several.")
     p.add_argument("--preset", default="digits", help=f"one of: {', '.join(config_lib.PRESETS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its flat name (e.g. --set mu=-1 --set p=0.5)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (DDP processes)")
+    p.add_argument("--workers", type=int, help="DDP workers (1: train in this process, no Ray)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
-    p.add_argument("--out", help="directory for the final checkpoint (required unless --list-keys)")
-    p.add_argument("--storage-path", help="Ray Train storage (default: OUT/ray)")
-    p.add_argument("--address", help="Ray cluster address (default: connect if one runs, else start one)")
+    p.add_argument("--out", help="directory for the final checkpoint, OUT/checkpoint (required unless --list-keys)")
+    p.add_argument("--storage-path", help="where the trial's checkpoints go (default: OUT; s3://... or a shared "
+                                          "path for workers on several nodes)")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in OUT (or --storage-path)")
+    p.add_argument("--address", help="Ray cluster address for several workers (default: connect if one runs, "
+                                     "else start one)")
     p.add_argument("--list-keys", action="store_true", help="print every config key with its doc and exit")
     return p
+
+
+RUNTIME_KEYS = frozenset({"workers", "gpus_per_worker", "cpus_per_worker", "threads_per_worker", "max_failures",
+                          "checkpoint_every", "channels_last"})
+"""Config keys a resumed run may change: where and how it runs, not what it trains (batches
+and augmentations do not depend on the number of workers)."""
+
+
+def check_resumable(store: ckpt_lib.TrialStore, cfg: TrialConfig, resume: bool) -> str | None:
+    """The checkpoint a run into `store` resumes from (None: a fresh run). ConfigError when the
+    store already holds a run and --resume was not given (it would be overwritten), when
+    --resume finds nothing to resume, or when the config differs from the recorded one in
+    what it trains."""
+    latest, final = store.latest(), store.final()
+    if not resume:
+        if final or latest:
+            what = "a finished trial" if final else "an unfinished trial"
+            raise ConfigError(f"--out/--storage-path {store.uri} already holds {what}; pass --resume to "
+                              "continue an unfinished one, or choose another directory")
+        return None
+    if final:
+        raise ConfigError(f"--resume: {store.uri} holds a finished trial ({final}); nothing to resume")
+    if not latest:
+        raise ConfigError(f"--resume: no checkpoint to resume in {store.uri}; run without --resume")
+    recorded = config_lib.flatten(ckpt_lib.read_config(latest))
+    given = config_lib.flatten(cfg)
+    changed = sorted(k for k in given if k not in RUNTIME_KEYS and str(given[k]) != str(recorded.get(k)))
+    if changed:
+        diff = ", ".join(f"{k}={given[k]} (recorded: {recorded.get(k)})" for k in changed)
+        raise ConfigError(f"--resume: the config differs from the run being resumed in {diff}; "
+                          f"only {', '.join(sorted(RUNTIME_KEYS))} may change")
+    return latest
+
+
+def _print_epoch(cfg: TrialConfig, metrics: dict) -> None:
+    if "linear_acc" in metrics:
+        return
+    print(f"epoch {metrics['epoch'] + 1}/{cfg.optim.epochs}: loss {metrics['train/loss']:.4g} "
+          f"l0 {metrics['train/l0_density']:.3f} online acc {metrics['online/linear_acc']:.3f} "
+          f"({metrics['throughput/img_per_s']:.0f} img/s)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,38 +559,57 @@ def main(argv: list[str] | None = None) -> int:
         for key in config_lib.LEAVES:
             print(f"{key:20s} {config_lib.field_doc(key)}")
         return 0
+    from jepa_ray import faults
+
     try:
         if not args.out:
             raise ConfigError("--out is required: a directory for the final checkpoint")
         cfg = build_config(args.preset, args.set, args.workers, args.gpus_per_worker)
+        out = Path(args.out).resolve()
+        store = ckpt_lib.TrialStore(args.storage_path or out)
+        check_resumable(store, cfg, args.resume)
+        fault = faults.from_env()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import ray
+    multi = cfg.system.workers > 1
+    if args.address and not multi:
+        print("note: --address is not used: a one-worker trial trains in this process", file=sys.stderr)
+    if multi:
+        from jepa_ray import cluster
 
-    from jepa_ray.cluster import connect
-
-    try:
-        connect(args.address, num_cpus=max(2, math.ceil(cfg.system.workers * cfg.system.cpus_per_worker) + 1))
-    except ConfigError as err:  # an --address that does not answer: bad input, exit 2 like the config
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out).resolve()
+        try:
+            cluster.connect(args.address, num_cpus=max(2, math.ceil(cfg.system.workers * cfg.system.cpus_per_worker)))
+            cluster.check_trial_fits(cluster.trial_demand(cfg, in_tune=False), cluster.capacity())
+            cluster.check_storage_path(store.uri, cluster.max_node_count())
+        except ConfigError as err:  # nothing fits, an --address that does not answer: bad input
+            print(f"error: {err}", file=sys.stderr)
+            _shutdown_ray()
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     try:
-        metrics, checkpoint = run_trial(cfg, storage_path=args.storage_path or str(out / "ray"), name="train")
+        metrics, checkpoint = run_trial(cfg, store.uri, fault=fault, report=lambda m: _print_epoch(cfg, m))
     except TrialFailure as err:
         print(f"error: trial failed: {err}", file=sys.stderr)
         return 1
     finally:
-        ray.shutdown()
-    final_dir = out / "checkpoint"
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    shutil.copytree(ckpt_lib.local_path(checkpoint), final_dir)
+        if multi:
+            _shutdown_ray()
+    final_dir = out / ckpt_lib.FINAL_DIR
+    if Path(ckpt_lib.local_path(checkpoint)).resolve() != final_dir:
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        shutil.copytree(ckpt_lib.local_path(checkpoint), final_dir)
     shown = {k: metrics[k] for k in FINAL_METRICS if k in metrics}
     print(json.dumps({"checkpoint": str(final_dir), **shown}, indent=2))
     return 0
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -142,6 +142,23 @@ def test_view_shapes_dtypes_and_determinism(recipe, channels, size, local):
     assert not torch.allclose(views[0], views[1])
 
 
+@pytest.mark.parametrize("recipe, channels, size, local", [("digits", 1, 8, 0), ("imagenet", 3, 24, 2)])
+def test_shares_of_a_batch_get_the_views_of_the_whole_batch(recipe, channels, size, local):
+    """W ranks, each with its rows of the global batch and the same generator seed, make exactly
+    the views one process makes of the whole batch (so trials do not depend on the worker count)."""
+    mean, std = MEAN3[:channels], STD3[:channels]
+    vm = ViewMaker(ViewConfig(recipe=recipe, num_views=2, num_local_views=local), size, mean, std)
+    x = _images(12, channels, size)
+    whole = vm(x, _gen(3))
+    for world in (2, 3):
+        b = 12 // world
+        shares = [vm(x[r * b:(r + 1) * b], _gen(3), offset=r * b, total=12) for r in range(world)]
+        for v, view in enumerate(whole):
+            torch.testing.assert_close(torch.cat([s[v] for s in shares]), view, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="do not lie in a batch of 12"):
+        vm(x[:6], _gen(3), offset=8, total=12)
+
+
 def test_digits_views_are_never_flipped():
     """With every other random op off, a digits view must be the input itself: any flip shows."""
     x = torch.zeros(64, 1, 8, 8, dtype=torch.uint8)

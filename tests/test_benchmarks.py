@@ -36,7 +36,7 @@ def test_regularizers_benchmark_quick():
 
 @pytest.mark.slow
 def test_trainer_benchmark_in_process():
-    rows = run_bench("benchmarks/trainer.py", "--no-ray", "--epochs", "2", "--steps", "3", "--device", "cpu")
+    rows = run_bench("benchmarks/trainer.py", "--epochs", "2", "--steps", "3", "--device", "cpu")
     assert [r["metric"] for r in rows] == ["views_per_s", "img_per_s", "img_per_s"]
     assert "baseline" in rows[-1]
 

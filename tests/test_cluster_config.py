@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from jepa_ray import cluster, serve_mlflow
+from jepa_ray import config as config_lib
 from jepa_ray.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -509,3 +510,62 @@ def test_max_node_count_reads_the_launcher_config_on_the_head(tmp_path, monkeypa
     assert cluster.max_node_count(bootstrap) == 1 + len(load("cluster-onprem.yaml")["provider"]["worker_ips"])
     monkeypatch.setattr(cluster, "node_count", lambda: 9)
     assert cluster.max_node_count(bootstrap) == 9
+
+
+# --------------------------------------------------------------------------------------------
+# Will a trial fit? (cluster.check_trial_fits and friends, without Ray)
+
+
+def _cfg(**overrides):
+    return config_lib.resolve(config_lib.apply_overrides(config_lib.preset("smoke"), overrides))
+
+
+def test_trial_demand_counts_the_trial_actor_and_every_worker():
+    one = cluster.trial_demand(_cfg(), in_tune=True)
+    assert [(b.cpus, b.gpus) for b in one] == [(1.0, 0.0)]
+    assert cluster.trial_demand(_cfg(), in_tune=False) == []  # the command line trains without Ray
+    ddp = cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=4), in_tune=True)
+    assert [(b.cpus, b.gpus) for b in ddp] == [(cluster.TRIAL_ACTOR_CPUS, 0.0), (4.0, 1.0), (4.0, 1.0)]
+
+
+def test_a_trial_larger_than_the_cluster_is_refused_naming_what_does_not_fit():
+    cap = cluster.Capacity([cluster.NodeShape(2, 0, "laptop")])
+    demand = cluster.trial_demand(_cfg(workers=2), in_tune=True)  # 0.01 + 2 x 1 CPU
+    with pytest.raises(ConfigError, match=r"holds 2.01 CPUs and 0 GPUs at once \(Tune's trial actor 0.01 CPU "
+                                          r"\+ 2 workers x 1 CPU\), but the cluster has 1 node\(s\), 2 CPUs"):
+        cluster.check_trial_fits(demand, cap)
+    cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, cpus_per_worker=0.5), in_tune=True), cap)
+    with pytest.raises(ConfigError, match="worker 0 needs 1 CPUs and 1 GPUs on one node"):
+        cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1), in_tune=True), cap)
+
+
+def test_packing_not_totals_decides():
+    """Two nodes of 1 CPU hold 1.8 CPUs in total but not three workers of 0.6 CPU."""
+    cap = cluster.Capacity([cluster.NodeShape(1, 0, "a"), cluster.NodeShape(1, 0, "b")])
+    demand = [cluster.Bundle(0.6, 0, f"worker {i}") for i in range(3)]
+    with pytest.raises(ConfigError, match="cannot be placed"):
+        cluster.check_trial_fits(demand, cap)
+    assert cluster.copies_that_fit(demand[:2], cap) == 1
+    assert cluster.copies_that_fit([cluster.Bundle(0.5, 0, "the trial")], cap) == 4
+
+
+def test_an_autoscaling_cluster_counts_the_nodes_it_can_launch():
+    head = [cluster.NodeShape(0, 0, "head")]  # cluster.yaml's head advertises no CPUs
+    config = {"max_workers": 3, "head_node_type": "head",
+              "available_node_types": {"head": {"resources": {"CPU": 0}},
+                                       "gpu": {"max_workers": 4, "resources": {"CPU": 8, "GPU": 1}}}}
+    cap = cluster.launchable_capacity(head, config)
+    assert [n.name for n in cap.nodes] == ["head", "gpu", "gpu", "gpu"]  # max_workers 3 bounds the type's 4
+    demand = cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=6), in_tune=True)
+    cluster.check_trial_fits(demand, cap)
+    assert cluster.copies_that_fit(demand, cap) == 1  # three 1-GPU nodes hold one 2-GPU trial
+    with pytest.raises(ConfigError, match="worker 0 needs 6 CPUs and 2 GPUs on one node"):
+        cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, gpus_per_worker=2, cpus_per_worker=6),
+                                                      in_tune=True), cap)
+
+
+def test_node_types_of_unknown_size_get_the_benefit_of_the_doubt():
+    config = {"max_workers": 2, "available_node_types": {"gpu": {"max_workers": 2, "resources": {}}}}
+    cap = cluster.launchable_capacity([cluster.NodeShape(0, 0, "head")], config)
+    assert cap.unknown == ["gpu"]
+    cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=8, gpus_per_worker=1), in_tune=True), cap)

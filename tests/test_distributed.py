@@ -71,6 +71,27 @@ def _parameter_level(name: str, x: torch.Tensor, lin: nn.Module) -> tuple[torch.
     return loss.detach(), inner.weight.grad, inner.bias.grad
 
 
+def _bn_net() -> nn.Module:
+    """Conv-BN2d-ReLU-pool-Linear-BN1d, seeded: the BatchNorm check's network."""
+    torch.manual_seed(11)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5))
+
+
+def _bn_inputs() -> torch.Tensor:
+    return torch.randn(12, 3, 6, 6, generator=torch.Generator().manual_seed(5)) * 2 + 1
+
+
+def _bn_step(net: nn.Module, x: torch.Tensor) -> dict:
+    """Two training forwards (running statistics move twice), one backward of a local loss."""
+    net(x)
+    y = net(x)
+    y.square().mean().backward()
+    inner = net.module if isinstance(net, DistributedDataParallel) else net
+    return {"y": y.detach(), "grads": {n: p.grad for n, p in inner.named_parameters()},
+            "buffers": {n: b.clone() for n, b in inner.named_buffers()}}
+
+
 def _worker(rank: int, store_path: str, out_dir: str) -> None:
     """One rank: every case at the feature and the parameter level, results saved to a file."""
     torch.set_num_threads(1)
@@ -84,6 +105,9 @@ def _worker(rank: int, store_path: str, out_dir: str) -> None:
             ddp = DistributedDataParallel(lin)
             p_loss, w_grad, b_grad = _parameter_level(name, _shard(x, rank), ddp)
             out[name] = dict(loss=loss, grad=grad, p_loss=p_loss, w_grad=w_grad, b_grad=b_grad)
+        net = dist_lib.convert_sync_batchnorm(_bn_net(), torch.device("cpu"))
+        out["bn_types"] = sorted({type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__})
+        out["bn"] = _bn_step(DistributedDataParallel(net), _bn_inputs().chunk(WORLD)[rank])
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -172,3 +196,25 @@ def test_collectives_are_identities_without_a_process_group():
     assert dist_lib.gather_with_grad(x, dim=0) is x
     assert dist_lib.all_reduce_sum(x) is x
     torch.testing.assert_close(dist_lib.all_reduce_mean_detached(x), x.detach())
+
+
+@pytest.mark.slow
+def test_global_batchnorm_on_gloo_equals_batchnorm_on_the_whole_batch(ranks):
+    """sync_bn on CPU workers: the outputs, gradients and running statistics of two gloo ranks
+    with half the batch each are those of plain BatchNorm on the whole batch."""
+    single = _bn_step(_bn_net(), _bn_inputs())
+    for rank, r in enumerate(ranks):
+        assert r["bn_types"] == ["GlobalBatchNorm"]
+        _close(r["bn"]["y"], single["y"].chunk(WORLD)[rank])
+        for name, grad in single["grads"].items():
+            _close(r["bn"]["grads"][name], grad)
+        for name, buf in single["buffers"].items():
+            _close(r["bn"]["buffers"][name].to(buf.dtype), buf)
+
+
+def test_global_batchnorm_without_a_process_group_is_batchnorm():
+    net = _bn_net()
+    converted = dist_lib.convert_sync_batchnorm(_bn_net(), torch.device("cpu"))
+    x = _bn_inputs()
+    torch.testing.assert_close(converted(x), net(x), rtol=0, atol=0)
+    assert converted.state_dict().keys() == net.state_dict().keys()

@@ -108,3 +108,27 @@ def test_smoke_sweep_through_ray_job_submit(two_nodes, tmp_path):
     exp = client.get_experiment_by_name("multinode")
     runs = client.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_ddp_trial_across_two_nodes_through_ray_job_submit(two_nodes, tmp_path):
+    """A 2-worker trial whose workers (1.5 CPUs each on nodes of 2 CPUs) must land on different
+    nodes: DDP over the two nodes, checkpoints in the shared store, reports forwarded to Tune."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [RAY, "job", "submit", "--address", two_nodes["dashboard"], "--working-dir", str(ROOT),
+           "--runtime-env-json", '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}', "--",
+           "python", "sweeps/rectified.py", "--preset", "smoke", "--num-samples", "1", "--workers-per-trial", "2",
+           "--cpus-per-worker", "1.5", "--epochs", "2", "--address", "auto", "--storage-path", str(tmp_path / "ray"),
+           "--tracking-uri", uri, "--experiment", "multinode-ddp"]
+    for attempt in range(3):
+        out = subprocess.run(cmd, env=two_nodes["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent" not in out.stdout + out.stderr:
+            break
+        time.sleep(10)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("multinode-ddp")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
+    assert run.info.status == "FINISHED" and run.data.params["workers"] == "2"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [0, 1]

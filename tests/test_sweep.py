@@ -569,3 +569,139 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
         "collapsed": "PRUNED", "failed": "FAIL", "raised": "FAIL", "done": "COMPLETE"}
     assert by_id["collapsed"].user_attrs["failure"].startswith("collapse at epoch 3")
     assert by_id["done"].values == [0.9, 0.1]
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-worker (DDP) trials inside a sweep: the same trial as in process, and a lost worker
+# costs nothing but the epoch in flight
+
+
+DDP_ARGS = ("--preset", "smoke", "--epochs", "5", "--set", "max_train_samples=1024", "--set", "checkpoint_every=1",
+            "--set", "sync_bn=true", "--set", "optimizer=lars", "--set", "lr=0.03", "--set", "max_failures=3",
+            "--set", "collapse_guard=false", "--workers-per-trial", "2", "--num-samples", "1", "--max-concurrent", "1")
+"""One trial (the space's first starting point) of 5 epochs of 8 steps on 2 gloo workers with
+global-batch BatchNorm, a checkpoint every epoch: 2 workers with half the batch each then train
+what one process with the whole batch trains (the views do not depend on the number of workers).
+LARS, not AdamW: Adam's first steps move every weight by about lr whatever its gradient's size,
+so the float noise of a different summation order in gradients near zero becomes lr-sized
+weight differences, while LARS steps are proportional to the gradient and stay within 1e-4."""
+DDP_EPOCHS = list(range(5))
+
+
+def only_trial(run: Sweep):
+    parent, children = parent_and_children(run)
+    assert parent.info.status == "FINISHED" and len(children) == 1, run.output()
+    return children[0]
+
+
+def epoch_history(run: Sweep, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client(run).get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def ddp(ray_cluster, tmp_path_factory) -> Sweep:
+    run = run_sweep(tmp_path_factory.mktemp("ddp"), *DDP_ARGS, address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    return run
+
+
+@pytest.mark.slow
+def test_ddp_trial_in_a_sweep_matches_the_in_process_trial(ddp, tmp_path):
+    child = only_trial(ddp)
+    assert child.info.status == "FINISHED" and child.data.params["workers"] == "2"
+    assert "1 trials launched, 0 already finished, 0 failed" in ddp.stdout
+    checkpoint = child.data.tags[tracking.CHECKPOINT]
+    cfg = config_lib.apply_overrides(ckpt_lib.read_config(checkpoint), {"workers": 1})
+    in_process: list[dict] = []
+    from jepa_ray.train import LocalReporter, fit
+
+    final = fit(config_lib.resolve(cfg), LocalReporter(tmp_path), on_epoch=in_process.append)
+    for key in ("train/loss", "train/invariance", "train/regularizer"):
+        got = epoch_history(ddp, child.info.run_id, key)
+        assert [step for step, _ in got] == DDP_EPOCHS, key  # every epoch, once
+        want = [m[key] for m in in_process]
+        assert [v for _, v in got] == pytest.approx(want, rel=2e-3), key
+    for key in ("train/l0_density", "online/linear_acc"):  # counts of exact zeros / right answers
+        got = [v for _, v in epoch_history(ddp, child.info.run_id, key)]
+        assert got == pytest.approx([m[key] for m in in_process], abs=0.02), key
+    assert child.data.metrics["linear_acc"] == pytest.approx(final["linear_acc"], abs=0.03)
+    assert child.data.metrics["l0_density"] == pytest.approx(final["l0_density"], abs=0.02)
+
+
+def ray_train_workers() -> list[int]:
+    """PIDs of the Ray Train worker processes on this machine (their title: ray::RayTrainWorker)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_ddp_trial_survives_an_injected_fault_and_a_kill_9_exactly(ddp, ray_cluster, tmp_path):
+    """Rank 1 dies by fault injection in the middle of epoch 1 (JEPA_RAY_FAULT), then a worker
+    is killed with SIGKILL once the restarted group has checkpointed epoch 3: the trial
+    finishes, MLflow has each epoch once, and the final weights are those of the
+    uninterrupted trial."""
+    marker = tmp_path / "fault-fired"
+    env = {**sweep_env(), "JEPA_RAY_FAULT": f"rank=1,step=10,marker={marker}"}
+    workdir = tmp_path / "sweep"
+    workdir.mkdir()
+    proc = subprocess.Popen(sweep_command(workdir, *DDP_ARGS, address=ray_cluster), cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while killed is None:
+            latest = [p.read_text() for p in (workdir / "ray").glob("*/trials/*/checkpoints/LATEST")]
+            if marker.exists() and latest and latest[0] >= "epoch-00003":
+                workers = ray_train_workers()
+                assert workers, "no Ray Train worker to kill"
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+            assert proc.poll() is None, f"the sweep ended before the kill:\n{proc.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "epoch 3 was never checkpointed"
+            time.sleep(0.05)
+        out, _ = proc.communicate(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+    run = Sweep(workdir, proc.returncode, out, "")
+    assert run.returncode == 0, run.output()
+    assert out.count("Attempting to start training worker group") == 3, out[-4000:]  # two restarts
+    child = only_trial(run)
+    assert child.info.status == "FINISHED"
+    for key in ("train/loss", "train/l0_density", "online/linear_acc", "throughput/img_per_s"):
+        assert [s for s, _ in epoch_history(run, child.info.run_id, key)] == DDP_EPOCHS, key
+    reference = ckpt_lib.load_state(only_trial(ddp).data.tags[tracking.CHECKPOINT])
+    resumed = ckpt_lib.load_state(child.data.tags[tracking.CHECKPOINT])
+    for part in reference:
+        for name, tensor in reference[part].items():
+            assert torch.equal(resumed[part][name], tensor), f"{part}.{name} differs from the uninterrupted trial"
+    for key in ("train/loss", "online/linear_acc"):
+        assert epoch_history(run, child.info.run_id, key) == epoch_history(ddp, only_trial(ddp).info.run_id, key)
+
+
+@pytest.mark.parametrize("args, what", [
+    (("--workers-per-trial", "4"), "it holds 4.01 CPUs and 0 GPUs at once (Tune's trial actor 0.01 CPU + 4 workers x 1 CPU)"),
+    (("--workers-per-trial", "2", "--gpus-per-worker", "1"), "worker 0 needs 1 CPUs and 1 GPUs on one node"),
+    (("--cpus-per-worker", "8"), "the trial needs 8 CPUs and 0 GPUs on one node"),
+])
+def test_a_trial_that_can_never_be_placed_is_refused_with_one_line(ray_cluster, tmp_path, args, what):
+    run = run_sweep(tmp_path, "--smoke", *args, address=ray_cluster)
+    assert run.returncode == 2, run.output()
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and what in errors[0] and "the cluster has 1 node(s), 4 CPUs" in errors[0], run.output()
+    assert not trial_run_states(tmp_path / "mlflow.db")  # refused before any trial
+
+
+@pytest.mark.slow
+def test_a_sweep_in_which_no_trial_finished_exits_non_zero(ray_cluster, tmp_path):
+    run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--max-failed-trials", "0",
+                    address=ray_cluster)
+    assert run.returncode == 1, run.output()
+    assert "2 trials launched, 0 already finished, 2 failed, 0 stopped by the collapse guard, 0 finished" in run.stdout
+    assert "no trial of this run finished" in run.stderr

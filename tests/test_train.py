@@ -2,8 +2,9 @@
 collapse guard), the Ray Train run with a killed worker, and `python -m jepa_ray.train`.
 
 Ray runs cost 30-60 s each on a small CPU, so there are two: the command line with 2 workers
-(whose checkpoints also serve the per-epoch metric checks) and the fault-injection run; the
-uninterrupted reference of the resume checks is an in-process `fit`, shared by both resume tests.
+(whose checkpoints also serve the per-epoch metric checks and, bit for bit, as the uninterrupted
+reference of the fault-injection run) and the fault-injection run; the uninterrupted reference of
+the in-process resume check is an in-process `fit`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import jepa_ray
 from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
-from jepa_ray import train
+from jepa_ray import faults, train
 from jepa_ray.config import LOSS_CONVENTION, ConfigError, TrialConfig
 from jepa_ray.targets import expected_l0_density, sigma_gn
 from jepa_ray.train import (EPOCH_METRICS, FINAL_METRICS, LocalReporter, TrialFailure, collapse_reason,
@@ -32,7 +33,10 @@ from jepa_ray.train import (EPOCH_METRICS, FINAL_METRICS, LocalReporter, TrialFa
 RESUME = {"epochs": 4, "checkpoint_every": 1}
 """The resume runs: smoke preset (4 steps of 128 images per epoch), a checkpoint every epoch."""
 
-FAULT_MESSAGE = "[jepa_ray] fault injection: rank 0 exits at the start of epoch 2"
+FAULT_MESSAGE = "[jepa_ray] fault injection: rank 1 exits at global step 5"
+CLI_SETS = ["epochs=2", "checkpoint_every=1"]
+CLI_ARGS = ["--preset", "smoke", "--workers", "2", *(a for kv in CLI_SETS for a in ("--set", kv))]
+"""The 2-worker command-line trial (smoke: 4 steps of 128 images per epoch)."""
 
 
 def smoke(**overrides) -> TrialConfig:
@@ -45,7 +49,7 @@ def model_file(checkpoint: Path) -> dict:
 
 
 def history(checkpoint: Path) -> list[dict]:
-    return json.loads(ckpt_lib.load_state(checkpoint, ckpt_lib.TRAIN_STATE_FILE)["history"])
+    return ckpt_lib.read_history(checkpoint)
 
 
 def assert_same_weights(got: dict, want: dict) -> None:
@@ -103,7 +107,9 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
     with pytest.raises(SimulatedCrash):
         fit(cfg, LocalReporter(tmp_path / "crashed", callback=crash_after_epoch_1))
     saved = tmp_path / "after_epoch_1"
-    shutil.copytree(tmp_path / "crashed" / "checkpoint", saved)
+    latest = ckpt_lib.TrialStore(tmp_path / "crashed").latest()
+    assert latest.endswith("checkpoints/epoch-00002")
+    shutil.copytree(latest, saved)
     assert ckpt_lib.load_state(saved, ckpt_lib.TRAIN_STATE_FILE)["epoch"] == 2
     assert [h["epoch"] for h in history(saved)] == [0, 1]
 
@@ -192,22 +198,50 @@ def ray_worker_logs() -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*.out")))
 
 
+def test_run_trial_resumes_from_its_own_store(uninterrupted, tmp_path):
+    """An in-process trial whose process died after its epoch-1 checkpoint (a Tune retry runs
+    the same trial directory again) resumes from its store and ends as if uninterrupted."""
+    cfg = smoke(**RESUME)
+
+    def crash_after_epoch_1(metrics: dict) -> None:
+        if metrics.get("epoch") == 1:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        run_trial(cfg, str(tmp_path), report=crash_after_epoch_1)
+    reported: list[int] = []
+    final, uri = run_trial(cfg, str(tmp_path), report=lambda m: reported.append(m["epoch"]))
+    assert reported == [2, 3] and uri == str(tmp_path / "checkpoint")
+    assert_same_weights(model_file(Path(uri)), uninterrupted.weights)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-00002", "epoch-00003"]
+
+
+def test_fault_spec_is_read_from_the_environment():
+    assert faults.from_env({}) is None
+    assert faults.from_env({faults.ENV: "rank=1,step=5,marker=/tmp/m"}) == faults.Fault(1, 5, "/tmp/m")
+    for bad in ("rank=1", "rank=x,step=1,marker=m", "rank=-1,step=1,marker=m", "step=1"):
+        with pytest.raises(ConfigError, match=faults.ENV):
+            faults.from_env({faults.ENV: bad})
+
+
 @pytest.mark.slow
-def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, uninterrupted, tmp_path):
-    from ray.util.queue import Queue
+def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, cli_run, tmp_path):
+    """Rank 1 of a 2-worker TorchTrainer dies in the middle of epoch 1 (no exception, no
+    cleanup); Ray Train restarts the group, which resumes from the trial's store after epoch 0
+    and ends bit for bit where the uninterrupted command-line run of the same config ended."""
+    assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
+    cfg = train.build_config("smoke", CLI_SETS, workers=2)
+    fault = faults.Fault(rank=1, step=5, marker=str(tmp_path / "fired"))
+    metrics, checkpoint = run_trial(cfg, str(tmp_path / "trial"), fault=fault)
 
-    progress = Queue()
-    cfg = smoke(**RESUME, fail_at_epoch=2, max_failures=1)
-    metrics, checkpoint = run_trial(cfg, storage_path=str(tmp_path), name="resume", progress=progress)
-
-    reported = [m["epoch"] for m in progress.get_nowait_batch(progress.qsize())]
-    assert reported == [0, 1, 2, 3]  # epoch 2 and 3 trained once, after the restart
-    assert ray_worker_logs().count(FAULT_MESSAGE) == 1  # the worker did die, once
-    assert metrics["epoch"] == 3
-    assert [h["epoch"] for h in history(Path(checkpoint))] == [0, 1, 2, 3]
-    assert_same_weights(model_file(Path(checkpoint)), uninterrupted.weights)
+    assert (tmp_path / "fired").is_file() and ray_worker_logs().count(FAULT_MESSAGE) == 1  # it died, once
+    assert metrics["epoch"] == 1 and checkpoint == str(tmp_path / "trial" / "checkpoint")
+    assert [h["epoch"] for h in history(Path(checkpoint))] == [0, 1]
+    reference = cli_run.out / "checkpoint"
+    assert_same_weights(model_file(Path(checkpoint)), model_file(reference))
+    want = json.loads((reference / ckpt_lib.METRICS_FILE).read_text())
     for key in FINAL_METRICS:
-        assert metrics[key] == uninterrupted.final[key], key
+        assert metrics[key] == want[key], key
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +267,7 @@ def test_cli_rejects_bad_config_before_starting_ray(tmp_path):
 
 def test_cli_rejects_an_unreachable_address_with_one_line(tmp_path):
     # Port 1 on the loopback refuses connections: the check fails fast, before ray.init.
-    proc = run_cli(["--preset", "smoke", "--address", "127.0.0.1:1", "--out", str(tmp_path / "out")], tmp_path,
+    proc = run_cli(["--preset", "smoke", "--workers", "2", "--address", "127.0.0.1:1", "--out", str(tmp_path / "out")], tmp_path,
                    timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -282,8 +316,7 @@ def cli_run(ray_cluster, tmp_path_factory) -> CliRun:
     session's Ray instance (a subprocess that starts its own would pay Ray's start-up again)."""
     out = tmp_path_factory.mktemp("cli") / "out"
     start = time.monotonic()
-    proc = run_cli(["--preset", "smoke", "--workers", "2", "--set", "epochs=2", "--set", "checkpoint_every=1",
-                    "--address", ray_cluster, "--out", str(out)], out.parent, timeout=500)
+    proc = run_cli([*CLI_ARGS, "--address", ray_cluster, "--out", str(out)], out.parent, timeout=500)
     return CliRun(out, proc, time.monotonic() - start)
 
 
@@ -332,10 +365,10 @@ def test_cli_trial_writes_loadable_checkpoint(cli_run):
 @pytest.mark.slow
 def test_two_worker_trial_reports_every_epoch_metric(cli_run):
     assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
-    per_epoch = [json.loads(p.read_text()) for p in (cli_run.out / "ray" / "train").glob("checkpoint_*/metrics.json")]
-    per_epoch.sort(key=lambda m: m["epoch"])
+    per_epoch = history(cli_run.out / "checkpoint")
     assert [m["epoch"] for m in per_epoch] == [0, 1]
-    assert [h["epoch"] for h in history(cli_run.out / "checkpoint")] == [0, 1]
+    # checkpoint_every=1: the epoch checkpoints (the newest two are kept) hold the same history.
+    assert ckpt_lib.read_history(cli_run.out / "checkpoints" / "epoch-00001") == per_epoch[:1]
     for m in per_epoch:
         for key in EPOCH_METRICS:
             assert finite(m[key]), (m["epoch"], key, m.get(key))
