@@ -6,13 +6,18 @@ affine matrix per sample and all views of one size come out of one `grid_sample`
 photometric ops are elementwise on the whole stack of views, each gated per sample by a Bernoulli
 mask. Nothing synchronizes with the host when the generator lives on the data's device.
 
-Differences from torchvision's per-image transforms, on purpose:
-- crop boxes are continuous (sub-pixel offsets and sizes) and resampled bilinearly without
-  antialiasing (crops are mostly upsampled; downsampled local crops alias a little);
-- ColorJitter applies brightness, contrast, saturation, hue in this fixed order (torchvision
-  shuffles the order per call); hue is the exact HSV rotation (same result as
-  torchvision's adjust_hue), computed with the closed-form HSV -> RGB map;
-- ops run in float32 on [0, 1] without re-quantizing to uint8 between ops.
+The cifar and imagenet recipes follow the reference's torchvision pipeline (solo-learn on PIL
+images): RandomResizedCrop with bicubic resampling, ColorJitter applying brightness, contrast,
+saturation and hue in a random order drawn per sample, PIL's solarize threshold (128), flips.
+Differences from those per-image transforms, on purpose:
+- crop boxes are continuous (sub-pixel offsets and sizes) and resampled by grid_sample without
+  antialiasing (crops are mostly upsampled; downsampled local crops alias a little), and
+  PyTorch's bicubic kernel is a = -0.75 where PIL's is a = -0.5;
+- hue is the exact HSV rotation (same result as torchvision's adjust_hue), computed with the
+  closed-form HSV -> RGB map;
+- ops run in float32 on [0, 1] without re-quantizing to uint8 between ops (values are clamped
+  to [0, 1] where PIL would clip).
+The digits recipe, with no reference to follow, resamples bilinearly and jitters in a fixed order.
 """
 
 from __future__ import annotations
@@ -51,11 +56,16 @@ class Recipe:
     """Shift uniform in [-t, t] of the image side, on each axis."""
     padding_mode: str = "border"
     """grid_sample padding for samples that reach outside the image (zeros for digits)."""
+    interpolation: str = "bilinear"
+    """Crop resampling: bilinear or bicubic (the reference's RandomResizedCrop)."""
     p_color_jitter: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.2
     hue: float = 0.1
+    jitter_order: str = "fixed"
+    """fixed (brightness, contrast, saturation, hue) or random (a permutation per sample, as
+    torchvision's ColorJitter draws one per call)."""
     p_grayscale: float = 0.2
     p_solarize: float = 0.1
     solarize_threshold: float = 0.5
@@ -90,15 +100,19 @@ class Recipe:
             raise ValueError(f"hue: expected 0 <= hue <= 0.5, got {self.hue}")
         if self.padding_mode not in ("zeros", "border", "reflection"):
             raise ValueError(f"padding_mode: expected zeros | border | reflection, got {self.padding_mode!r}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation: expected bilinear | bicubic, got {self.interpolation!r}")
+        if self.jitter_order not in ("fixed", "random"):
+            raise ValueError(f"jitter_order: expected fixed | random, got {self.jitter_order!r}")
 
 
 def recipe_defaults(name: str, crop_scale_min: float = 0.2) -> Recipe:
     """The recipe `name` (digits, cifar, imagenet) with global crops of area in [crop_scale_min, 1].
 
-    cifar is the reference (RandomResizedCrop, flips, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
-    Grayscale p 0.2, Solarize p 0.1); imagenet adds Gaussian blur p 0.5; digits has no flips and
-    no color (one channel): a small rotation/shift, brightness/contrast jitter and mild noise,
-    with crops of at least half the image.
+    cifar is the reference (bicubic RandomResizedCrop, flips, ColorJitter(0.4, 0.4, 0.2, 0.1) in
+    random order p 0.8, Grayscale p 0.2, Solarize p 0.1 at PIL's threshold 128); imagenet adds
+    Gaussian blur p 0.5; digits has no flips and no color (one channel): a small rotation/shift,
+    brightness/contrast jitter and mild noise, with crops of at least half the image.
     """
     if name == "digits":
         lo = max(crop_scale_min, _DIGITS_MIN_CROP_SCALE)
@@ -107,7 +121,8 @@ def recipe_defaults(name: str, crop_scale_min: float = 0.2) -> Recipe:
                       p_grayscale=0.0, p_solarize=0.0, p_noise=0.5, noise_std=0.05)
     if name in ("cifar", "imagenet"):
         return Recipe(crop_scale=(crop_scale_min, 1.0), local_crop_scale=(min(0.05, crop_scale_min), crop_scale_min),
-                      p_blur=0.5 if name == "imagenet" else 0.0)
+                      p_blur=0.5 if name == "imagenet" else 0.0, interpolation="bicubic", jitter_order="random",
+                      solarize_threshold=128 / 255)
     raise ConfigError(f"config field 'recipe' = {name!r} is not allowed here; allowed: digits | cifar | imagenet "
                       f"(resolve 'auto' with jepa_ray.config.resolve)")
 
@@ -344,7 +359,10 @@ class ViewMaker:
         theta = rows.pick(self._geometry(rows.n, x.shape[2], x.shape[3], x.device, scale, rows.gen))
         grid = F.affine_grid(theta, [count * b, c, size, size], align_corners=False)
         grid = grid.view(count, b, size, size, 2).transpose(0, 1).reshape(b, count * size, size, 2)
-        v = F.grid_sample(x, grid, mode="bilinear", padding_mode=self.recipe.padding_mode, align_corners=False)
+        v = F.grid_sample(x, grid, mode=self.recipe.interpolation, padding_mode=self.recipe.padding_mode,
+                          align_corners=False)
+        if self.recipe.interpolation == "bicubic":
+            v = v.clamp_(0.0, 1.0)  # the cubic kernel overshoots; PIL clips to 0..255
         v = v.view(b, c, count, size, size).permute(2, 0, 1, 3, 4).reshape(count * b, c, size, size)
         v = self._photometric(v, rows)
         mean, std = self._stats(v.device)
@@ -368,21 +386,45 @@ class ViewMaker:
         shift = _uniform((b, 2), -2 * rec.translate, 2 * rec.translate, gen, dev) if rec.translate > 0 else None
         return crop_affine(boxes, h, w, flip, angle, shift)
 
+    def _color_jitter(self, v: torch.Tensor, rows: _Rows, rgb: bool) -> torch.Tensor:
+        """ColorJitter applied with probability p_color_jitter: the four ops in the fixed order,
+        or with jitter_order=random in a random order per sample, torchvision's semantics: four
+        rounds, and in round k each sample applies its k-th op (the others have the identity
+        factor in that round)."""
+        rec, dev = self.recipe, v.device
+        on = rows.bernoulli(rec.p_color_jitter)
+        one = torch.ones(v.shape[0], device=dev)
+        ops = []  # (op, factor or None when the op is off)
+        if rec.brightness > 0:
+            ops.append((adjust_brightness, rows.uniform(1 - rec.brightness, 1 + rec.brightness)))
+        if rec.contrast > 0:
+            ops.append((adjust_contrast, rows.uniform(1 - rec.contrast, 1 + rec.contrast)))
+        if rgb and rec.saturation > 0:
+            ops.append((adjust_saturation, rows.uniform(1 - rec.saturation, 1 + rec.saturation)))
+        if rgb and rec.hue > 0:
+            ops.append((adjust_hue, rows.uniform(-rec.hue, rec.hue)))
+        if rec.jitter_order == "fixed" or len(ops) < 2:
+            for op, factor in ops:
+                v = self._jitter_op(v, op, factor, on, one)
+            return v
+        keys = torch.stack([rows.uniform(0.0, 1.0) for _ in ops], dim=1)
+        order = keys.argsort(dim=1)  # a uniformly random permutation of the ops per sample
+        for k in range(len(ops)):
+            for j, (op, factor) in enumerate(ops):
+                v = self._jitter_op(v, op, factor, on & (order[:, k] == j), one)
+        return v
+
+    @staticmethod
+    def _jitter_op(v: torch.Tensor, op, factor: torch.Tensor, mask: torch.Tensor, one: torch.Tensor) -> torch.Tensor:
+        if op is adjust_hue:  # no identity factor is exact for the HSV round trip: select instead
+            return torch.where(_per_sample(mask), adjust_hue(v, factor), v)
+        return op(v, torch.where(mask, factor, one))
+
     def _photometric(self, v: torch.Tensor, rows: _Rows) -> torch.Tensor:
         rec, dev = self.recipe, v.device
         rgb = v.shape[1] == 3
         if rec.p_color_jitter > 0:
-            on = rows.bernoulli(rec.p_color_jitter)
-            one = torch.ones(v.shape[0], device=dev)
-            if rec.brightness > 0:
-                v = adjust_brightness(v, torch.where(on, rows.uniform(1 - rec.brightness, 1 + rec.brightness), one))
-            if rec.contrast > 0:
-                v = adjust_contrast(v, torch.where(on, rows.uniform(1 - rec.contrast, 1 + rec.contrast), one))
-            if rgb and rec.saturation > 0:
-                v = adjust_saturation(v, torch.where(on, rows.uniform(1 - rec.saturation, 1 + rec.saturation), one))
-            if rgb and rec.hue > 0:
-                shift = rows.uniform(-rec.hue, rec.hue)
-                v = torch.where(_per_sample(on), adjust_hue(v, shift), v)
+            v = self._color_jitter(v, rows, rgb)
         if rgb and rec.p_grayscale > 0:
             on = rows.bernoulli(rec.p_grayscale)
             v = torch.where(_per_sample(on), rgb_to_grayscale(v).expand_as(v), v)

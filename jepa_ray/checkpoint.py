@@ -37,6 +37,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 TRAIN_STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics up to the checkpoint (small: read to fill gaps)
+PREPROCESSING_FILE = "preprocessing.json"  # mean, std, image size, channels: raw images -> encoder input
 ACTIVATION_FILE = "activation_rates.json"  # the final checkpoint's per-dimension activation rates of z
 
 
@@ -303,8 +304,15 @@ def load_state(path: str | os.PathLike, name: str = MODEL_FILE, map_location: st
 
 
 def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The encoder of a checkpoint in eval mode; forward(x) gives (backbone features, z)."""
-    from jepa_ray.model import create_model
+    """The encoder of a checkpoint in eval mode; forward(images) gives (backbone features, z).
+
+    It takes raw images, uint8 (0..255) or floats in [0, 1], (B, C, H, W): the checkpoint's
+    preprocessing (the training split's mean and std, the input size) is applied inside.
+    Checkpoints written before preprocessing.json existed load with a warning: their encoder
+    takes images normalized as its training data was."""
+    import warnings
+
+    from jepa_ray.model import Preprocess, create_model
 
     local = local_path(path)
     for name in (MODEL_FILE, CONFIG_FILE):
@@ -313,4 +321,11 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     cfg = config_lib.load_json(local / CONFIG_FILE)
     model = create_model(cfg)
     model.load_state_dict(load_state(local, MODEL_FILE, map_location)["model"])
+    if (local / PREPROCESSING_FILE).is_file():
+        spec = json.loads((local / PREPROCESSING_FILE).read_text())
+        model.preprocess = Preprocess(spec["mean"], spec["std"], spec["image_size"], spec["channels"])
+    else:
+        warnings.warn(f"checkpoint {path} has no {PREPROCESSING_FILE} (written before checkpoints carried their "
+                      "preprocessing): its mean, std, image_size and channels are unknown, so the encoder takes "
+                      "images already normalized as its training data was, not raw ones", UserWarning, stacklevel=2)
     return model.to(map_location).eval()

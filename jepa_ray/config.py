@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSS_CONVENTION = "loss = (1 - lambd) * invariance + lambd * regularizer"
+LOSS_CONVENTION = ("loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer); invariance = mean over "
+                   "views, samples, dims of (z_v - mean_v z)^2 (MSE(z1, z2) / 4 for two views); regularizer = "
+                   "mean over views of RDMReg(z_v) (SIGReg for the Gaussian baseline)")
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "parquet")
 NATIVE_IMAGE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # image folders and tables: their own
@@ -44,7 +46,9 @@ class DataConfig:
     image_size: int = 0
     """Side of the square training crops; 0 means the dataset's native size (8 digits, 32 CIFAR)."""
     max_train_samples: int = 0
-    """Use at most this many training images (0: all); for smoke runs and benchmarks."""
+    """Use at most this many training images (0: all; a fixed stratified subset); for smoke runs and benchmarks."""
+    max_test_samples: int = 0
+    """Use at most this many test images (0: all; a fixed stratified subset); for benchmarks."""
 
 
 @dataclass
@@ -70,7 +74,13 @@ class ModelConfig:
     proj_dims: str = "256-256-256"
     """Projector widths, '-' separated: hidden dims then output dim (depth = number of dims)."""
     sync_bn: bool = False
-    """Convert BatchNorm to SyncBatchNorm when running on several workers."""
+    """BatchNorm statistics over the global batch when running on several workers (SyncBatchNorm)."""
+    zero_init_last: bool = True
+    """timm's zero init of each residual block's last BatchNorm (timm's default); the reference
+    (torchvision's ResNet) does not: false in the reference presets."""
+    joint_view_forward: bool = False
+    """One forward of all global views together (BatchNorm statistics over every view) instead
+    of one forward per view, as the reference does (false: per view)."""
 
 
 @dataclass
@@ -91,8 +101,11 @@ class TargetConfig:
 @dataclass
 class LossConfig:
     lambd: float = 0.5
-    """Weight of the regularizer in (1 - lambd) * invariance + lambd * regularizer, in (0, 1)
-    (the reference CIFAR weights 25/250 are lambd = 250/275 = 0.91)."""
+    """Weight of the regularizer in loss_scale * ((1 - lambd) * invariance + lambd * regularizer),
+    in (0, 1); the reference CIFAR loss 25 MSE + 250 RDMReg is lambd = 5/7 with loss_scale 350."""
+    loss_scale: float = 1.0
+    """s > 0, the loss's overall scale: LARS (weight decay inside the trust ratio, clip_lr) and SGD
+    on biases see it; the reference presets use 350 (CIFAR), LeJEPA's convention is 1."""
     regularizer: str = "rdmreg"
     """rdmreg (sliced 2-Wasserstein to target samples) or sigreg (Epps-Pulley, Gaussian only)."""
     num_slices: int = 1024
@@ -106,17 +119,27 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"
-    """adamw or lars."""
+    """adamw or lars (solo-learn's: trust ratio with clip_lr, biases and norm parameters excluded)."""
     lr: float = 2e-3
     """Base learning rate, scaled by batch_size / 256 (LARS reference: 0.03)."""
     weight_decay: float = 1e-4
     """Weight decay (not applied to biases and norm parameters)."""
+    momentum: float = 0.9
+    """LARS momentum."""
+    lars_eta: float = 0.02
+    """LARS trust coefficient eta."""
     batch_size: int = 256
     """Global batch size (images, summed over workers); divisible by workers."""
     epochs: int = 50
     """Training epochs."""
     warmup_epochs: float = 2.0
-    """Linear warmup length before the cosine decay, in epochs."""
+    """Linear warmup before the cosine decay, in epochs (the reference: 10), capped at
+    warmup_max_fraction of the schedule."""
+    warmup_max_fraction: float = 0.2
+    """The warmup lasts at most this fraction of the schedule, so a shortened preset does not
+    spend most of its run warming up (1000 epochs: 10; 40 epochs: 8; 10 epochs: 2)."""
+    warmup_start_lr: float = 3e-5
+    """Learning rate of the first warmup step (solo-learn's default), rising linearly to the peak."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of the peak."""
     grad_clip: float = 0.0
@@ -138,7 +161,9 @@ class EvalConfig:
     knn_temperature: float = 0.07
     """Temperature of the kNN vote weights exp(sim / T)."""
     online_probe_lr: float = 1e-3
-    """Learning rate of the online linear probe on detached backbone features."""
+    """Base learning rate (scaled by batch_size / 256, scheduled like the encoder's, no weight
+    decay) of the online linear probes on detached backbone features and on z, trained in the
+    encoder's optimizer every step (the reference: 0.01 with LARS)."""
 
 
 @dataclass
@@ -325,6 +350,7 @@ def load_json(path: str | os.PathLike) -> TrialConfig:
 
 
 def _preset_digits() -> TrialConfig:
+    """The embedded digits, 50 epochs, AdamW: the default trial."""
     return TrialConfig()
 
 
@@ -332,27 +358,31 @@ def _preset_digits_sweep() -> TrialConfig:
     """digits with 30-epoch trials: the base of the default sweep (two dozen trials in about
     six minutes on a 2-core CPU); the search space sets lambd, slices, p, mu and the
     projector."""
-    c = TrialConfig()
+    c = _preset_digits()
     c.optim.epochs = 30
     return c
 
 
 def _preset_cifar100_resnet18() -> TrialConfig:
-    """The published Rectified LpJEPA CIFAR-100 setup (see DESIGN.md, reference hyperparameters)."""
+    """The published Rectified LpJEPA CIFAR-100 recipe (YilunKuang/rectified-lp-jepa,
+    scripts/pretrain/cifar/rectified_lpjepa_cifar100.yaml; see docs/design.md)."""
     c = TrialConfig()
     c.data.dataset = "cifar100"
     c.views.recipe = "cifar"
     c.model.backbone = "resnet18"
     c.model.cifar_stem = True
+    c.model.zero_init_last = False  # torchvision's ResNet-18
     c.model.proj_dims = "512-512-512"
     c.model.sync_bn = True
     c.target.target, c.target.p, c.target.mu = "rgg", 1.0, 0.0
-    c.loss.lambd = 250.0 / 275.0
+    c.loss.lambd, c.loss.loss_scale = 5.0 / 7.0, 350.0  # 25 MSE + 250 RDMReg
     c.loss.num_slices = 8192
     c.optim.optimizer, c.optim.lr, c.optim.weight_decay = "lars", 0.03, 1e-4
+    c.optim.momentum, c.optim.lars_eta = 0.9, 0.02
     c.optim.batch_size, c.optim.epochs, c.optim.warmup_epochs = 256, 1000, 10
+    c.eval.online_probe_lr = 0.01  # solo-learn's classifier_lr
     c.eval.probe_epochs = 100
-    c.system.checkpoint_every = 50
+    c.system.checkpoint_every = 1  # the reference checkpoints every epoch
     return c
 
 
@@ -364,7 +394,7 @@ def _preset_cifar10_resnet18() -> TrialConfig:
 
 def _preset_lejepa_digits() -> TrialConfig:
     """LeJEPA (Gaussian target, SIGReg) on the embedded digits."""
-    c = TrialConfig()
+    c = _preset_digits()
     c.target.target, c.target.p, c.target.mu = "gaussian", 2.0, 0.0
     c.loss.regularizer, c.loss.lambd, c.loss.num_slices = "sigreg", 0.05, 1024
     c.model.proj_dims = "256-256-128"
@@ -373,11 +403,12 @@ def _preset_lejepa_digits() -> TrialConfig:
 
 
 def _preset_lejepa_cifar100_resnet18() -> TrialConfig:
-    """LeJEPA defaults (lambda 0.05, 1024 slices, AdamW, bf16) on the CIFAR ResNet-18."""
+    """LeJEPA defaults (lambda 0.05, loss scale 1, 1024 slices, AdamW, bf16) on the CIFAR ResNet-18."""
     c = _preset_cifar100_resnet18()
     c.target.target, c.target.p, c.target.mu = "gaussian", 2.0, 0.0
-    c.loss.regularizer, c.loss.lambd, c.loss.num_slices = "sigreg", 0.05, 1024
+    c.loss.regularizer, c.loss.lambd, c.loss.loss_scale, c.loss.num_slices = "sigreg", 0.05, 1.0, 1024
     c.optim.optimizer, c.optim.lr, c.optim.weight_decay = "adamw", 5e-4, 5e-2
+    c.eval.online_probe_lr = 1e-3
     c.model.proj_dims = "2048-2048-128"
     return c
 
@@ -469,6 +500,7 @@ def validate(cfg: TrialConfig) -> None:
         _require(os.path.isdir(d.data_dir), "data_dir", "an existing directory", d.data_dir)
     _require(d.image_size >= 0, "image_size", "0 (native) or a positive size", d.image_size)
     _require(d.max_train_samples >= 0, "max_train_samples", ">= 0", d.max_train_samples)
+    _require(d.max_test_samples >= 0, "max_test_samples", ">= 0", d.max_test_samples)
 
     _require(v.num_views >= 2, "num_views", ">= 2", v.num_views)
     _require(v.num_local_views >= 0, "num_local_views", ">= 0", v.num_local_views)
@@ -493,6 +525,7 @@ def validate(cfg: TrialConfig) -> None:
     _choice("sigma_mode", t.sigma_mode, SIGMA_MODES)
 
     _require(math.isfinite(l.lambd) and 0.0 < l.lambd < 1.0, "lambd", "0 < lambd < 1", l.lambd)
+    _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)
     _choice("regularizer", l.regularizer, REGULARIZERS)
     if l.regularizer == "sigreg":
         _require(t.target == "gaussian", "regularizer", "sigreg only with target=gaussian (use rdmreg for gn/rgg)", l.regularizer)
@@ -503,13 +536,17 @@ def validate(cfg: TrialConfig) -> None:
     _choice("optimizer", o.optimizer, OPTIMIZERS)
     _require(math.isfinite(o.lr) and o.lr > 0, "lr", "> 0", o.lr)
     _require(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay)
+    _require(0 <= o.momentum < 1, "momentum", "[0, 1)", o.momentum)
+    _require(o.lars_eta > 0, "lars_eta", "> 0", o.lars_eta)
     _require(o.batch_size >= 2, "batch_size", ">= 2", o.batch_size)
     _require(s.workers >= 1, "workers", ">= 1", s.workers)  # before batch_size % workers
     _require(o.batch_size % s.workers == 0, "batch_size",
              f"a multiple of workers={s.workers}", o.batch_size)
     _require(o.batch_size // s.workers >= 2, "batch_size", f">= 2 per worker (workers={s.workers})", o.batch_size)
     _require(o.epochs >= 1, "epochs", ">= 1", o.epochs)
-    _require(0 <= o.warmup_epochs <= o.epochs, "warmup_epochs", f"0 .. epochs ({o.epochs})", o.warmup_epochs)
+    _require(math.isfinite(o.warmup_epochs) and o.warmup_epochs >= 0, "warmup_epochs", ">= 0", o.warmup_epochs)
+    _require(0 < o.warmup_max_fraction <= 1, "warmup_max_fraction", "(0, 1]", o.warmup_max_fraction)
+    _require(o.warmup_start_lr >= 0, "warmup_start_lr", ">= 0", o.warmup_start_lr)
     _require(0 <= o.min_lr_ratio <= 1, "min_lr_ratio", "[0, 1]", o.min_lr_ratio)
     _require(o.grad_clip >= 0, "grad_clip", ">= 0", o.grad_clip)
 

@@ -119,8 +119,8 @@ def registered_datasets() -> tuple[str, ...]:
 
 
 def load_dataset(cfg: DataConfig) -> ImageSplits:
-    """Decode the dataset named by cfg.dataset into memory, then apply cfg.max_train_samples as a
-    fixed stratified subset of the train split."""
+    """Decode the dataset named by cfg.dataset into memory, then apply cfg.max_train_samples and
+    cfg.max_test_samples as fixed stratified subsets of the splits."""
     if cfg.dataset not in _LOADERS:
         allowed = " | ".join(sorted(set(_LOADERS) | set(DATASETS)))
         raise ConfigError(f"config field 'dataset' = {cfg.dataset!r} is not allowed; allowed: {allowed}")
@@ -128,6 +128,9 @@ def load_dataset(cfg: DataConfig) -> ImageSplits:
     if 0 < cfg.max_train_samples < len(splits.train_y):
         keep = stratified_indices(splits.train_y, cfg.max_train_samples, seed=_SPLIT_SEED)
         splits = splits.subset_train(keep)
+    if 0 < cfg.max_test_samples < len(splits.test_y):
+        keep = stratified_indices(splits.test_y, cfg.max_test_samples, seed=_SPLIT_SEED)
+        splits = replace(splits, test_x=splits.test_x[keep], test_y=splits.test_y[keep])
     return splits
 
 

@@ -15,6 +15,12 @@ from torch import nn
 from torch.autograd import Function
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when it is in a half-precision type (bf16/fp16 under autocast); float32 and
+    float64 stay as they are (the tests check the formulas in float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -133,7 +139,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
+        xf = full_precision(x)
         local_n = torch.tensor(float(xf.numel() // xf.shape[1]), device=x.device)
         moments = torch.cat([xf.sum(dims), xf.square().sum(dims), local_n.view(1)])
         moments = all_reduce_sum(moments)

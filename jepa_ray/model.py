@@ -83,10 +83,11 @@ def in_chans_for(cfg: TrialConfig) -> int:
 
 
 def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:
-    """3x3 stride-1 stem without max-pool (the CIFAR ResNet of the reference code)."""
+    """3x3 stride-1 stem without max-pool, as the reference code builds it (padding 2, so a 32x32
+    image gives 34x34 maps; PyTorch's default init, since it replaces conv1 after the model's)."""
     conv = getattr(backbone, "conv1", None)
     if isinstance(conv, nn.Conv2d):
-        backbone.conv1 = nn.Conv2d(in_chans, conv.out_channels, 3, 1, 1, bias=False)
+        backbone.conv1 = nn.Conv2d(in_chans, conv.out_channels, 3, 1, 2, bias=False)
         if hasattr(backbone, "maxpool"):
             backbone.maxpool = nn.Identity()
         return
@@ -94,11 +95,16 @@ def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:
                       "allowed: ResNet-style backbones with conv1 (ViTs take patch size from image_size)")
 
 
-def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bool = False) -> nn.Module:
+def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bool = False,
+                    zero_init_last: bool = True) -> nn.Module:
     """A timm backbone with num_classes=0 and random weights. ViT-style models get
-    img_size=image_size and, with cifar_stem, patches of image_size/8."""
+    img_size=image_size and, with cifar_stem, patches of image_size/8. zero_init_last=False
+    keeps every residual branch's last BatchNorm at weight 1 (torchvision's ResNet init, the
+    reference's) where timm would zero it."""
     check_backbone_name(name)
     kwargs: dict = dict(pretrained=False, num_classes=0, in_chans=in_chans)
+    if not zero_init_last:
+        kwargs["zero_init_last"] = False
     try:
         extra = {"img_size": image_size} if image_size else {}
         if cifar_stem and "vit" in name:
@@ -106,7 +112,14 @@ def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bo
         backbone = timm.create_model(name, **kwargs, **extra)
         vit_like = True
     except TypeError:
-        backbone = timm.create_model(name, **kwargs)
+        try:
+            backbone = timm.create_model(name, **kwargs)
+        except TypeError as err:
+            if "zero_init_last" not in str(err):
+                raise
+            raise ConfigError(f"config field 'zero_init_last' = False is not supported for backbone {name!r}; "
+                              "allowed: true, or a backbone with zero-initialised residual branches "
+                              "(timm's ResNet family)") from None
         vit_like = False
     if cifar_stem and not (vit_like and hasattr(backbone, "patch_embed")):
         _apply_cifar_stem(backbone, name, in_chans)
@@ -129,19 +142,60 @@ class Projector(nn.Sequential):
         self.out_dim = dims[-1]
 
 
-class JEPAEncoder(nn.Module):
-    """Backbone + projector; forward gives (backbone features, z)."""
+class Preprocess(nn.Module):
+    """Raw images -> the encoder's input: uint8 (0..255) or float images in [0, 1], (B, C, H, W)
+    with C = channels; the shorter side resized to image_size (bilinear, antialiased) and the
+    center image_size x image_size kept, as the datasets are stored; then normalized with the
+    training split's per-channel mean and std. Its buffers are not saved in state dicts: they
+    live in the checkpoint's preprocessing.json."""
 
-    def __init__(self, backbone: nn.Module, projector: Projector):
+    def __init__(self, mean, std, image_size: int, channels: int | None = None):
+        super().__init__()
+        channels = len(mean) if channels is None else channels
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std: expected {channels} values each, got {len(mean)} and {len(std)}")
+        self.image_size, self.channels = int(image_size), int(channels)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def spec(self) -> dict:
+        """What a checkpoint records (preprocessing.json)."""
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                "image_size": self.image_size, "channels": self.channels,
+                "input": "uint8 0..255 or float 0..1, (B, C, H, W); shorter side resized, center crop"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"images: expected (B, {self.channels}, H, W), got {tuple(x.shape)}")
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        h, w = x.shape[-2:]
+        if (h, w) != (self.image_size, self.image_size):
+            if min(h, w) != self.image_size:
+                scale = self.image_size / min(h, w)
+                size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
+                x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+            top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
+            x = x[..., top:top + self.image_size, left:left + self.image_size]
+        return (x - self.mean) / self.std
+
+
+class JEPAEncoder(nn.Module):
+    """Backbone + projector; forward gives (backbone features, z). With `preprocess` (what
+    `jepa_ray.load_encoder` attaches) it takes raw images; without, normalized ones."""
+
+    def __init__(self, backbone: nn.Module, projector: Projector, preprocess: Preprocess | None = None):
         super().__init__()
         self.backbone = backbone
         self.projector = projector
+        self.preprocess = preprocess
 
     @property
     def feature_dim(self) -> int:
         return int(self.backbone.num_features)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.preprocess is not None:
+            x = self.preprocess(x)
         h = self.backbone(x)
         return h, self.projector(h)
 
@@ -151,7 +205,7 @@ def create_model(cfg: TrialConfig) -> JEPAEncoder:
     image_size = cfg.data.image_size or NATIVE_IMAGE_SIZES.get(cfg.data.dataset, 32)
     in_chans = in_chans_for(cfg)
     backbone = create_backbone(cfg.model.backbone, in_chans=in_chans, image_size=image_size,
-                               cifar_stem=cfg.model.cifar_stem)
+                               cifar_stem=cfg.model.cifar_stem, zero_init_last=cfg.model.zero_init_last)
     projector = Projector(int(backbone.num_features), proj_dims_list(cfg),
                           rectify=cfg.target.target == "rgg")
     return JEPAEncoder(backbone, projector)

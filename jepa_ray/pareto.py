@@ -60,7 +60,7 @@ _TAG_COLUMNS = {TRIAL_ID_TAG: "trial_id", PARENT_TAG: "sweep_run_id", CHECKPOINT
 _SQL_INF = 1.7976931348623157e308
 # The MLflow server rejects search pages above 50,000 runs; 10,000 keeps responses moderate.
 SEARCH_PAGE_SIZE = 10_000
-EXPORT_FILES = ("model.pt", "config.json", "metrics.json")
+EXPORT_FILES = ("model.pt", "config.json", "metrics.json", "preprocessing.json")  # the first two are required
 
 
 class ParetoError(ValueError):

@@ -5,8 +5,8 @@
   accuracy on a held-out part of the train split is reported on the test split.
 - `knn_accuracy`: the weighted kNN classifier of InstDisc/DINO (cosine similarity, top-k votes
   weighted exp(sim / T)).
-- `OnlineProbe`: a linear classifier trained on detached backbone features alongside SSL,
-  giving a cheap accuracy signal every step without touching the backbone's gradients.
+
+The online probes, trained every step inside the trainer's optimizer, are jepa_ray.train.TrainModule's.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from jepa_ray import distributed as dist_lib
 
 __all__ = [
     "LinearHeadGrid",
@@ -29,7 +27,6 @@ __all__ = [
     "stratified_split",
     "knn_predict",
     "knn_accuracy",
-    "OnlineProbe",
 ]
 
 
@@ -308,72 +305,3 @@ def knn_accuracy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int
     pred = knn_predict(train_x, train_y_t, test_t, k=k, temperature=temperature,
                        num_classes=num_classes, chunk=chunk)
     return (pred == test_y.to(pred.device)).double().mean().item()
-
-
-# --------------------------------------------------------------------------------------------
-# Online probe
-
-
-class OnlineProbe(nn.Module):
-    """A linear classifier on detached backbone features, trained alongside SSL with its own
-    optimizer: every step reports a cheap accuracy (`online/linear_acc`) without sending gradient
-    into the backbone.
-
-    Keep it outside DistributedDataParallel: with a process group initialized, `step` averages
-    the probe's gradients over ranks itself, so every rank keeps the same probe (all ranks must
-    call `step` together).
-    """
-
-    def __init__(self, in_dim: int, num_classes: int, *, sync_grads: bool = True) -> None:
-        super().__init__()
-        _positive_int(in_dim, "in_dim")
-        _positive_int(num_classes, "num_classes")
-        self.linear = nn.Linear(in_dim, num_classes)
-        self.num_classes = num_classes
-        self.sync_grads = sync_grads
-        self.optimizer: torch.optim.Optimizer | None = None
-
-    def make_optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-        """Create (and keep) the probe's own AdamW optimizer; call after moving it to its device."""
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be > 0, got {lr}")
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
-        return self.optimizer
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of the detached features (float32, outside autocast)."""
-        return self.linear(features.detach().float())
-
-    def step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        """One optimizer step on a batch; returns (mean cross-entropy, number correct) of the
-        batch as seen before the update."""
-        if features.dim() != 2 or features.shape[0] < 1 or features.shape[1] != self.linear.in_features:
-            raise ValueError(f"features must have shape (B >= 1, {self.linear.in_features}), got {tuple(features.shape)}")
-        labels = _labels(labels, "labels", features.shape[0]).to(features.device)
-        _num_classes(self.num_classes, ("labels", labels))
-        loss, correct = self.step_tensors(features, labels)
-        return loss.item(), int(correct)
-
-    def step_tensors(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`step` without input checks and without reading results back: (loss, correct) stay
-        on the device, so a training loop on a GPU is never forced to wait for them."""
-        if self.optimizer is None:
-            raise RuntimeError("OnlineProbe.step needs an optimizer: call make_optimizer(lr) first")
-        with torch.autocast(features.device.type, enabled=False):
-            logits = self(features)
-            loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._all_reduce_grads()
-        self.optimizer.step()
-        correct = (logits.detach().argmax(dim=1) == labels).sum()
-        return loss.detach(), correct
-
-    def _all_reduce_grads(self) -> None:
-        if not (self.sync_grads and dist_lib.is_distributed()):
-            return
-        world = dist_lib.world_size()
-        for p in self.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad.div_(world)

@@ -143,11 +143,15 @@ def invariance(z: torch.Tensor, num_global: int | None = None) -> torch.Tensor:
     return (z - center).square().mean()
 
 
-def total_loss(inv: torch.Tensor, reg: torch.Tensor, lambd: float) -> torch.Tensor:
-    """(1 - lambd) * invariance + lambd * regularizer (the fixed convention of DESIGN.md)."""
+def total_loss(inv: torch.Tensor, reg: torch.Tensor, lambd: float, scale: float = 1.0) -> torch.Tensor:
+    """scale * ((1 - lambd) * invariance + lambd * regularizer), the fixed convention of
+    docs/design.md. The reference CIFAR loss 25 MSE(z1, z2) + 250 mean_v RDMReg(z_v) is
+    lambd = 5/7, scale = 350 (the invariance of two views is MSE / 4)."""
     if not 0.0 < lambd < 1.0:
         raise ValueError(f"lambd={lambd} is not allowed: lambd must be in (0, 1)")
-    return (1.0 - lambd) * inv + lambd * reg
+    if not scale > 0:
+        raise ValueError(f"scale={scale} is not allowed: the loss scale must be > 0")
+    return scale * ((1.0 - lambd) * inv + lambd * reg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,15 +175,14 @@ class RDMReg(nn.Module):
 
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
         _check_features(z)
-        if z.dtype != torch.float32:
-            z = z.float()
+        z = dist_lib.full_precision(z)
         z = dist_lib.gather_with_grad(z, dim=z.dim() - 2)  # the batch dimension
         gen_d = dist_lib.step_generator(z.device, self.seed, step, _STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z.shape[-1], gen_d, z.device)
         gen_t = dist_lib.step_generator(z.device, self.seed, step, _STREAM_TARGETS)
         y = targets.sample(self.target, tuple(z.shape), p=self.p, mu=self.mu, sigma=self.sigma,
                            generator=gen_t, device=z.device, dtype=torch.float32)
-        return rdmreg(z, y, directions)  # float32 under autocast too
+        return rdmreg(z, y, directions)  # float32 under autocast too (directions and samples cast to z's dtype)
 
 
 class SIGReg(nn.Module):
@@ -195,12 +198,12 @@ class SIGReg(nn.Module):
         self.num_slices, self.t_max, self.knots, self.seed = num_slices, t_max, knots, seed
 
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
-        z3 = _check_features(z).float()
+        z3 = dist_lib.full_precision(_check_features(z))
         gen = dist_lib.step_generator(z3.device, self.seed, step, _STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z3.shape[-1], gen, z3.device)
         with torch.autocast(z3.device.type, enabled=False):
             t, w = _sigreg_grid(self.t_max, self.knots, z3.device, z3.dtype)
-            xt = (z3 @ directions.t()).unsqueeze(-1) * t  # (V, B_local, N, T)
+            xt = (z3 @ directions.to(z3.dtype).t()).unsqueeze(-1) * t  # (V, B_local, N, T)
             moments = torch.stack([xt.cos().sum(1), xt.sin().sum(1)])  # one all-reduce for both
             moments = dist_lib.all_reduce_sum(moments)
             n = z3.shape[1] * dist_lib.world_size()

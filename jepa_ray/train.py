@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
 from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
@@ -33,14 +34,14 @@ from jepa_ray.config import ConfigError, TrialConfig
 from jepa_ray.data import BatchIterator, ImageSplits, load_dataset
 from jepa_ray.evaluate import evaluate_encoder, extract_features
 from jepa_ray.faults import Fault
-from jepa_ray.model import create_model
-from jepa_ray.optim import create_optimizer, lr_at, peak_lr, set_lr
-from jepa_ray.probe import OnlineProbe
+from jepa_ray import optim as optim_lib
+from jepa_ray.model import Preprocess, create_model
+from jepa_ray.optim import create_optimizer
 from jepa_ray.regularizers import create_regularizer, invariance, total_loss
 from jepa_ray.tracking import FINAL_METRICS
 
 EPOCH_METRICS = ("train/loss", "train/invariance", "train/regularizer", "train/l0_density",
-                 "online/linear_acc", "throughput/img_per_s")
+                 "online/linear_acc", "online/linear_acc_z", "throughput/img_per_s")
 _STREAM_AUGMENT = 100
 
 
@@ -72,7 +73,7 @@ class Runtime:
         return self.rank == 0
 
 
-def _runtime(cfg: TrialConfig, device: torch.device | None = None) -> Runtime:
+def runtime(cfg: TrialConfig, device: torch.device | None = None) -> Runtime:
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() and \
             cfg.system.gpus_per_worker > 0 else torch.device("cpu")
@@ -87,51 +88,115 @@ def _threads(cfg: TrialConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# What one optimizer trains
+
+
+class TrainModule(nn.Module):
+    """The encoder and the online linear probes on detached backbone features (`probe_h`) and on
+    z (`probe_z`), trained each step on the global views in the encoder's optimizer, as the
+    reference's online classifiers are. DDP wraps this one module, called once per step."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, joint_views: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.probe_h = nn.Linear(encoder.feature_dim, num_classes)
+        self.probe_z = nn.Linear(encoder.projector.out_dim, num_classes)
+        self.joint_views = joint_views
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor, num_global: int) -> StepOutput:
+        """(V, b, F) backbone features and (V, b, D) projections of the views, and the probes'
+        cross-entropy on the global views (mean over views, as the reference averages them).
+        One encoder forward per view, as the reference (BatchNorm statistics per view), or
+        with joint_views one forward of all global views and one of all local views."""
+        if self.joint_views:
+            groups = [views[:num_global]] + ([views[num_global:]] if len(views) > num_global else [])
+        else:
+            groups = [[v] for v in views]
+        hs, zs = [], []
+        for group in groups:
+            x = torch.cat(group) if len(group) > 1 else group[0]
+            if x.is_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            h, z = self.encoder(x)
+            hs.append(h.view(len(group), -1, h.shape[-1]))
+            zs.append(z.view(len(group), -1, z.shape[-1]))
+        h, z = torch.cat(hs), torch.cat(zs)
+        target = labels.repeat(num_global)
+        with torch.autocast(h.device.type, enabled=False):
+            logits_h = self.probe_h(dist_lib.full_precision(h[:num_global].detach()).flatten(0, 1))
+            logits_z = self.probe_z(dist_lib.full_precision(z[:num_global].detach()).flatten(0, 1))
+            probe_loss = F.cross_entropy(logits_h, target) + F.cross_entropy(logits_z, target)
+        correct = torch.stack([(logits_h.argmax(1) == target).sum(), (logits_z.argmax(1) == target).sum()])
+        return StepOutput(h, z, probe_loss, correct)
+
+
+@dataclass
+class StepOutput:
+    h: torch.Tensor
+    z: torch.Tensor
+    probe_loss: torch.Tensor
+    correct: torch.Tensor
+    """Right answers of the two probes on this rank's global views (before the step)."""
+
+
+@dataclass
+class StepStats:
+    """One step's terms (detached, on the device; read once per epoch)."""
+
+    loss: torch.Tensor
+    invariance: torch.Tensor
+    regularizer: torch.Tensor
+    correct: torch.Tensor
+    z: torch.Tensor
+
+
+def train_step(model: nn.Module, regularizer: nn.Module, optimizer: torch.optim.Optimizer,
+               views: list[torch.Tensor], labels: torch.Tensor, step: int, cfg: TrialConfig,
+               autocast_dtype: torch.dtype | None = None) -> StepStats:
+    """One optimization step on a batch of views: forward (a TrainModule, or DDP around one),
+    loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer) plus the probes'
+    cross-entropy (which reaches the probes only), backward, optimizer step. The learning rate
+    is set beforehand (optim.schedule_step)."""
+    num_global = cfg.views.num_views
+    device_type = views[0].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        out = model(views, labels, num_global)
+    inv = invariance(dist_lib.full_precision(out.z), num_global)
+    reg = regularizer(out.z[:num_global], step)
+    loss = total_loss(inv, reg, cfg.loss.lambd, cfg.loss.loss_scale)
+    optimizer.zero_grad(set_to_none=True)
+    (loss + out.probe_loss).backward()
+    if cfg.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(ckpt_lib.unwrap(model).encoder.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    return StepStats(loss.detach(), inv.detach(), reg.detach(), out.correct, out.z.detach())
+
+
+# --------------------------------------------------------------------------------------------
 # State (what a resumable checkpoint holds)
 
 
-def _train_state(epoch: int, step: int, optimizer, probe: OnlineProbe) -> dict:
-    return {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
-            "probe_optimizer": probe.optimizer.state_dict()}
-
-
-def _restore(path: Path, model: nn.Module, optimizer, probe: OnlineProbe, device) -> tuple[int, int, list]:
+def _restore(path: Path, model: TrainModule, optimizer, device) -> tuple[int, int, list]:
     state = ckpt_lib.load_state(path, ckpt_lib.MODEL_FILE, device)
-    ckpt_lib.unwrap(model).load_state_dict(state["model"])
-    probe.load_state_dict(state["online_probe"])
+    model.encoder.load_state_dict(state["model"])
+    model.probe_h.load_state_dict(state["online_probe"])
+    model.probe_z.load_state_dict(state["online_probe_z"])
     train = ckpt_lib.load_state(path, ckpt_lib.TRAIN_STATE_FILE, device)
     optimizer.load_state_dict(train["optimizer"])
-    probe.optimizer.load_state_dict(train["probe_optimizer"])
     return int(train["epoch"]), int(train["step"]), ckpt_lib.read_history(path)
 
 
-def _save(path: Path, model, cfg, metrics, optimizer, probe, epoch, step, history) -> Path:
+def _save(path: Path, model: TrainModule, cfg, metrics, optimizer, preprocess: Preprocess, epoch, step,
+          history) -> Path:
     return ckpt_lib.save_checkpoint(
-        path, model=model, cfg=cfg, metrics=metrics, history=history,
-        extra_state={"online_probe": probe.state_dict()},
-        train_state=_train_state(epoch, step, optimizer, probe))
+        path, model=model.encoder, cfg=cfg, metrics=metrics, history=history,
+        extra_state={"online_probe": model.probe_h.state_dict(), "online_probe_z": model.probe_z.state_dict()},
+        train_state={"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()},
+        extra_files={ckpt_lib.PREPROCESSING_FILE: json.dumps(preprocess.spec(), indent=2)})
 
 
 # --------------------------------------------------------------------------------------------
 # The loop
-
-
-class Normalizer:
-    """uint8 images -> normalized float32 at the training resolution (evaluation input)."""
-
-    def __init__(self, mean, std, image_size: int):
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.image_size = image_size
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0)
-        if x.shape[-1] != self.image_size:
-            x = nn.functional.interpolate(x, size=self.image_size, mode="bilinear", antialias=True,
-                                          align_corners=False)
-        if self.mean.device != x.device:  # moved once, not on every batch
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        return (x - self.mean) / self.std
 
 
 def _sum_over_ranks(values: list[float], device) -> list[float]:
@@ -142,15 +207,17 @@ def _sum_over_ranks(values: list[float], device) -> list[float]:
 
 
 @torch.no_grad()
-def _online_test_accuracy(model, probe, splits: ImageSplits, normalize: Normalizer, rt: Runtime,
-                          batch_size: int) -> float:
-    """Online probe accuracy on the test split, each rank taking a strided shard."""
-    idx = torch.arange(rt.rank, splits.test_x.shape[0], rt.world_size)
-    h, _ = extract_features(ckpt_lib.unwrap(model), splits.test_x[idx], normalize,
-                            batch_size=batch_size, device=rt.device, autocast_dtype=rt.autocast_dtype)
-    correct = (probe(h).argmax(1).cpu() == splits.test_y[idx]).sum().item()
-    c, n = _sum_over_ranks([correct, idx.numel()], rt.device)
-    return c / max(n, 1)
+def _online_test_accuracy(model: TrainModule, test_x: torch.Tensor, test_y: torch.Tensor, preprocess: Preprocess,
+                          rt: Runtime, batch_size: int) -> tuple[float, float]:
+    """Accuracy of the two online probes on the test split (held on the device), each rank
+    taking a strided shard: one encoder pass per epoch gives both."""
+    idx = torch.arange(rt.rank, test_x.shape[0], rt.world_size, device=test_x.device)
+    h, z = extract_features(model.encoder, test_x[idx], preprocess, batch_size=batch_size, device=rt.device,
+                            autocast_dtype=rt.autocast_dtype)
+    y = test_y[idx]
+    correct = [(model.probe_h(h).argmax(1) == y).sum(), (model.probe_z(z).argmax(1) == y).sum()]
+    ch, cz, n = _sum_over_ranks([float(c) for c in correct] + [idx.numel()], rt.device)
+    return ch / max(n, 1), cz / max(n, 1)
 
 
 def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = None,
@@ -161,28 +228,28 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
     Raises TrialFailure on a non-finite loss or a collapse. `fault` is the tests' hook that
     kills this worker at a global step (jepa_ray.faults)."""
     _threads(cfg)
-    rt = _runtime(cfg, device)
+    rt = runtime(cfg, device)
     torch.manual_seed(cfg.system.seed)  # identical initial weights on every rank
 
     splits = load_dataset(cfg.data)
     image_size = cfg.data.image_size or splits.image_size
     views = ViewMaker(cfg.views, image_size, splits.mean, splits.std, splits.num_channels)
-    normalize = Normalizer(splits.mean, splits.std, image_size)
+    preprocess = Preprocess(splits.mean, splits.std, image_size, splits.num_channels).to(rt.device)
     train_x = splits.train_x.to(rt.device)  # uint8, decoded once; augmented on the device
     train_y = splits.train_y.to(rt.device)
+    test_x, test_y = splits.test_x.to(rt.device), splits.test_y.to(rt.device)
 
-    model = create_model(cfg).to(rt.device)
+    model = TrainModule(create_model(cfg), splits.num_classes, cfg.model.joint_view_forward).to(rt.device)
     if rt.device.type == "cuda" and cfg.system.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
     if rt.world_size > 1:
         if cfg.model.sync_bn:
-            model = dist_lib.convert_sync_batchnorm(model, rt.device)
-        model = nn.parallel.DistributedDataParallel(
+            model.encoder = dist_lib.convert_sync_batchnorm(model.encoder, rt.device)
+        net = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     regularizer = create_regularizer(cfg)
-    optimizer = create_optimizer(cfg, model)
-    probe = OnlineProbe(ckpt_lib.unwrap(model).feature_dim, splits.num_classes).to(rt.device)
-    probe.make_optimizer(cfg.eval.online_probe_lr)
+    optimizer = create_optimizer(cfg, model.encoder, nn.ModuleList([model.probe_h, model.probe_z]))
 
     local_batch = cfg.optim.batch_size // rt.world_size
     if cfg.optim.batch_size > train_x.shape[0]:
@@ -192,49 +259,35 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
                             world_size=rt.world_size, seed=cfg.system.seed)
     steps_per_epoch = len(batches)
     total_steps = cfg.optim.epochs * steps_per_epoch
-    warmup_steps = int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    peak = peak_lr(cfg)
+    warmup = optim_lib.warmup_steps(cfg, steps_per_epoch)
 
     start_epoch, step, history = 0, 0, []
     restored = reporter.restore_dir()
     if restored is not None:
-        start_epoch, step, history = _restore(restored, model, optimizer, probe, rt.device)
+        start_epoch, step, history = _restore(restored, model, optimizer, rt.device)
 
+    num_global = cfg.views.num_views
     for epoch in range(start_epoch, cfg.optim.epochs):
-        model.train()
+        net.train()
         batches.set_epoch(epoch)
-        sums = torch.zeros(5, dtype=torch.float64, device=rt.device)
+        sums = torch.zeros(6, dtype=torch.float64, device=rt.device)
         pending = None
         t0 = time.perf_counter()
         for idx in torch.stack(list(batches)).to(rt.device):  # one host-to-device copy per epoch
             if fault is not None:
                 fault.check(rt.rank, step)
-            set_lr(optimizer, lr_at(step, total_steps, warmup_steps, peak, cfg.optim.min_lr_ratio))
+            optim_lib.schedule_step(optimizer, step, total_steps, warmup, cfg)
             # One stream for the whole global batch, each rank keeping its rows: the views do not
             # depend on the number of workers.
             gen = dist_lib.step_generator(rt.device, cfg.system.seed, step, _STREAM_AUGMENT)
             x_views = views(train_x[idx], gen, offset=rt.rank * local_batch, total=cfg.optim.batch_size)
-            num_global = cfg.views.num_views
-            with torch.autocast(rt.device.type, dtype=rt.autocast_dtype or torch.bfloat16,
-                                enabled=rt.autocast_dtype is not None):
-                h, z = _forward_views(model, x_views, num_global)
-            inv = invariance(z.float(), num_global)
-            reg = regularizer(z[:num_global], step)
-            loss = total_loss(inv, reg, cfg.loss.lambd)
+            out = train_step(net, regularizer, optimizer, x_views, train_y[idx], step, cfg, rt.autocast_dtype)
             # The finiteness check reads the previous step's loss: reading this step's would make
             # the CPU wait for the GPU every step. A non-finite loss stops the trial one step late.
             _check_finite(pending, epoch)
-            pending = (step, loss.detach(), inv.detach(), reg.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            labels = train_y[idx]
-            _, correct = probe.step_tensors(h[0], labels)
-            with torch.no_grad():
-                sums += torch.stack([loss.detach(), inv.detach(), reg.detach(), (z[0] != 0).float().mean(),
-                                     correct.float()]).double()
+            pending = (step, out.loss, out.invariance, out.regularizer)
+            sums += torch.cat([torch.stack([out.loss, out.invariance, out.regularizer,
+                                            (out.z[0] != 0).float().mean()]), out.correct.float()]).double()
             step += 1
         _check_finite(pending, epoch)
         if rt.device.type == "cuda":
@@ -242,17 +295,20 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         seconds = time.perf_counter() - t0
         totals = _sum_over_ranks(sums.tolist() + [seconds], rt.device)
         n_steps = steps_per_epoch * rt.world_size
+        online_h, online_z = _online_test_accuracy(model, test_x, test_y, preprocess, rt, local_batch * 2)
         epoch_metrics = {
             "epoch": epoch,
             "train/loss": totals[0] / n_steps,
             "train/invariance": totals[1] / n_steps,
             "train/regularizer": totals[2] / n_steps,
             "train/l0_density": totals[3] / n_steps,
-            "online/train_acc": totals[4] / (n_steps * local_batch),
-            "online/linear_acc": _online_test_accuracy(model, probe, splits, normalize, rt, local_batch * 2),
-            "train/rank_me": metrics_lib.rank_me(z[0].detach().float()),
+            "online/train_acc": totals[4] / (n_steps * local_batch * num_global),
+            "online/train_acc_z": totals[5] / (n_steps * local_batch * num_global),
+            "online/linear_acc": online_h,
+            "online/linear_acc_z": online_z,
+            "train/rank_me": metrics_lib.rank_me(out.z[0].float()),
             "train/lr": optimizer.param_groups[0]["lr"],
-            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[5] / rt.world_size),
+            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
             "time/epoch_s": seconds,
         }
         history.append(epoch_metrics)
@@ -266,14 +322,14 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         if last:
             break  # the final report carries the final metrics and checkpoint
         reporter.report(epoch_metrics, (lambda d, m=epoch_metrics, e=epoch: _save(
-            d, model, cfg, m, optimizer, probe, e + 1, step, history)) if due else None, final=False)
+            d, model, cfg, m, optimizer, preprocess, e + 1, step, history)) if due else None, final=False)
 
     final = dict(history[-1]) if history else {}
-    evaluation, rates = _final_evaluation(cfg, model, splits, normalize, rt)
+    evaluation, rates = final_evaluation(cfg, model.encoder, splits, preprocess, rt)
     final.update(evaluation)
 
     def save_final(d: Path) -> Path:
-        path = _save(d, model, cfg, final, optimizer, probe, cfg.optim.epochs, step, history)
+        path = _save(d, model, cfg, final, optimizer, preprocess, cfg.optim.epochs, step, history)
         (path / ckpt_lib.ACTIVATION_FILE).write_text(json.dumps(rates))
         return path
 
@@ -314,28 +370,13 @@ def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
     return None
 
 
-def _forward_views(model, x_views: list[torch.Tensor], num_global: int):
-    """One forward per resolution (global views batched together, local views together);
-    returns (V, b, F) backbone features and (V, b, D) projections."""
-    hs, zs = [], []
-    groups = [x_views[:num_global]] + ([x_views[num_global:]] if len(x_views) > num_global else [])
-    for group in groups:
-        x = torch.cat(group)
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        h, z = model(x)
-        hs.append(h.view(len(group), -1, h.shape[-1]))
-        zs.append(z.view(len(group), -1, z.shape[-1]))
-    return torch.cat(hs), torch.cat(zs)
-
-
-def _final_evaluation(cfg, model, splits: ImageSplits, normalize: Normalizer, rt: Runtime
-                      ) -> tuple[dict, list[float] | None]:
+def final_evaluation(cfg, model, splits: ImageSplits, preprocess: Preprocess, rt: Runtime
+                     ) -> tuple[dict, list[float] | None]:
     """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
     on rank 0, the activation rate of each z dimension on the test split."""
     result, rates = [None], None
     if rt.is_main:
-        result[0], te_z = evaluate_encoder(cfg, ckpt_lib.unwrap(model), splits, normalize, device=rt.device,
+        result[0], te_z = evaluate_encoder(cfg, ckpt_lib.unwrap(model), splits, preprocess, device=rt.device,
                                            autocast_dtype=rt.autocast_dtype,
                                            batch_size=max(256, cfg.optim.batch_size))
         rates = metrics_lib.activation_rates(te_z).tolist()

@@ -1,5 +1,6 @@
 """The published mu x p grid of Rectified LpJEPA (mu in [-3, 1], p in {0.5, 1, 2}; sigma =
-sigma_GN(p)) with the reference lambd and slices: use with `--sampler grid`, one trial per cell."""
+sigma_GN(p)) with the reference lambd (5/7; the loss scale comes from the preset, 350 in the
+reference presets): use with `--sampler grid`, one trial per cell."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def space(trial) -> dict:
     return {
         "target": "rgg",
         "regularizer": "rdmreg",
-        "lambd": 250.0 / 275.0,
+        "lambd": 5.0 / 7.0,
         "sigma": 0.0,
         "mu": trial.suggest_categorical("mu", list(MU)),
         "p": trial.suggest_categorical("p", list(P)),

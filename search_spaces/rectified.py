@@ -1,7 +1,8 @@
 """Rectified LpJEPA: RDMReg toward ReLU(GN_p(mu, sigma_GN(p))), the l0 knob being mu and p.
 
-lambd spans LeJEPA-like small weights up to the reference 250/275 = 0.91; the number of slices
-is a power of two from 256 to 8192; sigma stays sigma_GN(p) (unit variance before the ReLU).
+lambd spans LeJEPA-like small weights up to beyond the reference 5/7 (its loss scale stays the
+preset's: 350 in the reference presets, 1 on digits); the number of slices is a power of two from
+256 to 8192; sigma stays sigma_GN(p) (unit variance before the ReLU).
 """
 
 from __future__ import annotations

@@ -253,3 +253,45 @@ def test_views_on_cuda_match_shapes_and_are_reproducible():
     b = vm(x, torch.Generator(device="cuda").manual_seed(0))
     c = vm(x, torch.Generator().manual_seed(0))  # a CPU generator also works (parameters are copied)
     assert all(v.is_cuda for v in a + c) and all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+class _ScriptedRows:
+    """Stands in for the view rows' random draws: every sample jitters, factors and order keys
+    come from the script in the order ViewMaker asks for them."""
+
+    def __init__(self, draws: list[torch.Tensor]):
+        self.draws = list(draws)
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        return torch.ones(self.draws[0].shape[0], dtype=torch.bool)
+
+    def uniform(self, lo: float, hi: float) -> torch.Tensor:
+        return self.draws.pop(0)
+
+
+def test_random_jitter_order_applies_each_samples_permutation_like_torchvision():
+    vm = ViewMaker(ViewConfig(recipe="cifar"), 7, MEAN3, STD3)
+    assert vm.recipe.jitter_order == "random" and vm.recipe.interpolation == "bicubic"
+    x = _rgb_batch(n=6)
+    g = torch.Generator().manual_seed(4)
+    factors = [1 + 0.4 * (2 * torch.rand(6, generator=g) - 1), 1 + 0.4 * (2 * torch.rand(6, generator=g) - 1),
+               1 + 0.2 * (2 * torch.rand(6, generator=g) - 1), 0.1 * (2 * torch.rand(6, generator=g) - 1)]
+    keys = [torch.rand(6, generator=g) for _ in range(4)]
+    out = vm._color_jitter(x.clone(), _ScriptedRows(factors + keys), rgb=True)
+    order = torch.stack(keys, 1).argsort(1)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    assert len({tuple(o) for o in order.tolist()}) > 1  # the samples do not share one order
+    for i in range(6):
+        want = x[i:i + 1]
+        for j in order[i].tolist():
+            want = ops[j](want, float(factors[j][i]))
+        torch.testing.assert_close(out[i:i + 1], want, atol=2e-5, rtol=0)
+
+
+def test_bicubic_crops_stay_in_range():
+    vm = ViewMaker(ViewConfig(recipe="cifar"), 16, MEAN3, STD3, p_color_jitter=0.0, p_grayscale=0.0,
+                   p_solarize=0.0)
+    views = vm(_images(8, 3, 16), _gen(0))
+    mean, std = torch.tensor(MEAN3).view(1, 3, 1, 1), torch.tensor(STD3).view(1, 3, 1, 1)
+    raw = views[0] * std + mean
+    assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6

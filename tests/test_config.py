@@ -148,10 +148,16 @@ def test_cifar100_resnet18_preset_has_the_reference_hyperparameters():
     assert c.model.backbone == "resnet18" and c.model.cifar_stem
     assert c.model.proj_dims == "512-512-512"
     assert c.target.target == "rgg"
-    assert c.loss.lambd == pytest.approx(250 / 275) and c.loss.regularizer == "rdmreg"
+    # 25 MSE(z1, z2) + 250 mean_v RDMReg = 350 * (2/7 * MSE / 4 + 5/7 * RDMReg)
+    assert (c.loss.lambd, c.loss.loss_scale) == (pytest.approx(5 / 7), 350.0) and c.loss.regularizer == "rdmreg"
+    assert c.loss.loss_scale * (1 - c.loss.lambd) / 4 == pytest.approx(25)
+    assert c.loss.loss_scale * c.loss.lambd == pytest.approx(250)
     assert c.loss.num_slices == 8192
     assert (c.optim.optimizer, c.optim.lr, c.optim.weight_decay) == ("lars", 0.03, 1e-4)
-    assert (c.optim.batch_size, c.optim.warmup_epochs) == (256, 10)
+    assert (c.optim.momentum, c.optim.lars_eta, c.optim.warmup_start_lr) == (0.9, 0.02, 3e-5)
+    assert (c.optim.batch_size, c.optim.epochs, c.optim.warmup_epochs) == (256, 1000, 10)
+    assert not c.model.zero_init_last and c.model.sync_bn and not c.model.joint_view_forward
+    assert c.eval.online_probe_lr == 0.01 and c.system.checkpoint_every == 1
     assert c.views.num_views == 2 and c.views.recipe == "cifar" and c.views.crop_scale_min == 0.2
     assert c.data.image_size == 32
 
@@ -226,7 +232,7 @@ BAD = [
     ({"knots": 16}, "knots"),
     ({"lr": 0.0}, "lr"),
     ({"epochs": 0}, "epochs"),
-    ({"warmup_epochs": 1e6}, "warmup_epochs"),
+    ({"warmup_epochs": -1.0}, "warmup_epochs"),
     ({"num_views": 1}, "num_views"),
     ({"probe_lrs": "0.1,-1"}, "probe_lrs"),
     ({"val_fraction": 0.5}, "val_fraction"),
@@ -259,3 +265,16 @@ def test_cifar_data_dir_may_be_created_when_download_is_asked(tmp_path):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_lejepa_presets_keep_lejepas_loss_scale():
+    for name in ("lejepa-digits", "lejepa-cifar100-resnet18", "digits", "digits-sweep"):
+        assert C.preset(name).loss.loss_scale == 1.0, name
+
+
+@pytest.mark.parametrize("key, value", [("loss_scale", 0), ("loss_scale", -1), ("loss_scale", "nan"),
+                                        ("warmup_max_fraction", 0), ("warmup_max_fraction", 1.5),
+                                        ("warmup_epochs", -1), ("momentum", 1.0), ("lars_eta", 0)])
+def test_bad_optimization_values_name_the_field(key, value):
+    with pytest.raises(C.ConfigError, match=f"config field '{key}'"):
+        C.resolve(C.apply_overrides(C.TrialConfig(), {key: value}))

@@ -16,8 +16,9 @@ from jepa_ray.model import Projector, check_backbone_name, create_model
 
 
 def _config(backbone: str = "jepa_convnet_tiny", *, dataset: str = "digits", cifar_stem: bool = False,
-            proj_dims: str = "256-256-256", target: str = "rgg") -> TrialConfig:
+            proj_dims: str = "256-256-256", target: str = "rgg", zero_init_last: bool = True) -> TrialConfig:
     cfg = TrialConfig()
+    cfg.model.zero_init_last = zero_init_last
     cfg.data.dataset = dataset
     cfg.data.image_size = 8 if dataset == "digits" else 32
     cfg.model.backbone, cfg.model.cifar_stem, cfg.model.proj_dims = backbone, cifar_stem, proj_dims
@@ -50,10 +51,22 @@ def test_resnet18_with_cifar_stem_at_32px():
     h, z = model(x)
     assert h.shape == (2, 512) and z.shape == (2, 512)
     conv1 = model.backbone.conv1
-    assert (conv1.kernel_size, conv1.stride, conv1.in_channels) == ((3, 3), (1, 1), 3)
+    assert (conv1.kernel_size, conv1.stride, conv1.padding, conv1.in_channels) == ((3, 3), (1, 1), (2, 2), 3)
     assert isinstance(model.backbone.maxpool, nn.Identity)
-    # Stride-1 stem, no max-pool: three stride-2 stages leave 32 / 8 = 4 (the ImageNet stem: 1).
-    assert model.backbone.forward_features(x).shape[-2:] == (4, 4)
+    # The reference's stem pads by 2 (34 x 34 maps), no max-pool: three stride-2 stages leave 5.
+    assert model.backbone.forward_features(x).shape[-2:] == (5, 5)
+
+
+def test_zero_init_last_off_keeps_residual_branches_on():
+    """timm zero-initialises each residual block's last BatchNorm; torchvision (the reference)
+    does not: with zero_init_last=False every block starts as a full residual branch."""
+    on = create_model(_config("resnet18", dataset="cifar10", cifar_stem=True, zero_init_last=False))
+    off = create_model(_config("resnet18", dataset="cifar10", cifar_stem=True))
+    for block in (on.backbone.layer1[0], on.backbone.layer4[1]):
+        assert torch.equal(block.bn2.weight, torch.ones_like(block.bn2.weight))
+    assert not off.backbone.layer1[0].bn2.weight.any()
+    with pytest.raises(ConfigError, match="'zero_init_last' = False is not supported for backbone 'vit_tiny"):
+        create_model(_config("vit_tiny_patch16_224", dataset="cifar10", zero_init_last=False))
 
 
 @pytest.mark.parametrize("backbone, cifar_stem, tokens", [

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from jepa_ray.probe import (LinearHeadGrid, OnlineProbe, fit_linear_grid, knn_accuracy, knn_predict,
+from jepa_ray.probe import (LinearHeadGrid, fit_linear_grid, knn_accuracy, knn_predict,
                             stratified_split)
 
 
@@ -229,91 +229,6 @@ def test_knn_input_errors_name_the_input():
         knn_accuracy(x, y, x, y + 5, num_classes=2)
 
 
-# --------------------------------------------------------------------------------------------
-# Online probe
-
-
-def test_online_probe_learns_without_touching_its_input():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 16, generator=g) * 3.0
-    backbone = torch.nn.Linear(16, 16)
-    probe = OnlineProbe(16, 3)
-    probe.make_optimizer(1e-2)
-    accs = []
-    for _ in range(150):
-        y = torch.randint(0, 3, (64,), generator=g)
-        raw = (centers[y] + torch.randn(64, 16, generator=g)).requires_grad_(True)
-        features = backbone(raw)
-        loss, correct = probe.step(features, y)
-        assert isinstance(loss, float) and isinstance(correct, int)
-        accs.append(correct / 64)
-        assert raw.grad is None
-        assert all(p.grad is None for p in backbone.parameters())
-    assert np.mean(accs[-20:]) > np.mean(accs[:5]) + 0.2
-    assert np.mean(accs[-20:]) > 0.95
-
-
-def _distributed_probe_worker(rank: int, world: int, init_file: str, x: torch.Tensor, y: torch.Tensor,
-                              out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        probe = OnlineProbe(x.shape[1], 3)
-        probe.make_optimizer(0.05)
-        part = x.shape[0] // world
-        for _ in range(3):
-            probe.step(x[rank * part:(rank + 1) * part], y[rank * part:(rank + 1) * part])
-        torch.save(probe.state_dict(), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_online_probe_stays_identical_across_ranks(tmp_path):
-    """Two gloo processes on halves of a batch end with the probe of one process on the whole
-    batch (equal halves: the mean of the ranks' mean gradients is the global mean gradient)."""
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
-    torch.multiprocessing.spawn(_distributed_probe_worker, args=(2, str(tmp_path / "init"), x, y, str(tmp_path)),
-                                nprocs=2, join=True)
-    torch.manual_seed(0)
-    reference = OnlineProbe(6, 3)
-    reference.make_optimizer(0.05)
-    for _ in range(3):
-        reference.step(x, y)
-    for rank in range(2):
-        state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        for name, value in reference.state_dict().items():
-            torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6)
-
-
-def test_online_probe_under_bf16_autocast_keeps_float32_weights():
-    probe = OnlineProbe(8, 2)
-    probe.make_optimizer(1e-3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, correct = probe.step(torch.randn(4, 8, dtype=torch.bfloat16), torch.tensor([0, 1, 0, 1]))
-    assert np.isfinite(loss) and 0 <= correct <= 4
-    assert probe.linear.weight.dtype == torch.float32
-
-
-def test_online_probe_errors():
-    probe = OnlineProbe(8, 2)
-    with pytest.raises(RuntimeError, match="make_optimizer"):
-        probe.step(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
-    probe.make_optimizer(1e-3)
-    with pytest.raises(ValueError, match="features"):
-        probe.step(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="labels"):
-        probe.step(torch.randn(4, 8), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"labels has labels in \[0, 2\]"):
-        probe.step(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
-    with pytest.raises(ValueError, match="lr"):
-        probe.make_optimizer(0.0)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x, y = _linear_labelling(1200, 16, 4, seed=8)
@@ -323,8 +238,3 @@ def test_cuda_matches_cpu():
     assert gpu["test_acc"] == pytest.approx(cpu["test_acc"], abs=0.02)
     assert knn_predict(x[:1000].cuda(), y[:1000], x[1000:], k=10).tolist() == \
         knn_predict(x[:1000], y[:1000], x[1000:], k=10).tolist()
-    probe = OnlineProbe(16, 4).cuda()
-    probe.make_optimizer(1e-3)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss, correct = probe.step(x[:64].cuda().bfloat16(), y[:64].cuda())
-    assert np.isfinite(loss) and 0 <= correct <= 64

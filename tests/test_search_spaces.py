@@ -126,7 +126,7 @@ def test_lejepa_space_values():
 def test_grid_space_values():
     for params, overrides, cfg in sampled_trials("grid"):
         assert cfg.target.mu in grid.MU and cfg.target.p in grid.P
-        assert cfg.loss.lambd == pytest.approx(250 / 275)
+        assert cfg.loss.lambd == pytest.approx(5 / 7)
         assert cfg.target.sigma == pytest.approx(sigma_gn_reference(cfg.target.p), rel=1e-9)
 
 
