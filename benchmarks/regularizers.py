@@ -218,7 +218,7 @@ def bench_sampling(device: torch.device, repeats: int, warmup: int, n: int) -> N
     dirs = R.random_directions(n, d, device=device)
     step = _fwd_bwd(lambda: R.rdmreg(z, y, dirs), z)
     for p in SAMPLE_PS:
-        ms, step_ms = time_pair_ms(lambda: targets.sample("rgg", (b, d), p=p, mu=0.0, device=device), step,
+        ms, step_ms = time_pair_ms(lambda p=p: targets.sample("rgg", (b, d), p=p, mu=0.0, device=device), step,
                                    device, repeats, warmup)
         _emit(f"sample rgg p={p:g} B={b} D={d}", ms, device, step_ms)
 

@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa_ray import config as config_lib  # noqa: E402
-from jepa_ray.augment import ViewMaker  # noqa: E402
 from jepa_ray.data import load_dataset  # noqa: E402
-from jepa_ray.distributed import step_generator  # noqa: E402
+from jepa_ray.data.augment import ViewMaker  # noqa: E402
 from jepa_ray.model import create_model  # noqa: E402
 from jepa_ray.regularizers import create_regularizer, invariance, total_loss  # noqa: E402
+from jepa_ray.seeding import step_generator  # noqa: E402
 
 
 def emit(case: str, metric: str, value: float, device: str, baseline: float | None = None, **extra) -> None:
@@ -98,7 +98,7 @@ def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float
 
 def fit_img_per_s(cfg) -> float:
     """Median over epochs after the first of our loop's own throughput/img_per_s."""
-    from jepa_ray import checkpoint as ckpt_lib
+    from jepa_ray.train import checkpoint as ckpt_lib
     from jepa_ray.train import run_trial
 
     epochs: list[dict] = []

@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load_encoder(path, map_location="cpu"):
-    """The encoder saved in a checkpoint directory; forward(x) gives (backbone features, z)."""
-    from jepa_ray.checkpoint import load_encoder as _load
+    """The encoder saved in a checkpoint directory; forward(images) gives (backbone features, z)."""
+    from jepa_ray.train.checkpoint import load_encoder as _load
 
     return _load(path, map_location=map_location)
 

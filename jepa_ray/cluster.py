@@ -15,11 +15,10 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jepa_ray.config import ConfigError
+from jepa_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def connect(address: str | None, *, num_cpus: int | None = None,
     if address is None:
         env_address = os.environ.get("RAY_ADDRESS", "").strip()
         if env_address:
-            _connect_to(env_address, runtime_env, source="RAY_ADDRESS")
+            _connect_to(env_address, runtime_env, source="RAY_ADDRESS", num_cpus=num_cpus)
             return
         found = _running_cluster_address()
         if found is not None and _reachable(found):
@@ -72,14 +71,14 @@ def connect(address: str | None, *, num_cpus: int | None = None,
     if address == "auto":
         found = _running_cluster_address()
         if found is None or not _reachable(found):
-            raise ConfigError(
+            raise UsageError(
                 "--address auto: no running Ray cluster found on this machine; start one "
                 "(`ray start --head`, `ray up cluster.yaml`), pass its HOST:PORT, or leave out "
                 "--address to run locally"
             )
         _connect_auto(runtime_env)
         return
-    _connect_to(address, runtime_env, source="--address")
+    _connect_to(address, runtime_env, source="--address", num_cpus=num_cpus)
     if num_cpus is not None:
         logger.info("num_cpus=%s ignored: connected to an existing cluster", num_cpus)
 
@@ -98,18 +97,18 @@ def _connect_auto(runtime_env: dict | None) -> None:
     ray.init(address="auto", runtime_env=runtime_env)
 
 
-def _connect_to(address: str, runtime_env: dict | None, *, source: str) -> None:
+def _connect_to(address: str, runtime_env: dict | None, *, source: str, num_cpus: int | None = None) -> None:
     import ray
 
-    if address in ("auto", "local"):
-        connect(address, runtime_env=runtime_env)
+    if address in ("auto", "local"):  # RAY_ADDRESS=local keeps the local instance's CPU count
+        connect(address, num_cpus=num_cpus, runtime_env=runtime_env)
         return
     try:
         host, port = parse_address(address)
     except ValueError as err:
-        raise ConfigError(f"{source} {address!r}: {err}") from None
+        raise UsageError(f"{source} {address!r}: {err}") from None
     if not _reachable(f"{host}:{port}"):
-        raise ConfigError(
+        raise UsageError(
             f"{source} {address!r}: Ray cluster unreachable (no answer on {host}:{port} within "
             f"{CONNECT_TIMEOUT_S:g} s); start it (`ray up cluster.yaml`, `ray start --head`), check "
             "the address and port (6379 by default), or leave out --address to run locally"
@@ -198,39 +197,44 @@ def check_storage_path(storage_path: str, num_nodes: int) -> None:
     path is such a shared mount (NFS, EFS, Lustre) at the same path on every node.
     """
     if not storage_path:
-        raise ConfigError("storage_path is empty; give a directory, s3://BUCKET/PREFIX or gs://...")
+        raise UsageError("storage_path is empty; give a directory, s3://BUCKET/PREFIX or gs://...")
     if num_nodes < 1:
         raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
     if num_nodes == 1 or not is_local_path(storage_path):
         return
     if os.environ.get(SHARED_FS_ENV, "") == "1":
         return
-    raise ConfigError(
+    raise UsageError(
         f"storage_path {storage_path} is a local path but the cluster has {num_nodes} nodes; use "
         "s3://... or a shared filesystem path (NFS) mounted on every node, and pass "
         f"--storage-path (set {SHARED_FS_ENV}=1 if this path already is such a shared mount)"
     )
 
 
-def check_tracking_uri(uri: str, *, multi_node: bool) -> None:
-    """Refuse a tracking URI the driver cannot use.
+def check_tracking_uri(uri: str, *, multi_node: bool, existing: bool = False) -> None:
+    """Refuse a tracking URI the driver cannot use: the one check of a tracking URI (the sweep
+    and the Pareto export both call it).
 
-    http(s):// must answer GET /health within a few seconds. A sqlite:// (or file) store is
-    local to the driver's node; that is fine on a cluster too, because the sweep driver makes
-    every MLflow write (trials on other nodes report to it through Ray and never open the
-    store), so with `multi_node` it is only noted in the log. A sqlite file's directory must
-    exist.
+    http(s):// must answer GET /health within a few seconds (an HTTP error below 500, such as
+    401 from an authenticating proxy, is an answer). A sqlite:// (or file) store is local to
+    the driver's node; that is fine on a cluster too, because the sweep driver makes every
+    MLflow write (trials on other nodes report to it through Ray and never open the store), so
+    with `multi_node` it is only noted in the log. A sqlite file's directory must exist, and
+    with `existing` (a reader) the file itself.
     """
     scheme = urlsplit(uri).scheme.split("+", 1)[0]
     if len(scheme) == 1:  # a Windows drive letter: a plain path
         scheme = ""
     if scheme not in TRACKING_SCHEMES:
         allowed = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., file:PATH"
-        raise ConfigError(f"tracking URI {uri}: unknown scheme '{scheme}'; allowed: {allowed}")
+        raise UsageError(f"tracking URI {uri}: unknown scheme '{scheme}'; allowed: {allowed}")
     if scheme in ("http", "https"):
         _check_http_tracking(uri)
     elif scheme == "sqlite":
         _check_sqlite_tracking(uri)
+        path = sqlite_path(uri)
+        if existing and (path is None or not path.is_file()):
+            raise UsageError(f"tracking URI {uri}: database file {path} does not exist")
     if multi_node and scheme in ("", "file", "sqlite"):
         logger.info("tracking URI %s is local to the driver's node; fine on a cluster because "
                     "only the driver writes to MLflow", uri)
@@ -247,7 +251,7 @@ def _check_http_tracking(uri: str) -> None:
         reason = f"HTTP {err.code} {err.reason}"
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = str(getattr(err, "reason", err))
-    raise ConfigError(
+    raise UsageError(
         f"tracking URI {uri} unreachable: {reason}; start the server "
         "(`python -m jepa_ray.serve_mlflow --daemon`) or forward its port "
         "(`ray attach cluster.yaml -p 5000`)"
@@ -266,153 +270,10 @@ def check_sqlite_directory(uri: str, what: str) -> None:
     """ConfigError naming `what` when the directory of a sqlite URI's file does not exist."""
     path = sqlite_path(uri)
     if path is not None and not path.parent.is_dir():
-        raise ConfigError(f"{what} {uri}: directory {path.parent} does not exist; create it first")
+        raise UsageError(f"{what} {uri}: directory {path.parent} does not exist; create it first")
 
 
 def _check_sqlite_tracking(uri: str) -> None:
     if not uri.startswith("sqlite:///"):
-        raise ConfigError(f"tracking URI {uri}: expected sqlite:///RELATIVE/PATH or sqlite:////ABS/PATH")
+        raise UsageError(f"tracking URI {uri}: expected sqlite:///RELATIVE/PATH or sqlite:////ABS/PATH")
     check_sqlite_directory(uri, "tracking URI")
-
-
-# --------------------------------------------------------------------------------------------
-# Will a trial fit? Everything it holds at once against what the cluster has or can launch.
-
-TRIAL_ACTOR_CPUS = 0.01
-"""What Tune reserves for the trial actor of a multi-worker trial: it only drives a TorchTrainer
-(whose controller takes no resources: Ray Train starts it with num_cpus=0), while Ray Train
-reserves the workers in a placement group of their own."""
-
-_GRAIN = 1e-4  # Ray accounts resources in units of 1/10,000
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """Resources one process of a trial holds for as long as the trial runs."""
-
-    cpus: float
-    gpus: float
-    what: str
-
-
-@dataclass(frozen=True)
-class NodeShape:
-    """Resources of one node (alive, or of a type the autoscaler can launch)."""
-
-    cpus: float
-    gpus: float
-    name: str
-
-    def holds(self, cpus: float, gpus: float) -> bool:
-        return self.cpus + _GRAIN / 2 >= cpus and self.gpus + _GRAIN / 2 >= gpus
-
-
-@dataclass
-class Capacity:
-    """The nodes a trial can be placed on: the alive ones and those the autoscaler may add
-    (`unknown` names launchable node types whose resources the launcher config does not state)."""
-
-    nodes: list[NodeShape]
-    unknown: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        cpus = sum(n.cpus for n in self.nodes)
-        gpus = sum(n.gpus for n in self.nodes)
-        largest = max(self.nodes, key=lambda n: (n.gpus, n.cpus), default=None)
-        big = f"; the largest node has {largest.cpus:g} CPUs and {largest.gpus:g} GPUs" if largest else ""
-        return f"{len(self.nodes)} node(s), {cpus:g} CPUs and {gpus:g} GPUs in all{big}"
-
-
-def trial_demand(cfg, *, in_tune: bool) -> list[Bundle]:
-    """What one trial of `cfg` holds at once. One worker: the trial process itself (in Tune, the
-    trial actor trains in process; from the command line it needs no Ray). Several: Tune's
-    trial actor (in a sweep) and one bundle per DDP worker."""
-    s = cfg.system
-    if s.workers == 1:
-        return [Bundle(s.cpus_per_worker, s.gpus_per_worker, "the trial")] if in_tune else []
-    actor = [Bundle(TRIAL_ACTOR_CPUS, 0.0, "Tune's trial actor")] if in_tune else []
-    return actor + [Bundle(s.cpus_per_worker, s.gpus_per_worker, f"worker {i}") for i in range(s.workers)]
-
-
-def capacity(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> Capacity:
-    """The connected cluster's alive nodes plus, on a head launched by `ray up`, the worker
-    nodes its autoscaler can still launch (from the resolved launcher config)."""
-    import ray
-
-    alive = [NodeShape(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
-                       n.get("NodeManagerAddress", "node")) for n in ray.nodes() if n.get("Alive")]
-    path = Path(bootstrap_config).expanduser()
-    if not path.is_file():
-        return Capacity(alive)
-    import yaml
-
-    return launchable_capacity(alive, yaml.safe_load(path.read_text()) or {})
-
-
-def launchable_capacity(alive: list[NodeShape], config: dict) -> Capacity:
-    """`alive` plus the nodes an autoscaler with launcher `config` can still start: each worker
-    type up to its max_workers, the largest first, within the cluster's max_workers."""
-    types = config.get("available_node_types") or {}
-    head = config.get("head_node_type")
-    room = max(0, int(config.get("max_workers", 0)) - max(0, len(alive) - 1))
-    extra, unknown = [], []
-    for name, spec in types.items():
-        if name == head:
-            continue
-        res = spec.get("resources") or {}
-        if "CPU" not in res and "GPU" not in res:
-            unknown.append(name)
-            continue
-        shape = NodeShape(float(res.get("CPU", 0)), float(res.get("GPU", 0)), name)
-        extra += [shape] * int(spec.get("max_workers", config.get("max_workers", 0)))
-    extra.sort(key=lambda n: (n.gpus, n.cpus), reverse=True)
-    return Capacity(alive + extra[:room], unknown)
-
-
-def copies_that_fit(demand: list[Bundle], cap: Capacity, limit: int = 1024) -> int:
-    """How many trials of `demand` the capacity holds at once (first-fit decreasing: each
-    bundle on the first node with room, the largest bundles first)."""
-    if not demand:
-        return limit
-    free = [[n.cpus, n.gpus] for n in cap.nodes]
-    order = sorted(demand, key=lambda b: (b.gpus, b.cpus), reverse=True)
-    for count in range(limit):
-        for b in order:
-            node = next((f for f in free if f[0] + _GRAIN / 2 >= b.cpus and f[1] + _GRAIN / 2 >= b.gpus), None)
-            if node is None:
-                return count
-            node[0] -= b.cpus
-            node[1] -= b.gpus
-    return limit
-
-
-def check_trial_fits(demand: list[Bundle], cap: Capacity) -> None:
-    """ConfigError (one line naming what does not fit) when a trial can never be placed: a
-    bundle larger than every node, or bundles that no packing of the nodes holds at once.
-    Launchable node types of unknown size are given the benefit of the doubt."""
-    if not demand or cap.unknown:
-        if cap.unknown:
-            logger.info("not checking that a trial fits: node types %s do not state their resources",
-                        ", ".join(cap.unknown))
-        return
-    cpus, gpus = sum(b.cpus for b in demand), sum(b.gpus for b in demand)
-    parts = _describe_demand(demand)
-    hint = ("lower --cpus-per-worker / --gpus-per-worker (cpus_per_worker, gpus_per_worker) or "
-            "--workers-per-trial (workers), or add nodes")
-    for b in demand:
-        if not any(n.holds(b.cpus, b.gpus) for n in cap.nodes):
-            raise ConfigError(f"a trial cannot be placed: {b.what} needs {b.cpus:g} CPUs and {b.gpus:g} GPUs on one "
-                              f"node, but the cluster has {cap.describe()}; {hint}")
-    if copies_that_fit(demand, cap, limit=1) < 1:
-        raise ConfigError(f"a trial cannot be placed: it holds {cpus:g} CPUs and {gpus:g} GPUs at once ({parts}), "
-                          f"but the cluster has {cap.describe()}; {hint}")
-
-
-def _describe_demand(demand: list[Bundle]) -> str:
-    workers = [b for b in demand if b.what.startswith("worker")]
-    others = [b for b in demand if not b.what.startswith("worker")]
-    parts = [f"{b.what} {b.cpus:g} CPU" + (f" {b.gpus:g} GPU" if b.gpus else "") for b in others]
-    if workers:
-        w = workers[0]
-        parts.append(f"{len(workers)} workers x {w.cpus:g} CPU" + (f" {w.gpus:g} GPU" if w.gpus else ""))
-    return " + ".join(parts)

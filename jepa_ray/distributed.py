@@ -1,5 +1,6 @@
-"""Autograd-aware collectives for the regularizers and the per-step seeds that keep every rank
-on the same random directions and target samples.
+"""Autograd-aware collectives for the regularizers and BatchNorm, and the few sums over ranks
+of the epoch statistics (the per-step seeds that keep every rank on the same random draws are
+jepa_ray.seeding's).
 
 Gradient convention (the one DDP needs): every rank computes the same global loss L from the
 gathered batch, and the backward of a collective SUMS the incoming gradients over ranks, so
@@ -90,35 +91,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(x)
 
 
-def all_reduce_mean_detached(x: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks of a detached value (for logging)."""
-    x = x.detach().clone()
+def sum_over_ranks(values: list[float], device: torch.device | str = "cpu") -> list[float]:
+    """Element-wise sums over ranks of a few numbers (epoch statistics), in float64."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     if is_distributed():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= dist.get_world_size()
-    return x
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed from (run seed, global step, stream id); the same on every rank, so the
-    directions and target samples of a step agree everywhere without communication."""
-    return _splitmix64(_splitmix64(_splitmix64(seed) ^ step) ^ stream) & ((1 << 63) - 1)
-
-
-def step_generator(device: torch.device, seed: int, step: int, stream: int) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(step_seed(seed, step, stream))
-    return g
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -5,13 +5,18 @@ and non-negative."""
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from timm.models import register_model
 from torch import nn
 
-from jepa_ray.config import NATIVE_IMAGE_SIZES, ConfigError, TrialConfig, proj_dims_list
+from jepa_ray.data.registry import dataset_info
+from jepa_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jepa_ray.config import TrialConfig
 
 # --------------------------------------------------------------------------------------------
 # A tiny CNN registered in timm's registry: the default for 8x8 digits and CPU sweeps, where a
@@ -23,7 +28,7 @@ class ConvNetTiny(nn.Module):
     `forward_features`, `forward_head`, `reset_classifier`)."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3,
-                 num_classes: int = 0, global_pool: str = "avg", **_: object):
+                 num_classes: int = 0, **_: object):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
@@ -34,10 +39,10 @@ class ConvNetTiny(nn.Module):
             prev = w
         self.features = nn.Sequential(*layers)
         self.num_features = prev
-        self.global_pool = global_pool
         self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's interface; the pooling is always the global average."""
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,11 +80,6 @@ def check_backbone_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
     raise ConfigError(f"config field 'backbone' = {name!r} is not a timm model{hint}")
-
-
-def in_chans_for(cfg: TrialConfig) -> int:
-    """Input channels of a dataset (digits are grayscale, every other loader gives RGB)."""
-    return 1 if cfg.data.dataset == "digits" else 3
 
 
 def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:
@@ -201,11 +201,12 @@ class JEPAEncoder(nn.Module):
 
 
 def create_model(cfg: TrialConfig) -> JEPAEncoder:
-    """The encoder a (resolved) trial config describes."""
-    image_size = cfg.data.image_size or NATIVE_IMAGE_SIZES.get(cfg.data.dataset, 32)
-    in_chans = in_chans_for(cfg)
+    """The encoder a (resolved) trial config describes; its input channels are its dataset's."""
+    info = dataset_info(cfg.data.dataset)
+    image_size = cfg.data.image_size or info.native_size or 32
+    in_chans = info.channels
     backbone = create_backbone(cfg.model.backbone, in_chans=in_chans, image_size=image_size,
                                cifar_stem=cfg.model.cifar_stem, zero_init_last=cfg.model.zero_init_last)
-    projector = Projector(int(backbone.num_features), proj_dims_list(cfg),
+    projector = Projector(int(backbone.num_features), [int(x) for x in cfg.model.proj_dims.split("-")],
                           rectify=cfg.target.target == "rgg")
     return JEPAEncoder(backbone, projector)

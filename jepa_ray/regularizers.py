@@ -16,8 +16,7 @@ from torch.nn import functional as F
 
 from jepa_ray import distributed as dist_lib
 from jepa_ray import targets
-
-_STREAM_DIRECTIONS, _STREAM_TARGETS = 1, 2
+from jepa_ray.seeding import STREAM_DIRECTIONS, STREAM_TARGETS, step_generator
 
 
 def _check_features(z: torch.Tensor, name: str = "z") -> torch.Tensor:
@@ -177,9 +176,9 @@ class RDMReg(nn.Module):
         _check_features(z)
         z = dist_lib.full_precision(z)
         z = dist_lib.gather_with_grad(z, dim=z.dim() - 2)  # the batch dimension
-        gen_d = dist_lib.step_generator(z.device, self.seed, step, _STREAM_DIRECTIONS)
+        gen_d = step_generator(z.device, self.seed, step, STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z.shape[-1], gen_d, z.device)
-        gen_t = dist_lib.step_generator(z.device, self.seed, step, _STREAM_TARGETS)
+        gen_t = step_generator(z.device, self.seed, step, STREAM_TARGETS)
         y = targets.sample(self.target, tuple(z.shape), p=self.p, mu=self.mu, sigma=self.sigma,
                            generator=gen_t, device=z.device, dtype=torch.float32)
         return rdmreg(z, y, directions)  # float32 under autocast too (directions and samples cast to z's dtype)
@@ -199,7 +198,7 @@ class SIGReg(nn.Module):
 
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
         z3 = dist_lib.full_precision(_check_features(z))
-        gen = dist_lib.step_generator(z3.device, self.seed, step, _STREAM_DIRECTIONS)
+        gen = step_generator(z3.device, self.seed, step, STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z3.shape[-1], gen, z3.device)
         with torch.autocast(z3.device.type, enabled=False):
             t, w = _sigreg_grid(self.t_max, self.knots, z3.device, z3.dtype)

@@ -36,7 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from jepa_ray.cluster import check_sqlite_directory
-from jepa_ray.config import ConfigError
+from jepa_ray.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -63,7 +63,7 @@ def check_host(host: str, allow_public: bool) -> None:
     """Refuse a non-loopback bind address unless the caller allowed it explicitly."""
     if allow_public or is_loopback(host):
         return
-    raise ConfigError(
+    raise UsageError(
         f"--host {host}: refusing to bind the MLflow server (no authentication) to a non-loopback "
         "address; use 127.0.0.1 with an SSH port-forward (`ray attach cluster.yaml -p 5000`), "
         "or pass --allow-public behind a firewall"
@@ -85,7 +85,7 @@ def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | N
     environ = os.environ if environ is None else environ
     if cli_value:
         if urlsplit(cli_value).password is not None:
-            raise ConfigError(
+            raise UsageError(
                 f"--backend-store-uri {redact(cli_value)}: do not put a password on the command "
                 f"line; set PGPASSWORD (or ~/.pgpass), or pass the whole URI in ${BACKEND_URI_ENV}"
             )
@@ -300,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if not 0 < args.port < 65536:
-            raise ConfigError(f"--port {args.port}: allowed 1-65535")
+            raise UsageError(f"--port {args.port}: allowed 1-65535")
         check_host(args.host, args.allow_public)
         backend = resolve_backend_store_uri(args.backend_store_uri)
-    except ConfigError as err:
+    except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if is_healthy(url):

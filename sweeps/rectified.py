@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray job's working_dir
 
-from jepa_ray.sweep import main  # noqa: E402
+from jepa_ray.sweep import RECTIFIED, main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:], space="rectified", preset="digits-sweep", experiment="rectified-lpjepa"))
+    raise SystemExit(main(sys.argv[1:], **RECTIFIED))

@@ -8,10 +8,23 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from jepa_ray.augment import (ViewMaker, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
-                              blur_kernel_size, crop_affine, gaussian_blur, measure_views_per_second,
-                              recipe_defaults, rgb_to_grayscale, sample_crop_boxes, solarize, warp)
 from jepa_ray.config import ConfigError, ViewConfig
+from jepa_ray.data.augment import (
+    ViewMaker,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    blur_kernel_size,
+    crop_affine,
+    gaussian_blur,
+    measure_views_per_second,
+    recipe_defaults,
+    rgb_to_grayscale,
+    sample_crop_boxes,
+    solarize,
+    warp,
+)
 
 MEAN3, STD3 = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 IDENTITY = dict(p_flip=0.0, rotate_deg=0.0, translate=0.0, p_color_jitter=0.0, p_grayscale=0.0,

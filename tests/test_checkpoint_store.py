@@ -1,4 +1,4 @@
-"""The trial store (jepa_ray.checkpoint.TrialStore): the one layout of a trial's checkpoints, on
+"""The trial store (jepa_ray.train.store.TrialStore): the one layout of a trial's checkpoints, on
 a local disk (atomic renames) and on remote storage (whole upload, then the LATEST object),
 exercised here through pyarrow's in-memory `mock://` filesystem."""
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
+from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.train.store import TrialStore
 
 
 def writer(tag: str, epoch: int):
@@ -22,11 +23,11 @@ def writer(tag: str, epoch: int):
 
 
 @pytest.fixture(params=["local", "remote"])
-def store(request, tmp_path) -> ckpt_lib.TrialStore:
-    return ckpt_lib.TrialStore(tmp_path / "trial" if request.param == "local" else "mock:///bucket/trial")
+def store(request, tmp_path) -> TrialStore:
+    return TrialStore(tmp_path / "trial" if request.param == "local" else "mock:///bucket/trial")
 
 
-def metrics_of(store: ckpt_lib.TrialStore, uri: str) -> dict:
+def metrics_of(store: TrialStore, uri: str) -> dict:
     if store.remote:
         fs, root = store._fs()
         with fs.open_input_stream(f"{root}/{uri[len(store.uri) + 1:]}/{ckpt_lib.METRICS_FILE}") as f:
@@ -62,7 +63,7 @@ def test_failure_is_recorded_and_cleared(store):
 
 
 def test_history_is_read_alone_and_from_older_checkpoints(tmp_path):
-    store = ckpt_lib.TrialStore(tmp_path)
+    store = TrialStore(tmp_path)
     uri = store.save_epoch(3, writer("x", 2))
     assert [m["epoch"] for m in ckpt_lib.read_history(uri)] == [0, 1, 2]
     import torch

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jepa_ray import cluster, serve_mlflow
+from jepa_ray import cluster, placement, serve_mlflow
 from jepa_ray import config as config_lib
-from jepa_ray.config import ConfigError
+from jepa_ray.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = ("cluster.yaml", "cluster-onprem.yaml")
@@ -378,9 +378,9 @@ def test_is_local_path(path, local):
 
 def test_local_storage_path_is_refused_on_several_nodes(monkeypatch):
     monkeypatch.delenv(cluster.SHARED_FS_ENV, raising=False)
-    with pytest.raises(ConfigError, match=r"storage_path /data/ray is a local path but the cluster has 3 nodes; use s3://"):
+    with pytest.raises(UsageError, match=r"storage_path /data/ray is a local path but the cluster has 3 nodes; use s3://"):
         cluster.check_storage_path("/data/ray", 3)
-    with pytest.raises(ConfigError, match="--storage-path"):
+    with pytest.raises(UsageError, match="--storage-path"):
         cluster.check_storage_path("file:///data/ray", 2)
     cluster.check_storage_path("/data/ray", 1)
     cluster.check_storage_path("s3://bucket/ray", 8)
@@ -389,7 +389,7 @@ def test_local_storage_path_is_refused_on_several_nodes(monkeypatch):
 
 
 def test_storage_path_bad_inputs():
-    with pytest.raises(ConfigError, match="storage_path is empty"):
+    with pytest.raises(UsageError, match="storage_path is empty"):
         cluster.check_storage_path("", 1)
     with pytest.raises(ValueError, match="num_nodes"):
         cluster.check_storage_path("s3://b", 0)
@@ -398,7 +398,7 @@ def test_storage_path_bad_inputs():
 def test_unreachable_tracking_server_is_reported_quickly():
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with pytest.raises(ConfigError, match=rf"tracking URI {re.escape(uri)} unreachable: "):
+    with pytest.raises(UsageError, match=rf"tracking URI {re.escape(uri)} unreachable: "):
         cluster.check_tracking_uri(uri, multi_node=True)
     assert time.monotonic() - start < cluster.HEALTH_TIMEOUT_S + 2
 
@@ -432,7 +432,7 @@ def test_tracking_server_that_answers(health_server):
     status[0] = 401  # behind authentication: reachable
     cluster.check_tracking_uri(uri, multi_node=True)
     status[0] = 503
-    with pytest.raises(ConfigError, match="unreachable: HTTP 503"):
+    with pytest.raises(UsageError, match="unreachable: HTTP 503"):
         cluster.check_tracking_uri(uri, multi_node=True)
 
 
@@ -442,9 +442,9 @@ def test_sqlite_tracking_uri(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="jepa_ray.cluster"):
         cluster.check_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db", multi_node=True)
     assert "only the driver writes" in caplog.text
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         cluster.check_tracking_uri(f"sqlite:///{tmp_path}/nope/mlflow.db", multi_node=False)
-    with pytest.raises(ConfigError, match="unknown scheme 'htp'"):
+    with pytest.raises(UsageError, match="unknown scheme 'htp'"):
         cluster.check_tracking_uri("htp://127.0.0.1:5000", multi_node=False)
 
 
@@ -468,14 +468,14 @@ def test_connect_to_unreachable_cluster_fails_fast(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     address = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with pytest.raises(ConfigError, match=rf"--address '{re.escape(address)}': Ray cluster unreachable"):
+    with pytest.raises(UsageError, match=rf"--address '{re.escape(address)}': Ray cluster unreachable"):
         cluster.connect(address)
     monkeypatch.setenv("RAY_ADDRESS", address)
-    with pytest.raises(ConfigError, match="RAY_ADDRESS"):
+    with pytest.raises(UsageError, match="RAY_ADDRESS"):
         cluster.connect(None)
     assert time.monotonic() - start < 4 * cluster.CONNECT_TIMEOUT_S
     assert not ray.is_initialized()
-    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+    with pytest.raises(UsageError, match="expected HOST:PORT"):
         cluster.connect("not-an-address")
 
 
@@ -513,7 +513,7 @@ def test_max_node_count_reads_the_launcher_config_on_the_head(tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------------------------
-# Will a trial fit? (cluster.check_trial_fits and friends, without Ray)
+# Will a trial fit? (placement.check_trial_fits and friends, without Ray)
 
 
 def _cfg(**overrides):
@@ -521,51 +521,51 @@ def _cfg(**overrides):
 
 
 def test_trial_demand_counts_the_trial_actor_and_every_worker():
-    one = cluster.trial_demand(_cfg(), in_tune=True)
+    one = placement.trial_demand(_cfg(), in_tune=True)
     assert [(b.cpus, b.gpus) for b in one] == [(1.0, 0.0)]
-    assert cluster.trial_demand(_cfg(), in_tune=False) == []  # the command line trains without Ray
-    ddp = cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=4), in_tune=True)
-    assert [(b.cpus, b.gpus) for b in ddp] == [(cluster.TRIAL_ACTOR_CPUS, 0.0), (4.0, 1.0), (4.0, 1.0)]
+    assert placement.trial_demand(_cfg(), in_tune=False) == []  # the command line trains without Ray
+    ddp = placement.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=4), in_tune=True)
+    assert [(b.cpus, b.gpus) for b in ddp] == [(placement.TRIAL_ACTOR_CPUS, 0.0), (4.0, 1.0), (4.0, 1.0)]
 
 
 def test_a_trial_larger_than_the_cluster_is_refused_naming_what_does_not_fit():
-    cap = cluster.Capacity([cluster.NodeShape(2, 0, "laptop")])
-    demand = cluster.trial_demand(_cfg(workers=2), in_tune=True)  # 0.01 + 2 x 1 CPU
-    with pytest.raises(ConfigError, match=r"holds 2.01 CPUs and 0 GPUs at once \(Tune's trial actor 0.01 CPU "
+    cap = placement.Capacity([placement.NodeShape(2, 0, "laptop")])
+    demand = placement.trial_demand(_cfg(workers=2), in_tune=True)  # 0.01 + 2 x 1 CPU
+    with pytest.raises(UsageError, match=r"holds 2.01 CPUs and 0 GPUs at once \(Tune's trial actor 0.01 CPU "
                                           r"\+ 2 workers x 1 CPU\), but the cluster has 1 node\(s\), 2 CPUs"):
-        cluster.check_trial_fits(demand, cap)
-    cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, cpus_per_worker=0.5), in_tune=True), cap)
-    with pytest.raises(ConfigError, match="worker 0 needs 1 CPUs and 1 GPUs on one node"):
-        cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1), in_tune=True), cap)
+        placement.check_trial_fits(demand, cap)
+    placement.check_trial_fits(placement.trial_demand(_cfg(workers=2, cpus_per_worker=0.5), in_tune=True), cap)
+    with pytest.raises(UsageError, match="worker 0 needs 1 CPUs and 1 GPUs on one node"):
+        placement.check_trial_fits(placement.trial_demand(_cfg(workers=2, gpus_per_worker=1), in_tune=True), cap)
 
 
 def test_packing_not_totals_decides():
     """Two nodes of 1 CPU hold 1.8 CPUs in total but not three workers of 0.6 CPU."""
-    cap = cluster.Capacity([cluster.NodeShape(1, 0, "a"), cluster.NodeShape(1, 0, "b")])
-    demand = [cluster.Bundle(0.6, 0, f"worker {i}") for i in range(3)]
-    with pytest.raises(ConfigError, match="cannot be placed"):
-        cluster.check_trial_fits(demand, cap)
-    assert cluster.copies_that_fit(demand[:2], cap) == 1
-    assert cluster.copies_that_fit([cluster.Bundle(0.5, 0, "the trial")], cap) == 4
+    cap = placement.Capacity([placement.NodeShape(1, 0, "a"), placement.NodeShape(1, 0, "b")])
+    demand = [placement.Bundle(0.6, 0, f"worker {i}") for i in range(3)]
+    with pytest.raises(UsageError, match="cannot be placed"):
+        placement.check_trial_fits(demand, cap)
+    assert placement.copies_that_fit(demand[:2], cap) == 1
+    assert placement.copies_that_fit([placement.Bundle(0.5, 0, "the trial")], cap) == 4
 
 
 def test_an_autoscaling_cluster_counts_the_nodes_it_can_launch():
-    head = [cluster.NodeShape(0, 0, "head")]  # cluster.yaml's head advertises no CPUs
+    head = [placement.NodeShape(0, 0, "head")]  # cluster.yaml's head advertises no CPUs
     config = {"max_workers": 3, "head_node_type": "head",
               "available_node_types": {"head": {"resources": {"CPU": 0}},
                                        "gpu": {"max_workers": 4, "resources": {"CPU": 8, "GPU": 1}}}}
-    cap = cluster.launchable_capacity(head, config)
+    cap = placement.launchable_capacity(head, config)
     assert [n.name for n in cap.nodes] == ["head", "gpu", "gpu", "gpu"]  # max_workers 3 bounds the type's 4
-    demand = cluster.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=6), in_tune=True)
-    cluster.check_trial_fits(demand, cap)
-    assert cluster.copies_that_fit(demand, cap) == 1  # three 1-GPU nodes hold one 2-GPU trial
-    with pytest.raises(ConfigError, match="worker 0 needs 6 CPUs and 2 GPUs on one node"):
-        cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=2, gpus_per_worker=2, cpus_per_worker=6),
+    demand = placement.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=6), in_tune=True)
+    placement.check_trial_fits(demand, cap)
+    assert placement.copies_that_fit(demand, cap) == 1  # three 1-GPU nodes hold one 2-GPU trial
+    with pytest.raises(UsageError, match="worker 0 needs 6 CPUs and 2 GPUs on one node"):
+        placement.check_trial_fits(placement.trial_demand(_cfg(workers=2, gpus_per_worker=2, cpus_per_worker=6),
                                                       in_tune=True), cap)
 
 
 def test_node_types_of_unknown_size_get_the_benefit_of_the_doubt():
     config = {"max_workers": 2, "available_node_types": {"gpu": {"max_workers": 2, "resources": {}}}}
-    cap = cluster.launchable_capacity([cluster.NodeShape(0, 0, "head")], config)
+    cap = placement.launchable_capacity([placement.NodeShape(0, 0, "head")], config)
     assert cap.unknown == ["gpu"]
-    cluster.check_trial_fits(cluster.trial_demand(_cfg(workers=8, gpus_per_worker=1), in_tune=True), cap)
+    placement.check_trial_fits(placement.trial_demand(_cfg(workers=8, gpus_per_worker=1), in_tune=True), cap)

@@ -12,8 +12,18 @@ import pytest
 import torch
 
 from jepa_ray.config import ConfigError, DataConfig
-from jepa_ray.data import (BatchIterator, ImageSplits, channel_stats, eval_batches, load_dataset,
-                           read_parquet_split, register_dataset, registered_datasets, stratified_indices)
+from jepa_ray.data import (
+    BatchIterator,
+    ImageSplits,
+    channel_stats,
+    dataset_names,
+    eval_batches,
+    load_dataset,
+    read_parquet_split,
+    register_dataset,
+    stratified_indices,
+)
+from jepa_ray.errors import UsageError
 
 CIFAR10_PARQUET = Path(os.environ.get("JEPA_RAY_CIFAR10_PARQUET",
                                       Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
@@ -107,15 +117,20 @@ def test_register_dataset_dispatch():
         x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
         return ImageSplits(x, torch.tensor([0, 1]), x, torch.tensor([1, 0]), 2, ["a", "b"], "tiny")
 
-    register_dataset("tiny_test_set")(tiny)
+    register_dataset("tiny_test_set", native_size=4, needs_dir=False)(tiny)
     try:
-        assert "tiny_test_set" in registered_datasets()
+        assert "tiny_test_set" in dataset_names()
         s = load_dataset(DataConfig(dataset="tiny_test_set"))
         assert s.name == "tiny" and s.num_channels == 3 and s.image_size == 4
-    finally:
-        from jepa_ray import data
+        # One registration is all a new dataset needs: the config accepts it and resolves its size.
+        from jepa_ray import config as config_lib
 
-        data._LOADERS.pop("tiny_test_set")
+        cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.TrialConfig(), {"dataset": "tiny_test_set"}))
+        assert (cfg.data.image_size, cfg.views.recipe) == (4, "imagenet")
+    finally:
+        from jepa_ray.data import registry
+
+        registry._REGISTRY.pop("tiny_test_set")
 
 
 def test_image_splits_rejects_bad_labels():
@@ -185,7 +200,7 @@ def test_parquet_class_metadata_forms_and_resize(tmp_path):
     assert s.classes == ["0", "1", "2", "3", "4"] and s.image_size == 10
     _write_table(tmp_path / "test.parquet", _random_images(1, 10, 1), np.array([5]), {"classes": "a,b,c,d,e"})
     _write_table(tmp_path / "train.parquet", _random_images(1, 10, 1), np.array([0]), {"classes": "a,b,c,d,e"})
-    with pytest.raises(ConfigError, match=r"test\.parquet: column 'label' must lie in \[0, 5\)"):
+    with pytest.raises(UsageError, match=r"test\.parquet: column 'label' must lie in \[0, 5\)"):
         load_dataset(DataConfig(dataset="parquet", data_dir=str(tmp_path)))
 
 
@@ -202,7 +217,7 @@ def test_parquet_bad_columns(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"img": [b"x"], "label": [0]}), tmp_path / "t.parquet")
-    with pytest.raises(ConfigError, match="missing column 'image'"):
+    with pytest.raises(UsageError, match="missing column 'image'"):
         read_parquet_split(tmp_path / "t.parquet")
 
 

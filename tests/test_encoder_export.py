@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import jepa_ray
-from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
-from jepa_ray import metrics, probe
+from jepa_ray import metrics
 from jepa_ray.data import load_dataset
+from jepa_ray.eval import probe
 from jepa_ray.model import Preprocess
 from jepa_ray.train import LocalReporter, fit
+from jepa_ray.train import checkpoint as ckpt_lib
 
 
 @pytest.fixture(scope="module")

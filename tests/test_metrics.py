@@ -11,6 +11,7 @@ import torch
 
 from jepa_ray import metrics
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Small matrices: one intra-op thread avoids OpenMP oversubscription on a shared CPU."""

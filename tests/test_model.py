@@ -10,9 +10,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import jepa_ray
-from jepa_ray.checkpoint import MODEL_FILE, save_checkpoint
 from jepa_ray.config import ConfigError, TrialConfig, validate
 from jepa_ray.model import Projector, check_backbone_name, create_model
+from jepa_ray.train.checkpoint import MODEL_FILE, save_checkpoint
 
 
 def _config(backbone: str = "jepa_convnet_tiny", *, dataset: str = "digits", cifar_stem: bool = False,

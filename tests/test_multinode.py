@@ -97,7 +97,7 @@ def test_smoke_sweep_through_ray_job_submit(two_nodes, tmp_path):
            "--runtime-env-json", '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}', "--",
            "python", "sweeps/rectified.py", "--smoke", "--address", "auto", "--storage-path", str(store),
            "--tracking-uri", uri, "--experiment", "multinode"]
-    for attempt in range(3):  # the job agent can take a few seconds after `ray start` to register
+    for _attempt in range(3):  # the job agent can take a few seconds after `ray start` to register
         out = subprocess.run(cmd, env=two_nodes["env"], capture_output=True, text=True, timeout=600)
         if "No available agent" not in out.stdout + out.stderr:
             break
@@ -121,7 +121,7 @@ def test_ddp_trial_across_two_nodes_through_ray_job_submit(two_nodes, tmp_path):
            "python", "sweeps/rectified.py", "--preset", "smoke", "--num-samples", "1", "--workers-per-trial", "2",
            "--cpus-per-worker", "1.5", "--epochs", "2", "--address", "auto", "--storage-path", str(tmp_path / "ray"),
            "--tracking-uri", uri, "--experiment", "multinode-ddp"]
-    for attempt in range(3):
+    for _attempt in range(3):
         out = subprocess.run(cmd, env=two_nodes["env"], capture_output=True, text=True, timeout=600)
         if "No available agent" not in out.stdout + out.stderr:
             break

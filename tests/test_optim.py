@@ -12,8 +12,16 @@ import torch
 from torch import nn
 
 from jepa_ray import config as C
-from jepa_ray.optim import (LARS, create_optimizer, lr_at, param_groups, peak_lr, probe_lr, schedule_step,
-                            warmup_steps)
+from jepa_ray.train.optim import (
+    LARS,
+    create_optimizer,
+    lr_at,
+    param_groups,
+    peak_lr,
+    probe_lr,
+    schedule_step,
+    warmup_steps,
+)
 
 # --------------------------------------------------------------------------------------------
 # Schedule
@@ -65,18 +73,18 @@ def test_peak_lr_scales_with_batch_size():
     assert peak_lr(cfg) == pytest.approx(0.06) and probe_lr(cfg) == pytest.approx(0.02)
 
 
-def test_a_shortened_preset_warms_up_for_at_most_a_fifth_of_its_run():
+def test_a_shortened_preset_warms_up_for_at_most_half_its_run():
     """README: the warmup lasts warmup_epochs (the reference's 10), at most warmup_max_fraction
-    (20%) of the schedule: 1000 epochs warm up for 10, 40 for 8, 10 for 2, 1 for 0.2."""
+    (half) of the schedule: 1000 epochs warm up for 10, 40 for 10, 10 for 5, 1 for 0.5."""
     full = C.preset("cifar10-resnet18")
     assert warmup_steps(full, 195) == 10 * 195
-    for epochs, warm in ((40, 8), (10, 2), (1, 0.2)):
+    for epochs, warm in ((40, 10), (10, 5), (1, 0.5)):
         assert warmup_steps(C.apply_overrides(full, {"epochs": epochs}), 195) == round(warm * 195), epochs
     assert warmup_steps(C.apply_overrides(full, {"epochs": 40, "warmup_epochs": 2}), 195) == 2 * 195
     whole = C.apply_overrides(full, {"epochs": 10, "warmup_epochs": 10, "warmup_max_fraction": 1.0})
     assert warmup_steps(whole, 19) == 190  # the whole run, when asked for
     digits = C.preset("digits-sweep")
-    assert warmup_steps(digits, 5) == 10 and warmup_steps(C.apply_overrides(digits, {"epochs": 1}), 5) == 1
+    assert warmup_steps(digits, 5) == 10 and warmup_steps(C.apply_overrides(digits, {"epochs": 1}), 5) == 2
     C.validate(C.apply_overrides(digits, {"epochs": 1}))  # --epochs 1 is not refused for its warmup
 
 

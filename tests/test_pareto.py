@@ -18,8 +18,19 @@ import pandas as pd
 import pytest
 
 from jepa_ray import pareto
-from jepa_ray.pareto import (Filter, Objective, ParetoError, compute_front, hypervolume, knee_point,
-                             non_dominated, nondominated_ranks, parse_filter, parse_objectives, parse_reference)
+from jepa_ray.errors import UsageError
+from jepa_ray.pareto import (
+    Filter,
+    Objective,
+    compute_front,
+    hypervolume,
+    knee_point,
+    non_dominated,
+    nondominated_ranks,
+    parse_filter,
+    parse_objectives,
+    parse_reference,
+)
 
 # --------------------------------------------------------------------------------------------
 # Brute-force references (minimization form)
@@ -191,7 +202,7 @@ def test_compute_front_on_a_frame():
     band = compute_front(trials, filters=["l0_density>=0.1", "l0_density<=0.5"])  # an l0 band
     assert list(band.front["run_id"]) == ["a", "b", "c"] and band.trials["feasible"].sum() == 3
     assert list(compute_front(trials, filters=[Filter("linear_acc", ">", 0.8)]).front["run_id"]) == ["a"]
-    with pytest.raises(ParetoError, match="'p' is not a final metric"):
+    with pytest.raises(UsageError, match="'p' is not a final metric"):
         compute_front(trials, filters=["p>=1"])
     custom = compute_front(trials, "linear_acc:max,l0_density:min", reference={"l0_density": 0.5})
     assert custom.reference == (0.0, 0.5)
@@ -202,9 +213,9 @@ def test_compute_front_on_a_frame():
     assert set(three.front["run_id"]) == set(trials["run_id"][:5][_bf_non_dominated(m)])
     assert three.hypervolume == pytest.approx(_bf_hypervolume(m, np.array([0.0, 1.0, 0.0])))
     trials = trials.drop(columns="metrics.knn_acc")
-    with pytest.raises(ParetoError, match="objective 'knn_acc' is not a final metric"):
+    with pytest.raises(UsageError, match="objective 'knn_acc' is not a final metric"):
         compute_front(trials, "knn_acc:max")
-    with pytest.raises(ParetoError, match="feasible"):
+    with pytest.raises(UsageError, match="feasible"):
         compute_front(trials, filters=["linear_acc>=0.999"])
     table = pareto.format_table(r)
     assert "linear_acc (max)" in table and "b" in table.splitlines()[4] and "* knee" in table
@@ -228,9 +239,9 @@ def store(tmp_path_factory):
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from jepa_ray.checkpoint import save_checkpoint
     from jepa_ray.config import TrialConfig, flatten, resolve
     from jepa_ray.model import create_model
+    from jepa_ray.train.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("pareto_store")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -340,9 +351,9 @@ def test_read_trials_sql_and_mlflow_readers_agree(store):
 
 def test_read_trials_errors(store):
     for reader in ("sql", "mlflow"):
-        with pytest.raises(ParetoError, match="unknown experiment 'nope'.*pareto-e2e"):
+        with pytest.raises(UsageError, match="unknown experiment 'nope'.*pareto-e2e"):
             pareto.read_trials(store["uri"], "nope", reader=reader)
-        with pytest.raises(ParetoError, match="--sweep deadbeef: no such run"):
+        with pytest.raises(UsageError, match="--sweep deadbeef: no such run"):
             pareto.read_trials(store["uri"], EXPERIMENT, sweep_run_ids=["deadbeef"], reader=reader)
     assert pareto.read_trials(store["uri"], "only-failed").empty
 

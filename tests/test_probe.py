@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from jepa_ray.probe import (LinearHeadGrid, fit_linear_grid, knn_accuracy, knn_predict,
-                            stratified_split)
+from jepa_ray.eval.probe import LinearHeadGrid, fit_linear_grid, knn_accuracy, knn_predict, stratified_split
 
 
 @pytest.fixture(autouse=True)

@@ -28,12 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from jepa_ray import config as config_lib
-from jepa_ray import distributed as dist_lib
-from jepa_ray import targets
+from jepa_ray import seeding, targets
 from jepa_ray.model import create_model
-from jepa_ray.optim import create_optimizer, schedule_step
 from jepa_ray.regularizers import create_regularizer, random_directions
 from jepa_ray.train import TrainModule, train_step
+from jepa_ray.train.optim import create_optimizer, schedule_step
 
 BATCH, SIZE, CLASSES = 256, 12, 10
 TOTAL_STEPS, WARMUP_STEPS = 100, 10
@@ -73,9 +72,9 @@ def reference_step(module: TrainModule, views, labels, step: int, cfg) -> tuple[
     h2, z2 = encoder(views[1])
     dims = z1.shape[1]
     directions = random_directions(cfg.loss.num_slices, dims,
-                                   dist_lib.step_generator(torch.device("cpu"), cfg.system.seed, step, 1))
+                                   seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_DIRECTIONS))
     y = targets.sample("rgg", (2, BATCH, dims), p=1.0, mu=0.0, sigma=targets.sigma_gn(1.0),
-                       generator=dist_lib.step_generator(torch.device("cpu"), cfg.system.seed, step, 2))
+                       generator=seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_TARGETS))
     directions, y = directions.double(), y.double()
     ssl = 25.0 * F.mse_loss(z1, z2) + 250.0 * (sliced_w2(z1, y[0], directions) + sliced_w2(z2, y[1], directions)) / 2
     classifier = (F.cross_entropy(module.probe_h(h1.detach()), labels)
@@ -124,6 +123,6 @@ def test_one_step_equals_the_published_recipe(step, regime):
     assert stats.loss.item() == pytest.approx(want_loss, rel=1e-5)
     changed = 0
     for (name, got), want, before in zip(ours.state_dict().items(), theirs.state_dict().values(), initial.values()):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
         changed += not torch.equal(got, before)
     assert changed > 20  # the step moved the weights, biases, norm parameters and statistics

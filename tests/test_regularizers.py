@@ -11,9 +11,8 @@ import pytest
 import scipy.integrate
 import torch
 
-from jepa_ray import distributed as dist_lib
 from jepa_ray import regularizers as R
-from jepa_ray import targets
+from jepa_ray import seeding, targets
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -193,7 +192,7 @@ def _projections(z: np.ndarray, dirs: np.ndarray) -> list[np.ndarray]:
 
 
 def _sigreg_quad(z: np.ndarray, dirs: np.ndarray, t_max: float) -> float:
-    vals = [scipy.integrate.quad(lambda t: _ep_integrand(x, t)[0], -t_max, t_max,
+    vals = [scipy.integrate.quad(lambda t, x=x: _ep_integrand(x, t)[0], -t_max, t_max,
                                  limit=200, epsabs=1e-12, epsrel=1e-10)[0]
             for x in _projections(z, dirs)]
     return float(np.mean(vals))
@@ -274,9 +273,9 @@ def test_sigreg_rejects_bad_grids_and_shapes():
 def test_rdmreg_module_is_the_formula_on_the_steps_draws(shape):
     z = torch.randn(shape, generator=_gen(1))
     reg = R.RDMReg(40, target="rgg", p=0.5, mu=-0.5, seed=3)
-    dirs = R.random_directions(40, 6, dist_lib.step_generator(z.device, 3, 9, R._STREAM_DIRECTIONS))
+    dirs = R.random_directions(40, 6, seeding.step_generator(z.device, 3, 9, seeding.STREAM_DIRECTIONS))
     y = targets.sample("rgg", shape, p=0.5, mu=-0.5,
-                       generator=dist_lib.step_generator(z.device, 3, 9, R._STREAM_TARGETS))
+                       generator=seeding.step_generator(z.device, 3, 9, seeding.STREAM_TARGETS))
     torch.testing.assert_close(reg(z, 9), R.rdmreg(z, y, dirs), rtol=0, atol=0)
     assert reg(z, 9).item() == reg(z, 9).item()
     assert reg(z, 10).item() != reg(z, 9).item()
@@ -296,7 +295,7 @@ def test_rdmreg_module_runs_in_float32_under_autocast():
 def test_sigreg_module_is_the_formula_on_the_steps_directions():
     z = torch.randn(2, 32, 6, generator=_gen(1))
     reg = R.SIGReg(40, t_max=4.0, knots=9, seed=3)
-    dirs = R.random_directions(40, 6, dist_lib.step_generator(z.device, 3, 9, R._STREAM_DIRECTIONS))
+    dirs = R.random_directions(40, 6, seeding.step_generator(z.device, 3, 9, seeding.STREAM_DIRECTIONS))
     torch.testing.assert_close(reg(z, 9), R.sigreg(z, dirs, t_max=4.0, knots=9), rtol=1e-6, atol=1e-6)
     assert reg(z, 10).item() != reg(z, 9).item()
 

@@ -23,6 +23,7 @@ from scipy import special
 
 from jepa_ray import config as config_lib
 from jepa_ray import sweep
+from jepa_ray.errors import UsageError
 from search_spaces import _projector, grid, lejepa, rectified
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_space_samples_valid_trainer_configs(space, no_ray):
 
 def test_rectified_space_values():
     trials = sampled_trials("rectified")
-    for params, overrides, cfg in trials:
+    for params, _overrides, cfg in trials:
         assert cfg.target.target == "rgg" and cfg.loss.regularizer == "rdmreg"
         assert rectified.LAMBD[0] <= cfg.loss.lambd <= rectified.LAMBD[1]
         assert cfg.loss.num_slices in rectified.SLICES
@@ -115,7 +116,7 @@ def test_rectified_space_values():
 
 
 def test_lejepa_space_values():
-    for params, overrides, cfg in sampled_trials("lejepa"):
+    for params, _overrides, cfg in sampled_trials("lejepa"):
         assert cfg.target.target == "gaussian" and cfg.loss.regularizer == "sigreg"
         assert (cfg.target.p, cfg.target.mu, cfg.target.sigma) == (2.0, 0.0, 1.0)
         assert lejepa.LAMBD[0] <= cfg.loss.lambd <= lejepa.LAMBD[1]
@@ -124,7 +125,7 @@ def test_lejepa_space_values():
 
 
 def test_grid_space_values():
-    for params, overrides, cfg in sampled_trials("grid"):
+    for _params, _overrides, cfg in sampled_trials("grid"):
         assert cfg.target.mu in grid.MU and cfg.target.p in grid.P
         assert cfg.loss.lambd == pytest.approx(5 / 7)
         assert cfg.target.sigma == pytest.approx(sigma_gn_reference(cfg.target.p), rel=1e-9)
@@ -168,9 +169,9 @@ def test_rectified_starting_points_span_dense_to_sparse():
 def test_samplers():
     for name in sweep.SAMPLERS:
         assert sweep.make_sampler(name, 0, grid.GRID) is not None
-    with pytest.raises(config_lib.ConfigError, match="needs a space with a GRID"):
+    with pytest.raises(UsageError, match="needs a space with a GRID"):
         sweep.make_sampler("grid", 0, None)
-    with pytest.raises(config_lib.ConfigError, match="allowed: tpe, nsga2, gp, random, grid"):
+    with pytest.raises(UsageError, match="allowed: tpe, nsga2, gp, random, grid"):
         sweep.make_sampler("foo", 0)
 
 

@@ -28,11 +28,12 @@ import torch
 from scipy import stats
 
 import jepa_ray
-from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
 from jepa_ray import sweep, tracking
-from jepa_ray.model import in_chans_for
+from jepa_ray.contract import FailureKind
+from jepa_ray.data import dataset_info
 from jepa_ray.train import EPOCH_METRICS, FINAL_METRICS
+from jepa_ray.train import checkpoint as ckpt_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "sweeps" / "rectified.py"
@@ -250,14 +251,14 @@ def test_smoke_sweep_child_metrics(smoke):
 def test_smoke_sweep_checkpoint_tag_is_loadable(smoke):
     _, children = parent_and_children(smoke)
     for run in children:
-        path = ckpt_lib.local_path(run.data.tags[tracking.CHECKPOINT])
+        path = run.data.tags[tracking.CHECKPOINT]
         cfg = ckpt_lib.read_config(path)
         assert config_lib.flatten(cfg)["mu"] == float(run.data.params["mu"])
         assert ckpt_lib.read_metrics(path)["linear_acc"] == pytest.approx(run.data.metrics["linear_acc"])
         encoder = jepa_ray.load_encoder(path)
         size = cfg.data.image_size
         with torch.no_grad():
-            h, z = encoder(torch.randn(5, in_chans_for(cfg), size, size))
+            h, z = encoder(torch.randint(0, 256, (5, dataset_info(cfg.data.dataset).channels, size, size), dtype=torch.uint8))
         assert z.shape == (5, 256) and h.shape[0] == 5
         assert bool((z >= 0).all())  # rgg: the projector ends in a ReLU
         artifacts = {a.path for a in client(smoke).list_artifacts(run.info.run_id)}
@@ -442,7 +443,7 @@ def test_killed_sweep_resumes_every_trial_exactly_once(ray_cluster, tmp_path):
         # Each epoch once: the interrupted trial went on from its checkpoint, not from scratch.
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
         assert steps == [0, 1, 2, 3], (r.info.run_id, steps)
-        assert ckpt_lib.local_path(r.data.tags[tracking.CHECKPOINT]).is_dir()
+        assert ckpt_lib.local_dir(r.data.tags[tracking.CHECKPOINT]).is_dir()
 
     study = load_study(run, parent)
     complete = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
@@ -541,7 +542,8 @@ def test_resume_keeps_the_recorded_base_config():
 
 def test_collapsed_trials_do_not_count_towards_the_failure_limit():
     limit = sweep.FailureLimit(2)
-    limit.record("collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2")
+    limit.record("collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2",
+                 FailureKind.COLLAPSED)
     limit.record("non-finite loss at epoch 1 step 5")
     assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
     limit.record("the trial ended without final metrics")
@@ -550,16 +552,16 @@ def test_collapsed_trials_do_not_count_towards_the_failure_limit():
 
 def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_path):
     """TPE learns from PRUNED trials (not from FAIL ones): a collapse must steer it away."""
-    from search_spaces import rectified
-
     from jepa_ray import pareto
+    from search_spaces import rectified
 
     objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
     searcher = sweep.make_searcher(rectified.space, objectives, sweep.make_sampler("tpe", 0), "s",
                                    f"sqlite:///{tmp_path / 'optuna.db'}")
     for trial_id in ("collapsed", "failed", "raised", "done"):
         assert searcher.suggest(trial_id)
-    searcher.on_trial_complete("collapsed", {"failure": "collapse at epoch 3: train/rank_me=1.1 < 1.5"})
+    searcher.on_trial_complete("collapsed", {"failure": "collapse at epoch 3: train/rank_me=1.1 < 1.5",
+                                             "failure_kind": FailureKind.COLLAPSED.value})
     searcher.on_trial_complete("failed", {"failure": "non-finite loss at epoch 1 step 5"})
     searcher.on_trial_complete("raised", None, error=True)
     searcher.on_trial_complete("done", {"linear_acc": 0.9, "l0_density": 0.1})

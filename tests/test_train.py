@@ -22,13 +22,24 @@ import pytest
 import torch
 
 import jepa_ray
-from jepa_ray import checkpoint as ckpt_lib
 from jepa_ray import config as config_lib
-from jepa_ray import faults, train
 from jepa_ray.config import LOSS_CONVENTION, ConfigError, TrialConfig
+from jepa_ray.errors import UsageError
 from jepa_ray.targets import expected_l0_density, sigma_gn
-from jepa_ray.train import (EPOCH_METRICS, FINAL_METRICS, LocalReporter, TrialFailure, collapse_reason,
-                            fit, run_trial)
+from jepa_ray.train import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    LocalReporter,
+    TrialFailure,
+    cli,
+    collapse_reason,
+    faults,
+    fit,
+    loop,
+    run_trial,
+)
+from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.train.store import TrialStore
 
 RESUME = {"epochs": 4, "checkpoint_every": 1}
 """The resume runs: smoke preset (4 steps of 128 images per epoch), a checkpoint every epoch."""
@@ -107,7 +118,7 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
     with pytest.raises(SimulatedCrash):
         fit(cfg, LocalReporter(tmp_path / "crashed", callback=crash_after_epoch_1))
     saved = tmp_path / "after_epoch_1"
-    latest = ckpt_lib.TrialStore(tmp_path / "crashed").latest()
+    latest = TrialStore(tmp_path / "crashed").latest()
     assert latest.endswith("checkpoints/epoch-00002")
     shutil.copytree(latest, saved)
     assert ckpt_lib.load_state(saved, ckpt_lib.TRAIN_STATE_FILE)["epoch"] == 2
@@ -131,7 +142,7 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
 
 
 def test_non_finite_loss_raises_trial_failure_naming_epoch_and_step(monkeypatch, tmp_path):
-    real = train.create_regularizer
+    real = loop.create_regularizer
 
     def poisoned(cfg):
         regularizer = real(cfg)
@@ -142,7 +153,7 @@ def test_non_finite_loss_raises_trial_failure_naming_epoch_and_step(monkeypatch,
 
         return call
 
-    monkeypatch.setattr(train, "create_regularizer", poisoned)
+    monkeypatch.setattr(loop, "create_regularizer", poisoned)
     reported: list[int] = []
     # 512 training images in batches of 128: 4 steps per epoch, so global step 5 is in epoch 1.
     with pytest.raises(TrialFailure, match=r"non-finite loss at epoch 1 step 5"):
@@ -220,7 +231,7 @@ def test_fault_spec_is_read_from_the_environment():
     assert faults.from_env({}) is None
     assert faults.from_env({faults.ENV: "rank=1,step=5,marker=/tmp/m"}) == faults.Fault(1, 5, "/tmp/m")
     for bad in ("rank=1", "rank=x,step=1,marker=m", "rank=-1,step=1,marker=m", "step=1"):
-        with pytest.raises(ConfigError, match=faults.ENV):
+        with pytest.raises(UsageError, match=faults.ENV):
             faults.from_env({faults.ENV: bad})
 
 
@@ -230,7 +241,7 @@ def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, cli_r
     cleanup); Ray Train restarts the group, which resumes from the trial's store after epoch 0
     and ends bit for bit where the uninterrupted command-line run of the same config ended."""
     assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
-    cfg = train.build_config("smoke", CLI_SETS, workers=2)
+    cfg = config_lib.build("smoke", CLI_SETS, {"workers": 2})
     fault = faults.Fault(rank=1, step=5, marker=str(tmp_path / "fired"))
     metrics, checkpoint = run_trial(cfg, str(tmp_path / "trial"), fault=fault)
 
@@ -276,23 +287,25 @@ def test_cli_rejects_an_unreachable_address_with_one_line(tmp_path):
 
 
 def test_cli_without_out_is_a_usage_error(capsys):
-    assert train.main(["--preset", "smoke"]) == 2
+    assert cli.main(["--preset", "smoke"]) == 2
     assert "--out" in capsys.readouterr().err
 
 
 def test_cli_list_keys_prints_every_key_with_its_doc(capsys):
-    assert train.main(["--list-keys"]) == 0
+    assert cli.main(["--list-keys"]) == 0
     rows = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
     assert rows.keys() == config_lib.LEAVES.keys()
     assert all(doc.strip() for doc in rows.values())
 
 
 def test_build_config_applies_sets_and_shortcuts():
-    cfg = train.build_config("smoke", ["mu=-1", "p=0.5"], workers=2, gpus_per_worker=0)
-    assert (cfg.target.mu, cfg.target.p, cfg.system.workers) == (-1.0, 0.5, 2)
+    cfg = config_lib.build("smoke", ["mu=-1", "p=0.5"], {"workers": 2, "gpus_per_worker": 0, "seed": None})
+    assert (cfg.target.mu, cfg.target.p, cfg.system.workers, cfg.system.seed) == (-1.0, 0.5, 2, 0)
     assert cfg.target.sigma == pytest.approx(sigma_gn(0.5))
     with pytest.raises(ConfigError, match="'batch_size'"):
-        train.build_config("smoke", [], workers=3)  # 128 images per step over 3 workers
+        config_lib.build("smoke", [], {"workers": 3})  # 128 images per step over 3 workers
+    unresolved = config_lib.build("smoke", ["p=0.5"], resolved=False)
+    assert unresolved.target.sigma == 0.0  # a sweep's base: each trial's p resolves its own sigma
 
 
 def printed_json(stdout: str) -> dict:

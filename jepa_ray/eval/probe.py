@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jepa_ray.data.splits import stratified_indices
 
 __all__ = [
     "LinearHeadGrid",
@@ -189,27 +190,23 @@ class LinearHeadGrid(nn.Module):
 
 
 def stratified_split(y: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) with about val_fraction of each class in val, chosen with a seeded
-    permutation. A class keeps at least one sample in train."""
+    """Indices (train, val): val is the stratified subset (jepa_ray.data.stratified_indices) of
+    round(val_fraction * n) samples, train the rest."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    g = torch.Generator().manual_seed(seed)
     y = y.cpu()
-    train, val = [], []
-    for cls in torch.unique(y):
-        idx = torch.nonzero(y == cls).flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=g)]
-        n_val = min(int(round(val_fraction * idx.numel())), idx.numel() - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    train_idx, val_idx = torch.cat(train).sort().values, torch.cat(val).sort().values
+    val_idx = stratified_indices(y, int(round(val_fraction * y.numel())), seed=seed)
     if val_idx.numel() == 0:
         raise ValueError(f"val_fraction={val_fraction} leaves no validation sample out of {y.numel()} training labels")
-    return train_idx, val_idx
+    in_val = torch.zeros(y.numel(), dtype=torch.bool)
+    in_val[val_idx] = True
+    return torch.nonzero(~in_val).flatten(), val_idx
 
 
-def _cosine(step: int, total: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+def cosine_factor(step: float, total: float) -> float:
+    """(1 + cos(pi * min(step / total, 1))) / 2: from 1 at step 0 down to 0 at `total` (the
+    decay of the probes' grid and of the trainer's schedule, jepa_ray.train.optim.lr_at)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(total, 1))))
 
 
 def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
@@ -248,7 +245,7 @@ def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
         order = torch.randperm(n, generator=g).to(device)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            grid.train_step(x_tr[idx], y_tr[idx], _cosine(step, total))
+            grid.train_step(x_tr[idx], y_tr[idx], cosine_factor(step, total))
             step += 1
 
     val_acc = grid.accuracy(x_va, y_va)

@@ -1,8 +1,11 @@
-"""The configuration of one trial: one dataclass tree, resolved once, validated once, saved with
-every checkpoint and logged (flattened by leaf name) as the MLflow params of the trial.
+"""The schema of one trial's configuration: one dataclass tree whose fields carry their docs,
+saved with every checkpoint and logged (flattened by leaf name) as the MLflow params of the
+trial. Leaf names are unique across the tree so that `--set key=value`, the MLflow params and
+the search spaces all speak the same flat keys (`lambd`, `num_slices`, `p`, `mu`, ...).
 
-Leaf names are unique across the tree so that `--set key=value`, the MLflow params and the
-search spaces all speak the same flat keys (`lambd`, `num_slices`, `p`, `mu`, ...).
+Pure: it imports nothing from the package but its errors, and no torch (`import
+jepa_ray.config` is cheap). The names owned by registries (datasets, targets, backbones) are
+checked by `jepa_ray.config.resolve`.
 """
 
 from __future__ import annotations
@@ -10,29 +13,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from jepa_ray.errors import ConfigError
+
 LOSS_CONVENTION = ("loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer); invariance = mean over "
                    "views, samples, dims of (z_v - mean_v z)^2 (MSE(z1, z2) / 4 for two views); regularizer = "
                    "mean over views of RDMReg(z_v) (SIGReg for the Gaussian baseline)")
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "parquet")
-NATIVE_IMAGE_SIZES = {"digits": 8, "cifar10": 32, "cifar100": 32}  # image folders and tables: their own
-TARGETS = ("gaussian", "gn", "rgg")
 REGULARIZERS = ("rdmreg", "sigreg")
 OPTIMIZERS = ("adamw", "lars")
 PRECISIONS = ("auto", "fp32", "bf16")
 SIGMA_MODES = ("gn", "unit_var")
 RECIPES = ("auto", "digits", "cifar", "imagenet")
-
-
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message names the field and what is allowed."""
 
 
 @dataclass
@@ -135,9 +132,9 @@ class OptimConfig:
     warmup_epochs: float = 2.0
     """Linear warmup before the cosine decay, in epochs (the reference: 10), capped at
     warmup_max_fraction of the schedule."""
-    warmup_max_fraction: float = 0.2
-    """The warmup lasts at most this fraction of the schedule, so a shortened preset does not
-    spend most of its run warming up (1000 epochs: 10; 40 epochs: 8; 10 epochs: 2)."""
+    warmup_max_fraction: float = 0.5
+    """The warmup lasts at most this fraction of the schedule, so a preset shortened below twice
+    its warmup still decays (1000 epochs: 10; 40: 10; 10: 5; 1: 0.5)."""
     warmup_start_lr: float = 3e-5
     """Learning rate of the first warmup step (solo-learn's default), rising linearly to the peak."""
     min_lr_ratio: float = 0.0
@@ -345,231 +342,9 @@ def load_json(path: str | os.PathLike) -> TrialConfig:
         return from_dict(json.load(f))
 
 
-# --------------------------------------------------------------------------------------------
-# Presets
-
-
-def _preset_digits() -> TrialConfig:
-    """The embedded digits, 50 epochs, AdamW: the default trial."""
-    return TrialConfig()
-
-
-def _preset_digits_sweep() -> TrialConfig:
-    """digits with 30-epoch trials: the base of the default sweep (two dozen trials in about
-    six minutes on a 2-core CPU); the search space sets lambd, slices, p, mu and the
-    projector."""
-    c = _preset_digits()
-    c.optim.epochs = 30
-    return c
-
-
-def _preset_cifar100_resnet18() -> TrialConfig:
-    """The published Rectified LpJEPA CIFAR-100 recipe (YilunKuang/rectified-lp-jepa,
-    scripts/pretrain/cifar/rectified_lpjepa_cifar100.yaml; see docs/design.md)."""
-    c = TrialConfig()
-    c.data.dataset = "cifar100"
-    c.views.recipe = "cifar"
-    c.model.backbone = "resnet18"
-    c.model.cifar_stem = True
-    c.model.zero_init_last = False  # torchvision's ResNet-18
-    c.model.proj_dims = "512-512-512"
-    c.model.sync_bn = True
-    c.target.target, c.target.p, c.target.mu = "rgg", 1.0, 0.0
-    c.loss.lambd, c.loss.loss_scale = 5.0 / 7.0, 350.0  # 25 MSE + 250 RDMReg
-    c.loss.num_slices = 8192
-    c.optim.optimizer, c.optim.lr, c.optim.weight_decay = "lars", 0.03, 1e-4
-    c.optim.momentum, c.optim.lars_eta = 0.9, 0.02
-    c.optim.batch_size, c.optim.epochs, c.optim.warmup_epochs = 256, 1000, 10
-    c.eval.online_probe_lr = 0.01  # solo-learn's classifier_lr
-    c.eval.probe_epochs = 100
-    c.system.checkpoint_every = 1  # the reference checkpoints every epoch
-    return c
-
-
-def _preset_cifar10_resnet18() -> TrialConfig:
-    c = _preset_cifar100_resnet18()
-    c.data.dataset = "cifar10"
-    return c
-
-
-def _preset_lejepa_digits() -> TrialConfig:
-    """LeJEPA (Gaussian target, SIGReg) on the embedded digits."""
-    c = _preset_digits()
-    c.target.target, c.target.p, c.target.mu = "gaussian", 2.0, 0.0
-    c.loss.regularizer, c.loss.lambd, c.loss.num_slices = "sigreg", 0.05, 1024
-    c.model.proj_dims = "256-256-128"
-    c.optim.epochs = 20
-    return c
-
-
-def _preset_lejepa_cifar100_resnet18() -> TrialConfig:
-    """LeJEPA defaults (lambda 0.05, loss scale 1, 1024 slices, AdamW, bf16) on the CIFAR ResNet-18."""
-    c = _preset_cifar100_resnet18()
-    c.target.target, c.target.p, c.target.mu = "gaussian", 2.0, 0.0
-    c.loss.regularizer, c.loss.lambd, c.loss.loss_scale, c.loss.num_slices = "sigreg", 0.05, 1.0, 1024
-    c.optim.optimizer, c.optim.lr, c.optim.weight_decay = "adamw", 5e-4, 5e-2
-    c.eval.online_probe_lr = 1e-3
-    c.model.proj_dims = "2048-2048-128"
-    return c
-
-
-def _preset_smoke() -> TrialConfig:
-    """A few seconds on CPU: for tests and `--smoke`."""
-    c = TrialConfig()
-    c.optim.epochs = 1
-    c.optim.warmup_epochs = 0
-    c.optim.batch_size = 128
-    c.loss.num_slices = 128
-    c.model.proj_dims = "64-64"
-    c.eval.probe_epochs = 5
-    c.data.max_train_samples = 512
-    return c
-
-
-PRESETS = {
-    "digits": _preset_digits,
-    "digits-sweep": _preset_digits_sweep,
-    "smoke": _preset_smoke,
-    "cifar10-resnet18": _preset_cifar10_resnet18,
-    "cifar100-resnet18": _preset_cifar100_resnet18,
-    "lejepa-digits": _preset_lejepa_digits,
-    "lejepa-cifar100-resnet18": _preset_lejepa_cifar100_resnet18,
-}
-
-
-def preset(name: str) -> TrialConfig:
-    """A fresh copy of a named preset."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}'; allowed: {', '.join(PRESETS)}")
-    return PRESETS[name]()
-
-
-# --------------------------------------------------------------------------------------------
-# Resolution and validation
-
-
 def proj_dims_list(cfg: TrialConfig) -> list[int]:
     return [int(x) for x in cfg.model.proj_dims.split("-")]
 
 
 def float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
-
-
-def resolve(cfg: TrialConfig) -> TrialConfig:
-    """Fill derived values (sigma, p for the Gaussian target, the recipe) and validate once."""
-    validate(cfg)
-    from jepa_ray import targets
-
-    cfg = copy.deepcopy(cfg)
-    if cfg.target.target == "gaussian":
-        cfg.target.p, cfg.target.mu = 2.0, 0.0
-    if cfg.target.sigma == 0.0:
-        if cfg.target.target == "gaussian":
-            cfg.target.sigma = 1.0
-        elif cfg.target.sigma_mode == "unit_var" and cfg.target.target == "rgg":
-            cfg.target.sigma = targets.sigma_unit_variance(cfg.target.p, cfg.target.mu)
-        else:
-            cfg.target.sigma = targets.sigma_gn(cfg.target.p)
-    if cfg.views.recipe == "auto":
-        cfg.views.recipe = "digits" if cfg.data.dataset == "digits" else (
-            "cifar" if cfg.data.dataset.startswith("cifar") else "imagenet")
-    if cfg.data.image_size == 0:
-        cfg.data.image_size = NATIVE_IMAGE_SIZES.get(cfg.data.dataset, 0)
-    return cfg
-
-
-def _require(cond: bool, key: str, allowed: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"config field '{key}' = {value!r} is not allowed; allowed: {allowed}")
-
-
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    _require(value in choices, key, " | ".join(choices), value)
-
-
-def validate(cfg: TrialConfig) -> None:
-    """Raise ConfigError naming the first bad field. Cheap: no data is read, no model built
-    (the backbone name is checked against timm's registry)."""
-    d, v, m, t, l, o, e, s = (cfg.data, cfg.views, cfg.model, cfg.target, cfg.loss, cfg.optim,
-                              cfg.eval, cfg.system)
-    _choice("dataset", d.dataset, DATASETS)
-    if d.dataset in ("imagefolder", "parquet"):
-        _require(bool(d.data_dir), "data_dir", f"a directory (required for dataset {d.dataset})", d.data_dir)
-    if d.data_dir and not (d.dataset.startswith("cifar") and d.download):
-        _require(os.path.isdir(d.data_dir), "data_dir", "an existing directory", d.data_dir)
-    _require(d.image_size >= 0, "image_size", "0 (native) or a positive size", d.image_size)
-    _require(d.max_train_samples >= 0, "max_train_samples", ">= 0", d.max_train_samples)
-    _require(d.max_test_samples >= 0, "max_test_samples", ">= 0", d.max_test_samples)
-
-    _require(v.num_views >= 2, "num_views", ">= 2", v.num_views)
-    _require(v.num_local_views >= 0, "num_local_views", ">= 0", v.num_local_views)
-    _require(v.local_size >= 0, "local_size", ">= 0", v.local_size)
-    _choice("recipe", v.recipe, RECIPES)
-    _require(0.0 < v.crop_scale_min <= 1.0, "crop_scale_min", "(0, 1]", v.crop_scale_min)
-
-    from jepa_ray.model import check_backbone_name
-
-    check_backbone_name(m.backbone)
-    try:
-        dims = proj_dims_list(cfg)
-    except ValueError:
-        dims = []
-    _require(len(dims) >= 1 and all(x > 0 for x in dims), "proj_dims",
-             "positive widths separated by '-', e.g. 512-512-512", m.proj_dims)
-
-    _choice("target", t.target, TARGETS)
-    _require(math.isfinite(t.p) and t.p > 0, "p", "p > 0", t.p)
-    _require(math.isfinite(t.mu), "mu", "a finite number", t.mu)
-    _require(math.isfinite(t.sigma) and t.sigma >= 0, "sigma", "sigma > 0 (or 0: resolve from sigma_mode)", t.sigma)
-    _choice("sigma_mode", t.sigma_mode, SIGMA_MODES)
-
-    _require(math.isfinite(l.lambd) and 0.0 < l.lambd < 1.0, "lambd", "0 < lambd < 1", l.lambd)
-    _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)
-    _choice("regularizer", l.regularizer, REGULARIZERS)
-    if l.regularizer == "sigreg":
-        _require(t.target == "gaussian", "regularizer", "sigreg only with target=gaussian (use rdmreg for gn/rgg)", l.regularizer)
-    _require(l.num_slices >= 1, "num_slices", ">= 1", l.num_slices)
-    _require(l.t_max > 0, "t_max", "> 0", l.t_max)
-    _require(l.knots >= 3 and l.knots % 2 == 1, "knots", "an odd number >= 3", l.knots)
-
-    _choice("optimizer", o.optimizer, OPTIMIZERS)
-    _require(math.isfinite(o.lr) and o.lr > 0, "lr", "> 0", o.lr)
-    _require(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay)
-    _require(0 <= o.momentum < 1, "momentum", "[0, 1)", o.momentum)
-    _require(o.lars_eta > 0, "lars_eta", "> 0", o.lars_eta)
-    _require(o.batch_size >= 2, "batch_size", ">= 2", o.batch_size)
-    _require(s.workers >= 1, "workers", ">= 1", s.workers)  # before batch_size % workers
-    _require(o.batch_size % s.workers == 0, "batch_size",
-             f"a multiple of workers={s.workers}", o.batch_size)
-    _require(o.batch_size // s.workers >= 2, "batch_size", f">= 2 per worker (workers={s.workers})", o.batch_size)
-    _require(o.epochs >= 1, "epochs", ">= 1", o.epochs)
-    _require(math.isfinite(o.warmup_epochs) and o.warmup_epochs >= 0, "warmup_epochs", ">= 0", o.warmup_epochs)
-    _require(0 < o.warmup_max_fraction <= 1, "warmup_max_fraction", "(0, 1]", o.warmup_max_fraction)
-    _require(o.warmup_start_lr >= 0, "warmup_start_lr", ">= 0", o.warmup_start_lr)
-    _require(0 <= o.min_lr_ratio <= 1, "min_lr_ratio", "[0, 1]", o.min_lr_ratio)
-    _require(o.grad_clip >= 0, "grad_clip", ">= 0", o.grad_clip)
-
-    for key in ("probe_lrs", "probe_wds"):
-        try:
-            vals = float_list(getattr(e, key))
-        except ValueError:
-            vals = []
-        _require(bool(vals) and all(x >= 0 for x in vals) and (key == "probe_wds" or all(x > 0 for x in vals)),
-                 key, "comma-separated non-negative numbers (lrs > 0)", getattr(e, key))
-    _require(e.probe_epochs >= 1, "probe_epochs", ">= 1", e.probe_epochs)
-    _require(0 < e.val_fraction < 0.5, "val_fraction", "(0, 0.5)", e.val_fraction)
-    _require(e.knn_k >= 1, "knn_k", ">= 1", e.knn_k)
-    _require(e.knn_temperature > 0, "knn_temperature", "> 0", e.knn_temperature)
-    _require(e.online_probe_lr > 0, "online_probe_lr", "> 0", e.online_probe_lr)
-
-    _require(s.gpus_per_worker >= 0, "gpus_per_worker", ">= 0", s.gpus_per_worker)
-    _require(s.cpus_per_worker > 0, "cpus_per_worker", "> 0", s.cpus_per_worker)
-    _choice("precision", s.precision, PRECISIONS)
-    _require(s.checkpoint_every >= 0, "checkpoint_every", ">= 0", s.checkpoint_every)
-    _require(s.max_failures >= 0, "max_failures", ">= 0", s.max_failures)
-    _require(s.threads_per_worker >= 0, "threads_per_worker", ">= 0", s.threads_per_worker)
-    _require(s.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", s.collapse_warmup_epochs)
-    _require(s.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", s.collapse_min_rank)
-    _require(0 <= s.collapse_min_density_ratio < 1, "collapse_min_density_ratio", "[0, 1)",
-             s.collapse_min_density_ratio)

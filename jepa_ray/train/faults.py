@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from jepa_ray.config import ConfigError
+from jepa_ray.errors import UsageError
 
 ENV = "JEPA_RAY_FAULT"
 EXIT_CODE = 17
@@ -46,7 +46,7 @@ def from_env(environ: dict[str, str] | None = None) -> Fault | None:
         fields = dict(item.split("=", 1) for item in text.split(","))
         fault = Fault(int(fields["rank"]), int(fields["step"]), fields["marker"])
     except (KeyError, ValueError):
-        raise ConfigError(f"{ENV}={text!r} is not allowed; allowed: {allowed}") from None
+        raise UsageError(f"{ENV}={text!r} is not allowed; allowed: {allowed}") from None
     if fault.rank < 0 or fault.step < 0 or not fault.marker:
-        raise ConfigError(f"{ENV}={text!r} is not allowed; allowed: {allowed}")
+        raise UsageError(f"{ENV}={text!r} is not allowed; allowed: {allowed}")
     return fault

@@ -7,13 +7,16 @@ per-step cosine decay, applied to every group relative to its own base learning 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from jepa_ray.config import TrialConfig
+from jepa_ray.eval.probe import cosine_factor
+
+if TYPE_CHECKING:
+    from jepa_ray.config import TrialConfig
 
 LARS_EPS = 1e-8  # solo-learn's LARS eps (the denominator of the trust ratio)
 
@@ -106,10 +109,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio
     peak * min_ratio at the last step. No warmup: cosine from step 0."""
     if warmup_steps > 0 and step < warmup_steps:
         return start if warmup_steps == 1 else start + step * (peak - start) / (warmup_steps - 1)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
     floor = peak * min_ratio
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (peak - floor) * cosine_factor(step - warmup_steps, total_steps - warmup_steps)
 
 
 def schedule_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int,
@@ -125,8 +126,9 @@ def warmup_steps(cfg: TrialConfig, steps_per_epoch: int) -> int:
     """Warmup length in steps: `warmup_epochs`, at most `warmup_max_fraction` of the schedule.
 
     Why not a fixed share of the schedule: the reference warms up for 10 epochs of 1000 (1%),
-    and 1% of a 10-epoch CPU run is 2 steps, after which that run's encoder ended worse than its
-    random initialisation (README, quality benchmark); warmup stabilises the first steps, whose
+    and 1% of a 10-epoch CPU run on CIFAR-10 is 2 steps, after which the encoder ended worse than
+    its random initialisation; 1, 2, 5 and 10 warmup epochs gained +1.6, +4.1, +7.8 and +11.8
+    linear-probe points (README, quality benchmark). Warmup steadies the first steps, whose
     number does not shrink with the schedule."""
     epochs = min(cfg.optim.warmup_epochs, cfg.optim.warmup_max_fraction * cfg.optim.epochs)
     return int(round(epochs * steps_per_epoch))

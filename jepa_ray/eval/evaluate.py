@@ -4,11 +4,17 @@ backbone features, RankMe, and the closed-form target density."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from jepa_ray import metrics, probe, targets
-from jepa_ray.config import TrialConfig, float_list
+from jepa_ray import metrics, targets
+from jepa_ray.config.schema import float_list
+from jepa_ray.eval import probe
+
+if TYPE_CHECKING:
+    from jepa_ray.config import TrialConfig
 
 
 @torch.no_grad()

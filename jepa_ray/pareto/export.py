@@ -1,0 +1,167 @@
+"""Exporting a front: the Pareto-optimal checkpoints copied and verified, the table and plot,
+optionally registered as MLflow models and logged to the sweep's parent run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from jepa_ray import tracking
+from jepa_ray.contract import CHECKPOINT as CHECKPOINT_TAG
+from jepa_ray.errors import UsageError
+from jepa_ray.pareto.columns import DEFAULT_TRACKING_URI, METRIC_PREFIX
+from jepa_ray.pareto.front import ParetoResult
+from jepa_ray.pareto.report import format_table, write_plot
+from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.train.checkpoint import EXPORT_FILES
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output directory if it may be written: absent, empty, or (with overwrite) any
+    directory; raises UsageError otherwise. Changes nothing."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out}: directory exists and is not empty (pass --overwrite to replace the export)")
+    return out
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output directory, created (see check_out_dir); overwrite removes only what an
+    export writes (pareto.* and checkpoints/)."""
+    out = check_out_dir(out_dir, overwrite)
+    if out.is_dir():
+        for name in ("pareto.parquet", "pareto.png", "pareto.txt"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def export(result: ParetoResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
+           register: str | None = None, tracking_uri: str | None = None) -> Path:
+    """Write `pareto.parquet` (one row per Pareto-optimal trial; objectives, reference,
+    hypervolume, experiment and time in the schema metadata), `pareto.png`, `pareto.txt` (the
+    table) and `checkpoints/<run_id>/` (each checkpoint copied, checked loadable with
+    jepa_ray.load_encoder, with its MLflow metrics and run info). A checkpoint that cannot be
+    read is reported on stderr and in the `export_error` column; the others are exported.
+    register: also register the exported encoders under this MLflow model name."""
+    out = prepare_out_dir(out_dir, overwrite)
+    front = result.front.copy()
+    paths, errors = [], []
+    for row in front.itertuples(index=False):
+        values = dict(zip(front.columns, row))
+        path, error = _export_checkpoint(values, result, out / "checkpoints" / str(values["run_id"]))
+        if error:
+            print(f"warning: run {values['run_id']}: checkpoint {values['checkpoint']!r} not exported: {error}",
+                  file=sys.stderr)
+        paths.append(path)
+        errors.append(error)
+    front["export_path"] = paths
+    front["export_error"] = errors
+    write_parquet(result, front, out / "pareto.parquet")
+    write_plot(result, out / "pareto.png")
+    (out / "pareto.txt").write_text(format_table(result) + "\n")
+    if register:
+        register_encoders(result, front, out, register, tracking_uri or DEFAULT_TRACKING_URI)
+    return out
+
+
+def _export_checkpoint(values: dict, result: ParetoResult, dest: Path) -> tuple[str | None, str | None]:
+    """Copy one checkpoint and verify it; (relative path, None) or (None, reason)."""
+    uri = values.get("checkpoint")
+    if not isinstance(uri, str) or not uri:
+        return None, f"run has no {CHECKPOINT_TAG} tag"
+    try:
+        missing = [f for f in EXPORT_FILES[:2] if not ckpt_lib.has_file(uri, f)]
+        if missing:
+            raise FileNotFoundError(f"missing {', '.join(missing)} in {uri}")
+        dest.mkdir(parents=True)
+        ckpt_lib.copy_files(uri, dest, EXPORT_FILES)  # file by file, local or remote
+        _write_run_info(values, result, dest)
+        ckpt_lib.load_encoder(dest)
+    except Exception as exc:  # any unreadable checkpoint is reported, the others still exported
+        shutil.rmtree(dest, ignore_errors=True)
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return str(dest.relative_to(dest.parents[1])), None
+
+
+def _write_run_info(values: dict, result: ParetoResult, dest: Path) -> None:
+    """metrics.json gains the trial's final MLflow metrics; mlflow_run.json records the run."""
+    metrics_path = dest / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    for column, value in values.items():
+        if column.startswith(METRIC_PREFIX) and isinstance(value, float) and math.isfinite(value):
+            metrics[column[len(METRIC_PREFIX):]] = value
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    info = {
+        "run_id": values["run_id"], "trial_id": values["trial_id"], "sweep_run_id": values["sweep_run_id"],
+        "experiment": result.experiment, "source_checkpoint": values["checkpoint"],
+        "objectives": {o.name: values[o.column] for o in result.objectives},
+        "directions": {o.name: o.direction for o in result.objectives},
+        "knee": bool(values.get("knee")),
+    }
+    (dest / "mlflow_run.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def write_parquet(result: ParetoResult, front: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The front as parquet with the result's metadata in the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(front, preserve_index=False)
+    meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in result.metadata().items()}}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    return Path(path)
+
+
+def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name: str,
+                      tracking_uri: str) -> list[str]:
+    """Log each exported checkpoint to its trial run (artifact `pareto_encoder`) and register it
+    as a version of model `name`, tagged with its objectives; the version numbers."""
+    from mlflow.exceptions import MlflowException
+    client = tracking.client(tracking_uri)
+    try:
+        client.create_registered_model(name, description="Pareto-optimal jepa_ray encoders")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    versions = []
+    for row in front.itertuples(index=False):
+        values = dict(zip(front.columns, row))
+        if not isinstance(values["export_path"], str):
+            continue
+        run_id = str(values["run_id"])
+        client.log_artifacts(run_id, str(out / values["export_path"]), artifact_path="pareto_encoder")
+        source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/pareto_encoder"
+        tags = {o.name: f"{values[o.column]:.6g}" for o in result.objectives}
+        tags.update({"directions": ",".join(map(str, result.objectives)), "knee": str(bool(values["knee"])),
+                     "experiment": result.experiment, "trial_id": str(values["trial_id"])})
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                                              description=f"Pareto-optimal trial {values['trial_id']}")
+        versions.append(version.version)
+    return versions
+
+
+def log_to_parent(result: ParetoResult, tracking_uri: str, parent_run_id: str,
+                  files: Sequence[str | os.PathLike] | None = None) -> None:
+    """Log the plot and table (and any other given files) under `pareto/` of a sweep's parent
+    run, with the hypervolume and front size as metrics."""
+    client = tracking.client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="jepa_ray_pareto_") as tmp:
+        if files is None:
+            files = [write_plot(result, Path(tmp) / "pareto.png"), Path(tmp) / "pareto.txt"]
+            Path(files[1]).write_text(format_table(result) + "\n")
+        for path in files:
+            client.log_artifact(parent_run_id, str(path), artifact_path="pareto")
+    client.log_metric(parent_run_id, "pareto/hypervolume", result.hypervolume)
+    client.log_metric(parent_run_id, "pareto/front_size", float(len(result.front)))

@@ -1,0 +1,74 @@
+"""The sweep command line: `sweeps/rectified.py`, `sweeps/lejepa.py`, `python -m jepa_ray.sweep`
+and `jepa-sweep` all call `main`, which differ only in their defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import Any
+
+from jepa_ray.errors import UsageError
+from jepa_ray.sweep.driver import mlflow_ui_command, run_sweep
+from jepa_ray.sweep.options import ArgumentError, SweepOptions, parser
+
+RECTIFIED = dict(space="rectified", preset="digits-sweep", experiment="rectified-lpjepa")
+LEJEPA = dict(space="lejepa", preset="lejepa-digits", experiment="lejepa")
+
+
+def main(argv: list[str] | None = None, **defaults: Any) -> int:
+    """Entry point of the sweep scripts; `defaults` set the space, preset and experiment."""
+    base_defaults = SweepOptions(**defaults)
+    try:
+        args = parser(base_defaults).parse_args(argv)
+    except ArgumentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    opts = dataclasses.replace(base_defaults, **vars(args))
+    if opts.smoke and "--num-samples" not in (argv or sys.argv):
+        opts.num_samples = 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ray_was_running = _ray_initialized()
+    try:
+        summary = run_sweep(opts)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if not ray_was_running:  # leave the caller's Ray session (a notebook, a test) alone
+            _shutdown_ray()
+    print()
+    print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
+          f"{summary['already_finished']} already finished, {summary['failed']} failed, "
+          f"{summary['collapsed']} stopped by the collapse guard, {summary['finished']} finished")
+    if summary["stopped_on_failures"]:
+        print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
+        for why in summary["failure_reasons"]:
+            print(f"  - {why}")
+    print(f"MLflow: {mlflow_ui_command(opts.tracking_uri)}")
+    print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
+    if summary["launched"] and not summary["finished"]:
+        print("no trial of this run finished", file=sys.stderr)
+        return 1
+    return 1 if summary["stopped_on_failures"] else 0
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass
+
+
+def console_main() -> int:
+    """`jepa-sweep`: the Rectified LpJEPA sweep, like sweeps/rectified.py."""
+    return main(sys.argv[1:], **RECTIFIED)

@@ -1,0 +1,101 @@
+"""Resuming an interrupted sweep: trials that were running (or that a stopped sweep stopped) run
+again in their MLflow runs from their stores' newest checkpoints, and the remaining trials train
+with the base config the sweep started with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from optuna.trial import TrialState
+
+from jepa_ray import config as config_lib
+from jepa_ray.config import TrialConfig
+from jepa_ray.contract import EPOCH_PROBE_METRIC
+from jepa_ray.sweep.search import mark_interrupted
+from jepa_ray.sweep.spaces import params_key
+
+logger = logging.getLogger("jepa_ray.sweep")
+
+
+@dataclass
+class ResumeState:
+    finished: int = 0
+    reuse_runs: dict[str, str] = field(default_factory=dict)  # params key -> MLflow run id
+    resume_map: dict[str, str] = field(default_factory=dict)  # params key -> checkpoint URI
+
+
+def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) -> ResumeState:
+    """Make an interrupted sweep resumable: trials that were running (or that a stopped sweep
+    stopped) are marked FAIL (interrupted) in Optuna and enqueued again with the same
+    parameters; their MLflow runs are reused (no duplicates) and resume from their last
+    checkpoint."""
+    from jepa_ray import tracking
+
+    state = ResumeState()
+    runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
+    by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
+    c = tracking.client(tracking_uri)
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.user_attrs.get("resumed_from_trial") for t in trials}
+    for t in trials:
+        key = params_key(t.params)
+        run = by_key.get(key)
+        stopped = t.state == TrialState.FAIL and t.user_attrs.get("stopped") and t.number not in requeued
+        if t.state == TrialState.RUNNING or stopped:
+            if t.state == TrialState.RUNNING:
+                mark_interrupted(study, t)
+            study.enqueue_trial(t.params, user_attrs={"resumed_from_trial": t.number}, skip_if_exists=False)
+            if run is not None:
+                state.reuse_runs[key] = run.info.run_id
+                where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
+                if where:
+                    state.resume_map[key] = where
+                    _log_missing_epochs(c, run.info.run_id, where)
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")):
+            state.finished += 1
+            if run is not None and run.info.status == "RUNNING":
+                # Optuna heard of the end but the driver died before MLflow did.
+                finished = t.state == TrialState.COMPLETE and "linear_acc" in run.data.metrics
+                if not finished:
+                    c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
+                c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
+    return state
+
+
+def _log_missing_epochs(c, run_id: str, where: str) -> None:
+    """Log the epochs the interrupted trial's newest checkpoint holds but its MLflow run lacks.
+
+    The driver logs an epoch once a checkpoint covers it (tracking.EpochLog); a driver killed
+    between a trial's checkpoint and the driver's write leaves the checkpoint ahead of MLflow,
+    and the resumed trial starts after it. Those epochs are in the checkpoint's history."""
+    from jepa_ray import tracking
+    from jepa_ray.train import checkpoint as ckpt_lib
+    from jepa_ray.train.store import resumable_checkpoint
+
+    try:
+        checkpoint = resumable_checkpoint(where)
+        history = ckpt_lib.read_history(checkpoint) if checkpoint else []
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        logger.warning("could not read the epoch history of %s: %s", where, err)
+        return
+    logged = {m.step for m in c.get_metric_history(run_id, EPOCH_PROBE_METRIC)}
+    for metrics in history:
+        if metrics["epoch"] not in logged:
+            tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+
+
+def recorded_base_config(parent_run, given: TrialConfig) -> TrialConfig:
+    """The base config a sweep started with (its parent run's `base.*` params): a resumed sweep
+    trains its remaining trials like its first ones, whatever --preset/--set say now."""
+    recorded = {k[len("base."):]: v for k, v in parent_run.data.params.items() if k.startswith("base.")}
+    if not recorded:
+        return given
+    cfg = config_lib.apply_overrides(config_lib.TrialConfig(), recorded)
+    kept, now = config_lib.flatten(cfg), config_lib.flatten(given)
+    changed = sorted(k for k, v in now.items() if str(v) != str(kept[k]))
+    if changed:
+        logger.warning("--resume: keeping the sweep's recorded base config; ignoring the given %s",
+                       ", ".join(f"{k}={now[k]}" for k in changed))
+    return cfg

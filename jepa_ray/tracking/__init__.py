@@ -1,0 +1,44 @@
+"""MLflow, written by the sweep driver only (docs/design.md, "MLflow layout"): one parent run per
+sweep, one nested child per trial with the flattened resolved config as params, per-epoch
+metrics at step = epoch (each epoch exactly once), the final metrics, the checkpoint tag and the
+artifacts. Trials never open the tracking store: they report to the driver through Ray Tune, so
+a sqlite store stays safe with many concurrent trials and no worker needs to reach MLflow."""
+
+from jepa_ray.contract import (
+                               CHECKPOINT,
+                               EPOCH_PROBE_METRIC,
+                               FAILURE,
+                               FAILURE_KIND,
+                               FINAL_METRICS,
+                               LAST_CHECKPOINT,
+                               OPTUNA_TRIAL,
+                               PARAMS_KEY,
+                               PARENT,
+                               ROLE,
+                               SWEEP_NAME,
+                               TRIAL_DIR,
+                               TRIAL_ID,
+                               is_final,
+)
+from jepa_ray.errors import one_line
+from jepa_ray.tracking.callback import MlflowSweepCallback, make_callback, trial_error_text
+from jepa_ray.tracking.epochs import EpochLog
+from jepa_ray.tracking.plots import activation_plot
+from jepa_ray.tracking.store import (
+                               client,
+                               experiment_id,
+                               fail_running_trials,
+                               find_sweep_run,
+                               git_commit,
+                               log_metrics,
+                               log_params,
+                               search_all_runs,
+                               start_sweep_run,
+                               trial_runs,
+)
+
+__all__ = ["CHECKPOINT", "EPOCH_PROBE_METRIC", "EpochLog", "FAILURE", "FAILURE_KIND", "FINAL_METRICS",
+           "LAST_CHECKPOINT", "MlflowSweepCallback", "OPTUNA_TRIAL", "PARAMS_KEY", "PARENT", "ROLE", "SWEEP_NAME",
+           "TRIAL_DIR", "TRIAL_ID", "activation_plot", "client", "experiment_id", "fail_running_trials",
+           "find_sweep_run", "git_commit", "is_final", "log_metrics", "log_params", "make_callback", "one_line",
+           "search_all_runs", "start_sweep_run", "trial_error_text", "trial_runs"]

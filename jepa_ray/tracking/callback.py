@@ -1,0 +1,195 @@
+"""MLflow, written by the sweep driver only (DESIGN.md layout): one parent run per sweep, one
+nested child per trial with the flattened resolved config as params, per-epoch metrics at
+step = epoch, the final metrics, the checkpoint tag and the artifacts.
+
+Trials never open the tracking store: they report to the driver through Ray Tune, and the
+`MlflowSweepCallback` (a Tune callback, so it runs in the driver process) writes everything.
+That keeps a sqlite store safe with many concurrent trials and means workers on other nodes
+never need the sqlite file or the tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from jepa_ray import config as config_lib
+from jepa_ray.contract import (
+    CHECKPOINT,
+    CHECKPOINT_URI,
+    EPOCH_PROBE_METRIC,
+    FAILURE,
+    FAILURE_KIND,
+    LAST_CHECKPOINT,
+    OPTUNA_TRIAL,
+    PARAMS_KEY,
+    PARENT,
+    RESULT_FAILURE,
+    ROLE,
+    ROLE_TRIAL,
+    TRIAL_DIR,
+    TRIAL_ID,
+    FailureKind,
+    failure_kind,
+    is_final,
+)
+from jepa_ray.errors import one_line
+from jepa_ray.tracking.epochs import EpochLog
+from jepa_ray.tracking.plots import activation_plot
+from jepa_ray.tracking.store import client, log_metrics, log_params
+from jepa_ray.train import checkpoint as ckpt_lib
+
+if TYPE_CHECKING:
+    from jepa_ray.config import TrialConfig
+
+logger = logging.getLogger(__name__)
+
+# Bookkeeping Tune adds to every result: not trial metrics.
+_TUNE_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
+                        "time_since_restore", "iterations_since_restore", "done", "epoch", "config"})
+
+
+class MlflowSweepCallback:
+    """Tune callback that mirrors every trial into MLflow (built lazily as a ray.tune.Callback
+    subclass by `make_callback` so this module imports without Ray)."""
+
+    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str,
+                 resolve_trial: Callable[[dict], TrialConfig], reuse_runs: dict[str, str] | None = None,
+                 trial_dir: Callable[[dict], str] | None = None):
+        self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
+        self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
+        self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
+        self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
+        self.logs: dict[str, EpochLog] = {}  # tune trial id -> its epochs not yet written
+        self.started: dict[str, float] = {}
+        self.c = client(tracking_uri)
+
+    # Tune callback hooks -------------------------------------------------------------------
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:
+            return
+        cfg = self.resolve_trial(trial.config)
+        key = trial.config.get("params_key", "")
+        tags = {ROLE: ROLE_TRIAL, PARENT: self.parent, TRIAL_ID: trial.trial_id, PARAMS_KEY: key,
+                OPTUNA_TRIAL: str(trial.config.get("optuna_trial", ""))}
+        if self.trial_dir is not None:
+            tags[TRIAL_DIR] = self.trial_dir(trial.config)
+        reused = self.reuse_runs.pop(key, None)
+        committed = -1
+        if reused:
+            run_id = reused
+            if FAILURE in self.c.get_run(run_id).data.tags:  # a trial the stopped sweep failed
+                self.c.delete_tag(run_id, FAILURE)
+            self.c.update_run(run_id, status="RUNNING")
+            self.c.set_tag(run_id, "jepa_ray.resumed", "true")
+            for k, v in tags.items():
+                if k != TRIAL_DIR:  # keep pointing at the store the trial resumes from
+                    self.c.set_tag(run_id, k, v)
+            committed = max((m.step for m in self.c.get_metric_history(run_id, EPOCH_PROBE_METRIC)), default=-1)
+        else:
+            run = self.c.create_run(self.exp_id, run_name=f"trial-{trial.config.get('optuna_trial', trial.trial_id)}",
+                                    tags=tags)
+            run_id = run.info.run_id
+            log_params(self.c, run_id, config_lib.flatten(cfg))
+            self._log_config(run_id, cfg)
+        self.runs[trial.trial_id] = run_id
+        self.logs[trial.trial_id] = EpochLog(committed)
+        self.started[trial.trial_id] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None or failure_kind(result) is not None or "epoch" not in result:
+            return
+        log = self.logs[trial.trial_id]
+        # The final result carries the last epoch's metrics and the final metrics together.
+        epoch = int(result["epoch"])
+        log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
+        uri = result.get(CHECKPOINT_URI)
+        if uri:
+            self.c.set_tag(run_id, LAST_CHECKPOINT, uri)
+            self._write_epochs(run_id, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
+
+    def _write_epochs(self, run_id: str, epochs: list[tuple[int, dict]]) -> None:
+        for epoch, metrics in epochs:
+            log_metrics(self.c, run_id, metrics, step=epoch)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
+        result = trial.last_result or {}
+        kind = failure_kind(result)
+        if kind is not None:
+            self._fail(run_id, result[RESULT_FAILURE], kind.value)
+            return
+        if not is_final(result):
+            self._fail(run_id, "the trial ended without final metrics")
+            return
+        uri = result.get(CHECKPOINT_URI)
+        if uri:
+            self.c.set_tag(run_id, CHECKPOINT, uri)
+            self._log_checkpoint_artifacts(run_id, uri)
+        self.c.set_tag(run_id, "jepa_ray.wall_s", f"{time.time() - self.started.get(trial.trial_id, time.time()):.1f}")
+        self.c.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
+        self._fail(run_id, trial_error_text(trial))
+
+    # ---------------------------------------------------------------------------------------
+
+    def _fail(self, run_id: str, why: str, kind: str = FailureKind.FAILED.value) -> None:
+        self.c.set_tag(run_id, FAILURE, one_line(why))
+        self.c.set_tag(run_id, FAILURE_KIND, kind)
+        self.c.set_terminated(run_id, "FAILED")
+
+    def _log_config(self, run_id: str, cfg: TrialConfig) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            config_lib.save_json(cfg, path)
+            self.c.log_artifact(run_id, str(path))
+
+    def _log_checkpoint_artifacts(self, run_id: str, uri: str) -> None:
+        """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
+        metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
+                if copied:
+                    self.c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
+                rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
+                if rates is not None:
+                    png = activation_plot(json.loads(rates), Path(tmp) / "activation_rates.png",
+                                          "activation rate of each z dimension (test split)")
+                    self.c.log_artifact(run_id, str(png))
+        except Exception as err:  # artifacts are a convenience: never fail the sweep for them
+            logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
+
+
+def trial_error_text(trial) -> str:
+    for attr in ("error_message", "error_msg"):
+        msg = getattr(trial, attr, None)
+        if msg:
+            return str(msg)
+    path = getattr(trial, "error_file", None)
+    if path and os.path.isfile(path):
+        return Path(path).read_text()
+    return "the trial raised an error"
+
+
+def make_callback(*args, **kwargs):
+    """An MlflowSweepCallback that is also a ray.tune.Callback."""
+    from ray.tune import Callback
+
+    cls = type("MlflowTuneCallback", (MlflowSweepCallback, Callback), {})
+    return cls(*args, **kwargs)

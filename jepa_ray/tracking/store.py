@@ -1,0 +1,111 @@
+"""The MLflow reads and writes of the sweep driver and the Pareto export: experiments, the sweep
+and trial runs (paged searches), params and finite metrics in batches."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from typing import Any
+
+from jepa_ray.contract import FAILURE, PARENT, ROLE, ROLE_SWEEP, SWEEP_NAME
+from jepa_ray.errors import one_line
+
+SEARCH_PAGE_SIZE = 1000
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(tracking_uri: str, name: str) -> str:
+    """The id of the experiment `name`, created when missing (restored when deleted)."""
+    c = client(tracking_uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        return c.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def git_commit(path: str | os.PathLike = ".") -> str:
+    """The commit of the checkout that runs the sweep ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def find_sweep_run(tracking_uri: str, exp_id: str, sweep_name: str | None = None):
+    """The parent run of a sweep by name, or the newest sweep of the experiment (None if none)."""
+    query = f"tags.`{ROLE}` = '{ROLE_SWEEP}'"
+    if sweep_name:
+        query += f" and tags.`{SWEEP_NAME}` = '{sweep_name}'"
+    runs = client(tracking_uri).search_runs([exp_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def start_sweep_run(tracking_uri: str, exp_id: str, sweep_name: str, tags: dict[str, str],
+                    params: dict[str, Any]) -> str:
+    c = client(tracking_uri)
+    run = c.create_run(exp_id, run_name=sweep_name, tags={ROLE: ROLE_SWEEP, SWEEP_NAME: sweep_name, **tags})
+    log_params(c, run.info.run_id, params)
+    return run.info.run_id
+
+
+def search_all_runs(c, exp_ids: list[str], query: str = "", page_size: int = SEARCH_PAGE_SIZE) -> list:
+    """Every run of a search, page after page."""
+    runs, token = [], None
+    while True:
+        page = c.search_runs(exp_ids, query, max_results=page_size, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_runs(tracking_uri: str, exp_id: str, parent_run_id: str) -> list:
+    """Every child run of a sweep (all statuses)."""
+    return search_all_runs(client(tracking_uri), [exp_id], f"tags.`{PARENT}` = '{parent_run_id}'")
+
+
+def fail_running_trials(tracking_uri: str, exp_id: str, parent_run_id: str, why: str) -> int:
+    """End the sweep's child runs still RUNNING (trials stopped without a report) as FAILED
+    with the reason; returns how many."""
+    c = client(tracking_uri)
+    running = [r for r in trial_runs(tracking_uri, exp_id, parent_run_id) if r.info.status == "RUNNING"]
+    for run in running:
+        c.set_tag(run.info.run_id, FAILURE, one_line(why))
+        c.set_terminated(run.info.run_id, "FAILED")
+    return len(running)
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_text(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
+def _param_text(value: Any) -> str:
+    return ("None" if value is None else str(value))[:6000]
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    """Numeric, finite metrics only (MLflow rejects NaN in some stores; strings are not metrics)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i:i + 500])

@@ -1,0 +1,220 @@
+"""The training loop of one worker, read top to bottom in `fit`: load the data, build the model,
+restore from the trial's store, then per epoch the steps, the epoch's metrics, the collapse
+guard and a report (with a checkpoint every `checkpoint_every` epochs); at the end the final
+evaluation on frozen features and the final checkpoint.
+
+Every random choice of a step (batch order, augmentations, slices, target samples) is drawn
+from generators seeded by (seed, epoch or global step) (jepa_ray.seeding), so a run resumed from
+an epoch checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from jepa_ray import distributed as dist_lib
+from jepa_ray import metrics as metrics_lib
+from jepa_ray.data import BatchIterator, ImageSplits, ViewMaker, load_dataset
+from jepa_ray.errors import ConfigError
+from jepa_ray.eval.evaluate import evaluate_encoder, extract_features
+from jepa_ray.model import Preprocess, create_model
+from jepa_ray.regularizers import create_regularizer
+from jepa_ray.seeding import STREAM_AUGMENT, step_generator
+from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.train import optim as optim_lib
+from jepa_ray.train.faults import Fault
+from jepa_ray.train.guard import check_collapse, check_finite
+from jepa_ray.train.step import Runtime, TrainModule, runtime, set_threads, train_step
+
+if TYPE_CHECKING:
+    from jepa_ray.config import TrialConfig
+
+CheckpointWriter = Callable[[Path], Path]
+"""Writes a checkpoint directory at the given path and returns it (`_save` bound to the state)."""
+
+
+class Reporter(Protocol):
+    """Where a worker finds its restore point and sends its per-epoch metrics and checkpoints."""
+
+    def restore_point(self) -> str | None: ...
+
+    def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# State (what a resumable checkpoint holds)
+
+
+def _restore(path: str, model: TrainModule, optimizer, device) -> tuple[int, int, list]:
+    state = ckpt_lib.load_state(path, ckpt_lib.MODEL_FILE, device)
+    model.encoder.load_state_dict(state["model"])
+    model.probe_h.load_state_dict(state["online_probe"])
+    model.probe_z.load_state_dict(state["online_probe_z"])
+    train = ckpt_lib.load_state(path, ckpt_lib.TRAIN_STATE_FILE, device)
+    optimizer.load_state_dict(train["optimizer"])
+    return int(train["epoch"]), int(train["step"]), ckpt_lib.read_history(path)
+
+
+def _save(path: Path, model: TrainModule, cfg, metrics, optimizer, preprocess: Preprocess, epoch, step,
+          history) -> Path:
+    return ckpt_lib.save_checkpoint(
+        path, model=model.encoder, cfg=cfg, metrics=metrics, history=history,
+        extra_state={"online_probe": model.probe_h.state_dict(), "online_probe_z": model.probe_z.state_dict()},
+        train_state={"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()},
+        extra_files={ckpt_lib.PREPROCESSING_FILE: json.dumps(preprocess.spec(), indent=2)})
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+@torch.no_grad()
+def _online_test_accuracy(model: TrainModule, test_x: torch.Tensor, test_y: torch.Tensor, preprocess: Preprocess,
+                          rt: Runtime, batch_size: int) -> tuple[float, float]:
+    """Accuracy of the two online probes on the test split (held on the device), each rank
+    taking a strided shard: one encoder pass per epoch gives both."""
+    idx = torch.arange(rt.rank, test_x.shape[0], rt.world_size, device=test_x.device)
+    h, z = extract_features(model.encoder, test_x[idx], preprocess, batch_size=batch_size, device=rt.device,
+                            autocast_dtype=rt.autocast_dtype)
+    y = test_y[idx]
+    correct = [(model.probe_h(h).argmax(1) == y).sum(), (model.probe_z(z).argmax(1) == y).sum()]
+    ch, cz, n = dist_lib.sum_over_ranks([float(c) for c in correct] + [idx.numel()], rt.device)
+    return ch / max(n, 1), cz / max(n, 1)
+
+
+def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = None,
+        on_epoch: Callable[[dict], None] | None = None, fault: Fault | None = None) -> dict[str, Any]:
+    """Train one worker's share of a trial and return its final metrics.
+
+    Call inside an initialized process group for several workers (Ray Train does that).
+    Raises TrialFailure on a non-finite loss or a collapse. `fault` is the tests' hook that
+    kills this worker at a global step (jepa_ray.train.faults)."""
+    set_threads(cfg)
+    rt = runtime(cfg, device)
+    torch.manual_seed(cfg.system.seed)  # identical initial weights on every rank
+
+    splits = load_dataset(cfg.data)
+    image_size = cfg.data.image_size or splits.image_size
+    views = ViewMaker(cfg.views, image_size, splits.mean, splits.std, splits.num_channels)
+    preprocess = Preprocess(splits.mean, splits.std, image_size, splits.num_channels).to(rt.device)
+    train_x = splits.train_x.to(rt.device)  # uint8, decoded once; augmented on the device
+    train_y = splits.train_y.to(rt.device)
+    test_x, test_y = splits.test_x.to(rt.device), splits.test_y.to(rt.device)
+
+    model = TrainModule(create_model(cfg), splits.num_classes, cfg.model.joint_view_forward).to(rt.device)
+    if rt.device.type == "cuda" and cfg.system.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if rt.world_size > 1:
+        if cfg.model.sync_bn:
+            model.encoder = dist_lib.convert_sync_batchnorm(model.encoder, rt.device)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    regularizer = create_regularizer(cfg)
+    optimizer = optim_lib.create_optimizer(cfg, model.encoder, nn.ModuleList([model.probe_h, model.probe_z]))
+
+    local_batch = cfg.optim.batch_size // rt.world_size
+    if cfg.optim.batch_size > train_x.shape[0]:
+        raise ConfigError(f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
+                          f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}")
+    batches = BatchIterator(train_x.shape[0], cfg.optim.batch_size, rank=rt.rank,
+                            world_size=rt.world_size, seed=cfg.system.seed)
+    steps_per_epoch = len(batches)
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    warmup = optim_lib.warmup_steps(cfg, steps_per_epoch)
+
+    start_epoch, step, history = 0, 0, []
+    restored = reporter.restore_point()
+    if restored is not None:
+        start_epoch, step, history = _restore(restored, model, optimizer, rt.device)
+
+    num_global = cfg.views.num_views
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        net.train()
+        batches.set_epoch(epoch)
+        sums = torch.zeros(6, dtype=torch.float64, device=rt.device)
+        pending = None
+        t0 = time.perf_counter()
+        for idx in torch.stack(list(batches)).to(rt.device):  # one host-to-device copy per epoch
+            if fault is not None:
+                fault.check(rt.rank, step)
+            optim_lib.schedule_step(optimizer, step, total_steps, warmup, cfg)
+            # One stream for the whole global batch, each rank keeping its rows: the views do not
+            # depend on the number of workers.
+            gen = step_generator(rt.device, cfg.system.seed, step, STREAM_AUGMENT)
+            x_views = views(train_x[idx], gen, offset=rt.rank * local_batch, total=cfg.optim.batch_size)
+            out = train_step(net, regularizer, optimizer, x_views, train_y[idx], step, cfg, rt.autocast_dtype)
+            # The finiteness check reads the previous step's loss: reading this step's would make
+            # the CPU wait for the GPU every step. A non-finite loss stops the trial one step late.
+            check_finite(pending, epoch)
+            pending = (step, out.loss, out.invariance, out.regularizer)
+            sums += torch.cat([torch.stack([out.loss, out.invariance, out.regularizer,
+                                            (out.z[0] != 0).float().mean()]), out.correct.float()]).double()
+            step += 1
+        check_finite(pending, epoch)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+        seconds = time.perf_counter() - t0
+        totals = dist_lib.sum_over_ranks(sums.tolist() + [seconds], rt.device)
+        n_steps = steps_per_epoch * rt.world_size
+        online_h, online_z = _online_test_accuracy(model, test_x, test_y, preprocess, rt, local_batch * 2)
+        epoch_metrics = {
+            "epoch": epoch,
+            "train/loss": totals[0] / n_steps,
+            "train/invariance": totals[1] / n_steps,
+            "train/regularizer": totals[2] / n_steps,
+            "train/l0_density": totals[3] / n_steps,
+            "online/train_acc": totals[4] / (n_steps * local_batch * num_global),
+            "online/train_acc_z": totals[5] / (n_steps * local_batch * num_global),
+            "online/linear_acc": online_h,
+            "online/linear_acc_z": online_z,
+            "train/rank_me": metrics_lib.rank_me(out.z[0].float()),
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
+            "time/epoch_s": seconds,
+        }
+        history.append(epoch_metrics)
+        check_collapse(cfg, epoch_metrics)
+        if on_epoch is not None:
+            on_epoch(epoch_metrics)
+        last = epoch == cfg.optim.epochs - 1
+        due = cfg.system.checkpoint_every > 0 and (epoch + 1) % cfg.system.checkpoint_every == 0
+        if last:
+            break  # the final report carries the final metrics and checkpoint
+        reporter.report(epoch_metrics, (lambda d, m=epoch_metrics, e=epoch, s=step: _save(
+            d, model, cfg, m, optimizer, preprocess, e + 1, s, history)) if due else None, final=False)
+
+    final = dict(history[-1]) if history else {}
+    evaluation, rates = final_evaluation(cfg, model.encoder, splits, preprocess, rt)
+    final.update(evaluation)
+
+    def save_final(d: Path) -> Path:
+        path = _save(d, model, cfg, final, optimizer, preprocess, cfg.optim.epochs, step, history)
+        (path / ckpt_lib.ACTIVATION_FILE).write_text(json.dumps(rates))
+        return path
+
+    reporter.report(final, save_final, final=True)
+    return final
+
+
+def final_evaluation(cfg, model, splits: ImageSplits, preprocess: Preprocess, rt: Runtime
+                     ) -> tuple[dict, list[float] | None]:
+    """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
+    on rank 0, the activation rate of each z dimension on the test split."""
+    result, rates = [None], None
+    if rt.is_main:
+        result[0], te_z = evaluate_encoder(cfg, ckpt_lib.unwrap(model), splits, preprocess, device=rt.device,
+                                           autocast_dtype=rt.autocast_dtype,
+                                           batch_size=max(256, cfg.optim.batch_size))
+        rates = metrics_lib.activation_rates(te_z).tolist()
+    if dist_lib.is_distributed():
+        dist.broadcast_object_list(result, src=0)
+    return result[0], rates

@@ -1,0 +1,148 @@
+"""The package's shape: no import cycle between its modules (function-level imports included,
+`if TYPE_CHECKING:` blocks excepted), a config that imports without torch, entry points that
+run, the private-API adapter's version check, and files of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "jepa_ray"
+MAX_LINES = 420
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The package modules `path` imports, at module or function level (not for type checking)."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path)
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    found.discard(here)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    return {module_name(f): imports_of(f, modules) for f in files}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := dfs(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_inside_the_package():
+    graph = import_graph()
+    assert len(graph) > 40 and "jepa_ray.train.loop" in graph["jepa_ray.train"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
+    graph = import_graph()
+    low = [m for m in graph if m.count(".") and m.split(".")[1] in ("targets", "regularizers", "distributed", "model", "metrics",
+                                                   "seeding", "errors", "contract", "data")]
+    high = ("jepa_ray.train", "jepa_ray.sweep", "jepa_ray.tracking", "jepa_ray.pareto", "jepa_ray.config")
+    for module in low:
+        bad = sorted(m for m in graph[module] if m.startswith(high))
+        assert not bad, f"{module} imports {bad}"
+
+
+def test_importing_the_config_does_not_import_torch():
+    code = "import sys, jepa_ray.config; print('torch' in sys.modules, 'timm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("module", ["jepa_ray.sweep", "jepa_ray.train", "jepa_ray.pareto"])
+def test_python_dash_m_entry_points_answer_help(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and "--" in out.stdout
+
+
+def test_the_private_api_adapter_checks_its_assumptions():
+    from jepa_ray.sweep import search
+
+    search.check_private_api()  # the installed Ray and Optuna have what the adapter uses
+
+    class UpgradedSearcher:  # an upgrade that renamed the study attribute
+        _ot_trials, _completed_trials = {}, set()
+
+    with pytest.raises(RuntimeError, match=r"relies on OptunaSearch\._ot_study.*checked against ray 2\.60"):
+        search.check_private_api(UpgradedSearcher)
+
+    class UpgradedStorage:
+        def set_trial_user_attr(self):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"UpgradedStorage\.set_trial_state_values"):
+        search.check_private_api(storage_cls=UpgradedStorage)
+
+
+def test_a_one_epoch_sweep_is_not_refused_for_its_warmup():
+    """`sweeps/rectified.py --epochs 1` used to exit 2 (warmup_epochs 2 > epochs 1)."""
+    from jepa_ray import sweep
+
+    cfg = sweep.base_config(sweep.SweepOptions(preset="digits-sweep", epochs=1))
+    assert cfg.optim.epochs == 1
+
+
+def test_package_files_stay_readable():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"files over {MAX_LINES} lines (split them, or state why at the top): {long}"
