@@ -1,7 +1,7 @@
 """Speed of Pareto-front extraction from MLflow at sweep scale.
 
 Builds (once, cached under the temp dir) a genuine MLflow sqlite store with 10,000 trial runs in
-the DESIGN.md layout: parent sweep runs made with MlflowClient; trial runs written in bulk
+the docs/design.md layout: parent sweep runs made with MlflowClient; trial runs written in bulk
 through MLflow's own SQLAlchemy tables (MlflowClient costs ~0.1 s a run, ~17 min for 10,000),
 each with the flattened config as params, 6 per-epoch metric histories, the 7 final metrics and
 the layout's tags; ~3% FAILED. The store is checked by reading it back with MlflowClient.
@@ -11,7 +11,7 @@ Then times, each the median of a few repeats:
   MlflowClient.search_runs reader, against `mlflow.search_runs` + compute_front as baseline;
 - hypervolume alone (the 2-objective front, and a 3-objective front of the same trials);
 - non-dominated sorting of all trials.
-Prints one JSON object per line (DESIGN.md format).
+Prints one JSON object per line (docs/design.md format).
 
 `python benchmarks/pareto.py [--runs 10000] [--repeats 3] [--rebuild]`
 """
@@ -38,8 +38,14 @@ from jepa_ray.config import TrialConfig, flatten, resolve  # noqa: E402
 EXPERIMENT = "bench-pareto"
 SWEEPS = 4
 EPOCHS = 10
-HISTORY = ("train/loss", "train/invariance", "train/regularizer", "train/l0_density", "online/linear_acc",
-           "throughput/img_per_s")
+HISTORY = (
+    "train/loss",
+    "train/invariance",
+    "train/regularizer",
+    "train/l0_density",
+    "online/linear_acc",
+    "throughput/img_per_s",
+)
 STORE_VERSION = 1
 
 
@@ -70,15 +76,27 @@ def synthetic_trial(rng: np.random.Generator, base: dict) -> tuple[dict, dict]:
     accuracy is quantized to a 360-image test split (ties, as in real probes)."""
     mu, p = float(rng.uniform(-3, 1)), float(rng.choice([0.5, 1.0, 1.5, 2.0]))
     lambd, slices = float(rng.uniform(0.5, 0.99)), int(rng.choice([256, 512, 1024, 4096, 8192]))
-    params = {**base, "mu": mu, "p": p, "lambd": lambd, "num_slices": slices,
-              "proj_dims": str(rng.choice(["256-256-256", "512-512-512", "256-256-128"])),
-              "seed": int(rng.integers(0, 1000))}
+    params = {
+        **base,
+        "mu": mu,
+        "p": p,
+        "lambd": lambd,
+        "num_slices": slices,
+        "proj_dims": str(rng.choice(["256-256-256", "512-512-512", "256-256-128"])),
+        "seed": int(rng.integers(0, 1000)),
+    }
     target = 1 / (1 + np.exp(-1.7 * mu / p))
     l0 = float(np.clip(target * rng.lognormal(0, 0.25), 1e-4, 1.0))
     acc = float(np.round(np.clip(0.93 - 0.25 * np.exp(-l0 / 0.08) - 0.1 * rng.random(), 0, 1) * 360) / 360)
-    metrics = {"linear_acc": acc, "l0_density": l0, "target_l0_density": float(target),
-               "linear_acc_z": acc - 0.02, "knn_acc": float(np.clip(acc - 0.05 + 0.05 * rng.normal(), 0, 1)),
-               "l0_density_backbone": float(rng.uniform(0.3, 0.7)), "rank_me": float(rng.uniform(10, 200))}
+    metrics = {
+        "linear_acc": acc,
+        "l0_density": l0,
+        "target_l0_density": float(target),
+        "linear_acc_z": acc - 0.02,
+        "knn_acc": float(np.clip(acc - 0.05 + 0.05 * rng.normal(), 0, 1)),
+        "l0_density_backbone": float(rng.uniform(0.3, 0.7)),
+        "rank_me": float(rng.uniform(10, 200)),
+    }
     return params, metrics
 
 
@@ -105,14 +123,34 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
         failed = rng.random() < 0.03
         params, finals = synthetic_trial(rng, base)
         start = now + i * 1000
-        rows["runs"].append(dict(run_uuid=run_id, name=f"trial_{i:05d}", artifact_uri=f"{artifact_root}/{run_id}/artifacts",
-                                 experiment_id=int(exp_id), source_type="UNKNOWN", source_name="", entry_point_name="",
-                                 user_id="bench", status="FAILED" if failed else "FINISHED", start_time=start,
-                                 end_time=start + 900, deleted_time=None, source_version="", lifecycle_stage="active"))
-        tags = {"mlflow.runName": f"trial_{i:05d}", pareto.PARENT_TAG: sweeps[i % SWEEPS],
-                pareto.ROLE_TAG: pareto.ROLE_TRIAL, pareto.TRIAL_ID_TAG: f"{i:05d}",
-                pareto.CHECKPOINT_TAG: f"{path.parent}/checkpoints/trial_{i:05d}", "mlflow.user": "bench",
-                "mlflow.source.name": "sweeps/rectified.py", "mlflow.source.type": "LOCAL"}
+        rows["runs"].append(
+            dict(
+                run_uuid=run_id,
+                name=f"trial_{i:05d}",
+                artifact_uri=f"{artifact_root}/{run_id}/artifacts",
+                experiment_id=int(exp_id),
+                source_type="UNKNOWN",
+                source_name="",
+                entry_point_name="",
+                user_id="bench",
+                status="FAILED" if failed else "FINISHED",
+                start_time=start,
+                end_time=start + 900,
+                deleted_time=None,
+                source_version="",
+                lifecycle_stage="active",
+            )
+        )
+        tags = {
+            "mlflow.runName": f"trial_{i:05d}",
+            pareto.PARENT_TAG: sweeps[i % SWEEPS],
+            pareto.ROLE_TAG: pareto.ROLE_TRIAL,
+            pareto.TRIAL_ID_TAG: f"{i:05d}",
+            pareto.CHECKPOINT_TAG: f"{path.parent}/checkpoints/trial_{i:05d}",
+            "mlflow.user": "bench",
+            "mlflow.source.name": "sweeps/rectified.py",
+            "mlflow.source.type": "LOCAL",
+        }
         if failed:
             tags[pareto.FAILURE_TAG] = "RuntimeError: synthetic failure"
         rows["tags"] += [dict(key=k, value=v, run_uuid=run_id) for k, v in tags.items()]
@@ -123,14 +161,23 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
             metrics += [(k, v, EPOCHS) for k, v in finals.items()]
         latest: dict[str, tuple] = {}
         for k, v, step in metrics:
-            rows["metrics"].append(dict(key=k, value=v, timestamp=start + step, step=step, is_nan=False, run_uuid=run_id))
+            rows["metrics"].append(
+                dict(key=k, value=v, timestamp=start + step, step=step, is_nan=False, run_uuid=run_id)
+            )
             latest[k] = (v, step)
-        rows["latest"] += [dict(key=k, value=v, timestamp=start + step, step=step, is_nan=False, run_uuid=run_id)
-                           for k, (v, step) in latest.items()]
+        rows["latest"] += [
+            dict(key=k, value=v, timestamp=start + step, step=step, is_nan=False, run_uuid=run_id)
+            for k, (v, step) in latest.items()
+        ]
     store = SqlAlchemyStore(uri, artifact_root)
     with store.ManagedSessionMaker(read_only=False) as session:
-        for model, key in ((SqlRun, "runs"), (SqlTag, "tags"), (SqlParam, "params"), (SqlMetric, "metrics"),
-                           (SqlLatestMetric, "latest")):
+        for model, key in (
+            (SqlRun, "runs"),
+            (SqlTag, "tags"),
+            (SqlParam, "params"),
+            (SqlMetric, "metrics"),
+            (SqlLatestMetric, "latest"),
+        ):
             session.execute(model.__table__.insert(), rows[key])
     for sweep in sweeps:
         client.set_terminated(sweep)
@@ -194,6 +241,7 @@ def main() -> None:
         def run():
             trials = pareto.read_trials(uri, EXPERIMENT, metrics=metrics, reader="mlflow", page_size=page_size)
             return pareto.compute_front(trials, objectives, experiment=EXPERIMENT)
+
         return run
 
     def baseline():
@@ -201,16 +249,23 @@ def main() -> None:
 
         mlflow.set_tracking_uri(uri)
         exp = mlflow.get_experiment_by_name(EXPERIMENT)
-        frame = mlflow.search_runs([exp.experiment_id], filter_string=(
-            f"attributes.status = 'FINISHED' AND tags.`{pareto.ROLE_TAG}` = '{pareto.ROLE_TRIAL}'"))
+        frame = mlflow.search_runs(
+            [exp.experiment_id],
+            filter_string=(f"attributes.status = 'FINISHED' AND tags.`{pareto.ROLE_TAG}` = '{pareto.ROLE_TRIAL}'"),
+        )
         return pareto.compute_front(frame, objectives, experiment=EXPERIMENT)
 
     base_s, base_result = timed(baseline, 1)
     fast_s, fast_result = timed(fast, args.repeats)
     assert list(fast_result.front["run_id"]) == list(base_result.front["run_id"])
     assert fast_result.hypervolume == base_result.hypervolume
-    emit(f"extract front (read + compute, params of the front only) sqlite reader runs={n} "
-         f"front={len(fast_result.front)}", "s", fast_s, base_s)
+    emit(
+        f"extract front (read + compute, params of the front only) sqlite reader runs={n} "
+        f"front={len(fast_result.front)}",
+        "s",
+        fast_s,
+        base_s,
+    )
     read_s, trials = timed(lambda: pareto.read_trials(uri, EXPERIMENT, metrics=metrics, reader="sql"), args.repeats)
     emit(f"read_trials with all params sqlite reader runs={n}", "s", read_s, base_s)
     for page_size in (1_000, pareto.SEARCH_PAGE_SIZE):

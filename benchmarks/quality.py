@@ -17,7 +17,7 @@ loss scale 350); `adamw` swaps in AdamW (lr 1e-3, wd 1e-4, loss scale 1). The mu
 the same config at each mu (target density from sparse to dense): the trade-off a sweep's
 Pareto front is made of, without the search's other knobs.
 
-Prints one JSON line per case (DESIGN.md format).
+Prints one JSON line per case (docs/design.md format).
 """
 
 from __future__ import annotations
@@ -40,12 +40,24 @@ from jepa_ray.model import Preprocess, create_model  # noqa: E402
 from jepa_ray.train import LocalReporter, final_evaluation, fit, runtime  # noqa: E402
 
 DEVICE = "cpu"
-CIFAR_SETTING = {"dataset": "parquet", "backbone": "jepa_convnet_tiny", "cifar_stem": False,
-                 "max_train_samples": 5000, "max_test_samples": 2000, "epochs": 10, "batch_size": 256,
-                 "num_slices": 1024, "sync_bn": False, "target": "rgg", "mu": 0.0, "p": 1.0}
-VARIANTS = {"reference": {},
-            "adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "loss_scale": 1.0,
-                      "online_probe_lr": 1e-3}}
+CIFAR_SETTING = {
+    "dataset": "parquet",
+    "backbone": "jepa_convnet_tiny",
+    "cifar_stem": False,
+    "max_train_samples": 5000,
+    "max_test_samples": 2000,
+    "epochs": 10,
+    "batch_size": 256,
+    "num_slices": 1024,
+    "sync_bn": False,
+    "target": "rgg",
+    "mu": 0.0,
+    "p": 1.0,
+}
+VARIANTS = {
+    "reference": {},
+    "adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "loss_scale": 1.0, "online_probe_lr": 1e-3},
+}
 GOALS = {"linear_acc": 6.2, "knn_acc": 2.5}
 """The reference recipe's mean gain over random init in the CIFAR setting (issue: 10 epochs,
 mean of 2 seeds), in points."""
@@ -66,8 +78,9 @@ def random_init_metrics(cfg) -> dict:
     rt = runtime(cfg)
     model = create_model(cfg).to(rt.device)
     splits = load_dataset(cfg.data)
-    preprocess = Preprocess(splits.mean, splits.std, cfg.data.image_size or splits.image_size,
-                            splits.num_channels).to(rt.device)
+    preprocess = Preprocess(splits.mean, splits.std, cfg.data.image_size or splits.image_size, splits.num_channels).to(
+        rt.device
+    )
     return final_evaluation(cfg, model, splits, preprocess, rt)[0]
 
 
@@ -95,16 +108,30 @@ def compare(preset: str, overrides: dict, seeds: list[int], label: str, goals: d
         gains = [100 * (r[metric] - u[metric]) for r, u in zip(runs, untrained)]
         goal = goals.get(metric) if goals else None
         extra = {"goal": f"mean gain >= {goal} points"} if goal is not None else {}
-        emit(f"{metric} trained vs random init, {label}", "accuracy", statistics.mean(r[metric] for r in runs),
-             statistics.mean(u[metric] for u in untrained), gain_points=round(statistics.mean(gains), 2),
-             gain_per_seed=[round(g, 2) for g in gains], trained_per_seed=[round(r[metric], 4) for r in runs],
-             random_per_seed=[round(u[metric], 4) for u in untrained], seeds=seeds,
-             train_seconds=round(statistics.mean(seconds), 1), **extra)
+        emit(
+            f"{metric} trained vs random init, {label}",
+            "accuracy",
+            statistics.mean(r[metric] for r in runs),
+            statistics.mean(u[metric] for u in untrained),
+            gain_points=round(statistics.mean(gains), 2),
+            gain_per_seed=[round(g, 2) for g in gains],
+            trained_per_seed=[round(r[metric], 4) for r in runs],
+            random_per_seed=[round(u[metric], 4) for u in untrained],
+            seeds=seeds,
+            train_seconds=round(statistics.mean(seconds), 1),
+            **extra,
+        )
     target = runs[0]["target_l0_density"]
     densities = [r["l0_density"] for r in runs]
-    emit(f"l0_density of z vs closed-form target, {label}", "l0_density", statistics.mean(densities), target,
-         abs_error=round(abs(statistics.mean(densities) - target), 4), per_seed=[round(d, 4) for d in densities],
-         goal="abs_error <= 0.05")
+    emit(
+        f"l0_density of z vs closed-form target, {label}",
+        "l0_density",
+        statistics.mean(densities),
+        target,
+        abs_error=round(abs(statistics.mean(densities) - target), 4),
+        per_seed=[round(d, 4) for d in densities],
+        goal="abs_error <= 0.05",
+    )
 
 
 def mu_curve(preset: str, overrides: dict, mus: list[float], seeds: list[int], label: str) -> None:
@@ -120,7 +147,9 @@ def mu_curve(preset: str, overrides: dict, mus: list[float], seeds: list[int], l
 def main() -> None:
     global DEVICE
     p = argparse.ArgumentParser()
-    p.add_argument("--preset", default=None, help="base trial config (default: digits, or cifar10-resnet18 with --cifar)")
+    p.add_argument(
+        "--preset", default=None, help="base trial config (default: digits, or cifar10-resnet18 with --cifar)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cifar", help="CIFAR-10 parquet directory: the CPU-scale real-data setting (see above)")
     p.add_argument("--variants", default="reference", help=f"with --cifar: comma-separated, of {', '.join(VARIANTS)}")
@@ -138,8 +167,10 @@ def main() -> None:
     cfg = config_for(preset, base)
     if cfg.system.gpus_per_worker > 0 and torch.cuda.is_available():
         DEVICE = "cuda"
-    label = (f"{cfg.data.dataset} {cfg.model.backbone} {len(load_dataset(cfg.data).train_y)} train images, "
-             f"rgg p={cfg.target.p:g}, {cfg.optim.epochs} epochs")
+    label = (
+        f"{cfg.data.dataset} {cfg.model.backbone} {len(load_dataset(cfg.data).train_y)} train images, "
+        f"rgg p={cfg.target.p:g}, {cfg.optim.epochs} epochs"
+    )
     if args.mu_curve:
         mu_curve(preset, base, config_lib.float_list(args.mu_curve), seeds, label)
         return
@@ -150,8 +181,11 @@ def main() -> None:
             raise SystemExit(f"error: --variants {name!r} is not allowed; allowed: {', '.join(VARIANTS)}")
         overrides = {**base, **VARIANTS[name]}
         vcfg = config_for(preset, overrides)
-        what = (f"{preset} {vcfg.optim.optimizer} lambd={vcfg.loss.lambd:.3g} loss_scale={vcfg.loss.loss_scale:g}"
-                if args.cifar else preset)
+        what = (
+            f"{preset} {vcfg.optim.optimizer} lambd={vcfg.loss.lambd:.3g} loss_scale={vcfg.loss.loss_scale:g}"
+            if args.cifar
+            else preset
+        )
         compare(preset, overrides, seeds, f"{label}, {what}", GOALS if args.cifar and name == "reference" else None)
 
 

@@ -70,8 +70,9 @@ def _calls_per_repeat(fn: Callable[[], object], device: torch.device) -> int:
     return max(1, min(1000, math.ceil(MIN_REPEAT_MS / max(_timed(fn, device, 1), 1e-3))))
 
 
-def time_pair_ms(ours: Callable[[], object], plain: Callable[[], object], device: torch.device,
-                 repeats: int, warmup: int) -> tuple[float, float]:
+def time_pair_ms(
+    ours: Callable[[], object], plain: Callable[[], object], device: torch.device, repeats: int, warmup: int
+) -> tuple[float, float]:
     """Medians (ms per call) of two functions timed in alternation, so that a change in
     machine load during the run weighs on both sides of the ratio alike."""
     for _ in range(warmup):
@@ -80,7 +81,7 @@ def time_pair_ms(ours: Callable[[], object], plain: Callable[[], object], device
     sides = ((ours, _calls_per_repeat(ours, device)), (plain, _calls_per_repeat(plain, device)))
     times: tuple[list[float], list[float]] = ([], [])
     for i in range(repeats):
-        for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
             fn, calls = sides[side]
             times[side].append(_timed(fn, device, calls))
     return statistics.median(times[0]), statistics.median(times[1])
@@ -138,6 +139,7 @@ def _fwd_bwd(loss_fn: Callable[[], torch.Tensor], z: torch.Tensor) -> Callable[[
     def step() -> None:
         z.grad = None
         loss_fn().backward()
+
     return step
 
 
@@ -163,13 +165,22 @@ def bench_rdmreg(b: int, d: int, n: int, device: torch.device, repeats: int, war
     _check_same(R.rdmreg(z, y, dirs), plain_rdmreg(z, y, dirs.t()), f"rdmreg B={b} D={d} N={n}")
 
     size = f"B={b} D={d} N={n}"
-    ours, plain = time_pair_ms(_fwd_bwd(lambda: R.rdmreg(z, y, dirs), z),
-                               _fwd_bwd(lambda: plain_rdmreg(z, y, dirs.t()), z), device, repeats, warmup)
+    ours, plain = time_pair_ms(
+        _fwd_bwd(lambda: R.rdmreg(z, y, dirs), z),
+        _fwd_bwd(lambda: plain_rdmreg(z, y, dirs.t()), z),
+        device,
+        repeats,
+        warmup,
+    )
     _emit(f"rdmreg {size}", ours, device, plain)
     if device.type == "cuda":
-        ours, plain = time_pair_ms(cuda_graph(_fwd_bwd(lambda: R.rdmreg(z, y, dirs), z)),
-                                   cuda_graph(_fwd_bwd(lambda: plain_rdmreg(z, y, dirs.t()), z)),
-                                   device, repeats, warmup)
+        ours, plain = time_pair_ms(
+            cuda_graph(_fwd_bwd(lambda: R.rdmreg(z, y, dirs), z)),
+            cuda_graph(_fwd_bwd(lambda: plain_rdmreg(z, y, dirs.t()), z)),
+            device,
+            repeats,
+            warmup,
+        )
         _emit(f"rdmreg {size} graph", ours, device, plain)
 
     module = R.RDMReg(n, target=TARGET["kind"], p=TARGET["p"], mu=TARGET["mu"])
@@ -179,26 +190,38 @@ def bench_rdmreg(b: int, d: int, n: int, device: torch.device, repeats: int, war
         y_new = targets.sample(TARGET["kind"], (b, d), p=TARGET["p"], mu=TARGET["mu"], device=device)
         return plain_rdmreg(z, y_new, plain_directions(n, d, device))
 
-    ours_step, plain_step = time_pair_ms(_fwd_bwd(lambda: module(z, next(steps)), z),
-                                         _fwd_bwd(plain_drawn, z), device, repeats, warmup)
+    ours_step, plain_step = time_pair_ms(
+        _fwd_bwd(lambda: module(z, next(steps)), z), _fwd_bwd(plain_drawn, z), device, repeats, warmup
+    )
     _emit(f"RDMReg step {size}", ours_step, device, plain_step)
 
 
 def bench_sigreg(b: int, d: int, n: int, knots: int, device: torch.device, repeats: int, warmup: int) -> None:
     z = torch.randn(b, d, device=device, requires_grad=True)
     dirs = R.random_directions(n, d, device=device)
-    _check_same(R.sigreg(z, dirs, t_max=T_MAX, knots=knots), plain_sigreg(z, dirs.t(), T_MAX, knots),
-                f"sigreg B={b} D={d} N={n}")
+    _check_same(
+        R.sigreg(z, dirs, t_max=T_MAX, knots=knots),
+        plain_sigreg(z, dirs.t(), T_MAX, knots),
+        f"sigreg B={b} D={d} N={n}",
+    )
 
     size = f"B={b} D={d} N={n} knots={knots}"
-    ours, plain = time_pair_ms(_fwd_bwd(lambda: R.sigreg(z, dirs, t_max=T_MAX, knots=knots), z),
-                               _fwd_bwd(lambda: plain_sigreg(z, dirs.t(), T_MAX, knots), z),
-                               device, repeats, warmup)
+    ours, plain = time_pair_ms(
+        _fwd_bwd(lambda: R.sigreg(z, dirs, t_max=T_MAX, knots=knots), z),
+        _fwd_bwd(lambda: plain_sigreg(z, dirs.t(), T_MAX, knots), z),
+        device,
+        repeats,
+        warmup,
+    )
     _emit(f"sigreg {size}", ours, device, plain)
     if device.type == "cuda":
-        ours, plain = time_pair_ms(cuda_graph(_fwd_bwd(lambda: R.sigreg(z, dirs, t_max=T_MAX, knots=knots), z)),
-                                   cuda_graph(_fwd_bwd(lambda: plain_sigreg(z, dirs.t(), T_MAX, knots), z)),
-                                   device, repeats, warmup)
+        ours, plain = time_pair_ms(
+            cuda_graph(_fwd_bwd(lambda: R.sigreg(z, dirs, t_max=T_MAX, knots=knots), z)),
+            cuda_graph(_fwd_bwd(lambda: plain_sigreg(z, dirs.t(), T_MAX, knots), z)),
+            device,
+            repeats,
+            warmup,
+        )
         _emit(f"sigreg {size} graph", ours, device, plain)
 
     module = R.SIGReg(n, t_max=T_MAX, knots=knots)
@@ -206,7 +229,10 @@ def bench_sigreg(b: int, d: int, n: int, knots: int, device: torch.device, repea
     ours_step, plain_step = time_pair_ms(
         _fwd_bwd(lambda: module(z, next(steps)), z),
         _fwd_bwd(lambda: plain_sigreg(z, plain_directions(n, d, device), T_MAX, knots), z),
-        device, repeats, warmup)
+        device,
+        repeats,
+        warmup,
+    )
     _emit(f"SIGReg step {size}", ours_step, device, plain_step)
 
 
@@ -218,8 +244,9 @@ def bench_sampling(device: torch.device, repeats: int, warmup: int, n: int) -> N
     dirs = R.random_directions(n, d, device=device)
     step = _fwd_bwd(lambda: R.rdmreg(z, y, dirs), z)
     for p in SAMPLE_PS:
-        ms, step_ms = time_pair_ms(lambda p=p: targets.sample("rgg", (b, d), p=p, mu=0.0, device=device), step,
-                                   device, repeats, warmup)
+        ms, step_ms = time_pair_ms(
+            lambda p=p: targets.sample("rgg", (b, d), p=p, mu=0.0, device=device), step, device, repeats, warmup
+        )
         _emit(f"sample rgg p={p:g} B={b} D={d}", ms, device, step_ms)
 
 
@@ -244,12 +271,19 @@ def _devices(choice: str) -> list[torch.device]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
-                        help="where to measure (all: CPU, and CUDA when present)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "all"),
+        default="all",
+        help="where to measure (all: CPU, and CUDA when present)",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per case (median; >= 1)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1 warm-up, 3 repeats and 1/8 of the slices (the rdmreg "
-                             "and sigreg case names carry the sizes used)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 1 warm-up, 3 repeats and 1/8 of the slices (the rdmreg "
+        "and sigreg case names carry the sizes used)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be >= 1")

@@ -23,7 +23,7 @@ a trial inside Ray Tune.
    TorchTrainer (what a multi-worker trial pays), and one that imports the trainer and loads
    the digits (what every in-process trial pays before its first step).
 
-Prints one JSON object per line (DESIGN.md format).
+Prints one JSON object per line (docs/design.md format).
 
 `python benchmarks/sweep.py [--num-samples N] [--epochs E] [--bare-trials 3] [--skip-sweep] [--skip-bare] [--keep DIR]`
 """
@@ -68,8 +68,19 @@ def run_default_sweep(workdir: Path, extra: list[str]) -> tuple[float, float, su
     """Run sweeps/rectified.py into workdir; returns (start epoch time, wall seconds, process)."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--address", "local", "--experiment", EXPERIMENT,
-           "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--storage-path", str(workdir / "ray"), *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "rectified.py"),
+        "--address",
+        "local",
+        "--experiment",
+        EXPERIMENT,
+        "--tracking-uri",
+        f"sqlite:///{workdir}/mlflow.db",
+        "--storage-path",
+        str(workdir / "ray"),
+        *extra,
+    ]
     start = time.time()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     return start, time.time() - start, proc
@@ -114,16 +125,20 @@ def sweep_case(args) -> None:
     exp_id = c.get_experiment_by_name(EXPERIMENT).experiment_id
     parent = tracking.find_sweep_run(uri, exp_id)
     children = tracking.trial_runs(uri, exp_id, parent.info.run_id)
-    history = {r.info.run_id: sorted(c.get_metric_history(r.info.run_id, "time/epoch_s"), key=lambda m: m.step)
-               for r in children}
+    history = {
+        r.info.run_id: sorted(c.get_metric_history(r.info.run_id, "time/epoch_s"), key=lambda m: m.step)
+        for r in children
+    }
     finished = [r for r in children if r.info.status == "FINISHED"]
     concurrency = int(parent.data.tags["jepa_ray.max_concurrent"])
     sweep_wall = (parent.info.end_time - parent.info.start_time) / 1000
-    study = optuna.load_study(study_name=parent.data.tags[tracking.SWEEP_NAME],
-                              storage=parent.data.tags["jepa_ray.optuna_storage"])
+    study = optuna.load_study(
+        study_name=parent.data.tags[tracking.SWEEP_NAME], storage=parent.data.tags["jepa_ray.optuna_storage"]
+    )
     by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in study.get_trials() if t.state.is_finished()}
-    timelines = [trial_timeline(r, history[r.info.run_id], by_tune_id[r.data.tags[tracking.TRIAL_ID]])
-                 for r in finished]
+    timelines = [
+        trial_timeline(r, history[r.info.run_id], by_tune_id[r.data.tags[tracking.TRIAL_ID]]) for r in finished
+    ]
     # Trials the collapse guard stopped (or that failed) also trained until they stopped.
     loop_total = sum(m.value for epochs in history.values() for m in epochs)
     loop_finished = sum(t["loop"] for t in timelines)
@@ -179,8 +194,11 @@ def torch_trainer_trial(config: dict) -> None:
     def nothing(loop_config: dict) -> None:
         return None
 
-    trainer = TorchTrainer(nothing, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                           run_config=RunConfig(name=f"empty-{time.time_ns()}", storage_path=config["storage"]))
+    trainer = TorchTrainer(
+        nothing,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=f"empty-{time.time_ns()}", storage_path=config["storage"]),
+    )
     trainer.fit()
     tune.report({"done_work": 1})
 
@@ -224,8 +242,7 @@ def trial_walls(trainable, trials: int, resources: dict, storage: str) -> list[f
         tune.with_resources(trainable, resources),
         param_space={"storage": storage},
         tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=1, reuse_actors=False),
-        run_config=tune.RunConfig(name=f"bare-{time.time_ns()}", storage_path=storage, callbacks=[Clock()],
-                                  verbose=0),
+        run_config=tune.RunConfig(name=f"bare-{time.time_ns()}", storage_path=storage, callbacks=[Clock()], verbose=0),
     )
     tuner.fit()
     return walls
@@ -236,8 +253,7 @@ def bare_case(args) -> None:
 
     storage = tempfile.mkdtemp(prefix="bench_bare_")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         trial_walls(empty_trial, 1, {"CPU": 1}, storage)  # warm Ray's worker pool and caches
         base = median(trial_walls(empty_trial, args.bare_trials, {"CPU": 1}, storage))

@@ -8,7 +8,7 @@ data, views and loss in the same run.
     python benchmarks/trainer.py --workers 2           # 2 gloo DDP workers under Ray Train
     python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
 
-Prints one JSON line per case (DESIGN.md format).
+Prints one JSON line per case (docs/design.md format).
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ def fit_img_per_s(cfg) -> float:
         if cfg.system.workers > 1:
             import ray
 
-            ray.init(num_cpus=cfg.system.workers * max(1, cfg.system.threads_per_worker) + 1,
-                     include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cfg.system.workers * max(1, cfg.system.threads_per_worker) + 1,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
             _, uri = run_trial(cfg, tmp)
             epochs = ckpt_lib.read_history(uri)
             ray.shutdown()
@@ -127,19 +130,37 @@ def main() -> None:
     p.add_argument("--max-train", type=int, default=0, help="cap on training images per epoch")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--workers", type=int, default=1, help="DDP workers of our loop (>1: under a TorchTrainer)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of both loops (default 1: the one CPU a sweep trial's worker gets; "
-                        "with every core busy, Ray's own processes take time from the training threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of both loops (default 1: the one CPU a sweep trial's worker gets; "
+        "with every core busy, Ray's own processes take time from the training threads)",
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    overrides = {"epochs": args.epochs, "warmup_epochs": 0, "collapse_guard": False,
-                 "threads_per_worker": args.threads, "probe_epochs": 1,
-                 "gpus_per_worker": 1 if device.type == "cuda" else 0,
-                 "max_train_samples": args.max_train, "workers": args.workers}
+    overrides = {
+        "epochs": args.epochs,
+        "warmup_epochs": 0,
+        "collapse_guard": False,
+        "threads_per_worker": args.threads,
+        "probe_epochs": 1,
+        "gpus_per_worker": 1 if device.type == "cuda" else 0,
+        "max_train_samples": args.max_train,
+        "workers": args.workers,
+    }
     if args.cifar:
-        overrides.update(dataset="parquet", data_dir=args.cifar, recipe="cifar", backbone="resnet18",
-                         cifar_stem=True, proj_dims="512-512-512", num_slices=1024, batch_size=512)
+        overrides.update(
+            dataset="parquet",
+            data_dir=args.cifar,
+            recipe="cifar",
+            backbone="resnet18",
+            cifar_stem=True,
+            proj_dims="512-512-512",
+            num_slices=1024,
+            batch_size=512,
+        )
     if args.backbone:
         overrides["backbone"] = args.backbone
     if args.batch:
@@ -148,7 +169,10 @@ def main() -> None:
     splits = load_dataset(cfg.data)
     if not cfg.data.image_size:
         cfg.data.image_size = splits.image_size
-    label = f"{cfg.data.dataset} {cfg.model.backbone} B={cfg.optim.batch_size} V={cfg.views.num_views} {cfg.data.image_size}px"
+    label = (
+        f"{cfg.data.dataset} {cfg.model.backbone} B={cfg.optim.batch_size} V={cfg.views.num_views} "
+        f"{cfg.data.image_size}px"
+    )
     if device.type == "cuda":
         label += " bf16"
     else:
@@ -158,13 +182,18 @@ def main() -> None:
     emit(f"input pipeline {label}", "views_per_s", vps, device.type)
 
     plain = plain_loop_img_per_s(cfg, splits, device, args.steps)
-    emit(f"plain loop {label}", "img_per_s", plain, device.type,
-         views_per_s=round(plain * cfg.views.num_views, 1))
+    emit(f"plain loop {label}", "img_per_s", plain, device.type, views_per_s=round(plain * cfg.views.num_views, 1))
 
     ours = fit_img_per_s(cfg)
     where = f"TorchTrainer {cfg.system.workers} workers" if cfg.system.workers > 1 else "in-process"
-    emit(f"jepa_ray fit ({where}) vs plain loop {label}", "img_per_s", ours, device.type, baseline=plain,
-         views_per_s=round(ours * cfg.views.num_views, 1))
+    emit(
+        f"jepa_ray fit ({where}) vs plain loop {label}",
+        "img_per_s",
+        ours,
+        device.type,
+        baseline=plain,
+        views_per_s=round(ours * cfg.views.num_views, 1),
+    )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,22 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
 CONNECT_TIMEOUT_S = 5.0
 HEALTH_TIMEOUT_S = 3.0
 
-TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
-                    "databricks", "databricks-uc", "uc")
+TRACKING_SCHEMES = (
+    "",
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "http",
+    "https",
+    "databricks",
+    "databricks-uc",
+    "uc",
+)
 
 
-def connect(address: str | None, *, num_cpus: int | None = None,
-            runtime_env: dict | None = None) -> None:
+def connect(address: str | None, *, num_cpus: int | None = None, runtime_env: dict | None = None) -> None:
     """Connect this driver to Ray (no-op when already connected).
 
     `address`: None connects to a running cluster when one is found ($RAY_ADDRESS, or one started
@@ -64,8 +74,9 @@ def connect(address: str | None, *, num_cpus: int | None = None,
             _connect_auto(runtime_env)
             return
         if found is not None:
-            logger.warning("the last Ray cluster started on this machine (%s) does not answer; "
-                           "starting a local instance", found)
+            logger.warning(
+                "the last Ray cluster started on this machine (%s) does not answer; starting a local instance", found
+            )
         _start_local(num_cpus, runtime_env)
         return
     if address == "auto":
@@ -236,8 +247,10 @@ def check_tracking_uri(uri: str, *, multi_node: bool, existing: bool = False) ->
         if existing and (path is None or not path.is_file()):
             raise UsageError(f"tracking URI {uri}: database file {path} does not exist")
     if multi_node and scheme in ("", "file", "sqlite"):
-        logger.info("tracking URI %s is local to the driver's node; fine on a cluster because "
-                    "only the driver writes to MLflow", uri)
+        logger.info(
+            "tracking URI %s is local to the driver's node; fine on a cluster because only the driver writes to MLflow",
+            uri,
+        )
 
 
 def _check_http_tracking(uri: str) -> None:
@@ -262,7 +275,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///path` URI (None for other URIs and in-memory sqlite)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
 
 

@@ -7,17 +7,36 @@ from __future__ import annotations
 import enum
 
 # Per-epoch metrics of a trial (step = epoch) and its final metrics (docs/design.md).
-EPOCH_METRICS = ("train/loss", "train/invariance", "train/regularizer", "train/l0_density",
-                 "online/linear_acc", "online/linear_acc_z", "throughput/img_per_s")
-FINAL_METRICS = ("linear_acc", "l0_density", "target_l0_density", "linear_acc_z", "knn_acc",
-                 "l0_density_backbone", "rank_me")
+EPOCH_METRICS = (
+    "train/loss",
+    "train/invariance",
+    "train/regularizer",
+    "train/l0_density",
+    "online/linear_acc",
+    "online/linear_acc_z",
+    "throughput/img_per_s",
+)
+FINAL_METRICS = (
+    "linear_acc",
+    "l0_density",
+    "target_l0_density",
+    "linear_acc_z",
+    "knn_acc",
+    "l0_density_backbone",
+    "rank_me",
+)
 EPOCH_PROBE_METRIC = "train/loss"
 """A metric every epoch result carries: its MLflow history tells which epochs were logged."""
 DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
 
 # MLflow tags.
 ROLE, SWEEP_NAME, TRIAL_ID, CHECKPOINT, FAILURE = (
-    "jepa_ray.role", "jepa_ray.sweep_name", "jepa_ray.trial_id", "jepa_ray.checkpoint", "jepa_ray.failure")
+    "jepa_ray.role",
+    "jepa_ray.sweep_name",
+    "jepa_ray.trial_id",
+    "jepa_ray.checkpoint",
+    "jepa_ray.failure",
+)
 OPTUNA_TRIAL, PARAMS_KEY, LAST_CHECKPOINT = "jepa_ray.optuna_trial", "jepa_ray.params_key", "jepa_ray.last_checkpoint"
 TRIAL_DIR = "jepa_ray.trial_dir"
 """The trial's checkpoint store: where an interrupted trial resumes from."""

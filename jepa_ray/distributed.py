@@ -124,7 +124,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         n = moments[-1]
         mean = moments[:c] / n
-        var = (moments[c:2 * c] / n - mean.square()).clamp_min(0.0)
+        var = (moments[c : 2 * c] / n - mean.square()).clamp_min(0.0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -148,8 +148,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
 def _to_global(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats)
+        out = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)

@@ -27,15 +27,20 @@ class ConvNetTiny(nn.Module):
     """Conv-BN-ReLU stages with global average pooling; timm-compatible (`num_features`,
     `forward_features`, `forward_head`, `reset_classifier`)."""
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3,
-                 num_classes: int = 0, **_: object):
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3, num_classes: int = 0, **_: object):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_chans
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            layers += [nn.Conv2d(prev, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(prev, w, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            ]
             prev = w
         self.features = nn.Sequential(*layers)
         self.num_features = prev
@@ -91,12 +96,15 @@ def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:
         if hasattr(backbone, "maxpool"):
             backbone.maxpool = nn.Identity()
         return
-    raise ConfigError(f"config field 'cifar_stem' = True is not supported for backbone {name!r}; "
-                      "allowed: ResNet-style backbones with conv1 (ViTs take patch size from image_size)")
+    raise ConfigError(
+        f"config field 'cifar_stem' = True is not supported for backbone {name!r}; "
+        "allowed: ResNet-style backbones with conv1 (ViTs take patch size from image_size)"
+    )
 
 
-def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bool = False,
-                    zero_init_last: bool = True) -> nn.Module:
+def create_backbone(
+    name: str, *, in_chans: int, image_size: int, cifar_stem: bool = False, zero_init_last: bool = True
+) -> nn.Module:
     """A timm backbone with num_classes=0 and random weights. ViT-style models get
     img_size=image_size and, with cifar_stem, patches of image_size/8. zero_init_last=False
     keeps every residual branch's last BatchNorm at weight 1 (torchvision's ResNet init, the
@@ -117,9 +125,11 @@ def create_backbone(name: str, *, in_chans: int, image_size: int, cifar_stem: bo
         except TypeError as err:
             if "zero_init_last" not in str(err):
                 raise
-            raise ConfigError(f"config field 'zero_init_last' = False is not supported for backbone {name!r}; "
-                              "allowed: true, or a backbone with zero-initialised residual branches "
-                              "(timm's ResNet family)") from None
+            raise ConfigError(
+                f"config field 'zero_init_last' = False is not supported for backbone {name!r}; "
+                "allowed: true, or a backbone with zero-initialised residual branches "
+                "(timm's ResNet family)"
+            ) from None
         vit_like = False
     if cifar_stem and not (vit_like and hasattr(backbone, "patch_embed")):
         _apply_cifar_stem(backbone, name, in_chans)
@@ -160,9 +170,13 @@ class Preprocess(nn.Module):
 
     def spec(self) -> dict:
         """What a checkpoint records (preprocessing.json)."""
-        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
-                "image_size": self.image_size, "channels": self.channels,
-                "input": "uint8 0..255 or float 0..1, (B, C, H, W); shorter side resized, center crop"}
+        return {
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "input": "uint8 0..255 or float 0..1, (B, C, H, W); shorter side resized, center crop",
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -175,7 +189,7 @@ class Preprocess(nn.Module):
                 size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))
                 x = nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
             top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
-            x = x[..., top:top + self.image_size, left:left + self.image_size]
+            x = x[..., top : top + self.image_size, left : left + self.image_size]
         return (x - self.mean) / self.std
 
 
@@ -205,8 +219,14 @@ def create_model(cfg: TrialConfig) -> JEPAEncoder:
     info = dataset_info(cfg.data.dataset)
     image_size = cfg.data.image_size or info.native_size or 32
     in_chans = info.channels
-    backbone = create_backbone(cfg.model.backbone, in_chans=in_chans, image_size=image_size,
-                               cifar_stem=cfg.model.cifar_stem, zero_init_last=cfg.model.zero_init_last)
-    projector = Projector(int(backbone.num_features), [int(x) for x in cfg.model.proj_dims.split("-")],
-                          rectify=cfg.target.target == "rgg")
+    backbone = create_backbone(
+        cfg.model.backbone,
+        in_chans=in_chans,
+        image_size=image_size,
+        cifar_stem=cfg.model.cifar_stem,
+        zero_init_last=cfg.model.zero_init_last,
+    )
+    projector = Projector(
+        int(backbone.num_features), [int(x) for x in cfg.model.proj_dims.split("-")], rectify=cfg.target.target == "rgg"
+    )
     return JEPAEncoder(backbone, projector)

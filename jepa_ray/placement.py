@@ -76,8 +76,15 @@ def capacity(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> Capacity
     nodes its autoscaler can still launch (from the resolved launcher config)."""
     import ray
 
-    alive = [NodeShape(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
-                       n.get("NodeManagerAddress", "node")) for n in ray.nodes() if n.get("Alive")]
+    alive = [
+        NodeShape(
+            float(n["Resources"].get("CPU", 0)),
+            float(n["Resources"].get("GPU", 0)),
+            n.get("NodeManagerAddress", "node"),
+        )
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
     path = Path(bootstrap_config).expanduser()
     if not path.is_file():
         return Capacity(alive)
@@ -129,20 +136,27 @@ def check_trial_fits(demand: list[Bundle], cap: Capacity) -> None:
     Launchable node types of unknown size are given the benefit of the doubt."""
     if not demand or cap.unknown:
         if cap.unknown:
-            logger.info("not checking that a trial fits: node types %s do not state their resources",
-                        ", ".join(cap.unknown))
+            logger.info(
+                "not checking that a trial fits: node types %s do not state their resources", ", ".join(cap.unknown)
+            )
         return
     cpus, gpus = sum(b.cpus for b in demand), sum(b.gpus for b in demand)
     parts = _describe_demand(demand)
-    hint = ("lower --cpus-per-worker / --gpus-per-worker (cpus_per_worker, gpus_per_worker) or "
-            "--workers-per-trial (workers), or add nodes")
+    hint = (
+        "lower --cpus-per-worker / --gpus-per-worker (cpus_per_worker, gpus_per_worker) or "
+        "--workers-per-trial (workers), or add nodes"
+    )
     for b in demand:
         if not any(n.holds(b.cpus, b.gpus) for n in cap.nodes):
-            raise UsageError(f"a trial cannot be placed: {b.what} needs {b.cpus:g} CPUs and {b.gpus:g} GPUs on one "
-                              f"node, but the cluster has {cap.describe()}; {hint}")
+            raise UsageError(
+                f"a trial cannot be placed: {b.what} needs {b.cpus:g} CPUs and {b.gpus:g} GPUs on one "
+                f"node, but the cluster has {cap.describe()}; {hint}"
+            )
     if copies_that_fit(demand, cap, limit=1) < 1:
-        raise UsageError(f"a trial cannot be placed: it holds {cpus:g} CPUs and {gpus:g} GPUs at once ({parts}), "
-                          f"but the cluster has {cap.describe()}; {hint}")
+        raise UsageError(
+            f"a trial cannot be placed: it holds {cpus:g} CPUs and {gpus:g} GPUs at once ({parts}), "
+            f"but the cluster has {cap.describe()}; {hint}"
+        )
 
 
 def _describe_demand(demand: list[Bundle]) -> str:

@@ -33,8 +33,9 @@ def _check_directions(directions: torch.Tensor, dim: int) -> None:
         raise ValueError(f"directions must have shape (N, {dim}), got {tuple(directions.shape)}")
 
 
-def random_directions(num: int, dim: int, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def random_directions(
+    num: int, dim: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
     """num unit vectors in R^dim, uniform on the sphere (normalized Gaussians), float32."""
     d = torch.randn(num, dim, generator=generator, device=device, dtype=torch.float32)
     return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -112,8 +113,9 @@ def _sigreg_grid(t_max: float, knots: int, device, dtype) -> tuple[torch.Tensor,
     return t, w
 
 
-def _sigreg_from_moments(cos_mean: torch.Tensor, sin_mean: torch.Tensor, t: torch.Tensor,
-                         w: torch.Tensor, n: int) -> torch.Tensor:
+def _sigreg_from_moments(
+    cos_mean: torch.Tensor, sin_mean: torch.Tensor, t: torch.Tensor, w: torch.Tensor, n: int
+) -> torch.Tensor:
     """n * integral of |phi_n(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt, averaged over directions."""
     phi0 = torch.exp(-0.5 * t.square())
     err = (cos_mean - phi0).square() + sin_mean.square()
@@ -161,8 +163,15 @@ class RDMReg(nn.Module):
     """RDMReg over the global batch: fresh directions and target samples each step, the same
     on every rank (seeded from the global step), features gathered with gradients."""
 
-    def __init__(self, num_slices: int, target: str = "rgg", p: float = 1.0, mu: float = 0.0,
-                 sigma: float | None = None, seed: int = 0):
+    def __init__(
+        self,
+        num_slices: int,
+        target: str = "rgg",
+        p: float = 1.0,
+        mu: float = 0.0,
+        sigma: float | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         if target not in targets.TARGET_KINDS:
             raise ValueError(f"target={target!r} is not allowed: one of {', '.join(targets.TARGET_KINDS)}")
@@ -179,8 +188,16 @@ class RDMReg(nn.Module):
         gen_d = step_generator(z.device, self.seed, step, STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z.shape[-1], gen_d, z.device)
         gen_t = step_generator(z.device, self.seed, step, STREAM_TARGETS)
-        y = targets.sample(self.target, tuple(z.shape), p=self.p, mu=self.mu, sigma=self.sigma,
-                           generator=gen_t, device=z.device, dtype=torch.float32)
+        y = targets.sample(
+            self.target,
+            tuple(z.shape),
+            p=self.p,
+            mu=self.mu,
+            sigma=self.sigma,
+            generator=gen_t,
+            device=z.device,
+            dtype=torch.float32,
+        )
         return rdmreg(z, y, directions)  # float32 under autocast too (directions and samples cast to z's dtype)
 
 

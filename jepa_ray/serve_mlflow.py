@@ -129,11 +129,9 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def server_command(host: str, port: int, artifacts_destination: str | None,
-                   workers: int | None) -> list[str]:
+def server_command(host: str, port: int, artifacts_destination: str | None, workers: int | None) -> list[str]:
     """The `mlflow server` command line (the backend URI travels in the environment)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-           "--serve-artifacts"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--serve-artifacts"]
     if artifacts_destination:
         cmd += ["--artifacts-destination", artifacts_destination]
     if workers:
@@ -176,15 +174,15 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
     raise RuntimeError(f"mlflow server did not answer {url} within {timeout:g} s")
 
 
-def start_daemon(cmd: list[str], env: dict[str, str], pid_file: Path, log_file: Path,
-                 url: str, timeout: float) -> int:
+def start_daemon(cmd: list[str], env: dict[str, str], pid_file: Path, log_file: Path, url: str, timeout: float) -> int:
     """Start the server detached (own session, output to `log_file`), record its pid and wait
     until `url` answers. On failure the server's process group is stopped and the log tail is
     part of the error."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{process.pid}\n")
     try:
@@ -259,31 +257,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m jepa_ray.serve_mlflow",
         description="Start the MLflow tracking server bound to loopback (reach it through an SSH "
-                    "port-forward), with proxied artifacts.",
+        "port-forward), with proxied artifacts.",
     )
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help="bind address (default 127.0.0.1); non-loopback needs --allow-public")
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help="bind address (default 127.0.0.1); non-loopback needs --allow-public"
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 5000)")
-    p.add_argument("--backend-store-uri", default=None,
-                   help=f"sqlite:///PATH or postgresql://USER@HOST/DB (default: ${BACKEND_URI_ENV}, "
-                        f"else {DEFAULT_BACKEND_STORE_URI}); passwords only via PGPASSWORD/~/.pgpass "
-                        f"or ${BACKEND_URI_ENV}")
-    p.add_argument("--artifacts-destination", default=None,
-                   help="where proxied artifacts are stored: a directory or s3://BUCKET/PREFIX "
-                        "(default: mlflow's ./mlartifacts)")
+    p.add_argument(
+        "--backend-store-uri",
+        default=None,
+        help=f"sqlite:///PATH or postgresql://USER@HOST/DB (default: ${BACKEND_URI_ENV}, "
+        f"else {DEFAULT_BACKEND_STORE_URI}); passwords only via PGPASSWORD/~/.pgpass "
+        f"or ${BACKEND_URI_ENV}",
+    )
+    p.add_argument(
+        "--artifacts-destination",
+        default=None,
+        help="where proxied artifacts are stored: a directory or s3://BUCKET/PREFIX (default: mlflow's ./mlartifacts)",
+    )
     p.add_argument("--workers", type=int, default=None, help="server worker processes (mlflow default: 4)")
-    p.add_argument("--allow-public", action="store_true",
-                   help="allow a non-loopback --host (the server has no authentication)")
+    p.add_argument(
+        "--allow-public", action="store_true", help="allow a non-loopback --host (the server has no authentication)"
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--daemon", action="store_true",
-                      help="start detached and return once /health answers (no-op if it already does)")
-    mode.add_argument("--check", action="store_true",
-                      help="only report whether a server answers at --host/--port (exit 0 yes, 1 no)")
+    mode.add_argument(
+        "--daemon",
+        action="store_true",
+        help="start detached and return once /health answers (no-op if it already does)",
+    )
+    mode.add_argument(
+        "--check", action="store_true", help="only report whether a server answers at --host/--port (exit 0 yes, 1 no)"
+    )
     mode.add_argument("--stop", action="store_true", help="stop the server recorded in --pid-file")
     p.add_argument("--pid-file", type=Path, default=Path(DEFAULT_PID_FILE), help="daemon pid file")
     p.add_argument("--log-file", type=Path, default=Path(DEFAULT_LOG_FILE), help="daemon log file")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds --daemon waits for /health (default 120)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds --daemon waits for /health (default 120)")
     return p
 
 
@@ -313,8 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: an MLflow server already answers at {url}", file=sys.stderr)
         return 1
     if not port_free(args.host, args.port):
-        print(f"error: port {args.port} on {args.host} is in use by something that is not an "
-              "MLflow server; choose another --port", file=sys.stderr)
+        print(
+            f"error: port {args.port} on {args.host} is in use by something that is not an "
+            "MLflow server; choose another --port",
+            file=sys.stderr,
+        )
         return 1
     cmd = server_command(args.host, args.port, args.artifacts_destination, args.workers)
     env = server_env(backend)
@@ -327,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"MLflow server pid {pid} answers at {url} ({where}); log {args.log_file}, "
-          f"stop with: python -m jepa_ray.serve_mlflow --stop --pid-file {args.pid_file}")
+    print(
+        f"MLflow server pid {pid} answers at {url} ({where}); log {args.log_file}, "
+        f"stop with: python -m jepa_ray.serve_mlflow --stop --pid-file {args.pid_file}"
+    )
     return 0
 
 

@@ -1,5 +1,5 @@
 """Target distributions of the JEPA regularizer: Gaussian, generalized Gaussian GN_p(μ, σ) and
-rectified generalized Gaussian ReLU(GN_p(μ, σ)) (see DESIGN.md, "The method").
+rectified generalized Gaussian ReLU(GN_p(μ, σ)) (see docs/design.md, "The method").
 
 GN_p(μ, σ) has density ∝ exp(-|x - μ|^p / (p σ^p)); it equals
 scipy.stats.gennorm(beta=p, loc=μ, scale=σ·p^(1/p)). Writing X = μ + a·W with a = σ·p^(1/p),
@@ -30,12 +30,16 @@ _MAX_REJECTION_PASSES = 64
 _LOG_SIGMA_BOUND = 300.0
 
 
-def _validate(p: float | None = None, mu: float | None = None, sigma: float | None = None,
-              kind: str | None = None, dtype: torch.dtype | None = None) -> None:
+def _validate(
+    p: float | None = None,
+    mu: float | None = None,
+    sigma: float | None = None,
+    kind: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Raise ValueError naming the first bad parameter (None means: not given, not checked)."""
     if kind is not None and kind not in TARGET_KINDS:
-        raise ValueError(f"kind={kind!r} is not allowed: "
-                         f"kind must be one of {', '.join(TARGET_KINDS)}")
+        raise ValueError(f"kind={kind!r} is not allowed: kind must be one of {', '.join(TARGET_KINDS)}")
     if p is not None and not (math.isfinite(p) and p > 0):
         raise ValueError(f"p={p!r} is not allowed: p must be a finite number > 0")
     if mu is not None and not math.isfinite(mu):
@@ -130,17 +134,19 @@ def sigma_unit_variance(p: float, mu: float) -> float:
     while excess(hi) < 0.0 and hi < _LOG_SIGMA_BOUND:
         hi += 2.0
     if not excess(lo) <= 0.0 <= excess(hi):
-        raise ValueError(f"sigma_unit_variance(p={p!r}, mu={mu!r}): no sigma in "
-                         f"[e^-{_LOG_SIGMA_BOUND:g}, e^{_LOG_SIGMA_BOUND:g}] gives the rectified "
-                         "variable unit variance; use a smaller |mu| or a larger p")
+        raise ValueError(
+            f"sigma_unit_variance(p={p!r}, mu={mu!r}): no sigma in "
+            f"[e^-{_LOG_SIGMA_BOUND:g}, e^{_LOG_SIGMA_BOUND:g}] gives the rectified "
+            "variable unit variance; use a smaller |mu| or a larger p"
+        )
     if lo == hi:
         return math.exp(lo)
     return math.exp(scipy.optimize.brentq(excess, lo, hi, xtol=1e-13, rtol=1e-13))
 
 
-def _marsaglia_tsang_proposals(d: float, shape: tuple[int, ...], generator: torch.Generator | None,
-                               device: torch.device, dtype: torch.dtype
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _marsaglia_tsang_proposals(
+    d: float, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Proposals log(d·v) of Gamma(d + 1/3, 1) and whether Marsaglia–Tsang accepts each."""
     x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
     log_u = torch.rand(shape, generator=generator, device=device, dtype=dtype).log_()
@@ -150,8 +156,9 @@ def _marsaglia_tsang_proposals(d: float, shape: tuple[int, ...], generator: torc
     return log_v.add_(math.log(d)), log_u < bound
 
 
-def _log_standard_gamma(shape: float, n: int, generator: torch.Generator | None,
-                        device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _log_standard_gamma(
+    shape: float, n: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """log of n draws of Gamma(shape, 1), shape >= 1.
 
     torch._standard_gamma takes no generator; this draws only through torch.randn/torch.rand
@@ -163,8 +170,9 @@ def _log_standard_gamma(shape: float, n: int, generator: torch.Generator | None,
     return _log_gamma_rejection(shape, n, generator, device, dtype)
 
 
-def _log_gamma_half_integer(shape: float, n: int, generator: torch.Generator | None,
-                            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _log_gamma_half_integer(
+    shape: float, n: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """log Gamma(k/2, 1) without rejection (so without a GPU sync): a sum of ⌊shape⌋
     exponentials -log(1 - U), plus Z²/2 (a χ²₁/2) for the half."""
     k = int(shape)
@@ -175,8 +183,9 @@ def _log_gamma_half_integer(shape: float, n: int, generator: torch.Generator | N
     return g.log_()
 
 
-def _log_gamma_rejection(shape: float, n: int, generator: torch.Generator | None,
-                         device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _log_gamma_rejection(
+    shape: float, n: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """log Gamma(shape, 1), shape >= 1, by Marsaglia–Tsang rejection.
 
     One proposal per draw first; the few rejected draws (< 5%) then get _REPAIR_PROPOSALS
@@ -189,17 +198,19 @@ def _log_gamma_rejection(shape: float, n: int, generator: torch.Generator | None
     for _ in range(_MAX_REJECTION_PASSES):
         if todo.numel() == 0:
             return log_g
-        log_draw, accept = _marsaglia_tsang_proposals(
-            d, (todo.numel(), _REPAIR_PROPOSALS), generator, device, dtype)
+        log_draw, accept = _marsaglia_tsang_proposals(d, (todo.numel(), _REPAIR_PROPOSALS), generator, device, dtype)
         first = accept.to(torch.uint8).argmax(dim=1, keepdim=True)  # first accepted, if any
         log_g[todo] = log_draw.gather(1, first).squeeze(1)
         todo = todo[~accept.any(dim=1)]
-    raise RuntimeError(f"gamma sampler: {todo.numel()} of {n} draws still rejected after "
-                       f"{_MAX_REJECTION_PASSES} passes (shape={shape})")
+    raise RuntimeError(
+        f"gamma sampler: {todo.numel()} of {n} draws still rejected after "
+        f"{_MAX_REJECTION_PASSES} passes (shape={shape})"
+    )
 
 
-def _standard_gn(p: float, n: int, generator: torch.Generator | None,
-                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _standard_gn(
+    p: float, n: int, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """n draws of GN_p(0, 1): s·(p·G)^(1/p), s = ±1 with probability ½, G ~ Gamma(1/p, 1)."""
     if p == 2.0:
         return torch.randn(n, generator=generator, device=device, dtype=dtype)
@@ -229,11 +240,17 @@ def _shape_tuple(shape: int | Sequence[int] | torch.Size) -> tuple[int, ...]:
     return dims
 
 
-def sample(kind: str, shape: int | Sequence[int] | torch.Size, *, p: float = 1.0,
-           mu: float = 0.0, sigma: float | None = None,
-           generator: torch.Generator | None = None,
-           device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> torch.Tensor:
+def sample(
+    kind: str,
+    shape: int | Sequence[int] | torch.Size,
+    *,
+    p: float = 1.0,
+    mu: float = 0.0,
+    sigma: float | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Fresh target samples of the given shape.
 
     kind: "gaussian" (N(0, 1), LeJEPA's target; p, mu and sigma are validated, not used), "gn"
@@ -245,8 +262,11 @@ def sample(kind: str, shape: int | Sequence[int] | torch.Size, *, p: float = 1.0
     dims = _shape_tuple(shape)
     out_dtype = torch.get_default_dtype() if dtype is None else dtype
     work_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    out_device = torch.device(device) if device is not None else (
-        generator.device if generator is not None else torch.device("cpu"))
+    out_device = (
+        torch.device(device)
+        if device is not None
+        else (generator.device if generator is not None else torch.device("cpu"))
+    )
     draw_device = generator.device if generator is not None else out_device
     n = math.prod(dims)
     if kind == "gaussian":

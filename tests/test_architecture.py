@@ -65,7 +65,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := dfs(nxt)):
                 return cycle
         stack.pop()
@@ -92,8 +92,13 @@ def test_no_import_cycle_inside_the_package():
 
 def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
     graph = import_graph()
-    low = [m for m in graph if m.count(".") and m.split(".")[1] in ("targets", "regularizers", "distributed", "model", "metrics",
-                                                   "seeding", "errors", "contract", "data")]
+    low = [
+        m
+        for m in graph
+        if m.count(".")
+        and m.split(".")[1]
+        in ("targets", "regularizers", "distributed", "model", "metrics", "seeding", "errors", "contract", "data")
+    ]
     high = ("jepa_ray.train", "jepa_ray.sweep", "jepa_ray.tracking", "jepa_ray.pareto", "jepa_ray.config")
     for module in low:
         bad = sorted(m for m in graph[module] if m.startswith(high))
@@ -109,8 +114,9 @@ def test_importing_the_config_does_not_import_torch():
 
 @pytest.mark.parametrize("module", ["jepa_ray.sweep", "jepa_ray.train", "jepa_ray.pareto"])
 def test_python_dash_m_entry_points_answer_help(module):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and "--" in out.stdout
 
@@ -143,6 +149,7 @@ def test_a_one_epoch_sweep_is_not_refused_for_its_warmup():
 
 
 def test_package_files_stay_readable():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"files over {MAX_LINES} lines (split them, or state why at the top): {long}"

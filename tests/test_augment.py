@@ -9,26 +9,30 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from jepa_ray.config import ConfigError, ViewConfig
-from jepa_ray.data.augment import (
-    ViewMaker,
+from jepa_ray.data.augment import ViewMaker, measure_views_per_second, recipe_defaults
+from jepa_ray.data.color import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     blur_kernel_size,
-    crop_affine,
     gaussian_blur,
-    measure_views_per_second,
-    recipe_defaults,
     rgb_to_grayscale,
-    sample_crop_boxes,
     solarize,
-    warp,
 )
+from jepa_ray.data.geometry import crop_affine, sample_crop_boxes, warp
 
 MEAN3, STD3 = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
-IDENTITY = dict(p_flip=0.0, rotate_deg=0.0, translate=0.0, p_color_jitter=0.0, p_grayscale=0.0,
-                p_solarize=0.0, p_blur=0.0, p_noise=0.0)
+IDENTITY = dict(
+    p_flip=0.0,
+    rotate_deg=0.0,
+    translate=0.0,
+    p_color_jitter=0.0,
+    p_grayscale=0.0,
+    p_solarize=0.0,
+    p_blur=0.0,
+    p_noise=0.0,
+)
 """Every random op off; with crop_scale_min=1 a view is the normalized input."""
 
 
@@ -98,12 +102,15 @@ def _rgb_batch(n: int = 6, size: int = 7) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("ours, ref, factors", [
-    (adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4, 0.9, 1.2, 0.0]),
-    (adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.4, 0.9, 1.2, 0.0]),
-    (adjust_saturation, TF.adjust_saturation, [0.8, 1.0, 1.2, 0.9, 1.1, 0.0]),
-    (adjust_hue, TF.adjust_hue, [-0.1, 0.0, 0.1, 0.05, -0.5, 0.37]),
-])
+@pytest.mark.parametrize(
+    "ours, ref, factors",
+    [
+        (adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4, 0.9, 1.2, 0.0]),
+        (adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.4, 0.9, 1.2, 0.0]),
+        (adjust_saturation, TF.adjust_saturation, [0.8, 1.0, 1.2, 0.9, 1.1, 0.0]),
+        (adjust_hue, TF.adjust_hue, [-0.1, 0.0, 0.1, 0.05, -0.5, 0.37]),
+    ],
+)
 def test_color_ops_match_torchvision_per_sample(ours, ref, factors):
     x = _rgb_batch()
     out = ours(x.clone(), torch.tensor(factors))
@@ -114,8 +121,12 @@ def test_color_ops_match_torchvision_per_sample(ours, ref, factors):
 def test_one_channel_ops_match_torchvision():
     x = torch.rand(3, 1, 6, 6, generator=_gen(2))
     f = [0.7, 1.3, 1.0]
-    torch.testing.assert_close(adjust_contrast(x, torch.tensor(f)),
-                               torch.stack([TF.adjust_contrast(i, v) for i, v in zip(x, f)]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        adjust_contrast(x, torch.tensor(f)),
+        torch.stack([TF.adjust_contrast(i, v) for i, v in zip(x, f)]),
+        atol=1e-6,
+        rtol=0,
+    )
     assert rgb_to_grayscale(x) is x
 
 
@@ -138,7 +149,9 @@ def test_gaussian_blur_matches_torchvision_per_sample():
 # ViewMaker
 
 
-@pytest.mark.parametrize("recipe, channels, size, local", [("digits", 1, 8, 0), ("cifar", 3, 32, 0), ("imagenet", 3, 24, 2)])
+@pytest.mark.parametrize(
+    "recipe, channels, size, local", [("digits", 1, 8, 0), ("cifar", 3, 32, 0), ("imagenet", 3, 24, 2)]
+)
 def test_view_shapes_dtypes_and_determinism(recipe, channels, size, local):
     mean, std = MEAN3[:channels], STD3[:channels]
     vm = ViewMaker(ViewConfig(recipe=recipe, num_views=2, num_local_views=local), size, mean, std)
@@ -165,7 +178,7 @@ def test_shares_of_a_batch_get_the_views_of_the_whole_batch(recipe, channels, si
     whole = vm(x, _gen(3))
     for world in (2, 3):
         b = 12 // world
-        shares = [vm(x[r * b:(r + 1) * b], _gen(3), offset=r * b, total=12) for r in range(world)]
+        shares = [vm(x[r * b : (r + 1) * b], _gen(3), offset=r * b, total=12) for r in range(world)]
         for v, view in enumerate(whole):
             torch.testing.assert_close(torch.cat([s[v] for s in shares]), view, rtol=0, atol=0)
     with pytest.raises(ValueError, match="do not lie in a batch of 12"):
@@ -188,8 +201,9 @@ def test_digits_views_are_never_flipped():
 
 def test_cifar_flips_about_half_of_the_samples_of_every_view():
     x = _images(300, 3, 8)
-    vm = ViewMaker(ViewConfig(recipe="cifar", crop_scale_min=1.0, num_views=3), 8, MEAN3, STD3,
-                   **{**IDENTITY, "p_flip": 0.5})
+    vm = ViewMaker(
+        ViewConfig(recipe="cifar", crop_scale_min=1.0, num_views=3), 8, MEAN3, STD3, **{**IDENTITY, "p_flip": 0.5}
+    )
     views = vm(x, _gen(0))
     assert len(views) == 3
     flips = []
@@ -231,8 +245,13 @@ def test_solarize_and_noise_when_they_fire():
     got = vm(x, _gen(0))[0] * torch.tensor(STD3).view(1, 3, 1, 1) + torch.tensor(MEAN3).view(1, 3, 1, 1)
     torch.testing.assert_close(got * 255, expected, atol=1e-3, rtol=0)
     gray = torch.full((64, 1, 16, 16), 0.5)
-    noisy = ViewMaker(ViewConfig(recipe="digits", crop_scale_min=1.0), 16, (0.0,), (1.0,),
-                      **{**IDENTITY, "p_noise": 1.0, "noise_std": 0.05})(gray, _gen(0))[0]
+    noisy = ViewMaker(
+        ViewConfig(recipe="digits", crop_scale_min=1.0),
+        16,
+        (0.0,),
+        (1.0,),
+        **{**IDENTITY, "p_noise": 1.0, "noise_std": 0.05},
+    )(gray, _gen(0))[0]
     assert abs(float((noisy - 0.5).std()) - 0.05) < 0.003
 
 
@@ -287,23 +306,26 @@ def test_random_jitter_order_applies_each_samples_permutation_like_torchvision()
     assert vm.recipe.jitter_order == "random" and vm.recipe.interpolation == "bicubic"
     x = _rgb_batch(n=6)
     g = torch.Generator().manual_seed(4)
-    factors = [1 + 0.4 * (2 * torch.rand(6, generator=g) - 1), 1 + 0.4 * (2 * torch.rand(6, generator=g) - 1),
-               1 + 0.2 * (2 * torch.rand(6, generator=g) - 1), 0.1 * (2 * torch.rand(6, generator=g) - 1)]
+    factors = [
+        1 + 0.4 * (2 * torch.rand(6, generator=g) - 1),
+        1 + 0.4 * (2 * torch.rand(6, generator=g) - 1),
+        1 + 0.2 * (2 * torch.rand(6, generator=g) - 1),
+        0.1 * (2 * torch.rand(6, generator=g) - 1),
+    ]
     keys = [torch.rand(6, generator=g) for _ in range(4)]
     out = vm._color_jitter(x.clone(), _ScriptedRows(factors + keys), rgb=True)
     order = torch.stack(keys, 1).argsort(1)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     assert len({tuple(o) for o in order.tolist()}) > 1  # the samples do not share one order
     for i in range(6):
-        want = x[i:i + 1]
+        want = x[i : i + 1]
         for j in order[i].tolist():
             want = ops[j](want, float(factors[j][i]))
-        torch.testing.assert_close(out[i:i + 1], want, atol=2e-5, rtol=0)
+        torch.testing.assert_close(out[i : i + 1], want, atol=2e-5, rtol=0)
 
 
 def test_bicubic_crops_stay_in_range():
-    vm = ViewMaker(ViewConfig(recipe="cifar"), 16, MEAN3, STD3, p_color_jitter=0.0, p_grayscale=0.0,
-                   p_solarize=0.0)
+    vm = ViewMaker(ViewConfig(recipe="cifar"), 16, MEAN3, STD3, p_color_jitter=0.0, p_grayscale=0.0, p_solarize=0.0)
     views = vm(_images(8, 3, 16), _gen(0))
     mean, std = torch.tensor(MEAN3).view(1, 3, 1, 1), torch.tensor(STD3).view(1, 3, 1, 1)
     raw = views[0] * std + mean

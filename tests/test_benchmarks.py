@@ -1,4 +1,4 @@
-"""The benchmark scripts run and print DESIGN.md's JSON lines (speed goals live in the scripts'
+"""The benchmark scripts run and print docs/design.md's JSON lines (speed goals live in the scripts'
 output, never in tests)."""
 
 from __future__ import annotations

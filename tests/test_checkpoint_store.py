@@ -16,9 +16,16 @@ from jepa_ray.train.store import TrialStore
 
 def writer(tag: str, epoch: int):
     """A checkpoint writer that records which epoch wrote it."""
+
     def write(path: Path) -> Path:
-        return ckpt_lib.save_checkpoint(path, model={}, cfg=config_lib.TrialConfig(), metrics={"epoch": epoch},
-                                        history=[{"epoch": e, "tag": tag} for e in range(epoch + 1)])
+        return ckpt_lib.save_checkpoint(
+            path,
+            model={},
+            cfg=config_lib.TrialConfig(),
+            metrics={"epoch": epoch},
+            history=[{"epoch": e, "tag": tag} for e in range(epoch + 1)],
+        )
+
     return write
 
 
@@ -30,7 +37,7 @@ def store(request, tmp_path) -> TrialStore:
 def metrics_of(store: TrialStore, uri: str) -> dict:
     if store.remote:
         fs, root = store._fs()
-        with fs.open_input_stream(f"{root}/{uri[len(store.uri) + 1:]}/{ckpt_lib.METRICS_FILE}") as f:
+        with fs.open_input_stream(f"{root}/{uri[len(store.uri) + 1 :]}/{ckpt_lib.METRICS_FILE}") as f:
             return json.loads(f.read())
     return json.loads((Path(uri) / ckpt_lib.METRICS_FILE).read_text())
 

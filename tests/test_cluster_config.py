@@ -87,13 +87,16 @@ def test_aws_cluster_shape(offline):
     assert config["idle_timeout_minutes"] > 0
 
 
-@pytest.mark.parametrize("name, pattern, typo", [
-    ("cluster.yaml", r"^head_node_type:", "head_node_typ:"),
-    ("cluster.yaml", r"^    min_workers:", "    min_worker:"),
-    ("cluster.yaml", r"^idle_timeout_minutes:", "idle_timeout_minute:"),
-    ("cluster-onprem.yaml", r"^setup_commands:", "setup_command:"),
-    ("cluster-onprem.yaml", r"^file_mounts:", "file_mount:"),
-])
+@pytest.mark.parametrize(
+    "name, pattern, typo",
+    [
+        ("cluster.yaml", r"^head_node_type:", "head_node_typ:"),
+        ("cluster.yaml", r"^    min_workers:", "    min_worker:"),
+        ("cluster.yaml", r"^idle_timeout_minutes:", "idle_timeout_minute:"),
+        ("cluster-onprem.yaml", r"^setup_commands:", "setup_command:"),
+        ("cluster-onprem.yaml", r"^file_mounts:", "file_mount:"),
+    ],
+)
 def test_misspelled_key_is_rejected(name, pattern, typo, offline):
     import jsonschema
 
@@ -105,8 +108,7 @@ def test_misspelled_key_is_rejected(name, pattern, typo, offline):
 
 def test_both_configs_install_and_start_the_same_way():
     aws, onprem = load("cluster.yaml"), load("cluster-onprem.yaml")
-    for key in ("setup_commands", "worker_start_ray_commands", "file_mounts", "rsync_exclude",
-                "rsync_filter"):
+    for key in ("setup_commands", "worker_start_ray_commands", "file_mounts", "rsync_exclude", "rsync_filter"):
         assert aws[key] == onprem[key], key
     assert aws["head_start_ray_commands"][:2] == onprem["head_start_ray_commands"][:2]
     assert aws["file_mounts"]["~/jepa_ray"] == "."
@@ -116,8 +118,17 @@ def test_both_configs_install_and_start_the_same_way():
 @pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_local_results_are_not_synced(name):
     excludes = load(name)["rsync_exclude"]
-    for local_file in ("mlflow.db", "optuna.db", "mlruns", "mlartifacts", "ray_results", ".git",
-                       ".venv", "__pycache__", "mlflow-server.log"):
+    for local_file in (
+        "mlflow.db",
+        "optuna.db",
+        "mlruns",
+        "mlartifacts",
+        "ray_results",
+        ".git",
+        ".venv",
+        "__pycache__",
+        "mlflow-server.log",
+    ):
         assert any(fnmatch.fnmatch(local_file, p) for p in excludes), local_file
     for source in ("jepa_ray", "train.py", "pyproject.toml", "README.md"):
         assert not any(fnmatch.fnmatch(source, p) for p in excludes), source
@@ -165,8 +176,7 @@ def config_like_files() -> list[Path]:
     for path in ROOT.rglob("*"):
         if skip & set(path.relative_to(ROOT).parts) or not path.is_file():
             continue
-        if path.suffix in (".yaml", ".yml", ".toml", ".cfg", ".ini", ".env", ".json") \
-                or path.name.startswith(".env"):
+        if path.suffix in (".yaml", ".yml", ".toml", ".cfg", ".ini", ".env", ".json") or path.name.startswith(".env"):
             found.append(path)
     return found + [ROOT / "README.md"]  # the cluster guide lives in the README
 
@@ -182,8 +192,13 @@ def test_no_credentials_in_repository_config_files():
 
 
 def test_credential_patterns_catch_credentials():
-    samples = ["aws_secret_access_key = x", "AKIAABCDEFGHIJKLMNOP", "postgresql://u:hunter2@db/x",
-               "-----BEGIN RSA PRIVATE KEY-----", "RAY_AUTH_TOKEN=abc"]
+    samples = [
+        "aws_secret_access_key = x",
+        "AKIAABCDEFGHIJKLMNOP",
+        "postgresql://u:hunter2@db/x",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "RAY_AUTH_TOKEN=abc",
+    ]
     for sample in samples:
         assert any(p.search(sample) for p in CREDENTIAL_PATTERNS), sample
     assert not any(p.search("postgresql://u@db/x s3://CHANGE-ME-BUCKET/mlflow") for p in CREDENTIAL_PATTERNS)
@@ -242,9 +257,14 @@ def test_serve_mlflow_refuses_public_hosts(host, no_server, capsys):
 
 
 def test_serve_mlflow_refusal_from_the_command_line():
-    result = subprocess.run([sys.executable, "-m", "jepa_ray.serve_mlflow", "--host", "0.0.0.0", "--daemon"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "jepa_ray.serve_mlflow", "--host", "0.0.0.0", "--daemon"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: --host 0.0.0.0: refusing")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -260,8 +280,17 @@ def test_allow_public_runs_mlflow_with_proxied_artifacts(no_server, tmp_path, mo
     monkeypatch.delenv(serve_mlflow.BACKEND_URI_ENV, raising=False)
     port = free_port()
     with pytest.raises(SystemExit):
-        serve_mlflow.main(["--host", "0.0.0.0", "--allow-public", "--port", str(port),
-                           "--artifacts-destination", "s3://bucket/mlflow"])
+        serve_mlflow.main(
+            [
+                "--host",
+                "0.0.0.0",
+                "--allow-public",
+                "--port",
+                str(port),
+                "--artifacts-destination",
+                "s3://bucket/mlflow",
+            ]
+        )
     argv = no_server["argv"]
     assert argv[1:4] == ["-m", "mlflow", "server"]
     assert argv[argv.index("--host") + 1] == "0.0.0.0" and argv[argv.index("--port") + 1] == str(port)
@@ -324,21 +353,35 @@ def test_serve_mlflow_daemon_starts_serves_artifacts_and_stops(tmp_path):
     pid_file, log_file, artifacts = tmp_path / "server.pid", tmp_path / "server.log", tmp_path / "artifacts"
     env = {k: v for k, v in os.environ.items() if k != serve_mlflow.BACKEND_URI_ENV}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination",
-           str(artifacts), "--pid-file", str(pid_file), "--log-file", str(log_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jepa_ray.serve_mlflow",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--artifacts-destination",
+        str(artifacts),
+        "--pid-file",
+        str(pid_file),
+        "--log-file",
+        str(log_file),
+    ]
     pid = None
     try:
-        started = subprocess.run(cmd + ["--daemon", "--timeout", "240"], capture_output=True,
-                                 text=True, cwd=tmp_path, env=env, timeout=300)
+        started = subprocess.run(
+            cmd + ["--daemon", "--timeout", "240"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+        )
         assert started.returncode == 0, started.stderr + log_file.read_text(errors="replace")
         pid = int(pid_file.read_text())
         url = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(url + "/health", timeout=5) as response:
             assert response.status == 200
         # Starting again while it answers is a no-op (the head's start commands re-run).
-        again = subprocess.run(cmd + ["--daemon"], capture_output=True, text=True, cwd=tmp_path,
-                               env=env, timeout=60)
+        again = subprocess.run(cmd + ["--daemon"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
         assert again.returncode == 0 and "already answers" in again.stdout
         assert int(pid_file.read_text()) == pid
 
@@ -353,8 +396,7 @@ def test_serve_mlflow_daemon_starts_serves_artifacts_and_stops(tmp_path):
         assert len(stored) == 1 and stored[0].read_text() == "front"
         assert (tmp_path / "mlflow.db").exists()
 
-        stopped = subprocess.run(cmd + ["--stop"], capture_output=True, text=True, cwd=tmp_path,
-                                 env=env, timeout=60)
+        stopped = subprocess.run(cmd + ["--stop"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
         assert stopped.returncode == 0 and "stopped" in stopped.stdout
         assert not serve_mlflow.group_alive(pid)
         assert not serve_mlflow.is_healthy(url + "/health", timeout=1)
@@ -368,17 +410,27 @@ def test_serve_mlflow_daemon_starts_serves_artifacts_and_stops(tmp_path):
 # jepa_ray.cluster
 
 
-@pytest.mark.parametrize("path, local", [
-    ("ray_results", True), ("/mnt/nfs/ray", True), ("~/ray_results", True), ("file:///tmp/r", True),
-    ("s3://bucket/ray", False), ("gs://bucket/ray", False), ("s3://b/r?endpoint_override=http://m:9000", False),
-])
+@pytest.mark.parametrize(
+    "path, local",
+    [
+        ("ray_results", True),
+        ("/mnt/nfs/ray", True),
+        ("~/ray_results", True),
+        ("file:///tmp/r", True),
+        ("s3://bucket/ray", False),
+        ("gs://bucket/ray", False),
+        ("s3://b/r?endpoint_override=http://m:9000", False),
+    ],
+)
 def test_is_local_path(path, local):
     assert cluster.is_local_path(path) is local
 
 
 def test_local_storage_path_is_refused_on_several_nodes(monkeypatch):
     monkeypatch.delenv(cluster.SHARED_FS_ENV, raising=False)
-    with pytest.raises(UsageError, match=r"storage_path /data/ray is a local path but the cluster has 3 nodes; use s3://"):
+    with pytest.raises(
+        UsageError, match=r"storage_path /data/ray is a local path but the cluster has 3 nodes; use s3://"
+    ):
         cluster.check_storage_path("/data/ray", 3)
     with pytest.raises(UsageError, match="--storage-path"):
         cluster.check_storage_path("file:///data/ray", 2)
@@ -448,10 +500,14 @@ def test_sqlite_tracking_uri(tmp_path, caplog):
         cluster.check_tracking_uri("htp://127.0.0.1:5000", multi_node=False)
 
 
-@pytest.mark.parametrize("address, expected", [
-    ("10.0.0.5:6379", ("10.0.0.5", 6379)), ("ray://head:10001", ("head", 10001)),
-    ("[::1]:6379", ("::1", 6379)),
-])
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+        ("ray://head:10001", ("head", 10001)),
+        ("[::1]:6379", ("::1", 6379)),
+    ],
+)
 def test_parse_address(address, expected):
     assert cluster.parse_address(address) == expected
 
@@ -531,8 +587,11 @@ def test_trial_demand_counts_the_trial_actor_and_every_worker():
 def test_a_trial_larger_than_the_cluster_is_refused_naming_what_does_not_fit():
     cap = placement.Capacity([placement.NodeShape(2, 0, "laptop")])
     demand = placement.trial_demand(_cfg(workers=2), in_tune=True)  # 0.01 + 2 x 1 CPU
-    with pytest.raises(UsageError, match=r"holds 2.01 CPUs and 0 GPUs at once \(Tune's trial actor 0.01 CPU "
-                                          r"\+ 2 workers x 1 CPU\), but the cluster has 1 node\(s\), 2 CPUs"):
+    with pytest.raises(
+        UsageError,
+        match=r"holds 2.01 CPUs and 0 GPUs at once \(Tune's trial actor 0.01 CPU "
+        r"\+ 2 workers x 1 CPU\), but the cluster has 1 node\(s\), 2 CPUs",
+    ):
         placement.check_trial_fits(demand, cap)
     placement.check_trial_fits(placement.trial_demand(_cfg(workers=2, cpus_per_worker=0.5), in_tune=True), cap)
     with pytest.raises(UsageError, match="worker 0 needs 1 CPUs and 1 GPUs on one node"):
@@ -551,17 +610,23 @@ def test_packing_not_totals_decides():
 
 def test_an_autoscaling_cluster_counts_the_nodes_it_can_launch():
     head = [placement.NodeShape(0, 0, "head")]  # cluster.yaml's head advertises no CPUs
-    config = {"max_workers": 3, "head_node_type": "head",
-              "available_node_types": {"head": {"resources": {"CPU": 0}},
-                                       "gpu": {"max_workers": 4, "resources": {"CPU": 8, "GPU": 1}}}}
+    config = {
+        "max_workers": 3,
+        "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 0}},
+            "gpu": {"max_workers": 4, "resources": {"CPU": 8, "GPU": 1}},
+        },
+    }
     cap = placement.launchable_capacity(head, config)
     assert [n.name for n in cap.nodes] == ["head", "gpu", "gpu", "gpu"]  # max_workers 3 bounds the type's 4
     demand = placement.trial_demand(_cfg(workers=2, gpus_per_worker=1, cpus_per_worker=6), in_tune=True)
     placement.check_trial_fits(demand, cap)
     assert placement.copies_that_fit(demand, cap) == 1  # three 1-GPU nodes hold one 2-GPU trial
     with pytest.raises(UsageError, match="worker 0 needs 6 CPUs and 2 GPUs on one node"):
-        placement.check_trial_fits(placement.trial_demand(_cfg(workers=2, gpus_per_worker=2, cpus_per_worker=6),
-                                                      in_tune=True), cap)
+        placement.check_trial_fits(
+            placement.trial_demand(_cfg(workers=2, gpus_per_worker=2, cpus_per_worker=6), in_tune=True), cap
+        )
 
 
 def test_node_types_of_unknown_size_get_the_benefit_of_the_doubt():

@@ -69,8 +69,21 @@ def test_set_parses_ints_floats_strings():
     assert cfg.model.proj_dims == "64-32" and cfg.model.backbone == "resnet18"
 
 
-@pytest.mark.parametrize("raw, value", [("true", True), ("True", True), ("1", True), ("yes", True), ("on", True),
-                                        ("false", False), ("FALSE", False), ("0", False), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        ("FALSE", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_set_parses_bools(raw, value):
     assert parsed(f"download={raw}").data.download is value
 
@@ -89,15 +102,17 @@ def test_python_values_are_accepted_as_they_are():
     assert cfg.data.download is True
 
 
-@pytest.mark.parametrize("item, key", [("epochs=5.5", "epochs"), ("epochs=many", "epochs"),
-                                       ("download=maybe", "download"), ("mu=abc", "mu")])
+@pytest.mark.parametrize(
+    "item, key", [("epochs=5.5", "epochs"), ("epochs=many", "epochs"), ("download=maybe", "download"), ("mu=abc", "mu")]
+)
 def test_set_rejects_unreadable_values_naming_the_field(item, key):
     with pytest.raises(ConfigError, match=f"config field '{key}': cannot read"):
         parsed(item)
 
 
-@pytest.mark.parametrize("overrides, key", [({"epochs": True}, "epochs"), ({"lr": False}, "lr"),
-                                             ({"download": 2}, "download")])
+@pytest.mark.parametrize(
+    "overrides, key", [({"epochs": True}, "epochs"), ({"lr": False}, "lr"), ({"download": 2}, "download")]
+)
 def test_python_values_of_the_wrong_kind_are_rejected(overrides, key):
     """A JSON/Python boolean is not a number (True would train 1 epoch), nor 2 a boolean."""
     with pytest.raises(ConfigError, match=f"config field '{key}'"):
@@ -163,7 +178,7 @@ def test_cifar100_resnet18_preset_has_the_reference_hyperparameters():
 
 
 def sigma_gn_reference(p: float) -> float:
-    """DESIGN.md: sigma_GN(p) = Gamma(1/p)^1/2 / (p^(1/p) Gamma(3/p)^1/2)."""
+    """docs/design.md: sigma_GN(p) = Gamma(1/p)^1/2 / (p^(1/p) Gamma(3/p)^1/2)."""
     return math.sqrt(special.gamma(1 / p)) / (p ** (1 / p) * math.sqrt(special.gamma(3 / p)))
 
 
@@ -179,7 +194,7 @@ def test_resolve_unit_var_sigma_gives_rectified_unit_variance():
     gn = stats.gennorm(beta=p, loc=mu, scale=sigma * p ** (1 / p))
     m1 = integrate.quad(lambda x: x * gn.pdf(x), 0, math.inf)[0]
     m2 = integrate.quad(lambda x: x * x * gn.pdf(x), 0, math.inf)[0]
-    assert m2 - m1 ** 2 == pytest.approx(1.0, rel=1e-6)
+    assert m2 - m1**2 == pytest.approx(1.0, rel=1e-6)
 
 
 def test_resolve_gaussian_target_fixes_p_mu_sigma():
@@ -272,9 +287,19 @@ def test_lejepa_presets_keep_lejepas_loss_scale():
         assert C.preset(name).loss.loss_scale == 1.0, name
 
 
-@pytest.mark.parametrize("key, value", [("loss_scale", 0), ("loss_scale", -1), ("loss_scale", "nan"),
-                                        ("warmup_max_fraction", 0), ("warmup_max_fraction", 1.5),
-                                        ("warmup_epochs", -1), ("momentum", 1.0), ("lars_eta", 0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("loss_scale", 0),
+        ("loss_scale", -1),
+        ("loss_scale", "nan"),
+        ("warmup_max_fraction", 0),
+        ("warmup_max_fraction", 1.5),
+        ("warmup_epochs", -1),
+        ("momentum", 1.0),
+        ("lars_eta", 0),
+    ],
+)
 def test_bad_optimization_values_name_the_field(key, value):
     with pytest.raises(C.ConfigError, match=f"config field '{key}'"):
         C.resolve(C.apply_overrides(C.TrialConfig(), {key: value}))

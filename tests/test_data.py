@@ -25,8 +25,9 @@ from jepa_ray.data import (
 )
 from jepa_ray.errors import UsageError
 
-CIFAR10_PARQUET = Path(os.environ.get("JEPA_RAY_CIFAR10_PARQUET",
-                                      Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+CIFAR10_PARQUET = Path(
+    os.environ.get("JEPA_RAY_CIFAR10_PARQUET", Path(__file__).resolve().parents[2] / "shared/data/cifar10")
+)
 
 
 def _class_counts(y: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -67,8 +68,9 @@ def test_digits_shapes_values_and_stats():
     raw = load_digits()
     # Same multiset of (image, label) as scikit-learn's 0..16 data scaled by 255/16.
     ref = sorted((tuple(np.rint(im * 255 / 16).astype(int).ravel()), int(t)) for im, t in zip(raw.images, raw.target))
-    ours = sorted((tuple(im.ravel().tolist()), int(t))
-                  for im, t in zip(all_x.numpy(), torch.cat([s.train_y, s.test_y]).numpy()))
+    ours = sorted(
+        (tuple(im.ravel().tolist()), int(t)) for im, t in zip(all_x.numpy(), torch.cat([s.train_y, s.test_y]).numpy())
+    )
     assert ours == ref
     pixels = s.train_x.double().numpy() / 255.0
     assert s.mean == pytest.approx([pixels.mean()], abs=1e-9)
@@ -157,14 +159,18 @@ def test_cifar_missing_files_without_download_is_a_config_error(tmp_path, name):
 # parquet
 
 
-def _write_table(path: Path, images: np.ndarray, labels: np.ndarray, metadata: dict | None, struct: bool = False) -> None:
+def _write_table(
+    path: Path, images: np.ndarray, labels: np.ndarray, metadata: dict | None, struct: bool = False
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     blobs = [_png(im) for im in images]
     if struct:
-        image_col = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(blobs)],
-                             type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        image_col = pa.array(
+            [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(blobs)],
+            type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
     else:
         image_col = pa.array(blobs, type=pa.binary())
     table = pa.table({"image": image_col, "label": pa.array(labels, type=pa.int16())})
@@ -190,8 +196,9 @@ def test_parquet_loader_decodes_exact_pixels_labels_and_classes(tmp_path, struct
 
 
 def test_parquet_class_metadata_forms_and_resize(tmp_path):
-    _write_table(tmp_path / "train.parquet", _random_images(6, 10, 0), np.array([0, 1, 2, 3, 0, 1]),
-                 {"classes": "a, b,c,d"})
+    _write_table(
+        tmp_path / "train.parquet", _random_images(6, 10, 0), np.array([0, 1, 2, 3, 0, 1]), {"classes": "a, b,c,d"}
+    )
     _write_table(tmp_path / "test.parquet", _random_images(4, 10, 1), np.array([3, 2, 1, 0]), None)
     s = load_dataset(DataConfig(dataset="parquet", data_dir=str(tmp_path), image_size=6))
     assert s.classes == ["a", "b", "c", "d"] and s.train_x.shape == (6, 3, 6, 6) and s.test_x.shape == (4, 3, 6, 6)
@@ -271,7 +278,11 @@ def test_imagefolder_with_train_and_val_dirs(tmp_path):
 def test_imagefolder_without_splits_is_a_fixed_stratified_80_20_split(tmp_path):
     rng = np.random.default_rng(0)
     # Mixed sizes and a grayscale image: everything becomes RGB of the first image's shorter side.
-    per_class = {"a": list(_random_images(10, 9, 0)), "b": list(_random_images(5, 9, 1)), "c": list(_random_images(5, 9, 2))}
+    per_class = {
+        "a": list(_random_images(10, 9, 0)),
+        "b": list(_random_images(5, 9, 1)),
+        "c": list(_random_images(5, 9, 2)),
+    }
     per_class["b"][0] = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
     per_class["c"][1] = rng.integers(0, 256, size=(9, 9), dtype=np.uint8)
     _write_folder(tmp_path, per_class)
@@ -345,11 +356,14 @@ def test_batch_iterator_epochs():
     assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(50))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(n=10, global_batch_size=5, world_size=2), "global_batch_size"),
-    (dict(n=4, global_batch_size=8), "global_batch_size"),
-    (dict(n=10, global_batch_size=4, rank=2, world_size=2), "rank"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(n=10, global_batch_size=5, world_size=2), "global_batch_size"),
+        (dict(n=4, global_batch_size=8), "global_batch_size"),
+        (dict(n=10, global_batch_size=4, rank=2, world_size=2), "rank"),
+    ],
+)
 def test_batch_iterator_rejects_bad_arguments(kwargs, field):
     with pytest.raises(ValueError, match=field):
         BatchIterator(**kwargs)

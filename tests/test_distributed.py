@@ -75,8 +75,15 @@ def _parameter_level(name: str, x: torch.Tensor, lin: nn.Module) -> tuple[torch.
 def _bn_net() -> nn.Module:
     """Conv-BN2d-ReLU-pool-Linear-BN1d, seeded: the BatchNorm check's network."""
     torch.manual_seed(11)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Linear(16, 5), nn.BatchNorm1d(5))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+        nn.BatchNorm1d(5),
+    )
 
 
 def _bn_inputs() -> torch.Tensor:
@@ -89,8 +96,11 @@ def _bn_step(net: nn.Module, x: torch.Tensor) -> dict:
     y = net(x)
     y.square().mean().backward()
     inner = net.module if isinstance(net, DistributedDataParallel) else net
-    return {"y": y.detach(), "grads": {n: p.grad for n, p in inner.named_parameters()},
-            "buffers": {n: b.clone() for n, b in inner.named_buffers()}}
+    return {
+        "y": y.detach(),
+        "grads": {n: p.grad for n, p in inner.named_parameters()},
+        "buffers": {n: b.clone() for n, b in inner.named_buffers()},
+    }
 
 
 def _worker(rank: int, store_path: str, out_dir: str) -> None:
@@ -98,8 +108,11 @@ def _worker(rank: int, store_path: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, WORLD), rank=rank, world_size=WORLD)
     try:
-        out: dict[str, object] = {"world_size": dist_lib.world_size(), "rank": dist_lib.rank(),
-                                  "sums": dist_lib.sum_over_ranks([float(rank), 1.0])}
+        out: dict[str, object] = {
+            "world_size": dist_lib.world_size(),
+            "rank": dist_lib.rank(),
+            "sums": dist_lib.sum_over_ranks([float(rank), 1.0]),
+        }
         for name in CASES:
             z, x, lin = _global_inputs(name)
             loss, grad = _feature_level(name, _shard(z, rank))

@@ -48,8 +48,15 @@ def test_loaded_encoder_fed_raw_uint8_images_gives_the_evaluations_features(trai
     assert metrics.l0_density(test_z) == final["l0_density"]
     assert metrics.l0_density(test_h) == final["l0_density_backbone"]
     assert metrics.rank_me(test_z) == pytest.approx(final["rank_me"], rel=1e-6)
-    knn = probe.knn_accuracy(train_h, splits.train_y, test_h, splits.test_y, k=cfg.eval.knn_k,
-                             temperature=cfg.eval.knn_temperature, num_classes=splits.num_classes)
+    knn = probe.knn_accuracy(
+        train_h,
+        splits.train_y,
+        test_h,
+        splits.test_y,
+        k=cfg.eval.knn_k,
+        temperature=cfg.eval.knn_temperature,
+        num_classes=splits.num_classes,
+    )
     assert knn == final["knn_acc"]
     with torch.no_grad():
         as_float = encoder(splits.test_x.float() / 255.0)

@@ -23,9 +23,7 @@ def _one_thread():
 
 # Rows: one active coordinate; two of equal magnitude; two of different magnitude.
 # Columns: 0 always active, 2 dead.
-HAND = torch.tensor([[1.0, 0.0, 0.0, 0.0],
-                     [2.0, -2.0, 0.0, 0.0],
-                     [3.0, 0.0, 0.0, 5.0]])
+HAND = torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, -2.0, 0.0, 0.0], [3.0, 0.0, 0.0, 5.0]])
 
 
 def test_hand_matrix_exact_values():
@@ -129,8 +127,15 @@ def test_summary_holds_every_scalar():
 @pytest.mark.parametrize("shape", [(5,), (0, 3), (3, 0), (2, 3, 4)])
 def test_bad_shapes_name_z_and_the_shape(shape):
     bad = torch.zeros(shape)
-    for fn in (metrics.l0_density, metrics.l1_sparsity, metrics.dead_fraction,
-               metrics.always_active_fraction, metrics.activation_rates, metrics.rank_me, metrics.summary):
+    for fn in (
+        metrics.l0_density,
+        metrics.l1_sparsity,
+        metrics.dead_fraction,
+        metrics.always_active_fraction,
+        metrics.activation_rates,
+        metrics.rank_me,
+        metrics.summary,
+    ):
         with pytest.raises(ValueError, match=r"z .*" + re.escape(str(tuple(shape)))):
             fn(bad)
 
@@ -140,7 +145,6 @@ def test_non_tensor_and_non_finite_inputs_are_rejected():
         metrics.l0_density([[1.0, 0.0]])
     with pytest.raises(ValueError, match="z must be finite"):
         metrics.rank_me(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
-
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

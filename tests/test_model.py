@@ -15,8 +15,15 @@ from jepa_ray.model import Projector, check_backbone_name, create_model
 from jepa_ray.train.checkpoint import MODEL_FILE, save_checkpoint
 
 
-def _config(backbone: str = "jepa_convnet_tiny", *, dataset: str = "digits", cifar_stem: bool = False,
-            proj_dims: str = "256-256-256", target: str = "rgg", zero_init_last: bool = True) -> TrialConfig:
+def _config(
+    backbone: str = "jepa_convnet_tiny",
+    *,
+    dataset: str = "digits",
+    cifar_stem: bool = False,
+    proj_dims: str = "256-256-256",
+    target: str = "rgg",
+    zero_init_last: bool = True,
+) -> TrialConfig:
     cfg = TrialConfig()
     cfg.model.zero_init_last = zero_init_last
     cfg.data.dataset = dataset
@@ -69,11 +76,14 @@ def test_zero_init_last_off_keeps_residual_branches_on():
         create_model(_config("vit_tiny_patch16_224", dataset="cifar10", zero_init_last=False))
 
 
-@pytest.mark.parametrize("backbone, cifar_stem, tokens", [
-    ("test_vit", False, (2, 2)),
-    ("vit_tiny_patch16_224", False, (2, 2)),
-    ("vit_tiny_patch16_224", True, (8, 8)),  # patches of image_size / 8 = 4 px
-])
+@pytest.mark.parametrize(
+    "backbone, cifar_stem, tokens",
+    [
+        ("test_vit", False, (2, 2)),
+        ("vit_tiny_patch16_224", False, (2, 2)),
+        ("vit_tiny_patch16_224", True, (8, 8)),  # patches of image_size / 8 = 4 px
+    ],
+)
 def test_vit_at_32px(backbone, cifar_stem, tokens):
     model = create_model(_config(backbone, dataset="cifar10", cifar_stem=cifar_stem, proj_dims="128-64"))
     h, z = model(torch.randn(2, 3, 32, 32))
@@ -95,11 +105,14 @@ def test_default_convnet_on_the_embedded_digits():
 # Projector
 
 
-@pytest.mark.parametrize("proj_dims, widths", [
-    ("512-512-512", [(128, 512), (512, 512), (512, 512)]),
-    ("64-32", [(128, 64), (64, 32)]),
-    ("48", [(128, 48)]),
-])
+@pytest.mark.parametrize(
+    "proj_dims, widths",
+    [
+        ("512-512-512", [(128, 512), (512, 512), (512, 512)]),
+        ("64-32", [(128, 64), (64, 32)]),
+        ("48", [(128, 48)]),
+    ],
+)
 def test_projector_follows_proj_dims(proj_dims, widths):
     projector = create_model(_config(proj_dims=proj_dims)).projector
     assert [(m.in_features, m.out_features) for m in _linears(projector)] == widths
@@ -156,10 +169,14 @@ def test_backbone_without_close_matches_still_names_the_field():
 # Checkpoint round trip
 
 
-@pytest.mark.parametrize("cfg", [
-    _config(),
-    _config("resnet18", dataset="cifar10", cifar_stem=True, proj_dims="64-32"),
-], ids=["convnet-digits", "resnet18-cifar"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        _config(),
+        _config("resnet18", dataset="cifar10", cifar_stem=True, proj_dims="64-32"),
+    ],
+    ids=["convnet-digits", "resnet18-cifar"],
+)
 def test_load_encoder_round_trip(tmp_path, cfg):
     model = create_model(cfg)
     x = _digits(8) if cfg.data.dataset == "digits" else torch.randn(8, 3, 32, 32)

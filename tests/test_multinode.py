@@ -51,14 +51,33 @@ def two_nodes():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env.pop("RAY_ADDRESS", None)
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", f"--port={gcs}", f"--temp-dir={root}/h", "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            f"--dashboard-agent-listen-port={agent[0]}", f"--dashboard-agent-grpc-port={agent[1]}",
-            f"--metrics-export-port={agent[2]}", f"--runtime-env-agent-port={agent[3]}", *common]
+    head = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={gcs}",
+        f"--temp-dir={root}/h",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent[0]}",
+        f"--dashboard-agent-grpc-port={agent[1]}",
+        f"--metrics-export-port={agent[2]}",
+        f"--runtime-env-agent-port={agent[3]}",
+        *common,
+    ]
     # Its own temp dir: a node sharing the head's would delete the job's working_dir under it.
-    worker = [RAY, "start", f"--address=127.0.0.1:{gcs}", f"--temp-dir={root}/w",
-              f"--dashboard-agent-listen-port={agent[4]}", f"--dashboard-agent-grpc-port={agent[5]}",
-              f"--metrics-export-port={agent[6]}", f"--runtime-env-agent-port={agent[7]}", *common]
+    worker = [
+        RAY,
+        "start",
+        f"--address=127.0.0.1:{gcs}",
+        f"--temp-dir={root}/w",
+        f"--dashboard-agent-listen-port={agent[4]}",
+        f"--dashboard-agent-grpc-port={agent[5]}",
+        f"--metrics-export-port={agent[6]}",
+        f"--runtime-env-agent-port={agent[7]}",
+        *common,
+    ]
     try:
         for cmd in (head, worker):
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -70,22 +89,41 @@ def two_nodes():
 
 
 def test_cluster_has_two_nodes(two_nodes):
-    code = ("import ray; ray.init(address=%r, log_to_driver=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']), int(ray.cluster_resources()['CPU']))" % two_nodes["gcs"])
-    out = subprocess.run([sys.executable, "-c", code], env=two_nodes["env"], capture_output=True, text=True, timeout=120)
+    code = (
+        "import ray; ray.init(address=%r, log_to_driver=False); "
+        "print(sum(1 for n in ray.nodes() if n['Alive']), int(ray.cluster_resources()['CPU']))" % two_nodes["gcs"]
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=two_nodes["env"], capture_output=True, text=True, timeout=120
+    )
     assert out.stdout.split()[-2:] == ["2", "4"], out.stderr[-2000:]
 
 
 def test_sweep_refuses_a_local_storage_path_on_two_nodes(two_nodes, tmp_path):
     env = {k: v for k, v in two_nodes["env"].items() if k != "JEPA_RAY_SHARED_FS"}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--smoke", "--address", two_nodes["gcs"],
-         "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        env=env, capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "rectified.py"),
+            "--smoke",
+            "--address",
+            two_nodes["gcs"],
+            "--storage-path",
+            str(tmp_path / "ray"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: storage_path") and "2 nodes" in last and "s3://" in last
-    assert not (tmp_path / "mlflow.db").exists() or "trial" not in (tmp_path / "mlflow.db").read_bytes().decode("latin-1")
+    assert not (tmp_path / "mlflow.db").exists() or "trial" not in (tmp_path / "mlflow.db").read_bytes().decode(
+        "latin-1"
+    )
 
 
 def test_smoke_sweep_through_ray_job_submit(two_nodes, tmp_path):
@@ -93,10 +131,29 @@ def test_smoke_sweep_through_ray_job_submit(two_nodes, tmp_path):
 
     store = tmp_path / "ray"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [RAY, "job", "submit", "--address", two_nodes["dashboard"], "--working-dir", str(ROOT),
-           "--runtime-env-json", '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}', "--",
-           "python", "sweeps/rectified.py", "--smoke", "--address", "auto", "--storage-path", str(store),
-           "--tracking-uri", uri, "--experiment", "multinode"]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        two_nodes["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}',
+        "--",
+        "python",
+        "sweeps/rectified.py",
+        "--smoke",
+        "--address",
+        "auto",
+        "--storage-path",
+        str(store),
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "multinode",
+    ]
     for _attempt in range(3):  # the job agent can take a few seconds after `ray start` to register
         out = subprocess.run(cmd, env=two_nodes["env"], capture_output=True, text=True, timeout=600)
         if "No available agent" not in out.stdout + out.stderr:
@@ -116,11 +173,38 @@ def test_ddp_trial_across_two_nodes_through_ray_job_submit(two_nodes, tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [RAY, "job", "submit", "--address", two_nodes["dashboard"], "--working-dir", str(ROOT),
-           "--runtime-env-json", '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}', "--",
-           "python", "sweeps/rectified.py", "--preset", "smoke", "--num-samples", "1", "--workers-per-trial", "2",
-           "--cpus-per-worker", "1.5", "--epochs", "2", "--address", "auto", "--storage-path", str(tmp_path / "ray"),
-           "--tracking-uri", uri, "--experiment", "multinode-ddp"]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        two_nodes["dashboard"],
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        '{"env_vars": {"JEPA_RAY_SHARED_FS": "1"}}',
+        "--",
+        "python",
+        "sweeps/rectified.py",
+        "--preset",
+        "smoke",
+        "--num-samples",
+        "1",
+        "--workers-per-trial",
+        "2",
+        "--cpus-per-worker",
+        "1.5",
+        "--epochs",
+        "2",
+        "--address",
+        "auto",
+        "--storage-path",
+        str(tmp_path / "ray"),
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "multinode-ddp",
+    ]
     for _attempt in range(3):
         out = subprocess.run(cmd, env=two_nodes["env"], capture_output=True, text=True, timeout=600)
         if "No available agent" not in out.stdout + out.stderr:

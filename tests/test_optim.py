@@ -27,16 +27,19 @@ from jepa_ray.train.optim import (
 # Schedule
 
 
-@pytest.mark.parametrize("step, expected", [
-    (0, 0.01),     # warmup starts at `start`
-    (3, 0.34),     # start + step (peak - start) / (warmup - 1)
-    (9, 1.0),      # the last warmup step reaches the peak
-    (10, 1.0),     # cosine starts at the peak
-    (40, 0.75),    # progress 1/3: (1 + cos(pi/3)) / 2
-    (55, 0.5),     # progress 1/2
-    (100, 0.0),    # the end of the schedule
-    (130, 0.0),    # past the end: stays at the floor
-])
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 0.01),  # warmup starts at `start`
+        (3, 0.34),  # start + step (peak - start) / (warmup - 1)
+        (9, 1.0),  # the last warmup step reaches the peak
+        (10, 1.0),  # cosine starts at the peak
+        (40, 0.75),  # progress 1/3: (1 + cos(pi/3)) / 2
+        (55, 0.5),  # progress 1/2
+        (100, 0.0),  # the end of the schedule
+        (130, 0.0),  # past the end: stays at the floor
+    ],
+)
 def test_lr_at_warmup_then_cosine(step, expected):
     assert lr_at(step, total_steps=100, warmup_steps=10, peak=1.0, start=0.01) == pytest.approx(expected, abs=1e-12)
 
@@ -55,8 +58,12 @@ def test_lr_at_matches_solo_learn_chained_scheduler():
         elif (t - 1 - total) % (2 * (total - warm)) == 0:
             lrs.append(prev + (base - eta_min) * (1 - math.cos(math.pi / (total - warm))) / 2)
         else:
-            lrs.append((1 + math.cos(math.pi * (t - warm) / (total - warm)))
-                       / (1 + math.cos(math.pi * (t - warm - 1) / (total - warm))) * (prev - eta_min) + eta_min)
+            lrs.append(
+                (1 + math.cos(math.pi * (t - warm) / (total - warm)))
+                / (1 + math.cos(math.pi * (t - warm - 1) / (total - warm)))
+                * (prev - eta_min)
+                + eta_min
+            )
     assert [lr_at(t, total, warm, base, start=start) for t in range(total)] == pytest.approx(lrs, rel=1e-9, abs=1e-15)
 
 
@@ -89,8 +96,11 @@ def test_a_shortened_preset_warms_up_for_at_most_half_its_run():
 
 
 def test_schedule_step_sets_each_group_from_its_base_lr():
-    cfg = C.resolve(C.apply_overrides(C.preset("cifar10-resnet18"), {"backbone": "jepa_convnet_tiny",
-                                                                     "cifar_stem": False, "epochs": 10}))
+    cfg = C.resolve(
+        C.apply_overrides(
+            C.preset("cifar10-resnet18"), {"backbone": "jepa_convnet_tiny", "cifar_stem": False, "epochs": 10}
+        )
+    )
     opt = create_optimizer(cfg, Net(), nn.Linear(3, 2))
     schedule_step(opt, 0, 100, 10, cfg)
     assert {g["lr"] for g in opt.param_groups} == {cfg.optim.warmup_start_lr}
@@ -130,8 +140,9 @@ def test_lars_step_where_the_trust_ratio_caps_it():
     # Bias: plain SGD, no weight decay: b <- 1 - 0.5 * 0.5 = 0.75.
     lars_step(opt, lin, [0.6, 0.8], [0.5], lr=0.5)
     t = 0.1 / (1.5 + 1e-8) / 0.5
-    torch.testing.assert_close(lin.weight, torch.tensor([[3 - 0.5 * 0.9 * t, 4 - 0.5 * 1.2 * t]], dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        lin.weight, torch.tensor([[3 - 0.5 * 0.9 * t, 4 - 0.5 * 1.2 * t]], dtype=torch.float64), rtol=0, atol=1e-12
+    )
     torch.testing.assert_close(lin.weight, torch.tensor([[2.94, 3.92]], dtype=torch.float64), rtol=0, atol=1e-9)
     torch.testing.assert_close(lin.bias, torch.tensor([0.75], dtype=torch.float64), rtol=0, atol=1e-12)
     # Step 2 (lr 0.5): w = [2.94, 3.92], |w| = 4.9; t = 0.02 * 4.9 / (1 + 0.49) / 0.5 = 0.13154;
@@ -139,8 +150,9 @@ def test_lars_step_where_the_trust_ratio_caps_it():
     lars_step(opt, lin, [0.6, 0.8], [0.5], lr=0.5)
     t2 = 0.02 * 4.9 / (1 + 0.49 + 1e-8) / 0.5
     buf = torch.tensor([0.9 * 0.12 + 0.894 * t2, 0.9 * 0.16 + 1.192 * t2], dtype=torch.float64)
-    torch.testing.assert_close(lin.weight, torch.tensor([[2.94, 3.92]], dtype=torch.float64) - 0.5 * buf,
-                               rtol=0, atol=1e-8)  # step 1's eps is left out of the hand values
+    torch.testing.assert_close(
+        lin.weight, torch.tensor([[2.94, 3.92]], dtype=torch.float64) - 0.5 * buf, rtol=0, atol=1e-8
+    )  # step 1's eps is left out of the hand values
     torch.testing.assert_close(lin.bias, torch.tensor([0.75 - 0.5 * 0.95], dtype=torch.float64), rtol=0, atol=1e-12)
 
 
@@ -149,8 +161,9 @@ def test_lars_step_is_plain_sgd_where_clip_lr_leaves_it():
     opt = LARS(param_groups(lin, weight_decay=0.1), lr=1e-3, weight_decay=0.1, momentum=0.9, eta=0.02)
     # t / lr = 0.0667 / 0.001 = 66.7 > 1: clipped to 1, so d = g + wd w = [0.9, 1.2].
     lars_step(opt, lin, [0.6, 0.8], [0.5], lr=1e-3)
-    torch.testing.assert_close(lin.weight, torch.tensor([[3 - 0.0009, 4 - 0.0012]], dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        lin.weight, torch.tensor([[3 - 0.0009, 4 - 0.0012]], dtype=torch.float64), rtol=0, atol=1e-12
+    )
 
 
 def test_lars_zero_weight_or_gradient_takes_the_plain_gradient_without_decay():
@@ -166,8 +179,16 @@ def test_lars_zero_weight_or_gradient_takes_the_plain_gradient_without_decay():
     torch.testing.assert_close(lin.weight, tiny_linear().weight, rtol=0, atol=0)
 
 
-def solo_learn_lars(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list, lr: float, wd: float,
-                    eta: float = 0.02, momentum: float = 0.9, eps: float = 1e-8) -> None:
+def solo_learn_lars(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list,
+    lr: float,
+    wd: float,
+    eta: float = 0.02,
+    momentum: float = 0.9,
+    eps: float = 1e-8,
+) -> None:
     """An independent LARS step written from solo-learn's formula (solo/utils/lars.py with
     clip_lr=True, exclude_bias_n_norm=True), in plain Python control flow."""
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -187,9 +208,14 @@ def test_lars_equals_an_independent_solo_learn_lars_over_steps(lr):
     shapes = [(4, 3, 3, 3), (4,), (4,), (10, 36), (10,)]
     params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     mine = [nn.Parameter(p.clone()) for p in params]
-    opt = LARS([{"params": [q for q in mine if q.ndim > 1], "lars": True},
-                {"params": [q for q in mine if q.ndim <= 1], "lars": False, "weight_decay": 0.0}],
-               lr=lr, weight_decay=1e-4)
+    opt = LARS(
+        [
+            {"params": [q for q in mine if q.ndim > 1], "lars": True},
+            {"params": [q for q in mine if q.ndim <= 1], "lars": False, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        weight_decay=1e-4,
+    )
     bufs = [None] * len(params)
     for _ in range(4):
         grads = [torch.randn(s, generator=g, dtype=torch.float64) * 3 for s in shapes]
@@ -223,8 +249,9 @@ def test_param_groups_exclude_biases_and_norms_from_decay():
     assert (decay["weight_decay"], decay["lars"]) == (0.3, True)
     assert (no_decay["weight_decay"], no_decay["lars"]) == (0.0, False)
     assert {id(p) for p in decay["params"]} == {id(net.conv.weight), id(net.fc.weight)}
-    assert {id(p) for p in no_decay["params"]} == {id(p) for p in (net.conv.bias, net.bn.weight, net.bn.bias,
-                                                                   net.fc.bias, net.ln.weight, net.ln.bias)}
+    assert {id(p) for p in no_decay["params"]} == {
+        id(p) for p in (net.conv.bias, net.bn.weight, net.bn.bias, net.fc.bias, net.ln.weight, net.ln.bias)
+    }
 
 
 def test_frozen_parameters_are_left_out():
@@ -235,8 +262,10 @@ def test_frozen_parameters_are_left_out():
 
 
 def test_the_probes_have_their_own_lr_and_no_weight_decay():
-    cfg = C.apply_overrides(C.TrialConfig(), {"optimizer": "lars", "lr": 0.03, "online_probe_lr": 0.01,
-                                              "weight_decay": 1e-4, "batch_size": 512})
+    cfg = C.apply_overrides(
+        C.TrialConfig(),
+        {"optimizer": "lars", "lr": 0.03, "online_probe_lr": 0.01, "weight_decay": 1e-4, "batch_size": 512},
+    )
     probes = nn.ModuleList([nn.Linear(8, 3), nn.Linear(5, 3)])
     opt = create_optimizer(cfg, Net(), probes)
     groups = {g["name"]: g for g in opt.param_groups}
@@ -252,8 +281,9 @@ def test_only_weights_decay(optimizer):
     """AdamW with zero gradients: w <- w (1 - lr wd). LARS: a plain-SGD step (lr small enough
     that clip_lr leaves it) on a gradient of the weights' own direction g = c w moves
     w by -lr (c + wd) w; biases and norm parameters with a zero gradient do not move."""
-    cfg = C.apply_overrides(C.TrialConfig(), {"optimizer": optimizer, "lr": 0.01, "weight_decay": 0.2,
-                                              "batch_size": 256})
+    cfg = C.apply_overrides(
+        C.TrialConfig(), {"optimizer": optimizer, "lr": 0.01, "weight_decay": 0.2, "batch_size": 256}
+    )
     net = Net().double()
     with torch.no_grad():
         for p in (net.bn.weight, net.bn.bias, net.ln.weight, net.ln.bias):

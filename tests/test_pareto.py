@@ -133,7 +133,8 @@ def test_hypervolume_hand_made_cases():
     v = rng.random((20, 3))
     flipped = v * np.array([-1, 1, 1])
     assert hypervolume(v, ["max", "min", "min"], [0, 1, 1]) == pytest.approx(
-        hypervolume(flipped, ["min", "min", "min"], [0, 1, 1]))
+        hypervolume(flipped, ["min", "min", "min"], [0, 1, 1])
+    )
 
 
 def test_non_dominated_hand_made_cases():
@@ -165,8 +166,10 @@ def test_knee_point():
 
 
 def test_parsers():
-    assert parse_objectives("linear_acc:max, l0_density:min") == [Objective("linear_acc", "max"),
-                                                                Objective("l0_density", "min")]
+    assert parse_objectives("linear_acc:max, l0_density:min") == [
+        Objective("linear_acc", "max"),
+        Objective("l0_density", "min"),
+    ]
     assert parse_objectives("knn_acc") == [Objective("knn_acc", "max")]
     for bad in ("", "linear_acc:up", "a:max,a:min", "lin acc:max"):
         with pytest.raises(ValueError, match="--objectives"):
@@ -184,18 +187,23 @@ def test_parsers():
 
 
 def test_compute_front_on_a_frame():
-    trials = pd.DataFrame({
-        "run_id": list("abcdefg"), "trial_id": list("ABCDEFG"), "sweep_run_id": ["s"] * 7,
-        "checkpoint": [None] * 7,
-        "metrics.linear_acc": [0.9, 0.8, 0.8, 0.6, 0.5, np.nan, 0.99],
-        "metrics.l0_density": [0.5, 0.2, 0.2, 0.05, 0.6, 0.1, np.inf],
-        "params.p": [1.0, 1.0, 0.5, 2.0, 1.0, 1.0, 1.0],
-    })
+    trials = pd.DataFrame(
+        {
+            "run_id": list("abcdefg"),
+            "trial_id": list("ABCDEFG"),
+            "sweep_run_id": ["s"] * 7,
+            "checkpoint": [None] * 7,
+            "metrics.linear_acc": [0.9, 0.8, 0.8, 0.6, 0.5, np.nan, 0.99],
+            "metrics.l0_density": [0.5, 0.2, 0.2, 0.05, 0.6, 0.1, np.inf],
+            "params.p": [1.0, 1.0, 0.5, 2.0, 1.0, 1.0, 1.0],
+        }
+    )
     r = compute_front(trials)
     assert list(r.front["run_id"]) == ["a", "b", "c", "d"]  # best accuracy first; b, c equal
     assert r.reference == (0.0, 1.0)
-    assert r.hypervolume == pytest.approx(_bf_hypervolume(
-        np.array([[-0.9, 0.5], [-0.8, 0.2], [-0.6, 0.05]]), np.array([0.0, 1.0])))
+    assert r.hypervolume == pytest.approx(
+        _bf_hypervolume(np.array([[-0.9, 0.5], [-0.8, 0.2], [-0.6, 0.05]]), np.array([0.0, 1.0]))
+    )
     assert list(r.trials["feasible"]) == [True] * 5 + [False, False]
     assert list(r.trials["front_rank"].astype("float").fillna(0)) == [1, 1, 1, 1, 2, 0, 0]
     assert r.knee_run_id == "b" and r.front["knee"].sum() == 1
@@ -208,8 +216,9 @@ def test_compute_front_on_a_frame():
     assert custom.reference == (0.0, 0.5)
     trials["metrics.knn_acc"] = [0.1, 0.9, 0.2, 0.3, 0.95, 0.5, 0.5]
     three = compute_front(trials, "linear_acc:max,l0_density:min,knn_acc:max", reference=[0.0, 1.0, 0.0])
-    m = _to_min(trials[["metrics.linear_acc", "metrics.l0_density", "metrics.knn_acc"]].to_numpy()[:5],
-                ["max", "min", "max"])
+    m = _to_min(
+        trials[["metrics.linear_acc", "metrics.l0_density", "metrics.knn_acc"]].to_numpy()[:5], ["max", "min", "max"]
+    )
     assert set(three.front["run_id"]) == set(trials["run_id"][:5][_bf_non_dominated(m)])
     assert three.hypervolume == pytest.approx(_bf_hypervolume(m, np.array([0.0, 1.0, 0.0])))
     trials = trials.drop(columns="metrics.knn_acc")
@@ -235,7 +244,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A sqlite MLflow store in the DESIGN.md layout; returns a dict of what was written."""
+    """A sqlite MLflow store in the docs/design.md layout; returns a dict of what was written."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -253,8 +262,17 @@ def store(tmp_path_factory):
     model = create_model(cfg)
     now = int(time.time() * 1000)
 
-    def run(experiment_id, parent, name, status="FINISHED", metrics=None, checkpoint=None, params=None,
-            role="trial", extra_tags=None):
+    def run(
+        experiment_id,
+        parent,
+        name,
+        status="FINISHED",
+        metrics=None,
+        checkpoint=None,
+        params=None,
+        role="trial",
+        extra_tags=None,
+    ):
         tags = {"jepa_ray.role": role, "jepa_ray.trial_id": name, **(extra_tags or {})}
         if parent:
             tags["mlflow.parentRunId"] = parent
@@ -266,8 +284,12 @@ def store(tmp_path_factory):
         finals = [Metric(k, -1.0, now, 0) for k in (metrics or {})]
         finals += [Metric(k, float(v), now + 1, 1) for k, v in (metrics or {}).items()]
         params = {k: str(v) for k, v in (params or {}).items()}
-        client.log_batch(r.info.run_id, metrics=history + finals, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag("note", "x")])
+        client.log_batch(
+            r.info.run_id,
+            metrics=history + finals,
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag("note", "x")],
+        )
         client.set_terminated(r.info.run_id, status)
         return r.info.run_id
 
@@ -278,41 +300,80 @@ def store(tmp_path_factory):
         path = save_checkpoint(root / "ckpt" / name, model=model, cfg=c, metrics={"epoch": 1})
         return path, {**flatten(c)}
 
-    base_metrics = {"target_l0_density": 0.3, "linear_acc_z": 0.5, "knn_acc": 0.5, "l0_density_backbone": 0.4,
-                    "rank_me": 10.0}
+    base_metrics = {
+        "target_l0_density": 0.3,
+        "linear_acc_z": 0.5,
+        "knn_acc": 0.5,
+        "l0_density_backbone": 0.4,
+        "rank_me": 10.0,
+    }
     sweep_a = run(exp, None, "sweep-a", role="sweep")
     sweep_b = run(exp, None, "sweep-b", role="sweep")
     written = {"uri": uri, "root": root, "sweep_a": sweep_a, "sweep_b": sweep_b, "model": model, "runs": {}}
     front_a = {"real_hi": (0.9, 0.5), "real_mid": (0.8, 0.2), "real_dup": (0.8, 0.2), "real_lo": (0.6, 0.05)}
     for i, (name, (acc, l0)) in enumerate(front_a.items()):
         ckpt, params = real_checkpoint(name, mu=-0.5 * i, p=1.0 + i)
-        written["runs"][name] = run(exp, sweep_a, name, checkpoint=ckpt, params=params,
-                                    metrics={"linear_acc": acc, "l0_density": l0, **base_metrics})
+        written["runs"][name] = run(
+            exp,
+            sweep_a,
+            name,
+            checkpoint=ckpt,
+            params=params,
+            metrics={"linear_acc": acc, "l0_density": l0, **base_metrics},
+        )
     _, params = real_checkpoint("unused")
-    written["runs"]["missing_ckpt"] = run(exp, sweep_a, "missing_ckpt", checkpoint=root / "ckpt" / "does-not-exist",
-                                          params=params, metrics={"linear_acc": 0.7, "l0_density": 0.1})
+    written["runs"]["missing_ckpt"] = run(
+        exp,
+        sweep_a,
+        "missing_ckpt",
+        checkpoint=root / "ckpt" / "does-not-exist",
+        params=params,
+        metrics={"linear_acc": 0.7, "l0_density": 0.1},
+    )
     rng = np.random.default_rng(0)
     for i in range(6):  # synthetic, dominated by the real ones, no checkpoints
         acc, l0 = 0.2 + 0.05 * i, 0.6 + 0.05 * i
-        written["runs"][f"synthetic{i}"] = run(exp, sweep_a, f"synthetic{i}", metrics={"linear_acc": acc, "l0_density": l0},
-                                               params={**params, "mu": float(rng.normal())})
-    written["runs"]["nan"] = run(exp, sweep_a, "nan", metrics={"linear_acc": 0.99, "l0_density": float("nan")},
-                                 params=params)
-    written["runs"]["inf"] = run(exp, sweep_a, "inf", metrics={"linear_acc": 0.99, "l0_density": float("inf")},
-                                 params=params)
+        written["runs"][f"synthetic{i}"] = run(
+            exp,
+            sweep_a,
+            f"synthetic{i}",
+            metrics={"linear_acc": acc, "l0_density": l0},
+            params={**params, "mu": float(rng.normal())},
+        )
+    written["runs"]["nan"] = run(
+        exp, sweep_a, "nan", metrics={"linear_acc": 0.99, "l0_density": float("nan")}, params=params
+    )
+    written["runs"]["inf"] = run(
+        exp, sweep_a, "inf", metrics={"linear_acc": 0.99, "l0_density": float("inf")}, params=params
+    )
     # runs that must be ignored: FAILED, RUNNING, deleted, a sweep parent, another experiment
-    ignored = [run(exp, sweep_a, "failed", status="FAILED", metrics={"linear_acc": 0.99, "l0_density": 0.001},
-                   extra_tags={"jepa_ray.failure": "ValueError: boom"}),
-               run(exp, sweep_a, "running", status="RUNNING", metrics={"linear_acc": 0.99, "l0_density": 0.001}),
-               run(exp, sweep_a, "deleted", metrics={"linear_acc": 0.99, "l0_density": 0.001}),
-               run(other, None, "elsewhere", metrics={"linear_acc": 0.99, "l0_density": 0.001})]
+    ignored = [
+        run(
+            exp,
+            sweep_a,
+            "failed",
+            status="FAILED",
+            metrics={"linear_acc": 0.99, "l0_density": 0.001},
+            extra_tags={"jepa_ray.failure": "ValueError: boom"},
+        ),
+        run(exp, sweep_a, "running", status="RUNNING", metrics={"linear_acc": 0.99, "l0_density": 0.001}),
+        run(exp, sweep_a, "deleted", metrics={"linear_acc": 0.99, "l0_density": 0.001}),
+        run(other, None, "elsewhere", metrics={"linear_acc": 0.99, "l0_density": 0.001}),
+    ]
     client.delete_run(ignored[2])
     written["ignored"] = ignored
     ckpt_b, params_b = real_checkpoint("real_b", mu=-2.0)
-    written["runs"]["real_b"] = run(exp, sweep_b, "real_b", checkpoint=f"file://{ckpt_b}", params=params_b,
-                                    metrics={"linear_acc": 0.95, "l0_density": 0.9, **base_metrics})
-    written["runs"]["dominated_b"] = run(exp, sweep_b, "dominated_b", params=params_b,
-                                         metrics={"linear_acc": 0.1, "l0_density": 0.95})
+    written["runs"]["real_b"] = run(
+        exp,
+        sweep_b,
+        "real_b",
+        checkpoint=f"file://{ckpt_b}",
+        params=params_b,
+        metrics={"linear_acc": 0.95, "l0_density": 0.9, **base_metrics},
+    )
+    written["runs"]["dominated_b"] = run(
+        exp, sweep_b, "dominated_b", params=params_b, metrics={"linear_acc": 0.1, "l0_density": 0.95}
+    )
     failed_exp = client.get_experiment_by_name("only-failed").experiment_id
     run(failed_exp, None, "f", status="FAILED", metrics={"linear_acc": 0.5, "l0_density": 0.5})
     written["client"] = client
@@ -337,16 +398,19 @@ def test_read_trials_sql_and_mlflow_readers_agree(store):
     assert math.isnan(by_name.loc["nan", "metrics.l0_density"]) and by_name.loc["inf", "metrics.l0_density"] == np.inf
     assert math.isnan(by_name.loc["synthetic0", "metrics.rank_me"])
     ids = list(auto["run_id"][:7])
-    pd.testing.assert_frame_equal(pareto.read_params(store["uri"], ids, reader="sql"),
-                                  pareto.read_params(store["uri"], ids, reader="mlflow"))
-    pd.testing.assert_frame_equal(pareto.read_params(store["uri"], ids),
-                                  auto.iloc[:7][["run_id", *auto.filter(like="params.").columns]])
+    pd.testing.assert_frame_equal(
+        pareto.read_params(store["uri"], ids, reader="sql"), pareto.read_params(store["uri"], ids, reader="mlflow")
+    )
+    pd.testing.assert_frame_equal(
+        pareto.read_params(store["uri"], ids), auto.iloc[:7][["run_id", *auto.filter(like="params.").columns]]
+    )
     lean = pareto.read_trials(store["uri"], EXPERIMENT, params=False)
     pd.testing.assert_frame_equal(lean, auto.drop(columns=list(auto.filter(like="params.").columns)))
     only_b = pareto.read_trials(store["uri"], EXPERIMENT, sweep_run_ids=[store["sweep_b"]])
     assert set(only_b["trial_id"]) == {"real_b", "dominated_b"}
     assert list(pareto.read_trials(store["uri"], EXPERIMENT, metrics=["linear_acc"]).filter(like="metrics.")) == [
-        "metrics.linear_acc"]
+        "metrics.linear_acc"
+    ]
 
 
 def test_read_trials_errors(store):
@@ -381,8 +445,18 @@ def test_cli_end_to_end(store, tmp_path, capsys):
     import jepa_ray
 
     out = tmp_path / "export"
-    code = pareto.main(["--experiment", EXPERIMENT, "--out", str(out), "--tracking-uri", store["uri"],
-                        "--register", "jepa-pareto-test"])
+    code = pareto.main(
+        [
+            "--experiment",
+            EXPERIMENT,
+            "--out",
+            str(out),
+            "--tracking-uri",
+            store["uri"],
+            "--register",
+            "jepa-pareto-test",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Pareto front of experiment 'pareto-e2e'" in captured.out and "real_mid" in captured.out
@@ -392,17 +466,30 @@ def test_cli_end_to_end(store, tmp_path, capsys):
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     front = table.to_pandas()
     runs = store["runs"]
-    assert set(front["run_id"]) == {runs[n] for n in ("real_b", "real_hi", "real_mid", "real_dup", "missing_ckpt",
-                                                      "real_lo")}
-    assert {"trial_id", "metrics.linear_acc", "metrics.l0_density", "metrics.knn_acc", "params.mu", "params.lambd",
-            "front_rank", "checkpoint", "knee"} <= set(front.columns)
+    assert set(front["run_id"]) == {
+        runs[n] for n in ("real_b", "real_hi", "real_mid", "real_dup", "missing_ckpt", "real_lo")
+    }
+    assert {
+        "trial_id",
+        "metrics.linear_acc",
+        "metrics.l0_density",
+        "metrics.knn_acc",
+        "params.mu",
+        "params.lambd",
+        "front_rank",
+        "checkpoint",
+        "knee",
+    } <= set(front.columns)
     assert (front["front_rank"] == 1).all()
-    assert json.loads(meta["jepa_ray.objectives"]) == [{"name": "linear_acc", "direction": "max"},
-                                                               {"name": "l0_density", "direction": "min"}]
+    assert json.loads(meta["jepa_ray.objectives"]) == [
+        {"name": "linear_acc", "direction": "max"},
+        {"name": "l0_density", "direction": "min"},
+    ]
     assert json.loads(meta["jepa_ray.reference"]) == {"linear_acc": 0.0, "l0_density": 1.0}
     assert json.loads(meta["jepa_ray.experiment"]) == EXPERIMENT
-    assert json.loads(meta["jepa_ray.hypervolume"]) == pytest.approx(pareto.extract(
-        store["uri"], EXPERIMENT).hypervolume)
+    assert json.loads(meta["jepa_ray.hypervolume"]) == pytest.approx(
+        pareto.extract(store["uri"], EXPERIMENT).hypervolume
+    )
     assert "jepa_ray.created" in meta
 
     exported = front[front["export_path"].notna()]
@@ -436,38 +523,84 @@ def test_cli_end_to_end(store, tmp_path, capsys):
     # an existing export needs --overwrite; with it the export is replaced
     assert pareto.main(["--experiment", EXPERIMENT, "--out", str(out), "--tracking-uri", store["uri"]]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert pareto.main(["--experiment", EXPERIMENT, "--out", str(out), "--tracking-uri", store["uri"], "--overwrite",
-                        "--sweep", store["sweep_b"], "--no-log"]) == 0
+    assert (
+        pareto.main(
+            [
+                "--experiment",
+                EXPERIMENT,
+                "--out",
+                str(out),
+                "--tracking-uri",
+                store["uri"],
+                "--overwrite",
+                "--sweep",
+                store["sweep_b"],
+                "--no-log",
+            ]
+        )
+        == 0
+    )
     assert set(pq.read_table(out / "pareto.parquet").to_pandas()["trial_id"]) == {"real_b"}
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [runs["real_b"]]
 
 
-@pytest.mark.parametrize("case", ["unknown_experiment", "missing_objective", "no_finished_runs", "bad_filter",
-                                  "missing_db", "unreachable_http", "infeasible"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_experiment",
+        "missing_objective",
+        "no_finished_runs",
+        "bad_filter",
+        "missing_db",
+        "unreachable_http",
+        "infeasible",
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(case, store, tmp_path, capsys):
-    args = {"unknown_experiment": ["--experiment", "nope"],
-            "missing_objective": ["--objectives", "linear_acc:max,sparsity:min"],
-            "no_finished_runs": ["--experiment", "only-failed"],
-            "bad_filter": ["--filter", "linear_acc=>0.5"],
-            "missing_db": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
-            "unreachable_http": ["--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
-            "infeasible": ["--filter", "linear_acc>=0.999"]}[case]
+    args = {
+        "unknown_experiment": ["--experiment", "nope"],
+        "missing_objective": ["--objectives", "linear_acc:max,sparsity:min"],
+        "no_finished_runs": ["--experiment", "only-failed"],
+        "bad_filter": ["--filter", "linear_acc=>0.5"],
+        "missing_db": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
+        "unreachable_http": ["--tracking-uri", f"http://127.0.0.1:{_free_port()}"],
+        "infeasible": ["--filter", "linear_acc>=0.999"],
+    }[case]
     argv = ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path / "o"), *args]
     start = time.monotonic()
     assert pareto.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert time.monotonic() - start < 10
     assert err.startswith("error: ") and "\n" not in err, err
-    expected = {"unknown_experiment": "unknown experiment 'nope'", "missing_objective": "objective 'sparsity'",
-                "no_finished_runs": "no FINISHED trial runs", "bad_filter": "--filter",
-                "missing_db": "does not exist", "unreachable_http": "unreachable", "infeasible": "feasible"}[case]
+    expected = {
+        "unknown_experiment": "unknown experiment 'nope'",
+        "missing_objective": "objective 'sparsity'",
+        "no_finished_runs": "no FINISHED trial runs",
+        "bad_filter": "--filter",
+        "missing_db": "does not exist",
+        "unreachable_http": "unreachable",
+        "infeasible": "feasible",
+    }[case]
     assert expected in err
     assert not (tmp_path / "o").exists()
 
 
 def test_module_entry_point_reports_errors(store, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jepa_ray.pareto", "--experiment", "nope", "--out",
-                           str(tmp_path / "o"), "--tracking-uri", store["uri"]],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jepa_ray.pareto",
+            "--experiment",
+            "nope",
+            "--out",
+            str(tmp_path / "o"),
+            "--tracking-uri",
+            store["uri"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown experiment 'nope'") and proc.stderr.count("\n") == 1

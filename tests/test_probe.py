@@ -55,8 +55,7 @@ def test_grid_recovers_a_linear_labelling():
 
 def test_grid_never_picks_an_absurdly_small_lr():
     x, y = _linear_labelling(1200, 16, 4, seed=1)
-    res = fit_linear_grid(x[:1000], y[:1000], x[1000:], y[1000:], lrs=[1e-8, 0.1], wds=[0.0, 1e-3],
-                          epochs=10, seed=3)
+    res = fit_linear_grid(x[:1000], y[:1000], x[1000:], y[1000:], lrs=[1e-8, 0.1], wds=[0.0, 1e-3], epochs=10, seed=3)
     assert res["best_lr"] == 0.1
     assert res["test_acc"] >= 0.85
 
@@ -87,8 +86,11 @@ def test_grid_step_matches_autograd_sgd_per_head():
         with torch.no_grad():
             lin.weight.copy_(grid.weight[h].T)
             lin.bias.copy_(grid.bias[h])
-        opt = torch.optim.SGD([{"params": [lin.weight], "weight_decay": wd},
-                               {"params": [lin.bias], "weight_decay": 0.0}], lr=lr, momentum=0.9)
+        opt = torch.optim.SGD(
+            [{"params": [lin.weight], "weight_decay": wd}, {"params": [lin.bias], "weight_decay": 0.0}],
+            lr=lr,
+            momentum=0.9,
+        )
         refs.append((lin, opt, lr))
 
     for step, scale in enumerate([1.0, 0.8, 0.5, 0.2, 0.05]):
@@ -124,8 +126,9 @@ def test_grid_is_fast_on_cpu():
     x = torch.randn(1800, 512, generator=g)
     y = (x @ torch.randn(512, 10, generator=g)).argmax(dim=1)
     start = time.process_time()
-    fit_linear_grid(x[:1300], y[:1300], x[1300:], y[1300:], lrs=[0.3, 0.1, 0.03, 0.01],
-                    wds=[0.0, 1e-4, 1e-3], epochs=50)
+    fit_linear_grid(
+        x[:1300], y[:1300], x[1300:], y[1300:], lrs=[0.3, 0.1, 0.03, 0.01], wds=[0.0, 1e-4, 1e-3], epochs=50
+    )
     assert time.process_time() - start < 2.0
 
 
@@ -235,5 +238,7 @@ def test_cuda_matches_cpu():
     cpu = fit_linear_grid(x[:1000], y[:1000], x[1000:], y[1000:], **kw)
     gpu = fit_linear_grid(x[:1000].cuda(), y[:1000].cuda(), x[1000:].cuda(), y[1000:].cuda(), **kw)
     assert gpu["test_acc"] == pytest.approx(cpu["test_acc"], abs=0.02)
-    assert knn_predict(x[:1000].cuda(), y[:1000], x[1000:], k=10).tolist() == \
-        knn_predict(x[:1000], y[:1000], x[1000:], k=10).tolist()
+    assert (
+        knn_predict(x[:1000].cuda(), y[:1000], x[1000:], k=10).tolist()
+        == knn_predict(x[:1000], y[:1000], x[1000:], k=10).tolist()
+    )

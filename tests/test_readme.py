@@ -20,12 +20,15 @@ def test_quickstart_has_two_commands_install_and_run():
     assert len(commands) == 2
     main, tests = commands
     assert main.startswith("pip install -e .") and main.endswith("python sweeps/rectified.py")
-    assert "pytest" in tests and tests.startswith("pip install -e \".[test]\"")
+    assert "pytest" in tests and tests.startswith('pip install -e ".[test]"')
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
-                if ln.strip() and not ln.strip().startswith("#")]
+    ci_lines = [
+        ln.strip()
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.strip().startswith("#")
+    ]
     assert quickstart_commands()[1] in ci_lines
 
 
@@ -43,7 +46,9 @@ def test_options_table_defaults_match_the_sweep_defaults():
 
     text = (ROOT / "README.md").read_text()
     defaults = SweepOptions()
-    for option, value in (("--num-samples N", defaults.num_samples),
-                          ("--max-failed-trials N", defaults.max_failed_trials)):
+    for option, value in (
+        ("--num-samples N", defaults.num_samples),
+        ("--max-failed-trials N", defaults.max_failed_trials),
+    ):
         row = re.search(rf"^\| `{re.escape(option)}` \| (\d+)", text, flags=re.M)
         assert row and int(row.group(1)) == value, option

@@ -40,9 +40,19 @@ TOTAL_STEPS, WARMUP_STEPS = 100, 10
 
 def reference_config():
     """The cifar10-resnet18 preset as it is, on a small backbone and small images."""
-    return config_lib.resolve(config_lib.apply_overrides(config_lib.preset("cifar10-resnet18"), {
-        "backbone": "jepa_convnet_tiny", "cifar_stem": False, "image_size": SIZE, "proj_dims": "64-64-64",
-        "num_slices": 512, "sync_bn": False}))
+    return config_lib.resolve(
+        config_lib.apply_overrides(
+            config_lib.preset("cifar10-resnet18"),
+            {
+                "backbone": "jepa_convnet_tiny",
+                "cifar_stem": False,
+                "image_size": SIZE,
+                "proj_dims": "64-64-64",
+                "num_slices": 512,
+                "sync_bn": False,
+            },
+        )
+    )
 
 
 def batch(seed: int):
@@ -71,23 +81,34 @@ def reference_step(module: TrainModule, views, labels, step: int, cfg) -> tuple[
     h1, z1 = encoder(views[0])
     h2, z2 = encoder(views[1])
     dims = z1.shape[1]
-    directions = random_directions(cfg.loss.num_slices, dims,
-                                   seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_DIRECTIONS))
-    y = targets.sample("rgg", (2, BATCH, dims), p=1.0, mu=0.0, sigma=targets.sigma_gn(1.0),
-                       generator=seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_TARGETS))
+    directions = random_directions(
+        cfg.loss.num_slices, dims, seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_DIRECTIONS)
+    )
+    y = targets.sample(
+        "rgg",
+        (2, BATCH, dims),
+        p=1.0,
+        mu=0.0,
+        sigma=targets.sigma_gn(1.0),
+        generator=seeding.step_generator("cpu", cfg.system.seed, step, seeding.STREAM_TARGETS),
+    )
     directions, y = directions.double(), y.double()
     ssl = 25.0 * F.mse_loss(z1, z2) + 250.0 * (sliced_w2(z1, y[0], directions) + sliced_w2(z2, y[1], directions)) / 2
-    classifier = (F.cross_entropy(module.probe_h(h1.detach()), labels)
-                  + F.cross_entropy(module.probe_h(h2.detach()), labels)) / 2
-    projector_classifier = (F.cross_entropy(module.probe_z(z1.detach()), labels)
-                            + F.cross_entropy(module.probe_z(z2.detach()), labels)) / 2
+    classifier = (
+        F.cross_entropy(module.probe_h(h1.detach()), labels) + F.cross_entropy(module.probe_h(h2.detach()), labels)
+    ) / 2
+    projector_classifier = (
+        F.cross_entropy(module.probe_z(z1.detach()), labels) + F.cross_entropy(module.probe_z(z2.detach()), labels)
+    ) / 2
     (ssl + classifier + projector_classifier).backward()
 
     start, ratios = cfg.optim.warmup_start_lr, []
     encoder_lr = solo_lr(step, cfg.optim.lr * BATCH / 256, start)
     classifier_lr = solo_lr(step, cfg.eval.online_probe_lr * BATCH / 256, start)
-    groups = [(list(encoder.parameters()), encoder_lr, 1e-4),
-              (list(module.probe_h.parameters()) + list(module.probe_z.parameters()), classifier_lr, 0.0)]
+    groups = [
+        (list(encoder.parameters()), encoder_lr, 1e-4),
+        (list(module.probe_h.parameters()) + list(module.probe_z.parameters()), classifier_lr, 0.0),
+    ]
     with torch.no_grad():
         for params, lr, weight_decay in groups:
             for p in params:

@@ -119,11 +119,14 @@ def test_rdmreg_target_branch_carries_no_gradient():
     assert z.grad is not None and y.grad is None
 
 
-@pytest.mark.parametrize("z_shape, y_shape, d_shape", [
-    ((8, 4), (8, 5), (3, 4)),    # y does not match z
-    ((8, 4), (8, 4), (3, 5)),    # directions of the wrong dimension
-    ((8,), (8,), (3, 1)),        # features must be (B, D) or (V, B, D)
-])
+@pytest.mark.parametrize(
+    "z_shape, y_shape, d_shape",
+    [
+        ((8, 4), (8, 5), (3, 4)),  # y does not match z
+        ((8, 4), (8, 4), (3, 5)),  # directions of the wrong dimension
+        ((8,), (8,), (3, 1)),  # features must be (B, D) or (V, B, D)
+    ],
+)
 def test_rdmreg_rejects_bad_shapes(z_shape, y_shape, d_shape):
     with pytest.raises(ValueError, match="must have"):
         R.rdmreg(torch.randn(z_shape), torch.randn(y_shape), torch.randn(d_shape))
@@ -192,9 +195,12 @@ def _projections(z: np.ndarray, dirs: np.ndarray) -> list[np.ndarray]:
 
 
 def _sigreg_quad(z: np.ndarray, dirs: np.ndarray, t_max: float) -> float:
-    vals = [scipy.integrate.quad(lambda t, x=x: _ep_integrand(x, t)[0], -t_max, t_max,
-                                 limit=200, epsabs=1e-12, epsrel=1e-10)[0]
-            for x in _projections(z, dirs)]
+    vals = [
+        scipy.integrate.quad(
+            lambda t, x=x: _ep_integrand(x, t)[0], -t_max, t_max, limit=200, epsabs=1e-12, epsrel=1e-10
+        )[0]
+        for x in _projections(z, dirs)
+    ]
     return float(np.mean(vals))
 
 
@@ -210,8 +216,10 @@ def _trapezoid_error_bound(z: np.ndarray, dirs: np.ndarray, t_max: float, knots:
     h = t_max / (knots - 1)
     fine = np.linspace(-t_max, t_max, 40001)
     step = fine[1] - fine[0]
-    bounds = [2 * t_max * h**2 / 12 * np.abs(np.diff(_ep_integrand(x, fine), 2)).max() / step**2
-              for x in _projections(z, dirs)]
+    bounds = [
+        2 * t_max * h**2 / 12 * np.abs(np.diff(_ep_integrand(x, fine), 2)).max() / step**2
+        for x in _projections(z, dirs)
+    ]
     return float(np.mean(bounds))
 
 
@@ -274,8 +282,9 @@ def test_rdmreg_module_is_the_formula_on_the_steps_draws(shape):
     z = torch.randn(shape, generator=_gen(1))
     reg = R.RDMReg(40, target="rgg", p=0.5, mu=-0.5, seed=3)
     dirs = R.random_directions(40, 6, seeding.step_generator(z.device, 3, 9, seeding.STREAM_DIRECTIONS))
-    y = targets.sample("rgg", shape, p=0.5, mu=-0.5,
-                       generator=seeding.step_generator(z.device, 3, 9, seeding.STREAM_TARGETS))
+    y = targets.sample(
+        "rgg", shape, p=0.5, mu=-0.5, generator=seeding.step_generator(z.device, 3, 9, seeding.STREAM_TARGETS)
+    )
     torch.testing.assert_close(reg(z, 9), R.rdmreg(z, y, dirs), rtol=0, atol=0)
     assert reg(z, 9).item() == reg(z, 9).item()
     assert reg(z, 10).item() != reg(z, 9).item()
@@ -300,20 +309,26 @@ def test_sigreg_module_is_the_formula_on_the_steps_directions():
     assert reg(z, 10).item() != reg(z, 9).item()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_slices=8, target="laplace"), "target"),
-    (dict(num_slices=0), "num_slices"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_slices=8, target="laplace"), "target"),
+        (dict(num_slices=0), "num_slices"),
+    ],
+)
 def test_rdmreg_module_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         R.RDMReg(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_slices=0), "num_slices"),
-    (dict(num_slices=8, knots=1), "knots"),
-    (dict(num_slices=8, t_max=-1.0), "t_max"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_slices=0), "num_slices"),
+        (dict(num_slices=8, knots=1), "knots"),
+        (dict(num_slices=8, t_max=-1.0), "t_max"),
+    ],
+)
 def test_sigreg_module_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         R.SIGReg(**kwargs)

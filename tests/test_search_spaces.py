@@ -161,8 +161,9 @@ def test_starting_points_give_their_configs(space):
 
 
 def test_rectified_starting_points_span_dense_to_sparse():
-    densities = [l0_density_reference(pt["p"], pt["mu"], sigma_gn_reference(pt["p"]))
-                 for pt in rectified.STARTING_POINTS]
+    densities = [
+        l0_density_reference(pt["p"], pt["mu"], sigma_gn_reference(pt["p"])) for pt in rectified.STARTING_POINTS
+    ]
     assert max(densities) >= 0.5 and min(densities) <= 0.15
 
 
@@ -231,40 +232,64 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 
 
 BAD_SPACES = {
-    "inverted": ("""
+    "inverted": (
+        """
         def space(trial):
             return {"lambd": trial.suggest_float("lambd", 0.9, 0.1)}
-        """, ["low <= high", "low=0.9, high=0.1"]),
-    "unknown_key": ("""
+        """,
+        ["low <= high", "low=0.9, high=0.1"],
+    ),
+    "unknown_key": (
+        """
         def space(trial):
             return {"lamda": trial.suggest_float("lambd", 0.1, 0.9)}
-        """, ["unknown config key 'lamda'", "did you mean lambd"]),
-    "negative_p": ("""
+        """,
+        ["unknown config key 'lamda'", "did you mean lambd"],
+    ),
+    "negative_p": (
+        """
         def space(trial):
             return {"p": trial.suggest_categorical("p", [0.5, 1.0, -1.0])}
-        """, ["config field 'p' = -1.0 is not allowed; allowed: p > 0"]),
-    "empty_choices": ("""
+        """,
+        ["config field 'p' = -1.0 is not allowed; allowed: p > 0"],
+    ),
+    "empty_choices": (
+        """
         def space(trial):
             return {"num_slices": trial.suggest_categorical("num_slices", [])}
-        """, ["choices"]),
-    "no_function": ("""
+        """,
+        ["choices"],
+    ),
+    "no_function": (
+        """
         SPACE = {"lambd": 0.5}
-        """, ["has no space(trial) function"]),
-    "point_unknown_param": ("""
+        """,
+        ["has no space(trial) function"],
+    ),
+    "point_unknown_param": (
+        """
         STARTING_POINTS = [{"lambd": 0.5, "mu": -1.0}]
         def space(trial):
             return {"lambd": trial.suggest_float("lambd", 0.1, 0.9)}
-        """, ["starting point", "does not suggest: mu"]),
-    "point_out_of_range": ("""
+        """,
+        ["starting point", "does not suggest: mu"],
+    ),
+    "point_out_of_range": (
+        """
         STARTING_POINTS = [{"lambd": 0.95}]
         def space(trial):
             return {"lambd": trial.suggest_float("lambd", 0.1, 0.9)}
-        """, ["starting point", "lambd=0.95 is outside the space; allowed: [0.1, 0.9]"]),
-    "point_bad_config": ("""
+        """,
+        ["starting point", "lambd=0.95 is outside the space; allowed: [0.1, 0.9]"],
+    ),
+    "point_bad_config": (
+        """
         STARTING_POINTS = [{"p": -1.0}]
         def space(trial):
             return {"p": trial.suggest_float("p", -2.0, 2.0)}
-        """, ["starting point {'p': -1.0}", "config field 'p'"]),
+        """,
+        ["starting point {'p': -1.0}", "config field 'p'"],
+    ),
 }
 
 
@@ -322,9 +347,19 @@ def test_missing_sqlite_directory_exits_2(run_main, tmp_path):
 def test_cli_script_exits_2_before_ray(tmp_path):
     """The sweep script itself: exit code 2, one line on stderr, no Ray instance started."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--num-samples", "0",
-         "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(ROOT / "sweeps" / "rectified.py"),
+            "--num-samples",
+            "0",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_line_error(proc.returncode, proc.stderr, "--num-samples 0 is not allowed")
     assert "Ray" not in proc.stdout + proc.stderr
     assert not (tmp_path / "mlflow.db").exists()

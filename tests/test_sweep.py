@@ -38,8 +38,20 @@ from jepa_ray.train import checkpoint as ckpt_lib
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "sweeps" / "rectified.py"
 EXPERIMENT = "test-sweep"
-DESIGN_PARAMS = ("lambd", "num_slices", "p", "mu", "sigma", "proj_dims", "backbone", "dataset", "epochs",
-                 "batch_size", "lr", "seed")
+DESIGN_PARAMS = (
+    "lambd",
+    "num_slices",
+    "p",
+    "mu",
+    "sigma",
+    "proj_dims",
+    "backbone",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+)
 SWEEP_TIMEOUT_S = 420
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -69,8 +81,19 @@ class Sweep:
 
 
 def sweep_command(workdir: Path, *args: str, address: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--address", address, "--experiment", EXPERIMENT,
-            "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--storage-path", str(workdir / "ray"), *args]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--address",
+        address,
+        "--experiment",
+        EXPERIMENT,
+        "--tracking-uri",
+        f"sqlite:///{workdir}/mlflow.db",
+        "--storage-path",
+        str(workdir / "ray"),
+        *args,
+    ]
 
 
 def sweep_env(pythonpath: Path | None = None) -> dict[str, str]:
@@ -112,8 +135,15 @@ def live_group_members(pgid: int) -> list[int]:
 
 def run_sweep(workdir: Path, *args: str, address: str, pythonpath: Path | None = None) -> Sweep:
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(sweep_command(workdir, *args, address=address), cwd=workdir, env=sweep_env(pythonpath),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_command(workdir, *args, address=address),
+        cwd=workdir,
+        env=sweep_env(pythonpath),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=SWEEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -168,7 +198,7 @@ def head_commit() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# --smoke: parent + 2 children in the DESIGN.md layout, Optuna in agreement
+# --smoke: parent + 2 children in the docs/design.md layout, Optuna in agreement
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +252,8 @@ def test_smoke_sweep_child_params_and_tags(smoke):
         assert params["proj_dims"] == "256-256-256"
         p = float(params["p"])
         assert float(params["sigma"]) == pytest.approx(
-            math.sqrt(math.gamma(1 / p) / math.gamma(3 / p)) / p ** (1 / p), rel=1e-12)
+            math.sqrt(math.gamma(1 / p) / math.gamma(3 / p)) / p ** (1 / p), rel=1e-12
+        )
     assert len(trial_ids) == 2 and "" not in trial_ids
 
 
@@ -258,7 +289,9 @@ def test_smoke_sweep_checkpoint_tag_is_loadable(smoke):
         encoder = jepa_ray.load_encoder(path)
         size = cfg.data.image_size
         with torch.no_grad():
-            h, z = encoder(torch.randint(0, 256, (5, dataset_info(cfg.data.dataset).channels, size, size), dtype=torch.uint8))
+            h, z = encoder(
+                torch.randint(0, 256, (5, dataset_info(cfg.data.dataset).channels, size, size), dtype=torch.uint8)
+            )
         assert z.shape == (5, 256) and h.shape[0] == 5
         assert bool((z >= 0).all())  # rgg: the projector ends in a ReLU
         artifacts = {a.path for a in client(smoke).list_artifacts(run.info.run_id)}
@@ -298,8 +331,14 @@ def test_failed_trial_is_recorded_and_the_others_finish(ray_cluster, tmp_path):
     (tmp_path / "spaces" / package).mkdir(parents=True)
     (tmp_path / "spaces" / package / "__init__.py").write_text("")
     (tmp_path / "spaces" / package / "first_fails.py").write_text(textwrap.dedent(FIRST_TRIAL_FAILS))
-    run = run_sweep(tmp_path / "sweep", "--smoke", "--space", f"{package}.first_fails",
-                    address=ray_cluster, pythonpath=tmp_path / "spaces")
+    run = run_sweep(
+        tmp_path / "sweep",
+        "--smoke",
+        "--space",
+        f"{package}.first_fails",
+        address=ray_cluster,
+        pythonpath=tmp_path / "spaces",
+    )
     assert run.returncode == 0, run.output()
     assert "2 trials launched, 0 already finished, 1 failed" in run.stdout
 
@@ -324,13 +363,24 @@ def test_failed_trial_is_recorded_and_the_others_finish(ray_cluster, tmp_path):
 @pytest.mark.slow
 def test_max_failed_trials_stops_the_sweep_with_a_summary(ray_cluster, tmp_path):
     samples = 6
-    run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--num-samples", str(samples),
-                    "--max-concurrent", "2", "--max-failed-trials", "2", address=ray_cluster)
+    run = run_sweep(
+        tmp_path,
+        "--smoke",
+        "--set",
+        "batch_size=100000",
+        "--num-samples",
+        str(samples),
+        "--max-concurrent",
+        "2",
+        "--max-failed-trials",
+        "2",
+        address=ray_cluster,
+    )
     assert run.returncode == 1, run.output()
     lines = run.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if "(--max-failed-trials); reasons:" in line)
     failed = int(lines[header].split("stopped after ")[1].split()[0])
-    reasons = lines[header + 1: header + 1 + failed]
+    reasons = lines[header + 1 : header + 1 + failed]
     assert failed >= 2 and len(reasons) == failed
     assert sum("larger than the training split" in r for r in reasons) >= 2
     assert all(r.startswith("  - ") for r in reasons)
@@ -363,8 +413,19 @@ def test_resume_without_a_sweep_exits_2_before_ray(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(cluster, "connect", refuse)
     monkeypatch.chdir(tmp_path)
-    code = sweep.main(["--resume", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "nothing",
-                       "--storage-path", str(tmp_path / "ray")], space="rectified", preset="digits")
+    code = sweep.main(
+        [
+            "--resume",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--experiment",
+            "nothing",
+            "--storage-path",
+            str(tmp_path / "ray"),
+        ],
+        space="rectified",
+        preset="digits",
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     # MLflow logs its schema creation above; the error is the one line that follows.
@@ -377,8 +438,20 @@ def test_resume_without_a_sweep_exits_2_before_ray(tmp_path, monkeypatch, capsys
 # Resume after the driver was killed
 
 
-RESUME_ARGS = ("--preset", "smoke", "--epochs", "4", "--set", "checkpoint_every=1", "--set", "collapse_guard=false",
-               "--num-samples", "3", "--max-concurrent", "1")
+RESUME_ARGS = (
+    "--preset",
+    "smoke",
+    "--epochs",
+    "4",
+    "--set",
+    "checkpoint_every=1",
+    "--set",
+    "collapse_guard=false",
+    "--num-samples",
+    "3",
+    "--max-concurrent",
+    "1",
+)
 
 
 def trial_run_states(db: Path) -> list[tuple[str, str, bool]]:
@@ -389,7 +462,8 @@ def trial_run_states(db: Path) -> list[tuple[str, str, bool]]:
             rows = con.execute(
                 "SELECT r.run_uuid, r.status, EXISTS(SELECT 1 FROM tags c WHERE c.run_uuid = r.run_uuid "
                 f"AND c.key = '{tracking.LAST_CHECKPOINT}') FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                f"WHERE t.key = '{tracking.ROLE}' AND t.value = 'trial'").fetchall()
+                f"WHERE t.key = '{tracking.ROLE}' AND t.value = 'trial'"
+            ).fetchall()
     except sqlite3.Error:  # not created yet, or locked for a moment
         return []
     return [(run_id, status, bool(ckpt)) for run_id, status, ckpt in rows]
@@ -401,8 +475,14 @@ def test_killed_sweep_resumes_every_trial_exactly_once(ray_cluster, tmp_path):
     #    finished and the next one has written an epoch checkpoint.
     log = tmp_path / "killed-sweep.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(sweep_command(tmp_path, *RESUME_ARGS, address="local"), cwd=tmp_path,
-                                env=sweep_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            sweep_command(tmp_path, *RESUME_ARGS, address="local"),
+            cwd=tmp_path,
+            env=sweep_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + SWEEP_TIMEOUT_S
     try:
         while True:
@@ -469,8 +549,9 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp_id = tracking.experiment_id(uri, "resume-unit")
     parent = tracking.start_sweep_run(uri, exp_id, "unit", tags={}, params={})
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="unit",
-                                directions=["maximize", "minimize"])
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path}/optuna.db", study_name="unit", directions=["maximize", "minimize"]
+    )
     space = {"mu": FloatDistribution(-3.0, 1.0)}
     c = tracking.client(uri)
 
@@ -532,8 +613,11 @@ def test_resume_keeps_the_recorded_base_config():
     from jepa_ray import config as config_lib
 
     started = config_lib.apply_overrides(config_lib.preset("digits-sweep"), {"epochs": 7, "mu": -2.0})
-    parent = SimpleNamespace(data=SimpleNamespace(params={
-        **{f"base.{k}": str(v) for k, v in config_lib.flatten(started).items()}, "space": "rectified"}))
+    parent = SimpleNamespace(
+        data=SimpleNamespace(
+            params={**{f"base.{k}": str(v) for k, v in config_lib.flatten(started).items()}, "space": "rectified"}
+        )
+    )
     given_now = config_lib.preset("digits")
     assert sweep.recorded_base_config(parent, given_now) == started
     no_record = SimpleNamespace(data=SimpleNamespace(params={}))
@@ -542,8 +626,9 @@ def test_resume_keeps_the_recorded_base_config():
 
 def test_collapsed_trials_do_not_count_towards_the_failure_limit():
     limit = sweep.FailureLimit(2)
-    limit.record("collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2",
-                 FailureKind.COLLAPSED)
+    limit.record(
+        "collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2", FailureKind.COLLAPSED
+    )
     limit.record("non-finite loss at epoch 1 step 5")
     assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
     limit.record("the trial ended without final metrics")
@@ -556,19 +641,26 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
     from search_spaces import rectified
 
     objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
-    searcher = sweep.make_searcher(rectified.space, objectives, sweep.make_sampler("tpe", 0), "s",
-                                   f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = sweep.make_searcher(
+        rectified.space, objectives, sweep.make_sampler("tpe", 0), "s", f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
     for trial_id in ("collapsed", "failed", "raised", "done"):
         assert searcher.suggest(trial_id)
-    searcher.on_trial_complete("collapsed", {"failure": "collapse at epoch 3: train/rank_me=1.1 < 1.5",
-                                             "failure_kind": FailureKind.COLLAPSED.value})
+    searcher.on_trial_complete(
+        "collapsed",
+        {"failure": "collapse at epoch 3: train/rank_me=1.1 < 1.5", "failure_kind": FailureKind.COLLAPSED.value},
+    )
     searcher.on_trial_complete("failed", {"failure": "non-finite loss at epoch 1 step 5"})
     searcher.on_trial_complete("raised", None, error=True)
     searcher.on_trial_complete("done", {"linear_acc": 0.9, "l0_density": 0.1})
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     by_id = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
     assert {k: t.state.name for k, t in by_id.items()} == {
-        "collapsed": "PRUNED", "failed": "FAIL", "raised": "FAIL", "done": "COMPLETE"}
+        "collapsed": "PRUNED",
+        "failed": "FAIL",
+        "raised": "FAIL",
+        "done": "COMPLETE",
+    }
     assert by_id["collapsed"].user_attrs["failure"].startswith("collapse at epoch 3")
     assert by_id["done"].values == [0.9, 0.1]
 
@@ -578,9 +670,32 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
 # costs nothing but the epoch in flight
 
 
-DDP_ARGS = ("--preset", "smoke", "--epochs", "5", "--set", "max_train_samples=1024", "--set", "checkpoint_every=1",
-            "--set", "sync_bn=true", "--set", "optimizer=lars", "--set", "lr=0.03", "--set", "max_failures=3",
-            "--set", "collapse_guard=false", "--workers-per-trial", "2", "--num-samples", "1", "--max-concurrent", "1")
+DDP_ARGS = (
+    "--preset",
+    "smoke",
+    "--epochs",
+    "5",
+    "--set",
+    "max_train_samples=1024",
+    "--set",
+    "checkpoint_every=1",
+    "--set",
+    "sync_bn=true",
+    "--set",
+    "optimizer=lars",
+    "--set",
+    "lr=0.03",
+    "--set",
+    "max_failures=3",
+    "--set",
+    "collapse_guard=false",
+    "--workers-per-trial",
+    "2",
+    "--num-samples",
+    "1",
+    "--max-concurrent",
+    "1",
+)
 """One trial (the space's first starting point) of 5 epochs of 8 steps on 2 gloo workers with
 global-batch BatchNorm, a checkpoint every epoch: 2 workers with half the batch each then train
 what one process with the whole batch trains (the views do not depend on the number of workers).
@@ -652,8 +767,15 @@ def test_ddp_trial_survives_an_injected_fault_and_a_kill_9_exactly(ddp, ray_clus
     env = {**sweep_env(), "JEPA_RAY_FAULT": f"rank=1,step=10,marker={marker}"}
     workdir = tmp_path / "sweep"
     workdir.mkdir()
-    proc = subprocess.Popen(sweep_command(workdir, *DDP_ARGS, address=ray_cluster), cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_command(workdir, *DDP_ARGS, address=ray_cluster),
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     killed = None
     try:
         deadline = time.monotonic() + SWEEP_TIMEOUT_S
@@ -687,11 +809,17 @@ def test_ddp_trial_survives_an_injected_fault_and_a_kill_9_exactly(ddp, ray_clus
         assert epoch_history(run, child.info.run_id, key) == epoch_history(ddp, only_trial(ddp).info.run_id, key)
 
 
-@pytest.mark.parametrize("args, what", [
-    (("--workers-per-trial", "4"), "it holds 4.01 CPUs and 0 GPUs at once (Tune's trial actor 0.01 CPU + 4 workers x 1 CPU)"),
-    (("--workers-per-trial", "2", "--gpus-per-worker", "1"), "worker 0 needs 1 CPUs and 1 GPUs on one node"),
-    (("--cpus-per-worker", "8"), "the trial needs 8 CPUs and 0 GPUs on one node"),
-])
+@pytest.mark.parametrize(
+    "args, what",
+    [
+        (
+            ("--workers-per-trial", "4"),
+            "it holds 4.01 CPUs and 0 GPUs at once (Tune's trial actor 0.01 CPU + 4 workers x 1 CPU)",
+        ),
+        (("--workers-per-trial", "2", "--gpus-per-worker", "1"), "worker 0 needs 1 CPUs and 1 GPUs on one node"),
+        (("--cpus-per-worker", "8"), "the trial needs 8 CPUs and 0 GPUs on one node"),
+    ],
+)
 def test_a_trial_that_can_never_be_placed_is_refused_with_one_line(ray_cluster, tmp_path, args, what):
     run = run_sweep(tmp_path, "--smoke", *args, address=ray_cluster)
     assert run.returncode == 2, run.output()
@@ -702,8 +830,7 @@ def test_a_trial_that_can_never_be_placed_is_refused_with_one_line(ray_cluster, 
 
 @pytest.mark.slow
 def test_a_sweep_in_which_no_trial_finished_exits_non_zero(ray_cluster, tmp_path):
-    run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--max-failed-trials", "0",
-                    address=ray_cluster)
+    run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--max-failed-trials", "0", address=ray_cluster)
     assert run.returncode == 1, run.output()
     assert "2 trials launched, 0 already finished, 2 failed, 0 stopped by the collapse guard, 0 finished" in run.stdout
     assert "no trial of this run finished" in run.stderr

@@ -16,7 +16,7 @@ P_VALUES = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def _gennorm(p: float, mu: float, sigma: float | None = None):
-    """The scipy reference for GN_p(μ, σ) (DESIGN.md's parametrization)."""
+    """The scipy reference for GN_p(μ, σ) (docs/design.md's parametrization)."""
     sigma = targets.sigma_gn(p) if sigma is None else sigma
     return scipy.stats.gennorm(beta=p, loc=mu, scale=sigma * p ** (1.0 / p))
 
@@ -33,8 +33,10 @@ def _quad_rectified_moments(p: float, mu: float, sigma: float | None = None) -> 
     pieces = [(0.0, mu), (mu, math.inf)] if mu > 0 else [(0.0, math.inf)]
 
     def integral(k: int) -> float:
-        return sum(scipy.integrate.quad(lambda x: x ** k * pdf(x), a, b, limit=400,
-                                        epsabs=1e-14, epsrel=1e-12)[0] for a, b in pieces)
+        return sum(
+            scipy.integrate.quad(lambda x: x**k * pdf(x), a, b, limit=400, epsabs=1e-14, epsrel=1e-12)[0]
+            for a, b in pieces
+        )
 
     m1, m2 = integral(1), integral(2)
     return m1, m2 - m1 * m1
@@ -59,9 +61,10 @@ def test_sample_variance_is_one_at_sigma_gn(p):
     assert abs(x.var() - 1.0) < 4.0 * math.sqrt((kurtosis - 1.0) / n)
 
 
-@pytest.mark.parametrize("p, mu, expected", [(1.0, -1.0, 0.122), (2.0, -1.0, 0.159),
-                                             (0.5, -2.0, 0.026), (1.0, 0.0, 0.5),
-                                             (0.5, 0.0, 0.5), (3.0, 0.0, 0.5)])
+@pytest.mark.parametrize(
+    "p, mu, expected",
+    [(1.0, -1.0, 0.122), (2.0, -1.0, 0.159), (0.5, -2.0, 0.026), (1.0, 0.0, 0.5), (0.5, 0.0, 0.5), (3.0, 0.0, 0.5)],
+)
 def test_expected_l0_density_design_examples(p, mu, expected):
     assert round(targets.expected_l0_density(p, mu), 3) == expected
 
@@ -71,7 +74,8 @@ def test_expected_l0_density_design_examples(p, mu, expected):
 @pytest.mark.parametrize("sigma", (None, 0.4, 2.0))
 def test_expected_l0_density_is_gennorm_survival_at_zero(p, mu, sigma):
     assert targets.expected_l0_density(p, mu, sigma) == pytest.approx(
-        _gennorm(p, mu, sigma).sf(0.0), rel=1e-10, abs=1e-14)
+        _gennorm(p, mu, sigma).sf(0.0), rel=1e-10, abs=1e-14
+    )
 
 
 @pytest.mark.parametrize("p", (0.5, 1.0, 2.0))
@@ -149,7 +153,7 @@ def _assert_moments_match_samples(y: np.ndarray, mean: float, var: float) -> Non
     """Sample mean and variance within 4 standard errors of (mean, var)."""
     n = y.size
     centred = y - y.mean()
-    fourth = float(np.mean(centred ** 4))
+    fourth = float(np.mean(centred**4))
     assert abs(y.mean() - mean) < 4.0 * math.sqrt(var / n)
     assert abs(y.var() - var) < 4.0 * math.sqrt(max(fourth - var * var, 0.0) / n)
 
@@ -161,8 +165,7 @@ def test_rectified_moments_match_monte_carlo(p, mu):
     _assert_moments_match_samples(y, *targets.rectified_moments(p, mu))
 
 
-@pytest.mark.parametrize("p, mu", [(0.5, 50.0), (0.5, -30.0), (1.0, 10.0), (1.0, -10.0),
-                                   (3.0, -4.0)])
+@pytest.mark.parametrize("p, mu", [(0.5, 50.0), (0.5, -30.0), (1.0, 10.0), (1.0, -10.0), (3.0, -4.0)])
 def test_rectified_moments_far_tails_match_numerical_integration(p, mu):
     """Far from zero, where a careless formula cancels most of its digits."""
     moments, reference = targets.rectified_moments(p, mu), _quad_rectified_moments(p, mu)
@@ -198,8 +201,7 @@ def test_sigma_unit_variance_monte_carlo(p, mu):
 @pytest.mark.parametrize("mu", (-3.0, 0.0, 0.5, 5.0))
 def test_rectified_variance_increases_with_sigma(p, mu):
     """The monotonicity that makes sigma_unit_variance's root unique."""
-    variances = np.array([targets.rectified_moments(p, mu, math.exp(t))[1]
-                          for t in np.linspace(-4, 4, 81)])
+    variances = np.array([targets.rectified_moments(p, mu, math.exp(t))[1] for t in np.linspace(-4, 4, 81)])
     steps = np.diff(variances)
     assert np.all(steps >= 0) and variances[-1] > 1.0 > variances[0]
     assert np.all(steps[variances[:-1] > 1e-250] > 0)  # strictly, wherever not underflowed
@@ -214,8 +216,7 @@ def test_sigma_unit_variance_without_root_raises():
 @pytest.mark.parametrize("p", (0.5, 1.0, 2.0, 3.0))
 def test_same_seed_same_samples(kind, p):
     def draw(seed: int) -> torch.Tensor:
-        return targets.sample(kind, (64, 32), p=p, mu=-0.5,
-                              generator=torch.Generator().manual_seed(seed))
+        return targets.sample(kind, (64, 32), p=p, mu=-0.5, generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
@@ -227,8 +228,7 @@ def test_same_seed_same_samples(kind, p):
 @pytest.mark.parametrize("p", (0.5, 1.0, 3.0))
 def test_dtypes(p):
     def draw(dtype: torch.dtype | None) -> torch.Tensor:
-        return targets.sample("rgg", (128,), p=p, mu=-0.5, dtype=dtype,
-                              generator=torch.Generator().manual_seed(4))
+        return targets.sample("rgg", (128,), p=p, mu=-0.5, dtype=dtype, generator=torch.Generator().manual_seed(4))
 
     assert draw(None).dtype == torch.get_default_dtype()
     assert draw(torch.float64).dtype == torch.float64
@@ -251,8 +251,7 @@ def test_shapes():
 
 def test_cpu_device_arguments():
     for device in ("cpu", torch.device("cpu")):
-        x = targets.sample("rgg", (4, 4), device=device,
-                           generator=torch.Generator(device="cpu").manual_seed(1))
+        x = targets.sample("rgg", (4, 4), device=device, generator=torch.Generator(device="cpu").manual_seed(1))
         assert x.device.type == "cpu"
     assert targets.sample("gn", (4,), p=0.5).device.type == "cpu"
 

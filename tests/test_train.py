@@ -125,8 +125,9 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
     assert [h["epoch"] for h in history(saved)] == [0, 1]
 
     trained: list[int] = []
-    final = fit(cfg, LocalReporter(tmp_path / "resumed", resume_from=saved),
-                on_epoch=lambda m: trained.append(m["epoch"]))
+    final = fit(
+        cfg, LocalReporter(tmp_path / "resumed", resume_from=saved), on_epoch=lambda m: trained.append(m["epoch"])
+    )
 
     assert uninterrupted.trained_epochs == [0, 1, 2, 3]
     assert trained == [2, 3]  # no epoch trained twice
@@ -134,8 +135,14 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
     assert [h["epoch"] for h in history(resumed)] == [0, 1, 2, 3]
     assert_same_weights(model_file(resumed), uninterrupted.weights)
     for got, want in zip(history(resumed), uninterrupted.history):
-        for key in ("train/loss", "train/invariance", "train/regularizer", "train/l0_density",
-                    "online/linear_acc", "train/lr"):
+        for key in (
+            "train/loss",
+            "train/invariance",
+            "train/regularizer",
+            "train/l0_density",
+            "online/linear_acc",
+            "train/lr",
+        ):
             assert got[key] == want[key], (got["epoch"], key)
     for key in FINAL_METRICS:
         assert final[key] == uninterrupted.final[key], key
@@ -157,7 +164,10 @@ def test_non_finite_loss_raises_trial_failure_naming_epoch_and_step(monkeypatch,
     reported: list[int] = []
     # 512 training images in batches of 128: 4 steps per epoch, so global step 5 is in epoch 1.
     with pytest.raises(TrialFailure, match=r"non-finite loss at epoch 1 step 5"):
-        fit(smoke(epochs=2, checkpoint_every=1), LocalReporter(tmp_path, callback=lambda m, k: reported.append(m["epoch"])))
+        fit(
+            smoke(epochs=2, checkpoint_every=1),
+            LocalReporter(tmp_path, callback=lambda m, k: reported.append(m["epoch"])),
+        )
     assert reported == [0]
 
 
@@ -174,12 +184,15 @@ def epoch_metrics(epoch: int, density: float = 0.4, rank: float = 20.0) -> dict:
     return {"epoch": epoch, "train/l0_density": density, "train/rank_me": rank}
 
 
-@pytest.mark.parametrize("density, rank, reason", [
-    (0.0, 20.0, "all zeros"),
-    (1.0, 20.0, "never sparse"),
-    (0.4, 1.0, "representation collapsed"),
-    (0.05, 20.0, "collapsing to all zeros"),  # below 0.2 x the target density 0.5
-])
+@pytest.mark.parametrize(
+    "density, rank, reason",
+    [
+        (0.0, 20.0, "all zeros"),
+        (1.0, 20.0, "never sparse"),
+        (0.4, 1.0, "representation collapsed"),
+        (0.05, 20.0, "collapsing to all zeros"),  # below 0.2 x the target density 0.5
+    ],
+)
 def test_collapse_reason_after_warmup_only(density, rank, reason):
     cfg = smoke(collapse_warmup_epochs=3)  # rgg, mu=0: target density 0.5
     assert collapse_reason(cfg, epoch_metrics(2, density, rank)) is None  # epochs 0..2: warm-up
@@ -260,8 +273,9 @@ def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, cli_r
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jepa_ray.train", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jepa_ray.train", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def test_cli_rejects_bad_config_before_starting_ray(tmp_path):
@@ -278,8 +292,11 @@ def test_cli_rejects_bad_config_before_starting_ray(tmp_path):
 
 def test_cli_rejects_an_unreachable_address_with_one_line(tmp_path):
     # Port 1 on the loopback refuses connections: the check fails fast, before ray.init.
-    proc = run_cli(["--preset", "smoke", "--workers", "2", "--address", "127.0.0.1:1", "--out", str(tmp_path / "out")], tmp_path,
-                   timeout=120)
+    proc = run_cli(
+        ["--preset", "smoke", "--workers", "2", "--address", "127.0.0.1:1", "--out", str(tmp_path / "out")],
+        tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--address '127.0.0.1:1'" in lines[0] and "unreachable" in lines[0], proc.stderr
@@ -313,7 +330,7 @@ def printed_json(stdout: str) -> dict:
     lines = stdout.splitlines()
     start = max(i for i, line in enumerate(lines) if line == "{")
     end = next(i for i in range(start, len(lines)) if lines[i] == "}")
-    return json.loads("\n".join(lines[start:end + 1]))
+    return json.loads("\n".join(lines[start : end + 1]))
 
 
 @dataclass
@@ -390,5 +407,6 @@ def test_two_worker_trial_reports_every_epoch_metric(cli_run):
         # The loss convention holds for the epoch means too (the mean is linear); each step's
         # terms are float32, hence the float32-sized tolerance.
         lambd = config_lib.preset("smoke").loss.lambd
-        assert m["train/loss"] == pytest.approx((1 - lambd) * m["train/invariance"] + lambd * m["train/regularizer"],
-                                                rel=1e-6)
+        assert m["train/loss"] == pytest.approx(
+            (1 - lambd) * m["train/invariance"] + lambd * m["train/regularizer"], rel=1e-6
+        )

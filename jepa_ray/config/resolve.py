@@ -25,8 +25,9 @@ from jepa_ray.config.schema import (
 from jepa_ray.errors import ConfigError
 
 
-def build(preset_name: str, sets: list[str] | None = None, overrides: dict[str, Any] | None = None, *,
-          resolved: bool = True) -> TrialConfig:
+def build(
+    preset_name: str, sets: list[str] | None = None, overrides: dict[str, Any] | None = None, *, resolved: bool = True
+) -> TrialConfig:
     """A named preset, then `--set key=value` items, then more overrides (the command lines'
     shortcuts; None values are left out), validated: the one way the entry points make a trial
     config. resolved=False returns it before derivation (a sweep's base config, which each
@@ -81,8 +82,7 @@ def validate(cfg: TrialConfig) -> None:
     from jepa_ray.model import check_backbone_name
     from jepa_ray.targets import TARGET_KINDS
 
-    d, v, m, t, l, o, e, s = (cfg.data, cfg.views, cfg.model, cfg.target, cfg.loss, cfg.optim,
-                              cfg.eval, cfg.system)
+    d, v, m, t, l, o, e, s = (cfg.data, cfg.views, cfg.model, cfg.target, cfg.loss, cfg.optim, cfg.eval, cfg.system)
     info = dataset_info(d.dataset)
     if info.needs_dir:
         _require(bool(d.data_dir), "data_dir", f"a directory (required for dataset {d.dataset})", d.data_dir)
@@ -103,8 +103,12 @@ def validate(cfg: TrialConfig) -> None:
         dims = proj_dims_list(cfg)
     except ValueError:
         dims = []
-    _require(len(dims) >= 1 and all(x > 0 for x in dims), "proj_dims",
-             "positive widths separated by '-', e.g. 512-512-512", m.proj_dims)
+    _require(
+        len(dims) >= 1 and all(x > 0 for x in dims),
+        "proj_dims",
+        "positive widths separated by '-', e.g. 512-512-512",
+        m.proj_dims,
+    )
 
     _choice("target", t.target, TARGET_KINDS)
     _require(math.isfinite(t.p) and t.p > 0, "p", "p > 0", t.p)
@@ -116,7 +120,12 @@ def validate(cfg: TrialConfig) -> None:
     _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)
     _choice("regularizer", l.regularizer, REGULARIZERS)
     if l.regularizer == "sigreg":
-        _require(t.target == "gaussian", "regularizer", "sigreg only with target=gaussian (use rdmreg for gn/rgg)", l.regularizer)
+        _require(
+            t.target == "gaussian",
+            "regularizer",
+            "sigreg only with target=gaussian (use rdmreg for gn/rgg)",
+            l.regularizer,
+        )
     _require(l.num_slices >= 1, "num_slices", ">= 1", l.num_slices)
     _require(l.t_max > 0, "t_max", "> 0", l.t_max)
     _require(l.knots >= 3 and l.knots % 2 == 1, "knots", "an odd number >= 3", l.knots)
@@ -128,8 +137,7 @@ def validate(cfg: TrialConfig) -> None:
     _require(o.lars_eta > 0, "lars_eta", "> 0", o.lars_eta)
     _require(o.batch_size >= 2, "batch_size", ">= 2", o.batch_size)
     _require(s.workers >= 1, "workers", ">= 1", s.workers)  # before batch_size % workers
-    _require(o.batch_size % s.workers == 0, "batch_size",
-             f"a multiple of workers={s.workers}", o.batch_size)
+    _require(o.batch_size % s.workers == 0, "batch_size", f"a multiple of workers={s.workers}", o.batch_size)
     _require(o.batch_size // s.workers >= 2, "batch_size", f">= 2 per worker (workers={s.workers})", o.batch_size)
     _require(o.epochs >= 1, "epochs", ">= 1", o.epochs)
     _require(math.isfinite(o.warmup_epochs) and o.warmup_epochs >= 0, "warmup_epochs", ">= 0", o.warmup_epochs)
@@ -143,8 +151,12 @@ def validate(cfg: TrialConfig) -> None:
             vals = float_list(getattr(e, key))
         except ValueError:
             vals = []
-        _require(bool(vals) and all(x >= 0 for x in vals) and (key == "probe_wds" or all(x > 0 for x in vals)),
-                 key, "comma-separated non-negative numbers (lrs > 0)", getattr(e, key))
+        _require(
+            bool(vals) and all(x >= 0 for x in vals) and (key == "probe_wds" or all(x > 0 for x in vals)),
+            key,
+            "comma-separated non-negative numbers (lrs > 0)",
+            getattr(e, key),
+        )
     _require(e.probe_epochs >= 1, "probe_epochs", ">= 1", e.probe_epochs)
     _require(0 < e.val_fraction < 0.5, "val_fraction", "(0, 0.5)", e.val_fraction)
     _require(e.knn_k >= 1, "knn_k", ">= 1", e.knn_k)
@@ -159,5 +171,6 @@ def validate(cfg: TrialConfig) -> None:
     _require(s.threads_per_worker >= 0, "threads_per_worker", ">= 0", s.threads_per_worker)
     _require(s.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", s.collapse_warmup_epochs)
     _require(s.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", s.collapse_min_rank)
-    _require(0 <= s.collapse_min_density_ratio < 1, "collapse_min_density_ratio", "[0, 1)",
-             s.collapse_min_density_ratio)
+    _require(
+        0 <= s.collapse_min_density_ratio < 1, "collapse_min_density_ratio", "[0, 1)", s.collapse_min_density_ratio
+    )

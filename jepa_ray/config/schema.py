@@ -21,9 +21,11 @@ from typing import Any
 
 from jepa_ray.errors import ConfigError
 
-LOSS_CONVENTION = ("loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer); invariance = mean over "
-                   "views, samples, dims of (z_v - mean_v z)^2 (MSE(z1, z2) / 4 for two views); regularizer = "
-                   "mean over views of RDMReg(z_v) (SIGReg for the Gaussian baseline)")
+LOSS_CONVENTION = (
+    "loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer); invariance = mean over "
+    "views, samples, dims of (z_v - mean_v z)^2 (MSE(z1, z2) / 4 for two views); regularizer = "
+    "mean over views of RDMReg(z_v) (SIGReg for the Gaussian baseline)"
+)
 
 REGULARIZERS = ("rdmreg", "sigreg")
 OPTIMIZERS = ("adamw", "lars")

@@ -8,7 +8,26 @@ from jepa_ray.data.loaders import read_parquet_split
 from jepa_ray.data.registry import DatasetInfo, dataset_info, dataset_names, register_dataset
 from jepa_ray.data.splits import SPLIT_SEED, ImageSplits, channel_stats, load_dataset, split_holdout, stratified_indices
 
-__all__ = ["BatchIterator", "DatasetInfo", "ImageSplits", "Recipe", "SPLIT_SEED", "ViewMaker", "channel_stats",
-           "dataset_info", "dataset_names", "decode_blob", "decode_blobs", "eval_batches", "fit_square",
-           "load_dataset", "measure_views_per_second", "read_parquet_split", "recipe_defaults", "register_dataset",
-           "split_holdout", "stack_square", "stratified_indices"]
+__all__ = [
+    "BatchIterator",
+    "DatasetInfo",
+    "ImageSplits",
+    "Recipe",
+    "SPLIT_SEED",
+    "ViewMaker",
+    "channel_stats",
+    "dataset_info",
+    "dataset_names",
+    "decode_blob",
+    "decode_blobs",
+    "eval_batches",
+    "fit_square",
+    "load_dataset",
+    "measure_views_per_second",
+    "read_parquet_split",
+    "recipe_defaults",
+    "register_dataset",
+    "split_holdout",
+    "stack_square",
+    "stratified_indices",
+]

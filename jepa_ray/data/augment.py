@@ -43,6 +43,7 @@ from jepa_ray.data.color import (
     rgb_to_grayscale,
     solarize,
 )
+from jepa_ray.data.geometry import bernoulli, crop_affine, sample_crop_boxes, uniform
 from jepa_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -130,89 +131,33 @@ def recipe_defaults(name: str, crop_scale_min: float = 0.2) -> Recipe:
     """
     if name == "digits":
         lo = max(crop_scale_min, _DIGITS_MIN_CROP_SCALE)
-        return Recipe(crop_scale=(lo, 1.0), local_crop_scale=(min(0.25, lo), lo), p_flip=0.0,
-                      rotate_deg=10.0, translate=0.1, padding_mode="zeros", saturation=0.0, hue=0.0,
-                      p_grayscale=0.0, p_solarize=0.0, p_noise=0.5, noise_std=0.05)
+        return Recipe(
+            crop_scale=(lo, 1.0),
+            local_crop_scale=(min(0.25, lo), lo),
+            p_flip=0.0,
+            rotate_deg=10.0,
+            translate=0.1,
+            padding_mode="zeros",
+            saturation=0.0,
+            hue=0.0,
+            p_grayscale=0.0,
+            p_solarize=0.0,
+            p_noise=0.5,
+            noise_std=0.05,
+        )
     if name in ("cifar", "imagenet"):
-        return Recipe(crop_scale=(crop_scale_min, 1.0), local_crop_scale=(min(0.05, crop_scale_min), crop_scale_min),
-                      p_blur=0.5 if name == "imagenet" else 0.0, interpolation="bicubic", jitter_order="random",
-                      solarize_threshold=128 / 255)
-    raise ConfigError(f"config field 'recipe' = {name!r} is not allowed here; allowed: digits | cifar | imagenet "
-                      f"(resolve 'auto' with jepa_ray.config.resolve)")
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry
-
-
-def _uniform(shape: Sequence[int], lo: float | torch.Tensor, hi: float | torch.Tensor,
-             gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """U[lo, hi) drawn on the generator's device, then moved (a generator on the data's device
-    avoids host-to-device copies)."""
-    u = torch.rand(tuple(shape), generator=gen, device=gen.device).to(device, non_blocking=True)
-    return lo + (hi - lo) * u
-
-
-def _bernoulli(n: int, p: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return _uniform((n,), 0.0, 1.0, gen, device) < p
-
-
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      gen: torch.Generator, device: torch.device, tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop boxes (n, 4) as (x0, y0, w, h) in pixels, batched.
-
-    As torchvision: area ~ U(scale) * H * W, log aspect ~ U(log ratio); the first of `tries`
-    candidates that fits is kept, else the whole image clipped to the ratio range; the offset is
-    uniform. Sizes and offsets stay continuous (no rounding)."""
-    area = height * width
-    s = _uniform((n, tries), scale[0], scale[1], gen, device)
-    r = torch.exp(_uniform((n, tries), math.log(ratio[0]), math.log(ratio[1]), gen, device))
-    w, h = torch.sqrt(area * s * r), torch.sqrt(area * s / r)
-    fits = (w <= width) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = float(width), width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], float(height)
-    else:
-        fw, fh = float(width), float(height)
-    ok = fits.any(dim=1)
-    w = torch.where(ok, w, torch.full_like(w, fw))
-    h = torch.where(ok, h, torch.full_like(h, fh))
-    x0 = _uniform((n,), 0.0, 1.0, gen, device) * (width - w)
-    y0 = _uniform((n,), 0.0, 1.0, gen, device) * (height - h)
-    return torch.stack([x0, y0, w, h], dim=1)
-
-
-def crop_affine(boxes: torch.Tensor, height: int, width: int, flip: torch.Tensor | None = None,
-                angle: torch.Tensor | None = None, shift: torch.Tensor | None = None) -> torch.Tensor:
-    """Affine matrices (n, 2, 3) for F.affine_grid (align_corners=False) that sample the boxes
-    (x0, y0, w, h in pixels), mirrored where `flip`, rotated by `angle` (radians) about the box
-    center and shifted by `shift` (n, 2) in normalized units (2 = one image side).
-
-    In pixels: p_in = c + Rot(angle) diag(±w/2, h/2) v, v the output's normalized coordinate;
-    dividing by (W/2, H/2) gives input normalized coordinates (rotation stays rigid in pixels
-    for non-square images)."""
-    x0, y0, w, h = boxes.unbind(1)
-    sx = w / 2 if flip is None else torch.where(flip, -w / 2, w / 2)
-    sy = h / 2
-    cos = torch.ones_like(w) if angle is None else torch.cos(angle)
-    sin = torch.zeros_like(w) if angle is None else torch.sin(angle)
-    theta = torch.stack([
-        torch.stack([cos * sx * (2 / width), -sin * sy * (2 / width), (2 * x0 + w) / width - 1], dim=1),
-        torch.stack([sin * sx * (2 / height), cos * sy * (2 / height), (2 * y0 + h) / height - 1], dim=1),
-    ], dim=1)
-    if shift is not None:
-        theta[:, :, 2] += shift
-    return theta
-
-
-def warp(x: torch.Tensor, theta: torch.Tensor, size: int, padding_mode: str = "border") -> torch.Tensor:
-    """Resample each image of x (B, C, H, W) through its affine matrix into (B, C, size, size)."""
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+        return Recipe(
+            crop_scale=(crop_scale_min, 1.0),
+            local_crop_scale=(min(0.05, crop_scale_min), crop_scale_min),
+            p_blur=0.5 if name == "imagenet" else 0.0,
+            interpolation="bicubic",
+            jitter_order="random",
+            solarize_threshold=128 / 255,
+        )
+    raise ConfigError(
+        f"config field 'recipe' = {name!r} is not allowed here; allowed: digits | cifar | imagenet "
+        f"(resolve 'auto' with jepa_ray.config.resolve)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,8 +172,15 @@ class ViewMaker:
     works but each random draw is then copied to the device.
     """
 
-    def __init__(self, views: ViewConfig, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 num_channels: int | None = None, **overrides):
+    def __init__(
+        self,
+        views: ViewConfig,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_channels: int | None = None,
+        **overrides,
+    ):
         num_channels = len(mean) if num_channels is None else num_channels
         if len(mean) != num_channels or len(std) != num_channels:
             raise ValueError(f"mean/std: expected {num_channels} values each, got {len(mean)} and {len(std)}")
@@ -255,8 +207,9 @@ class ViewMaker:
         return self.num_views + self.num_local_views
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, generator: torch.Generator, *, offset: int = 0,
-                 total: int | None = None) -> list[torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator, *, offset: int = 0, total: int | None = None
+    ) -> list[torch.Tensor]:
         """x: uint8 (B, C, H, W) (or float in [0, 1]) on any device -> list of V float32 views on
         x's device. All randomness comes from `generator`.
 
@@ -276,15 +229,16 @@ class ViewMaker:
         else:
             raise ValueError(f"x: expected uint8 or float images, got {x.dtype}")
         rec, views = self.recipe, []
-        for count, size, scale in ((self.num_views, self.image_size, rec.crop_scale),
-                                   (self.num_local_views, self.local_size, rec.local_crop_scale)):
+        for count, size, scale in (
+            (self.num_views, self.image_size, rec.crop_scale),
+            (self.num_local_views, self.local_size, rec.local_crop_scale),
+        ):
             if count:
                 rows = _Rows(generator, count, total, offset, x.shape[0], x.device)
                 views.extend(self._views(x, count, size, scale, rows).split(x.shape[0]))
         return views
 
-    def _views(self, x: torch.Tensor, count: int, size: int, scale: tuple[float, float],
-               rows: _Rows) -> torch.Tensor:
+    def _views(self, x: torch.Tensor, count: int, size: int, scale: tuple[float, float], rows: _Rows) -> torch.Tensor:
         """`count` views of every image, (count * B, C, size, size), view-major. All views go
         through one grid_sample (their grids stacked along the output height, so the input is
         not repeated) and one pass of each photometric op: a few kernel launches per view size."""
@@ -292,8 +246,9 @@ class ViewMaker:
         theta = rows.pick(self._geometry(rows.n, x.shape[2], x.shape[3], x.device, scale, rows.gen))
         grid = F.affine_grid(theta, [count * b, c, size, size], align_corners=False)
         grid = grid.view(count, b, size, size, 2).transpose(0, 1).reshape(b, count * size, size, 2)
-        v = F.grid_sample(x, grid, mode=self.recipe.interpolation, padding_mode=self.recipe.padding_mode,
-                          align_corners=False)
+        v = F.grid_sample(
+            x, grid, mode=self.recipe.interpolation, padding_mode=self.recipe.padding_mode, align_corners=False
+        )
         if self.recipe.interpolation == "bicubic":
             v = v.clamp_(0.0, 1.0)  # the cubic kernel overshoots; PIL clips to 0..255
         v = v.view(b, c, count, size, size).permute(2, 0, 1, 3, 4).reshape(count * b, c, size, size)
@@ -308,15 +263,16 @@ class ViewMaker:
             self._stats_cache[device] = (self._mean.to(device), self._std.to(device))
         return self._stats_cache[device]
 
-    def _geometry(self, b: int, h: int, w: int, dev: torch.device, scale: tuple[float, float],
-                  gen: torch.Generator) -> torch.Tensor:
+    def _geometry(
+        self, b: int, h: int, w: int, dev: torch.device, scale: tuple[float, float], gen: torch.Generator
+    ) -> torch.Tensor:
         rec = self.recipe
         boxes = sample_crop_boxes(b, h, w, scale, rec.crop_ratio, gen, dev)
-        flip = _bernoulli(b, rec.p_flip, gen, dev) if rec.p_flip > 0 else None
+        flip = bernoulli(b, rec.p_flip, gen, dev) if rec.p_flip > 0 else None
         angle = None
         if rec.rotate_deg > 0:
-            angle = _uniform((b,), -math.radians(rec.rotate_deg), math.radians(rec.rotate_deg), gen, dev)
-        shift = _uniform((b, 2), -2 * rec.translate, 2 * rec.translate, gen, dev) if rec.translate > 0 else None
+            angle = uniform((b,), -math.radians(rec.rotate_deg), math.radians(rec.rotate_deg), gen, dev)
+        shift = uniform((b, 2), -2 * rec.translate, 2 * rec.translate, gen, dev) if rec.translate > 0 else None
         return crop_affine(boxes, h, w, flip, angle, shift)
 
     def _color_jitter(self, v: torch.Tensor, rows: _Rows, rgb: bool) -> torch.Tensor:
@@ -370,8 +326,9 @@ class ViewMaker:
             v = torch.where(per_sample(on), solarize(v, rec.solarize_threshold), v)
         if rec.p_noise > 0 and rec.noise_std > 0:
             on = rows.bernoulli(rec.p_noise)
-            noise = rows.pick(torch.randn((rows.n, *v.shape[1:]), generator=rows.gen, device=rows.gen.device)
-                              ).to(dev, non_blocking=True)
+            noise = rows.pick(torch.randn((rows.n, *v.shape[1:]), generator=rows.gen, device=rows.gen.device)).to(
+                dev, non_blocking=True
+            )
             v = (v + per_sample(on * rec.noise_std) * noise).clamp_(0.0, 1.0)
         return v
 
@@ -380,8 +337,7 @@ class _Rows:
     """Random draws for the `count * total` view rows of a whole batch (view-major), of which
     this call keeps its own: view k of image offset + i is row k * total + offset + i."""
 
-    def __init__(self, gen: torch.Generator, count: int, total: int, offset: int, local: int,
-                 device: torch.device):
+    def __init__(self, gen: torch.Generator, count: int, total: int, offset: int, local: int, device: torch.device):
         self.gen, self.n, self.device = gen, count * total, device
         self.index = None
         if local != total:
@@ -392,10 +348,10 @@ class _Rows:
         return values if self.index is None else values.index_select(0, self.index.to(values.device))
 
     def uniform(self, lo: float, hi: float) -> torch.Tensor:
-        return self.pick(_uniform((self.n,), lo, hi, self.gen, self.device))
+        return self.pick(uniform((self.n,), lo, hi, self.gen, self.device))
 
     def bernoulli(self, p: float) -> torch.Tensor:
-        return self.pick(_bernoulli(self.n, p, self.gen, self.device))
+        return self.pick(bernoulli(self.n, p, self.gen, self.device))
 
 
 def measure_views_per_second(view_maker: ViewMaker, x_uint8: torch.Tensor, batch_size: int, repeats: int = 10) -> float:

@@ -26,8 +26,9 @@ class BatchIterator:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
         if global_batch_size < 1 or global_batch_size % world_size:
-            raise ValueError(f"global_batch_size: expected a positive multiple of world_size={world_size}, "
-                             f"got {global_batch_size}")
+            raise ValueError(
+                f"global_batch_size: expected a positive multiple of world_size={world_size}, got {global_batch_size}"
+            )
         if global_batch_size > n:
             raise ValueError(f"global_batch_size: expected <= the number of samples n={n}, got {global_batch_size}")
         self.n, self.global_batch_size = n, global_batch_size
@@ -53,11 +54,11 @@ class BatchIterator:
         if not 0 <= step < len(self):
             raise ValueError(f"step: expected 0 <= step < {len(self)}, got {step}")
         start = step * self.global_batch_size
-        return self.permutation(epoch)[start:start + self.global_batch_size]
+        return self.permutation(epoch)[start : start + self.global_batch_size]
 
     def local_batch_indices(self, epoch: int, step: int) -> torch.Tensor:
         start = self.rank * self.local_batch_size
-        return self.global_batch_indices(epoch, step)[start:start + self.local_batch_size]
+        return self.global_batch_indices(epoch, step)[start : start + self.local_batch_size]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         epoch = self.epoch

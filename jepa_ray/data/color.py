@@ -50,8 +50,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     maxc = torch.maximum(torch.maximum(r, g), b)
     chroma = maxc - torch.minimum(torch.minimum(r, g), b)
     inv = torch.where(chroma > 0, chroma, torch.ones_like(chroma)).reciprocal_()
-    hue6 = torch.where(maxc == r, (g - b) * inv,
-                       torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    hue6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
     hue6 += 6.0 * shift.view(-1, 1, 1)  # the remainder below wraps it into [0, 6)
     out = []
     for n in (5.0, 3.0, 1.0):

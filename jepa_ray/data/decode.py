@@ -39,8 +39,9 @@ def decode_blob(blob: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_blobs(blobs: list[torch.Tensor], image_size: int = 0,
-                 describe: Callable[[int], str] = lambda i: f"image {i}") -> torch.Tensor:
+def decode_blobs(
+    blobs: list[torch.Tensor], image_size: int = 0, describe: Callable[[int], str] = lambda i: f"image {i}"
+) -> torch.Tensor:
     """Decode encoded images into one uint8 tensor (N, 3, S, S); see `stack_square` for S.
     A failure raises ValueError naming `describe(index)` (a file or a table row)."""
     if not blobs:

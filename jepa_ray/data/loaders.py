@@ -34,8 +34,6 @@ def _require_dir(path: Path, expected: str) -> None:
         raise ConfigError(f"config field 'data_dir' = '{path}' is not an existing directory; expected {expected}")
 
 
-
-
 def load_digits(cfg: DataConfig) -> ImageSplits:
     """scikit-learn's embedded 8x8 digits (values 0..16 scaled to 0..255), with the fixed stratified
     80/20 split `train_test_split(stratify=y, test_size=0.2, random_state=0)`: 1,437 / 360."""
@@ -45,14 +43,20 @@ def load_digits(cfg: DataConfig) -> ImageSplits:
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, stratify=labels,
-                                              random_state=SPLIT_SEED)
-    splits = ImageSplits(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te),
-                         torch.from_numpy(y_te), num_classes=10, classes=[str(i) for i in range(10)],
-                         name="digits")
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=SPLIT_SEED)
+    splits = ImageSplits(
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te),
+        num_classes=10,
+        classes=[str(i) for i in range(10)],
+        name="digits",
+    )
     if cfg.image_size and cfg.image_size != 8:
-        splits = replace(splits, train_x=fit_square(splits.train_x, cfg.image_size),
-                         test_x=fit_square(splits.test_x, cfg.image_size))
+        splits = replace(
+            splits, train_x=fit_square(splits.train_x, cfg.image_size), test_x=fit_square(splits.test_x, cfg.image_size)
+        )
     return splits
 
 
@@ -72,7 +76,8 @@ def _load_cifar(cfg: DataConfig, which: str) -> ImageSplits:
             raise ConfigError(
                 f"dataset {which!r}: no readable CIFAR files in data_dir '{root}' ({err}); set download=true "
                 f"(`--set download=true`) to fetch them, or point data_dir at a directory holding "
-                f"{cls.base_folder}/") from None
+                f"{cls.base_folder}/"
+            ) from None
         x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
         parts[train] = (x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes))
     (train_x, train_y, classes), (test_x, test_y, _) = parts[True], parts[False]
@@ -115,18 +120,21 @@ def _image_blobs(column, path: Path) -> list[torch.Tensor]:
             raise UsageError(f"{path}: column 'image' is a struct without a 'bytes' field")
         col = pc.struct_field(col, "bytes")
     if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-        raise UsageError(f"{path}: column 'image' must hold encoded image bytes (binary or struct "
-                          f"{{bytes, path}}), got {col.type}")
+        raise UsageError(
+            f"{path}: column 'image' must hold encoded image bytes (binary or struct {{bytes, path}}), got {col.type}"
+        )
     if col.null_count:
         raise UsageError(f"{path}: column 'image' has {col.null_count} null rows")
     col = col.cast(pa.large_binary())
     _, offsets_buf, data_buf = col.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[col.offset:col.offset + len(col) + 1]
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[col.offset : col.offset + len(col) + 1]
     data = torch.from_numpy(np.frombuffer(data_buf, dtype=np.uint8, count=int(offsets[-1])).copy())
-    return [data[int(a):int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
+    return [data[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def read_parquet_split(path: str | os.PathLike, image_size: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+def read_parquet_split(
+    path: str | os.PathLike, image_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
     """One parquet image table -> (uint8 images (N, 3, S, S), int64 labels, class names or None).
 
     Columns: `image` (encoded bytes, or a struct {bytes, path} as Hugging Face exports) and
@@ -161,9 +169,11 @@ def load_parquet(cfg: DataConfig) -> ImageSplits:
     num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
     for name, y in (("train.parquet", train_y), ("test.parquet", test_y)):
         if int(y.min()) < 0 or int(y.max()) >= num_classes:
-            raise UsageError(f"{root / name}: column 'label' must lie in [0, {num_classes}) "
-                              f"({'the classes metadata' if classes else 'non-negative labels'}), "
-                              f"got [{int(y.min())}, {int(y.max())}]")
+            raise UsageError(
+                f"{root / name}: column 'label' must lie in [0, {num_classes}) "
+                f"({'the classes metadata' if classes else 'non-negative labels'}), "
+                f"got [{int(y.min())}, {int(y.max())}]"
+            )
     classes = classes or [str(i) for i in range(num_classes)]
     return ImageSplits(train_x, train_y, test_x, test_y, num_classes=num_classes, classes=classes, name="parquet")
 
@@ -177,7 +187,9 @@ def _read_folder(root: Path, class_to_idx: dict[str, int], image_size: int) -> t
 
     samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
-        raise ConfigError(f"config field 'data_dir': no images ({', '.join(IMG_EXTENSIONS)}) in class folders of '{root}'")
+        raise ConfigError(
+            f"config field 'data_dir': no images ({', '.join(IMG_EXTENSIONS)}) in class folders of '{root}'"
+        )
     blobs = [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p, _ in samples]
     labels = torch.tensor([c for _, c in samples], dtype=torch.int64)
     return decode_blobs(blobs, image_size, lambda i: samples[i][0]), labels
@@ -199,7 +211,9 @@ def load_imagefolder(cfg: DataConfig) -> ImageSplits:
         classes = _class_dirs(root / "train")
         unknown = sorted(set(_class_dirs(test_dir)) - set(classes))
         if unknown:
-            raise ConfigError(f"config field 'data_dir' = '{root}': {test_dir.name}/ has classes not in train/: {', '.join(unknown)}")
+            raise ConfigError(
+                f"config field 'data_dir' = '{root}': {test_dir.name}/ has classes not in train/: {', '.join(unknown)}"
+            )
         class_to_idx = {c: i for i, c in enumerate(classes)}
         train_x, train_y = _read_folder(root / "train", class_to_idx, cfg.image_size)
         test_x, test_y = _read_folder(test_dir, class_to_idx, train_x.shape[-1])

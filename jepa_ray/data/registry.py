@@ -36,22 +36,27 @@ class DatasetInfo:
 
 
 _LOADERS = "jepa_ray.data.loaders"
-_REGISTRY: dict[str, DatasetInfo] = {info.name: info for info in (
-    DatasetInfo("digits", f"{_LOADERS}:load_digits", channels=1, native_size=8, recipe="digits"),
-    DatasetInfo("cifar10", f"{_LOADERS}:load_cifar10", native_size=32, downloadable=True, recipe="cifar"),
-    DatasetInfo("cifar100", f"{_LOADERS}:load_cifar100", native_size=32, downloadable=True, recipe="cifar"),
-    DatasetInfo("imagefolder", f"{_LOADERS}:load_imagefolder", needs_dir=True),
-    DatasetInfo("parquet", f"{_LOADERS}:load_parquet", needs_dir=True),
-)}
+_REGISTRY: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("digits", f"{_LOADERS}:load_digits", channels=1, native_size=8, recipe="digits"),
+        DatasetInfo("cifar10", f"{_LOADERS}:load_cifar10", native_size=32, downloadable=True, recipe="cifar"),
+        DatasetInfo("cifar100", f"{_LOADERS}:load_cifar100", native_size=32, downloadable=True, recipe="cifar"),
+        DatasetInfo("imagefolder", f"{_LOADERS}:load_imagefolder", needs_dir=True),
+        DatasetInfo("parquet", f"{_LOADERS}:load_parquet", needs_dir=True),
+    )
+}
 
 
-def register_dataset(name: str, *, channels: int = 3, native_size: int = 0, needs_dir: bool = True,
-                     recipe: str = "imagenet") -> Callable[[Callable], Callable]:
+def register_dataset(
+    name: str, *, channels: int = 3, native_size: int = 0, needs_dir: bool = True, recipe: str = "imagenet"
+) -> Callable[[Callable], Callable]:
     """Decorator: make the decorated loader (DataConfig -> ImageSplits) the dataset `name`."""
 
     def decorate(loader: Callable) -> Callable:
-        _REGISTRY[name] = DatasetInfo(name, loader, channels=channels, native_size=native_size,
-                                      needs_dir=needs_dir, recipe=recipe)
+        _REGISTRY[name] = DatasetInfo(
+            name, loader, channels=channels, native_size=native_size, needs_dir=needs_dir, recipe=recipe
+        )
         return loader
 
     return decorate

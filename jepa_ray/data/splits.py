@@ -47,13 +47,18 @@ class ImageSplits:
             if x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(f"{split}_x: expected a uint8 tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{split}_y: expected int64 labels of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+                raise ValueError(
+                    f"{split}_y: expected int64 labels of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+                )
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(f"{split}_y: labels must lie in [0, {self.num_classes}), got "
-                                 f"[{int(y.min())}, {int(y.max())}]")
+                raise ValueError(
+                    f"{split}_y: labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]"
+                )
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise ValueError(f"train_x and test_x image shapes differ: {tuple(self.train_x.shape[1:])} "
-                             f"vs {tuple(self.test_x.shape[1:])}")
+            raise ValueError(
+                f"train_x and test_x image shapes differ: {tuple(self.train_x.shape[1:])} "
+                f"vs {tuple(self.test_x.shape[1:])}"
+            )
         if len(self.classes) != self.num_classes:
             raise ValueError(f"classes: expected {self.num_classes} names, got {len(self.classes)}")
         if not self.mean or not self.std:
@@ -86,7 +91,7 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         mean = float((p * levels).sum())
         var = float((p * (levels - mean).square()).sum())
         means.append(mean)
-        stds.append(max(var ** 0.5, 1e-6))
+        stds.append(max(var**0.5, 1e-6))
     return tuple(means), tuple(stds)
 
 

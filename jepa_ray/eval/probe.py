@@ -104,9 +104,17 @@ class LinearHeadGrid(nn.Module):
     autograd, so it also runs under `torch.inference_mode`.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, lrs: Sequence[float], wds: Sequence[float], *,
-                 momentum: float = 0.9, init_std: float = 0.01,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        lrs: Sequence[float],
+        wds: Sequence[float],
+        *,
+        momentum: float = 0.9,
+        init_std: float = 0.01,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         _positive_int(in_dim, "in_dim")
         _positive_int(num_classes, "num_classes")
@@ -124,8 +132,9 @@ class LinearHeadGrid(nn.Module):
         self.grid: list[tuple[float, float]] = [(lr, wd) for lr in lrs for wd in wds]
         self.momentum = momentum
         h = len(self.grid)
-        self.weight = nn.Parameter(torch.randn(h, in_dim, num_classes, generator=generator) * init_std,
-                                   requires_grad=False)
+        self.weight = nn.Parameter(
+            torch.randn(h, in_dim, num_classes, generator=generator) * init_std, requires_grad=False
+        )
         self.bias = nn.Parameter(torch.zeros(h, num_classes), requires_grad=False)
         self.register_buffer("lrs", torch.tensor([g[0] for g in self.grid]))
         self.register_buffer("wds", torch.tensor([g[1] for g in self.grid]))
@@ -184,8 +193,8 @@ class LinearHeadGrid(nn.Module):
         """Accuracy of every head on (x, y), shape (H,), evaluated in batches to bound memory."""
         correct = torch.zeros(self.num_heads, device=x.device, dtype=torch.float64)
         for start in range(0, x.shape[0], batch_size):
-            logits = self._standardized_logits(x[start:start + batch_size])[1]
-            correct += (logits.argmax(dim=1) == y[start:start + batch_size, None]).sum(dim=0)
+            logits = self._standardized_logits(x[start : start + batch_size])[1]
+            correct += (logits.argmax(dim=1) == y[start : start + batch_size, None]).sum(dim=0)
         return correct / max(x.shape[0], 1)
 
 
@@ -209,10 +218,21 @@ def cosine_factor(step: float, total: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(total, 1))))
 
 
-def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
-                    lrs: Sequence[float], wds: Sequence[float], epochs: int, batch_size: int = 256,
-                    val_fraction: float = 0.1, seed: int = 0, device: torch.device | str | None = None,
-                    num_classes: int | None = None) -> dict[str, float]:
+def fit_linear_grid(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    lrs: Sequence[float],
+    wds: Sequence[float],
+    epochs: int,
+    batch_size: int = 256,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Train a grid of linear heads on frozen features and report the best one.
 
     A seeded stratified part of the train split (val_fraction) chooses the head; every head is
@@ -244,7 +264,7 @@ def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
     for _ in range(epochs):
         order = torch.randperm(n, generator=g).to(device)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             grid.train_step(x_tr[idx], y_tr[idx], cosine_factor(step, total))
             step += 1
 
@@ -254,16 +274,29 @@ def fit_linear_grid(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *,
     test_acc = grid.accuracy(x_te, y_te)[best]
     train_acc = grid.accuracy(x_tr, y_tr)[best]
     best_lr, best_wd = grid.grid[best]
-    return {"test_acc": float(test_acc), "val_acc": float(val_acc[best]), "train_acc": float(train_acc),
-            "best_lr": best_lr, "best_wd": best_wd}
+    return {
+        "test_acc": float(test_acc),
+        "val_acc": float(val_acc[best]),
+        "train_acc": float(train_acc),
+        "best_lr": best_lr,
+        "best_wd": best_wd,
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Weighted kNN
 
 
-def knn_predict(train_x: Any, train_y: Any, test_x: Any, *, k: int = 20, temperature: float = 0.07,
-                num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Class predictions (int64) of the weighted kNN classifier: cosine similarity on
     L2-normalized features, the k most similar train samples vote with weight
     exp(sim / temperature) (Wu et al. 2018; Caron et al. 2021). Ties go to the lower class.
@@ -282,7 +315,7 @@ def knn_predict(train_x: Any, train_y: Any, test_x: Any, *, k: int = 20, tempera
     k = min(k, bank.shape[0])
     preds = []
     for start in range(0, test_x.shape[0], chunk):
-        q = F.normalize(test_x[start:start + chunk].to(device), dim=1)
+        q = F.normalize(test_x[start : start + chunk].to(device), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
         votes = torch.zeros(q.shape[0], num_classes, device=device)
         # Shifting by the row's top similarity rescales a row's votes (same argmax) and keeps
@@ -292,13 +325,21 @@ def knn_predict(train_x: Any, train_y: Any, test_x: Any, *, k: int = 20, tempera
     return torch.cat(preds)
 
 
-def knn_accuracy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, *, k: int = 20,
-                 temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> float:
+def knn_accuracy(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> float:
     """Accuracy of the weighted kNN classifier (see `knn_predict`) on (test_x, test_y)."""
     test_t = _features(test_x, "test_x")
     test_y = _labels(test_y, "test_y", test_t.shape[0])
     train_y_t = _labels(train_y, "train_y", _tensor(train_y, "train_y").shape[0])
     num_classes = _num_classes(num_classes, ("train_y", train_y_t), ("test_y", test_y))
-    pred = knn_predict(train_x, train_y_t, test_t, k=k, temperature=temperature,
-                       num_classes=num_classes, chunk=chunk)
+    pred = knn_predict(train_x, train_y_t, test_t, k=k, temperature=temperature, num_classes=num_classes, chunk=chunk)
     return (pred == test_y.to(pred.device)).double().mean().item()

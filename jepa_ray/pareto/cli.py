@@ -29,17 +29,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m jepa_ray.pareto", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name (default %(default)s)")
     p.add_argument("--out", required=True, help="output directory (must be empty or absent)")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
-                   help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or %(default)s)")
-    p.add_argument("--sweep", action="append", default=[], metavar="RUN_ID",
-                   help="only the trials of this sweep parent run (repeatable: several sweeps together)")
-    p.add_argument("--objectives", default=DEFAULT_OBJECTIVES, help="name:max|min, comma separated (default %(default)s)")
-    p.add_argument("--filter", action="append", default=[], metavar="EXPR",
-                   help="feasibility condition NAME OP NUMBER, e.g. linear_acc>=0.5 (repeatable)")
-    p.add_argument("--reference", default="", metavar="NAME=VALUE,...",
-                   help="hypervolume reference point (default: 0 for accuracies, 1 for densities, else worst)")
-    p.add_argument("--register", default=None, metavar="MODEL_NAME",
-                   help="register the exported encoders in the MLflow Model Registry under this name")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI),
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or %(default)s)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="RUN_ID",
+        help="only the trials of this sweep parent run (repeatable: several sweeps together)",
+    )
+    p.add_argument(
+        "--objectives", default=DEFAULT_OBJECTIVES, help="name:max|min, comma separated (default %(default)s)"
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="feasibility condition NAME OP NUMBER, e.g. linear_acc>=0.5 (repeatable)",
+    )
+    p.add_argument(
+        "--reference",
+        default="",
+        metavar="NAME=VALUE,...",
+        help="hypervolume reference point (default: 0 for accuracies, 1 for densities, else worst)",
+    )
+    p.add_argument(
+        "--register",
+        default=None,
+        metavar="MODEL_NAME",
+        help="register the exported encoders in the MLflow Model Registry under this name",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     p.add_argument("--no-log", action="store_true", help="do not log the plot and table to the sweep parent runs")
     return p
@@ -53,8 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = parse_reference(args.reference, objectives)
         out = check_out_dir(args.out, args.overwrite)
         check_tracking_uri(args.tracking_uri, multi_node=False, existing=True)
-        result = extract(args.tracking_uri, args.experiment, sweep_run_ids=args.sweep or None,
-                         objectives=objectives, filters=filters, reference=reference)
+        result = extract(
+            args.tracking_uri,
+            args.experiment,
+            sweep_run_ids=args.sweep or None,
+            objectives=objectives,
+            filters=filters,
+            reference=reference,
+        )
         out = export(result, out, overwrite=args.overwrite, register=args.register, tracking_uri=args.tracking_uri)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -87,6 +116,3 @@ def _log_to_parents(result: ParetoResult, tracking_uri: str, files: list[Path]) 
 def _is_mlflow_error(exc: BaseException) -> bool:
     errors = sys.modules.get("mlflow.exceptions")  # if mlflow was never imported, it raised nothing
     return errors is not None and isinstance(exc, errors.MlflowException)
-
-
-

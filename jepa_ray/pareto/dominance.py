@@ -44,7 +44,7 @@ def _non_dominated_min(m: np.ndarray) -> np.ndarray:
     keep = np.zeros(n, dtype=bool)
     front = np.empty((0, k))
     for start in range(0, n, _BLOCK):
-        idx = order[start:start + _BLOCK]
+        idx = order[start : start + _BLOCK]
         block = m[idx]
         alive = ~_dominated_by(block, front) & ~_dominated_by(block, block)
         keep[idx[alive]] = True
@@ -125,8 +125,7 @@ def _ranks_2d(m: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def hypervolume(values: np.ndarray, directions: Sequence[str | Objective],
-                reference: Sequence[float]) -> float:
+def hypervolume(values: np.ndarray, directions: Sequence[str | Objective], reference: Sequence[float]) -> float:
     """Exact volume of the objective space dominated by the points and bounded by the reference
     point. Points not strictly better than the reference in every objective add nothing.
     2-D: one sweep; k >= 3: slicing along the last objective (HSO), cost ~ n^(k-1), meant for

@@ -47,8 +47,14 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     return out
 
 
-def export(result: ParetoResult, out_dir: str | os.PathLike, *, overwrite: bool = False,
-           register: str | None = None, tracking_uri: str | None = None) -> Path:
+def export(
+    result: ParetoResult,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    register: str | None = None,
+    tracking_uri: str | None = None,
+) -> Path:
     """Write `pareto.parquet` (one row per Pareto-optimal trial; objectives, reference,
     hypervolume, experiment and time in the schema metadata), `pareto.png`, `pareto.txt` (the
     table) and `checkpoints/<run_id>/` (each checkpoint copied, checked loadable with
@@ -62,8 +68,10 @@ def export(result: ParetoResult, out_dir: str | os.PathLike, *, overwrite: bool 
         values = dict(zip(front.columns, row))
         path, error = _export_checkpoint(values, result, out / "checkpoints" / str(values["run_id"]))
         if error:
-            print(f"warning: run {values['run_id']}: checkpoint {values['checkpoint']!r} not exported: {error}",
-                  file=sys.stderr)
+            print(
+                f"warning: run {values['run_id']}: checkpoint {values['checkpoint']!r} not exported: {error}",
+                file=sys.stderr,
+            )
         paths.append(path)
         errors.append(error)
     front["export_path"] = paths
@@ -101,11 +109,14 @@ def _write_run_info(values: dict, result: ParetoResult, dest: Path) -> None:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for column, value in values.items():
         if column.startswith(METRIC_PREFIX) and isinstance(value, float) and math.isfinite(value):
-            metrics[column[len(METRIC_PREFIX):]] = value
+            metrics[column[len(METRIC_PREFIX) :]] = value
     metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     info = {
-        "run_id": values["run_id"], "trial_id": values["trial_id"], "sweep_run_id": values["sweep_run_id"],
-        "experiment": result.experiment, "source_checkpoint": values["checkpoint"],
+        "run_id": values["run_id"],
+        "trial_id": values["trial_id"],
+        "sweep_run_id": values["sweep_run_id"],
+        "experiment": result.experiment,
+        "source_checkpoint": values["checkpoint"],
         "objectives": {o.name: values[o.column] for o in result.objectives},
         "directions": {o.name: o.direction for o in result.objectives},
         "knee": bool(values.get("knee")),
@@ -124,11 +135,11 @@ def write_parquet(result: ParetoResult, front: pd.DataFrame, path: str | os.Path
     return Path(path)
 
 
-def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name: str,
-                      tracking_uri: str) -> list[str]:
+def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name: str, tracking_uri: str) -> list[str]:
     """Log each exported checkpoint to its trial run (artifact `pareto_encoder`) and register it
     as a version of model `name`, tagged with its objectives; the version numbers."""
     from mlflow.exceptions import MlflowException
+
     client = tracking.client(tracking_uri)
     try:
         client.create_registered_model(name, description="Pareto-optimal jepa_ray encoders")
@@ -144,16 +155,24 @@ def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name
         client.log_artifacts(run_id, str(out / values["export_path"]), artifact_path="pareto_encoder")
         source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/pareto_encoder"
         tags = {o.name: f"{values[o.column]:.6g}" for o in result.objectives}
-        tags.update({"directions": ",".join(map(str, result.objectives)), "knee": str(bool(values["knee"])),
-                     "experiment": result.experiment, "trial_id": str(values["trial_id"])})
-        version = client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                              description=f"Pareto-optimal trial {values['trial_id']}")
+        tags.update(
+            {
+                "directions": ",".join(map(str, result.objectives)),
+                "knee": str(bool(values["knee"])),
+                "experiment": result.experiment,
+                "trial_id": str(values["trial_id"]),
+            }
+        )
+        version = client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=f"Pareto-optimal trial {values['trial_id']}"
+        )
         versions.append(version.version)
     return versions
 
 
-def log_to_parent(result: ParetoResult, tracking_uri: str, parent_run_id: str,
-                  files: Sequence[str | os.PathLike] | None = None) -> None:
+def log_to_parent(
+    result: ParetoResult, tracking_uri: str, parent_run_id: str, files: Sequence[str | os.PathLike] | None = None
+) -> None:
     """Log the plot and table (and any other given files) under `pareto/` of a sweep's parent
     run, with the hypervolume and front size as metrics."""
     client = tracking.client(tracking_uri)

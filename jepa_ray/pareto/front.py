@@ -55,10 +55,15 @@ class ParetoResult:
         return {f"jepa_ray.{k}": json.dumps(v) for k, v in meta.items()}
 
 
-def compute_front(trials: pd.DataFrame, objectives: Sequence[Objective] | str | None = None,
-                  reference: Mapping[str, float] | Sequence[float] | None = None,
-                  filters: Sequence[Filter | str] | None = None, *, experiment: str = "",
-                  sweep_run_ids: Sequence[str] | None = None) -> ParetoResult:
+def compute_front(
+    trials: pd.DataFrame,
+    objectives: Sequence[Objective] | str | None = None,
+    reference: Mapping[str, float] | Sequence[float] | None = None,
+    filters: Sequence[Filter | str] | None = None,
+    *,
+    experiment: str = "",
+    sweep_run_ids: Sequence[str] | None = None,
+) -> ParetoResult:
     """Rank the feasible trials (finite objectives and every filter true) and extract the front,
     its hypervolume against `reference` (default: see default_reference) and its knee.
     trials: a read_trials frame (or any frame with run_id and `metrics.<name>` columns, such as
@@ -87,10 +92,17 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[Objective] | str | 
     knee = knee_point(front_values, directions)
     front["knee"] = np.arange(len(front)) == knee
     return ParetoResult(
-        trials=trials, front=front, objectives=list(objectives), reference=ref,
-        hypervolume=hypervolume(front_values, directions, ref), knee_run_id=str(front["run_id"].iloc[knee]),
-        experiment=experiment, sweep_run_ids=list(sweep_run_ids or []), filters=filters,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        trials=trials,
+        front=front,
+        objectives=list(objectives),
+        reference=ref,
+        hypervolume=hypervolume(front_values, directions, ref),
+        knee_run_id=str(front["run_id"].iloc[knee]),
+        experiment=experiment,
+        sweep_run_ids=list(sweep_run_ids or []),
+        filters=filters,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _filter_list(filters: Sequence[Filter | str] | None) -> list[Filter]:
@@ -108,14 +120,22 @@ def _objective_list(objectives: Sequence[Objective] | str | None) -> list[Object
 def _check_objectives(trials: pd.DataFrame, objectives: Sequence[Objective]) -> None:
     for obj in objectives:
         if obj.column not in trials.columns or trials[obj.column].isna().all():
-            found = [c[len(METRIC_PREFIX):] for c in trials.columns
-                     if c.startswith(METRIC_PREFIX) and trials[c].notna().any()]
-            raise UsageError(f"objective '{obj.name}' is not a final metric of any of the {len(trials)} finished "
-                              f"trial runs; metrics found: {', '.join(found) or 'none'}")
+            found = [
+                c[len(METRIC_PREFIX) :]
+                for c in trials.columns
+                if c.startswith(METRIC_PREFIX) and trials[c].notna().any()
+            ]
+            raise UsageError(
+                f"objective '{obj.name}' is not a final metric of any of the {len(trials)} finished "
+                f"trial runs; metrics found: {', '.join(found) or 'none'}"
+            )
 
 
-def _reference(objectives: Sequence[Objective], feasible_values: np.ndarray,
-               reference: Mapping[str, float] | Sequence[float] | None) -> tuple[float, ...]:
+def _reference(
+    objectives: Sequence[Objective],
+    feasible_values: np.ndarray,
+    reference: Mapping[str, float] | Sequence[float] | None,
+) -> tuple[float, ...]:
     ref = list(default_reference(objectives, feasible_values))
     if isinstance(reference, Mapping):
         unknown = set(reference) - {o.name for o in objectives}
@@ -135,9 +155,16 @@ def _sorted_front(front: pd.DataFrame, objectives: Sequence[Objective]) -> pd.Da
     return front.iloc[np.lexsort(keys)].reset_index(drop=True)
 
 
-def extract(tracking_uri: str, experiment: str, *, sweep_run_ids: Sequence[str] | None = None,
-            objectives: Sequence[Objective] | str | None = None, filters: Sequence[Filter | str] | None = None,
-            reference: Mapping[str, float] | Sequence[float] | None = None, reader: str = "auto") -> ParetoResult:
+def extract(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    sweep_run_ids: Sequence[str] | None = None,
+    objectives: Sequence[Objective] | str | None = None,
+    filters: Sequence[Filter | str] | None = None,
+    reference: Mapping[str, float] | Sequence[float] | None = None,
+    reader: str = "auto",
+) -> ParetoResult:
     """read_trials + compute_front with the metrics the objectives and filters need, and the
     params of the front's trials (the trials frame has none): what the sweep driver calls at
     its end and what the command line runs."""
@@ -145,13 +172,13 @@ def extract(tracking_uri: str, experiment: str, *, sweep_run_ids: Sequence[str] 
     filters = _filter_list(filters)
     metrics = [*FINAL_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
     reader = "sql" if use_sql(tracking_uri, reader) else "mlflow"  # probe the store's schema once
-    trials = read_trials(tracking_uri, experiment, sweep_run_ids=sweep_run_ids, metrics=metrics, params=False,
-                         reader=reader)
+    trials = read_trials(
+        tracking_uri, experiment, sweep_run_ids=sweep_run_ids, metrics=metrics, params=False, reader=reader
+    )
     if trials.empty:
         scope = f" in sweep(s) {', '.join(sweep_run_ids)}" if sweep_run_ids else ""
         raise UsageError(f"experiment '{experiment}' has no FINISHED trial runs (tag {ROLE_TAG}={ROLE_TRIAL}){scope}")
-    result = compute_front(trials, objectives, reference, filters, experiment=experiment,
-                           sweep_run_ids=sweep_run_ids)
+    result = compute_front(trials, objectives, reference, filters, experiment=experiment, sweep_run_ids=sweep_run_ids)
     params = read_params(tracking_uri, result.front["run_id"], reader=reader)
     result.front = result.front.merge(params, on="run_id", how="left", validate="one_to_one")
     return result

@@ -51,8 +51,10 @@ def parse_objectives(text: str) -> list[Objective]:
         name, _, direction = item.partition(":")
         name, direction = name.strip(), (direction.strip().lower() or "max")
         if not re.fullmatch(r"[A-Za-z0-9_./-]+", name) or direction not in ("max", "min"):
-            raise UsageError(f"--objectives {text!r}: bad item {item!r}; expected name:max or name:min, "
-                              "comma separated (e.g. linear_acc:max,l0_density:min)")
+            raise UsageError(
+                f"--objectives {text!r}: bad item {item!r}; expected name:max or name:min, "
+                "comma separated (e.g. linear_acc:max,l0_density:min)"
+            )
         objectives.append(Objective(name, direction))
     if not objectives:
         raise UsageError(f"--objectives {text!r}: no objective given; expected e.g. linear_acc:max,l0_density:min")
@@ -62,10 +64,11 @@ def parse_objectives(text: str) -> list[Objective]:
     return objectives
 
 
-_OPS = {">=": np.greater_equal, "<=": np.less_equal, ">": np.greater, "<": np.less,
-        "==": np.equal, "!=": np.not_equal}
-_FILTER_RE = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*(>=|<=|==|!=|>|<)\s*"
-                        r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_OPS = {">=": np.greater_equal, "<=": np.less_equal, ">": np.greater, "<": np.less, "==": np.equal, "!=": np.not_equal}
+_FILTER_RE = re.compile(
+    r"^\s*([A-Za-z_][\w./-]*)\s*(>=|<=|==|!=|>|<)\s*"
+    r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ def parse_filter(text: str) -> Filter:
     """`"linear_acc>=0.5"` -> Filter; name, one of >= <= > < == !=, and a number (no eval)."""
     match = _FILTER_RE.match(text or "")
     if not match:
-        raise UsageError(f"--filter {text!r}: expected NAME OP NUMBER with OP one of >=, <=, >, <, ==, != "
-                          "(e.g. linear_acc>=0.5 or l0_density<=0.3)")
+        raise UsageError(
+            f"--filter {text!r}: expected NAME OP NUMBER with OP one of >=, <=, >, <, ==, != "
+            "(e.g. linear_acc>=0.5 or l0_density<=0.3)"
+        )
     return Filter(match[1], match[2], float(match[3]))
 
 
@@ -112,8 +117,10 @@ def parse_reference(text: str, objectives: Sequence[Objective]) -> dict[str, flo
         except ValueError:
             value = math.nan
         if not sep or name not in names or not math.isfinite(value):
-            raise UsageError(f"--reference {text!r}: bad item {item!r}; expected objective=number for "
-                              f"objectives {', '.join(sorted(names))}")
+            raise UsageError(
+                f"--reference {text!r}: bad item {item!r}; expected objective=number for "
+                f"objectives {', '.join(sorted(names))}"
+            )
         out[name] = value
     return out
 

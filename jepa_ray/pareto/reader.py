@@ -21,9 +21,16 @@ from jepa_ray.pareto.columns import BASE_COLUMNS, METRIC_PREFIX, PARAM_PREFIX, S
 from jepa_ray.pareto.sqlite_reader import connect, marks, read_sql, sql_readable, unknown_experiment
 
 
-def read_trials(tracking_uri: str, experiment: str, *, sweep_run_ids: Sequence[str] | None = None,
-                metrics: Sequence[str] | None = None, params: bool = True, reader: str = "auto",
-                page_size: int = SEARCH_PAGE_SIZE) -> pd.DataFrame:
+def read_trials(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    sweep_run_ids: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    params: bool = True,
+    reader: str = "auto",
+    page_size: int = SEARCH_PAGE_SIZE,
+) -> pd.DataFrame:
     """The FINISHED, active trial runs (tag jepa_ray.role=trial) of an experiment, optionally
     only the children of the given sweep parent runs, one row each (sorted by run id):
     run_id, trial_id, sweep_run_id, checkpoint, `metrics.<name>` for the requested final
@@ -47,9 +54,15 @@ def read_params(tracking_uri: str, run_ids: Sequence[str], *, reader: str = "aut
     run_ids = sorted(set(run_ids))
     if use_sql(tracking_uri, reader):
         with connect(sqlite_path(tracking_uri)) as con:
-            rows = [row for start in range(0, len(run_ids), 500) for row in con.execute(
-                f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({marks(run_ids[start:start + 500])})",
-                run_ids[start:start + 500])]
+            rows = [
+                row
+                for start in range(0, len(run_ids), 500)
+                for row in con.execute(
+                    "SELECT run_uuid, key, value FROM params WHERE run_uuid IN "
+                    f"({marks(run_ids[start : start + 500])})",
+                    run_ids[start : start + 500],
+                )
+            ]
     else:
         client = tracking.client(tracking_uri)
         rows = [(rid, k, v) for rid in run_ids for k, v in client.get_run(rid).data.params.items()]
@@ -63,9 +76,11 @@ def use_sql(tracking_uri: str, reader: str) -> bool:
     return reader == "sql" or (reader == "auto" and sql_readable(tracking_uri))
 
 
-def _read_mlflow(tracking_uri: str, experiment: str, sweeps: list[str], metrics: list[str], with_params: bool,
-                 page_size: int):
+def _read_mlflow(
+    tracking_uri: str, experiment: str, sweeps: list[str], metrics: list[str], with_params: bool, page_size: int
+):
     from mlflow.entities import ViewType
+
     client = tracking.client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -81,8 +96,13 @@ def _read_mlflow(tracking_uri: str, experiment: str, sweeps: list[str], metrics:
     for filter_string in filters:
         token = None
         while True:
-            page = client.search_runs([exp.experiment_id], filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                                      max_results=page_size, page_token=token)
+            page = client.search_runs(
+                [exp.experiment_id],
+                filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=page_size,
+                page_token=token,
+            )
             for run in page:
                 rid = run.info.run_id
                 run_ids.append(rid)
@@ -108,8 +128,7 @@ def _mlflow_check_sweeps(client, exp_id: str, sweeps: list[str], experiment: str
             raise UsageError(f"--sweep {sweep}: no such run in experiment '{experiment}'")
 
 
-def _assemble(run_ids: list[str], tags: list, metric_rows: list, params: list, *,
-              metrics: list[str]) -> pd.DataFrame:
+def _assemble(run_ids: list[str], tags: list, metric_rows: list, params: list, *, metrics: list[str]) -> pd.DataFrame:
     """One frame from (run_id, key, value) rows; both readers end here so they agree."""
     index = pd.Index(sorted(set(run_ids)), name="run_id")
     frame = pd.DataFrame(index=index)

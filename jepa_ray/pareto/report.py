@@ -29,8 +29,11 @@ def format_table(result: ParetoResult, max_params: int = 6) -> str:
         cells += [_cell(values.get("trial_id")), str(values["run_id"])]
         rows.append(cells)
     widths = [max(len(c[j]) for c in [columns, *rows]) for j in range(len(columns))]
-    lines = [_header(result), "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
-             "  ".join("-" * w for w in widths)]
+    lines = [
+        _header(result),
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in rows]
     lines.append("* knee point")
     return "\n".join(lines)
@@ -43,18 +46,20 @@ def _header(result: ParetoResult) -> str:
         scope += f", sweep(s) {', '.join(result.sweep_run_ids)}"
     ref = ", ".join(f"{o.name}={r:g}" for o, r in zip(result.objectives, result.reference))
     filters = f"; filters {', '.join(map(str, result.filters))}" if result.filters else ""
-    return (f"Pareto front of {scope}: {len(result.front)} of {n_feasible} feasible trials "
-            f"({len(result.trials)} finished{filters}); hypervolume {result.hypervolume:.6g} "
-            f"w.r.t. reference ({ref})")
+    return (
+        f"Pareto front of {scope}: {len(result.front)} of {n_feasible} feasible trials "
+        f"({len(result.trials)} finished{filters}); hypervolume {result.hypervolume:.6g} "
+        f"w.r.t. reference ({ref})"
+    )
 
 
 def _table_params(result: ParetoResult, max_params: int) -> list[str]:
     """Key params first, then the other params that vary over the front."""
     front = result.front
-    present = [c[len(PARAM_PREFIX):] for c in front.columns if c.startswith(PARAM_PREFIX)]
+    present = [c[len(PARAM_PREFIX) :] for c in front.columns if c.startswith(PARAM_PREFIX)]
     varying = [p for p in present if front[PARAM_PREFIX + p].astype(str).nunique() > 1]
     ordered = [p for p in KEY_PARAMS if p in present] + [p for p in varying if p not in KEY_PARAMS]
-    return ordered[:max(max_params, 0)]
+    return ordered[: max(max_params, 0)]
 
 
 def _cell(value: Any) -> str:
@@ -78,9 +83,12 @@ def write_plot(result: ParetoResult, path: str | os.PathLike) -> Path:
     for n, (xi, yi) in enumerate(pairs):
         _plot_panel(fig.add_subplot(1, len(pairs), n + 1), result, xi, yi, connect=len(result.objectives) == 2)
     ref = ", ".join(f"{o.name}={r:g}" for o, r in zip(result.objectives, result.reference))
-    fig.suptitle(f"{result.experiment or 'Pareto front'}: {len(result.front)} Pareto-optimal of "
-                 f"{int(result.trials['feasible'].sum())} feasible trials\n"
-                 f"hypervolume {result.hypervolume:.4g} (reference {ref})", fontsize=10)
+    fig.suptitle(
+        f"{result.experiment or 'Pareto front'}: {len(result.front)} Pareto-optimal of "
+        f"{int(result.trials['feasible'].sum())} feasible trials\n"
+        f"hypervolume {result.hypervolume:.4g} (reference {ref})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")
     return Path(path)
@@ -104,13 +112,22 @@ def _plot_panel(ax, result: ParetoResult, xi: int, yi: int, connect: bool) -> No
     dropped = trials[finite & ~trials["feasible"].to_numpy()]
     ax.scatter(kept[ox.column], kept[oy.column], s=14, c="0.6", label=f"trials ({len(kept)})", zorder=1)
     if len(dropped):
-        ax.scatter(dropped[ox.column], dropped[oy.column], s=14, facecolors="none", edgecolors="0.75",
-                   label=f"filtered out ({len(dropped)})", zorder=1)
+        ax.scatter(
+            dropped[ox.column],
+            dropped[oy.column],
+            s=14,
+            facecolors="none",
+            edgecolors="0.75",
+            label=f"filtered out ({len(dropped)})",
+            zorder=1,
+        )
     fx, fy = front[ox.column].to_numpy(dtype=float), front[oy.column].to_numpy(dtype=float)
     if connect:
         order = np.argsort(fx, kind="stable")
         ax.plot(fx[order], fy[order], "-", c="tab:red", lw=1.2, zorder=2)
-    ax.scatter(fx, fy, s=30, c="tab:red", edgecolors="k", linewidths=0.5, label=f"Pareto front ({len(front)})", zorder=3)
+    ax.scatter(
+        fx, fy, s=30, c="tab:red", edgecolors="k", linewidths=0.5, label=f"Pareto front ({len(front)})", zorder=3
+    )
     knee = front["knee"].to_numpy()
     ax.scatter(fx[knee], fy[knee], s=220, marker="*", c="gold", edgecolors="k", label="knee", zorder=4)
     ax.set_xlabel(_axis_label(ox))

@@ -59,14 +59,21 @@ def read_sql(tracking_uri: str, experiment: str, sweeps: list[str], metrics: lis
         run_ids = [r[0] for r in con.execute(f"{sel} SELECT run_id FROM sel", args)]
         tags = con.execute(
             f"{sel} SELECT t.run_uuid, t.key, t.value FROM tags t JOIN sel ON t.run_uuid = sel.run_id "
-            f"WHERE t.key IN ({marks(TAG_COLUMNS)})", [*args, *TAG_COLUMNS]).fetchall()
+            f"WHERE t.key IN ({marks(TAG_COLUMNS)})",
+            [*args, *TAG_COLUMNS],
+        ).fetchall()
         metric_rows = con.execute(
             f"{sel} SELECT m.run_uuid, m.key, CASE WHEN m.is_nan THEN NULL ELSE m.value END "
             f"FROM latest_metrics m JOIN sel ON m.run_uuid = sel.run_id WHERE m.key IN ({marks(metrics)})",
-            [*args, *metrics]).fetchall()
-        params = con.execute(
-            f"{sel} SELECT p.run_uuid, p.key, p.value FROM params p JOIN sel ON p.run_uuid = sel.run_id",
-            args).fetchall() if with_params else []
+            [*args, *metrics],
+        ).fetchall()
+        params = (
+            con.execute(
+                f"{sel} SELECT p.run_uuid, p.key, p.value FROM params p JOIN sel ON p.run_uuid = sel.run_id", args
+            ).fetchall()
+            if with_params
+            else []
+        )
     finally:
         con.close()
     return run_ids, tags, [(r, k, math.nan if v is None else v) for r, k, v in metric_rows], params
@@ -82,8 +89,10 @@ def _sql_experiment_id(con: sqlite3.Connection, experiment: str, tracking_uri: s
         where += " AND workspace = 'default'"
     rows = con.execute(f"SELECT experiment_id, lifecycle_stage FROM experiments WHERE {where}", args).fetchall()
     if not rows:
-        names = [r[0] for r in con.execute("SELECT name FROM experiments WHERE lifecycle_stage = 'active' "
-                                           "ORDER BY name LIMIT 20")]
+        names = [
+            r[0]
+            for r in con.execute("SELECT name FROM experiments WHERE lifecycle_stage = 'active' ORDER BY name LIMIT 20")
+        ]
         raise UsageError(unknown_experiment(experiment, tracking_uri, names))
     if rows[0][1] != "active":
         raise UsageError(f"experiment '{experiment}' at {tracking_uri} is deleted")
@@ -93,8 +102,12 @@ def _sql_experiment_id(con: sqlite3.Connection, experiment: str, tracking_uri: s
 def _sql_check_sweeps(con: sqlite3.Connection, exp_id: int, sweeps: list[str], experiment: str) -> None:
     if not sweeps:
         return
-    found = {r[0] for r in con.execute(
-        f"SELECT run_uuid FROM runs WHERE experiment_id = ? AND run_uuid IN ({marks(sweeps)})", [exp_id, *sweeps])}
+    found = {
+        r[0]
+        for r in con.execute(
+            f"SELECT run_uuid FROM runs WHERE experiment_id = ? AND run_uuid IN ({marks(sweeps)})", [exp_id, *sweeps]
+        )
+    }
     missing = [s for s in sweeps if s not in found]
     if missing:
         raise UsageError(f"--sweep {missing[0]}: no such run in experiment '{experiment}'")
@@ -105,14 +118,15 @@ def _sql_selection(exp_id: int, sweeps: list[str]) -> tuple[str, list]:
     parent = ""
     args: list[Any] = [ROLE_TAG, ROLE_TRIAL]
     if sweeps:
-        parent = (f"JOIN tags par ON par.run_uuid = r.run_uuid AND par.key = ? "
-                  f"AND par.value IN ({marks(sweeps)})")
+        parent = f"JOIN tags par ON par.run_uuid = r.run_uuid AND par.key = ? AND par.value IN ({marks(sweeps)})"
         args += [PARENT_TAG, *sweeps]
     args.append(exp_id)
-    sql = ("WITH sel AS (SELECT r.run_uuid AS run_id FROM runs r "
-           "JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = ? AND role.value = ? "
-           f"{parent} WHERE r.experiment_id = ? AND r.status = 'FINISHED' "
-           "AND r.lifecycle_stage = 'active')")
+    sql = (
+        "WITH sel AS (SELECT r.run_uuid AS run_id FROM runs r "
+        "JOIN tags role ON role.run_uuid = r.run_uuid AND role.key = ? AND role.value = ? "
+        f"{parent} WHERE r.experiment_id = ? AND r.status = 'FINISHED' "
+        "AND r.lifecycle_stage = 'active')"
+    )
     return sql, args
 
 

@@ -38,9 +38,11 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         if not ray_was_running:  # leave the caller's Ray session (a notebook, a test) alone
             _shutdown_ray()
     print()
-    print(f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
-          f"{summary['already_finished']} already finished, {summary['failed']} failed, "
-          f"{summary['collapsed']} stopped by the collapse guard, {summary['finished']} finished")
+    print(
+        f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
+        f"{summary['already_finished']} already finished, {summary['failed']} failed, "
+        f"{summary['collapsed']} stopped by the collapse guard, {summary['finished']} finished"
+    )
     if summary["stopped_on_failures"]:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
         for why in summary["failure_reasons"]:

@@ -49,9 +49,15 @@ def optuna_storage_url(opts: SweepOptions) -> str:
 def base_config(opts: SweepOptions) -> TrialConfig:
     """Preset + fixed overrides + the CLI shortcuts, validated (a bad value exits 2) and left
     unresolved: each trial's suggestions override it before it is resolved."""
-    shortcuts = dict(dataset=opts.dataset, data_dir=opts.data_dir, backbone=opts.backbone, epochs=opts.epochs,
-                     workers=opts.workers_per_trial, gpus_per_worker=opts.gpus_per_worker,
-                     cpus_per_worker=opts.cpus_per_worker)
+    shortcuts = dict(
+        dataset=opts.dataset,
+        data_dir=opts.data_dir,
+        backbone=opts.backbone,
+        epochs=opts.epochs,
+        workers=opts.workers_per_trial,
+        gpus_per_worker=opts.gpus_per_worker,
+        cpus_per_worker=opts.cpus_per_worker,
+    )
     if opts.smoke:
         shortcuts.update(epochs=1, warmup_epochs=0.0)
     name = "smoke" if opts.smoke and opts.preset in SMOKE_REPLACES else opts.preset
@@ -93,8 +99,10 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         parent = tracking.find_sweep_run(opts.tracking_uri, exp_id, opts.name)
         if parent is None:
             which = f"sweep '{opts.name}'" if opts.name else "sweep"
-            raise UsageError(f"--resume: no {which} in experiment '{opts.experiment}' "
-                              f"at {opts.tracking_uri}; start one without --resume")
+            raise UsageError(
+                f"--resume: no {which} in experiment '{opts.experiment}' "
+                f"at {opts.tracking_uri}; start one without --resume"
+            )
         sweep_name = parent.data.tags[tracking.SWEEP_NAME]
         parent_id = parent.info.run_id
         recorded = recorded_base_config(parent, base)
@@ -119,18 +127,30 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     if parent_id is not None:
         tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
 
-    searcher = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler,
-                             sweep_name, storage_url)
+    searcher = make_searcher(DefineByRun(module.__name__, opts.seed), objectives, sampler, sweep_name, storage_url)
     study = study_of(searcher)
     if parent_id is None:
         parent_id = tracking.start_sweep_run(
-            opts.tracking_uri, exp_id, sweep_name,
-            tags={"jepa_ray.git_commit": tracking.git_commit(Path(__file__).resolve().parent),
-                  "jepa_ray.sampler": sampler_name, "jepa_ray.sampler_seed": str(opts.seed),
-                  "jepa_ray.space": opts.space, "jepa_ray.optuna_storage": storage_url,
-                  "jepa_ray.storage_path": storage, "jepa_ray.objectives": opts.objectives},
-            params={"space": opts.space, "sampler": sampler_name, "seed": opts.seed, "num_samples": num_samples,
-                    **{f"base.{k}": v for k, v in config_lib.flatten(base).items()}})
+            opts.tracking_uri,
+            exp_id,
+            sweep_name,
+            tags={
+                "jepa_ray.git_commit": tracking.git_commit(Path(__file__).resolve().parent),
+                "jepa_ray.sampler": sampler_name,
+                "jepa_ray.sampler_seed": str(opts.seed),
+                "jepa_ray.space": opts.space,
+                "jepa_ray.optuna_storage": storage_url,
+                "jepa_ray.storage_path": storage,
+                "jepa_ray.objectives": opts.objectives,
+            },
+            params={
+                "space": opts.space,
+                "sampler": sampler_name,
+                "seed": opts.seed,
+                "num_samples": num_samples,
+                **{f"base.{k}": v for k, v in config_lib.flatten(base).items()},
+            },
+        )
         for point in getattr(module, "STARTING_POINTS", [])[:num_samples]:
             study.enqueue_trial(point)
         resume = ResumeState()
@@ -140,16 +160,26 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     remaining = max(0, num_samples - resume.finished)
 
     limit = FailureLimit(opts.max_failed_trials)
-    summary: dict[str, Any] = {"sweep": sweep_name, "parent_run_id": parent_id, "experiment": opts.experiment,
-                               "tracking_uri": opts.tracking_uri, "optuna_storage": storage_url,
-                               "already_finished": resume.finished, "launched": remaining,
-                               "max_concurrent": concurrency}
+    summary: dict[str, Any] = {
+        "sweep": sweep_name,
+        "parent_run_id": parent_id,
+        "experiment": opts.experiment,
+        "tracking_uri": opts.tracking_uri,
+        "optuna_storage": storage_url,
+        "already_finished": resume.finished,
+        "launched": remaining,
+        "max_concurrent": concurrency,
+    }
     if remaining > 0:
-        _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
-                   resume, limit, fault)
+        _run_tuner(
+            opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id, resume, limit, fault
+        )
         # Trials Tune stopped (the failure limit, Ctrl-C) end without a report: close them.
-        why = (f"stopped before its end: the sweep stopped after {limit.failed} failed trials" if limit.reached
-               else "stopped before its end: the sweep ended first")
+        why = (
+            f"stopped before its end: the sweep stopped after {limit.failed} failed trials"
+            if limit.reached
+            else "stopped before its end: the sweep ended first"
+        )
         searcher.fail_unfinished(why)
         tracking.fail_running_trials(opts.tracking_uri, exp_id, parent_id, why)
         summary["launched"] = searcher.suggested
@@ -158,15 +188,32 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     if limit.reached:
         c.set_tag(parent_id, tracking.FAILURE, f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}")
     c.set_terminated(parent_id, status)
-    summary.update(failed=limit.failed, failure_reasons=limit.reasons, stopped_on_failures=limit.reached,
-                   collapsed=limit.collapsed, finished=limit.finished)
+    summary.update(
+        failed=limit.failed,
+        failure_reasons=limit.reasons,
+        stopped_on_failures=limit.reached,
+        collapsed=limit.collapsed,
+        finished=limit.finished,
+    )
     if opts.print_front:
         summary["front"] = _print_front(opts, objectives, parent_id)
     return summary
 
 
-def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id,
-               resume: ResumeState, limit: FailureLimit, fault) -> None:
+def _run_tuner(
+    opts,
+    base,
+    storage,
+    sweep_name,
+    searcher,
+    remaining,
+    concurrency,
+    exp_id,
+    parent_id,
+    resume: ResumeState,
+    limit: FailureLimit,
+    fault,
+) -> None:
     from ray import tune
 
     from jepa_ray import tracking
@@ -177,29 +224,46 @@ def _run_tuner(opts, base, storage, sweep_name, searcher, remaining, concurrency
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     attempt = time.strftime("%Y%m%d-%H%M%S")
     base_dict = config_lib.to_dict(base)
-    trainable = tune.with_parameters(trial_main, base=base_dict, storage=storage, sweep=sweep_name,
-                                     resume_map=resume.resume_map, fault=fault)
+    trainable = tune.with_parameters(
+        trial_main, base=base_dict, storage=storage, sweep=sweep_name, resume_map=resume.resume_map, fault=fault
+    )
     trainable = tune.with_resources(trainable, trial_resources(base))
-    mlflow_cb = tracking.make_callback(opts.tracking_uri, exp_id, parent_id,
-                                       lambda trial: trial_config(base, trial), resume.reuse_runs,
-                                       trial_dir=lambda trial: trial_dir(storage, sweep_name, trial.get("optuna_trial", 0)))
+    mlflow_cb = tracking.make_callback(
+        opts.tracking_uri,
+        exp_id,
+        parent_id,
+        lambda trial: trial_config(base, trial),
+        resume.reuse_runs,
+        trial_dir=lambda trial: trial_dir(storage, sweep_name, trial.get("optuna_trial", 0)),
+    )
     # An in-process trial's actor is reused by the next trial: a fresh one costs a worker
     # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
     # trial trains). A multi-worker trial's actor only drives a TorchTrainer: nothing to keep.
     reuse_actors = base.system.workers == 1
-    reporter = tune.CLIReporter(metric_columns={"epoch": "epoch", "train/loss": "loss",
-                                                "linear_acc": "linear_acc", "l0_density": "l0",
-                                                "target_l0_density": "target_l0"},
-                                parameter_columns=["optuna_trial"], max_report_frequency=15)
+    reporter = tune.CLIReporter(
+        metric_columns={
+            "epoch": "epoch",
+            "train/loss": "loss",
+            "linear_acc": "linear_acc",
+            "l0_density": "l0",
+            "target_l0_density": "target_l0",
+        },
+        parameter_columns=["optuna_trial"],
+        max_report_frequency=15,
+    )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                    max_concurrent_trials=concurrency, reuse_actors=reuse_actors),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency, reuse_actors=reuse_actors
+        ),
         run_config=tune.RunConfig(
-            name=f"{sweep_name}-tune-{attempt}", storage_path=storage,
-            callbacks=[mlflow_cb, make_failure_callback(limit)], stop=make_stopper(limit),
+            name=f"{sweep_name}-tune-{attempt}",
+            storage_path=storage,
+            callbacks=[mlflow_cb, make_failure_callback(limit)],
+            stop=make_stopper(limit),
             failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
-            progress_reporter=reporter, verbose=1 if not opts.smoke else 0,
+            progress_reporter=reporter,
+            verbose=1 if not opts.smoke else 0,
         ),
     )
     tuner.fit()
@@ -211,8 +275,7 @@ def _print_front(opts: SweepOptions, objectives, parent_id: str):
     from jepa_ray import pareto
 
     try:
-        result = pareto.extract(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id],
-                                objectives=objectives)
+        result = pareto.extract(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id], objectives=objectives)
     except (ValueError, LookupError) as err:  # UsageError included
         print(f"no Pareto front: {err}")
         return None

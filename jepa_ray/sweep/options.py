@@ -95,14 +95,31 @@ def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
     a = p.add_argument
     a("--space", default=defaults.space, help="search space module in search_spaces/ (default: %(default)s)")
     a("--preset", default=defaults.preset, help=f"base config ({', '.join(config_lib.PRESETS)})")
-    a("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="fixed config override for every trial")
+    a(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed config override for every trial",
+    )
     a("--num-samples", type=int, default=defaults.num_samples, help="trials in total (default: %(default)s)")
-    a("--max-concurrent", type=int, default=defaults.max_concurrent, help="trials at once (default: what the cluster fits)")
+    a(
+        "--max-concurrent",
+        type=int,
+        default=defaults.max_concurrent,
+        help="trials at once (default: what the cluster fits)",
+    )
     a("--dataset", help="digits | cifar10 | cifar100 | imagefolder | parquet")
     a("--data-dir", help="dataset directory")
     a("--backbone", help="timm model name")
     a("--epochs", type=int, help="epochs per trial")
-    a("--workers-per-trial", type=int, default=defaults.workers_per_trial, help="DDP workers per trial (>1: a TorchTrainer per trial)")
+    a(
+        "--workers-per-trial",
+        type=int,
+        default=defaults.workers_per_trial,
+        help="DDP workers per trial (>1: a TorchTrainer per trial)",
+    )
     a("--gpus-per-worker", type=float, default=defaults.gpus_per_worker, help="GPUs per worker (0: CPU)")
     a("--cpus-per-worker", type=float, default=defaults.cpus_per_worker, help="CPUs per worker")
     a("--sampler", default=defaults.sampler, help=f"{' | '.join(SAMPLERS)} (default: the space's, else tpe)")
@@ -116,5 +133,10 @@ def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
     a("--resume", action="store_true", help="continue the newest (or --name) sweep of the experiment")
     a("--smoke", action="store_true", help="a tiny sweep for tests: 2 trials of 1 epoch")
     a("--address", help="Ray cluster (default: connect if one runs, else start a local one)")
-    a("--max-failed-trials", type=int, default=defaults.max_failed_trials, help="stop after this many failed trials (0: never)")
+    a(
+        "--max-failed-trials",
+        type=int,
+        default=defaults.max_failed_trials,
+        help="stop after this many failed trials (0: never)",
+    )
     return p

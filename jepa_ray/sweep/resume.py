@@ -53,7 +53,8 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
                     state.resume_map[key] = where
                     _log_missing_epochs(c, run.info.run_id, where)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")):
+            t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")
+        ):
             state.finished += 1
             if run is not None and run.info.status == "RUNNING":
                 # Optuna heard of the end but the driver died before MLflow did.
@@ -89,13 +90,15 @@ def _log_missing_epochs(c, run_id: str, where: str) -> None:
 def recorded_base_config(parent_run, given: TrialConfig) -> TrialConfig:
     """The base config a sweep started with (its parent run's `base.*` params): a resumed sweep
     trains its remaining trials like its first ones, whatever --preset/--set say now."""
-    recorded = {k[len("base."):]: v for k, v in parent_run.data.params.items() if k.startswith("base.")}
+    recorded = {k[len("base.") :]: v for k, v in parent_run.data.params.items() if k.startswith("base.")}
     if not recorded:
         return given
     cfg = config_lib.apply_overrides(config_lib.TrialConfig(), recorded)
     kept, now = config_lib.flatten(cfg), config_lib.flatten(given)
     changed = sorted(k for k, v in now.items() if str(v) != str(kept[k]))
     if changed:
-        logger.warning("--resume: keeping the sweep's recorded base config; ignoring the given %s",
-                       ", ".join(f"{k}={now[k]}" for k in changed))
+        logger.warning(
+            "--resume: keeping the sweep's recorded base config; ignoring the given %s",
+            ", ".join(f"{k}={now[k]}" for k in changed),
+        )
     return cfg

@@ -88,21 +88,24 @@ class JepaOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-
 def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: str) -> JepaOptunaSearch:
     import optuna
 
-    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 30}}
-                                         if storage_url.startswith("sqlite") else {})
-    return JepaOptunaSearch(space=space_fn, metric=[o.name for o in objectives],
-                            mode=[o.direction for o in objectives], sampler=sampler,
-                            study_name=study_name, storage=storage)
+    storage = optuna.storages.RDBStorage(
+        storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
+    )
+    return JepaOptunaSearch(
+        space=space_fn,
+        metric=[o.name for o in objectives],
+        mode=[o.direction for o in objectives],
+        sampler=sampler,
+        study_name=study_name,
+        storage=storage,
+    )
 
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 
 
 def study_of(searcher: JepaOptunaSearch):
@@ -125,12 +128,16 @@ def check_private_api(searcher_cls: type = OptunaSearch, storage_cls: type | Non
 
     if storage_cls is None:
         storage_cls = optuna.storages.RDBStorage
-    probe = searcher_cls(space=lambda trial: {}, metric=["a"], mode=["max"]) if searcher_cls is OptunaSearch \
+    probe = (
+        searcher_cls(space=lambda trial: {}, metric=["a"], mode=["max"])
+        if searcher_cls is OptunaSearch
         else searcher_cls()
+    )
     missing = [f"OptunaSearch.{a}" for a in PRIVATE_SEARCHER_ATTRS if not hasattr(probe, a)]
     missing += [f"{storage_cls.__name__}.{m}" for m in PRIVATE_STORAGE_METHODS if not hasattr(storage_cls, m)]
     if missing:
         raise RuntimeError(
             f"jepa_ray.sweep.search relies on {', '.join(missing)}, which the installed ray {ray.__version__} / "
             f"optuna {optuna.__version__} lack (checked against ray {CHECKED_VERSIONS['ray']}, optuna "
-            f"{CHECKED_VERSIONS['optuna']}); pin those versions or update the adapter")
+            f"{CHECKED_VERSIONS['optuna']}); pin those versions or update the adapter"
+        )

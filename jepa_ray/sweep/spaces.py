@@ -25,8 +25,10 @@ def load_space(name: str):
         import search_spaces
 
         available = sorted(m.name for m in pkgutil.iter_modules(search_spaces.__path__) if not m.name.startswith("_"))
-        raise UsageError(f"unknown search space '{name}' ({err}); allowed: {', '.join(available)} "
-                          "or a dotted module path with a space(trial) function") from err
+        raise UsageError(
+            f"unknown search space '{name}' ({err}); allowed: {', '.join(available)} "
+            "or a dotted module path with a space(trial) function"
+        ) from err
     if not callable(getattr(module, "space", None)):
         raise UsageError(f"search space '{name}': module {module_name} has no space(trial) function")
     return module
@@ -48,8 +50,12 @@ class DefineByRun:
 
     def __call__(self, trial) -> dict[str, Any]:
         overrides = dict(load_space(self.space).space(trial) or {})
-        return {"overrides": overrides, "optuna_trial": trial.number,
-                "seed": self.sweep_seed + trial.number, "params_key": params_key(trial.params)}
+        return {
+            "overrides": overrides,
+            "optuna_trial": trial.number,
+            "seed": self.sweep_seed + trial.number,
+            "params_key": params_key(trial.params),
+        }
 
 
 def trial_config(base: TrialConfig, trial: dict[str, Any]) -> TrialConfig:
@@ -97,13 +103,17 @@ def _check_starting_point(space: str, point: dict, trial) -> None:
     that path) or take although it lies outside the space (Optuna only warns) is an error."""
     unused = sorted(set(point) - set(trial.params))
     if unused:
-        raise UsageError(f"search space '{space}': starting point {point} names parameters the space "
-                          f"does not suggest: {', '.join(unused)}")
+        raise UsageError(
+            f"search space '{space}': starting point {point} names parameters the space "
+            f"does not suggest: {', '.join(unused)}"
+        )
     for key, value in point.items():
         dist = trial.distributions[key]
         choices = getattr(dist, "choices", None)
         inside = value in choices if choices is not None else dist.low <= value <= dist.high
         if not inside:
             allowed = ", ".join(map(str, choices)) if choices is not None else f"[{dist.low}, {dist.high}]"
-            raise UsageError(f"search space '{space}': starting point {point}: {key}={value!r} is outside "
-                              f"the space; allowed: {allowed}")
+            raise UsageError(
+                f"search space '{space}': starting point {point}: {key}={value!r} is outside "
+                f"the space; allowed: {allowed}"
+            )

@@ -16,8 +16,9 @@ def trial_dir(storage: str, sweep: str, number: int) -> str:
     return f"{storage.rstrip('/')}/{sweep}/trials/{number:05d}"
 
 
-def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
-               resume_map: dict[str, str], fault=None) -> None:
+def trial_main(
+    trial: dict[str, Any], *, base: dict, storage: str, sweep: str, resume_map: dict[str, str], fault=None
+) -> None:
     """A Tune function trial: train one config with `run_trial` and report per-epoch then final
     metrics. One worker trains in this actor and reports through tune.report; several train
     under a TorchTrainer whose controller forwards rank 0's reports to this trial
@@ -33,9 +34,14 @@ def trial_main(trial: dict[str, Any], *, base: dict, storage: str, sweep: str,
 
         callbacks = [TuneReportCallback()]
     try:
-        run_trial(cfg, trial_dir(storage, sweep, trial.get("optuna_trial", 0)),
-                  resume_from=resume_map.get(trial.get("params_key", "")), report=tune.report, fault=fault,
-                  ray_callbacks=callbacks)
+        run_trial(
+            cfg,
+            trial_dir(storage, sweep, trial.get("optuna_trial", 0)),
+            resume_from=resume_map.get(trial.get("params_key", "")),
+            report=tune.report,
+            fault=fault,
+            ray_callbacks=callbacks,
+        )
     except TrialFailure as err:
         tune.report({RESULT_FAILURE: str(err), RESULT_FAILURE_KIND: err.kind.value})
     except UsageError as err:  # a config the data refuses (a batch larger than the split)

@@ -1,4 +1,4 @@
-"""MLflow, written by the sweep driver only (DESIGN.md layout): one parent run per sweep, one
+"""MLflow, written by the sweep driver only (docs/design.md layout): one parent run per sweep, one
 nested child per trial with the flattened resolved config as params, per-epoch metrics at
 step = epoch, the final metrics, the checkpoint tag and the artifacts.
 
@@ -50,17 +50,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bookkeeping Tune adds to every result: not trial metrics.
-_TUNE_KEYS = frozenset({"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid",
-                        "time_since_restore", "iterations_since_restore", "done", "epoch", "config"})
+_TUNE_KEYS = frozenset(
+    {
+        "training_iteration",
+        "time_this_iter_s",
+        "time_total_s",
+        "timestamp",
+        "pid",
+        "time_since_restore",
+        "iterations_since_restore",
+        "done",
+        "epoch",
+        "config",
+    }
+)
 
 
 class MlflowSweepCallback:
     """Tune callback that mirrors every trial into MLflow (built lazily as a ray.tune.Callback
     subclass by `make_callback` so this module imports without Ray)."""
 
-    def __init__(self, tracking_uri: str, exp_id: str, parent_run_id: str,
-                 resolve_trial: Callable[[dict], TrialConfig], reuse_runs: dict[str, str] | None = None,
-                 trial_dir: Callable[[dict], str] | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        exp_id: str,
+        parent_run_id: str,
+        resolve_trial: Callable[[dict], TrialConfig],
+        reuse_runs: dict[str, str] | None = None,
+        trial_dir: Callable[[dict], str] | None = None,
+    ):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
         self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
         self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
@@ -76,8 +94,13 @@ class MlflowSweepCallback:
             return
         cfg = self.resolve_trial(trial.config)
         key = trial.config.get("params_key", "")
-        tags = {ROLE: ROLE_TRIAL, PARENT: self.parent, TRIAL_ID: trial.trial_id, PARAMS_KEY: key,
-                OPTUNA_TRIAL: str(trial.config.get("optuna_trial", ""))}
+        tags = {
+            ROLE: ROLE_TRIAL,
+            PARENT: self.parent,
+            TRIAL_ID: trial.trial_id,
+            PARAMS_KEY: key,
+            OPTUNA_TRIAL: str(trial.config.get("optuna_trial", "")),
+        }
         if self.trial_dir is not None:
             tags[TRIAL_DIR] = self.trial_dir(trial.config)
         reused = self.reuse_runs.pop(key, None)
@@ -93,8 +116,9 @@ class MlflowSweepCallback:
                     self.c.set_tag(run_id, k, v)
             committed = max((m.step for m in self.c.get_metric_history(run_id, EPOCH_PROBE_METRIC)), default=-1)
         else:
-            run = self.c.create_run(self.exp_id, run_name=f"trial-{trial.config.get('optuna_trial', trial.trial_id)}",
-                                    tags=tags)
+            run = self.c.create_run(
+                self.exp_id, run_name=f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags=tags
+            )
             run_id = run.info.run_id
             log_params(self.c, run_id, config_lib.flatten(cfg))
             self._log_config(run_id, cfg)
@@ -169,8 +193,11 @@ class MlflowSweepCallback:
                     self.c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
                 rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
                 if rates is not None:
-                    png = activation_plot(json.loads(rates), Path(tmp) / "activation_rates.png",
-                                          "activation rate of each z dimension (test split)")
+                    png = activation_plot(
+                        json.loads(rates),
+                        Path(tmp) / "activation_rates.png",
+                        "activation rate of each z dimension (test split)",
+                    )
                     self.c.log_artifact(run_id, str(png))
         except Exception as err:  # artifacts are a convenience: never fail the sweep for them
             logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)

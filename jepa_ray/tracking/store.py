@@ -37,8 +37,13 @@ def git_commit(path: str | os.PathLike = ".") -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -53,8 +58,9 @@ def find_sweep_run(tracking_uri: str, exp_id: str, sweep_name: str | None = None
     return runs[0] if runs else None
 
 
-def start_sweep_run(tracking_uri: str, exp_id: str, sweep_name: str, tags: dict[str, str],
-                    params: dict[str, Any]) -> str:
+def start_sweep_run(
+    tracking_uri: str, exp_id: str, sweep_name: str, tags: dict[str, str], params: dict[str, Any]
+) -> str:
     c = client(tracking_uri)
     run = c.create_run(exp_id, run_name=sweep_name, tags={ROLE: ROLE_SWEEP, SWEEP_NAME: sweep_name, **tags})
     log_params(c, run.info.run_id, params)
@@ -93,7 +99,7 @@ def log_params(c, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(k, _param_text(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        c.log_batch(run_id, params=items[i:i + 100])
+        c.log_batch(run_id, params=items[i : i + 100])
 
 
 def _param_text(value: Any) -> str:
@@ -105,7 +111,10 @@ def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    items = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
     for i in range(0, len(items), 500):
-        c.log_batch(run_id, metrics=items[i:i + 500])
+        c.log_batch(run_id, metrics=items[i : i + 500])

@@ -9,7 +9,26 @@ from jepa_ray.train.runner import LocalReporter, StoreReporter, run_trial, scali
 from jepa_ray.train.step import Runtime, StepStats, TrainModule, runtime, train_step
 from jepa_ray.train.store import TrialStore, resumable_checkpoint
 
-__all__ = ["EPOCH_METRICS", "FINAL_METRICS", "LocalReporter", "Reporter", "Runtime", "StepStats", "StoreReporter",
-           "TrainModule", "TrialFailure", "TrialStore", "check_collapse", "check_finite", "collapse_reason",
-           "final_evaluation", "fit", "resumable_checkpoint", "run_trial", "runtime", "scaling_config",
-           "train_loop_per_worker", "train_step"]
+__all__ = [
+    "EPOCH_METRICS",
+    "FINAL_METRICS",
+    "LocalReporter",
+    "Reporter",
+    "Runtime",
+    "StepStats",
+    "StoreReporter",
+    "TrainModule",
+    "TrialFailure",
+    "TrialStore",
+    "check_collapse",
+    "check_finite",
+    "collapse_reason",
+    "final_evaluation",
+    "fit",
+    "resumable_checkpoint",
+    "run_trial",
+    "runtime",
+    "scaling_config",
+    "train_loop_per_worker",
+    "train_step",
+]

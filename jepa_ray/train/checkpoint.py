@@ -60,10 +60,17 @@ def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_checkpoint(directory: str | os.PathLike, *, model: nn.Module | dict, cfg: TrialConfig,
-                    metrics: dict[str, Any] | None = None, extra_state: dict[str, dict] | None = None,
-                    train_state: dict[str, Any] | None = None, history: list[dict] | None = None,
-                    extra_files: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module | dict,
+    cfg: TrialConfig,
+    metrics: dict[str, Any] | None = None,
+    extra_state: dict[str, dict] | None = None,
+    train_state: dict[str, Any] | None = None,
+    history: list[dict] | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write a checkpoint directory atomically (temp dir + rename) and return its path.
 
     extra_state: more state dicts stored in model.pt beside `model` (e.g. the online probes).
@@ -207,8 +214,9 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
 
     for name in (MODEL_FILE, CONFIG_FILE):
         if not has_file(path, name):
-            raise FileNotFoundError(f"checkpoint {path}: missing {name} (expected {MODEL_FILE}, {CONFIG_FILE}, "
-                                    f"{METRICS_FILE})")
+            raise FileNotFoundError(
+                f"checkpoint {path}: missing {name} (expected {MODEL_FILE}, {CONFIG_FILE}, {METRICS_FILE})"
+            )
     model = create_model(read_config(path))
     model.load_state_dict(load_state(path, MODEL_FILE, map_location)["model"])
     spec = read_text(path, PREPROCESSING_FILE)
@@ -216,7 +224,11 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
         spec = json.loads(spec)
         model.preprocess = Preprocess(spec["mean"], spec["std"], spec["image_size"], spec["channels"])
     else:
-        warnings.warn(f"checkpoint {path} has no {PREPROCESSING_FILE} (written before checkpoints carried their "
-                      "preprocessing): its mean, std, image_size and channels are unknown, so the encoder takes "
-                      "images already normalized as its training data was, not raw ones", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path} has no {PREPROCESSING_FILE} (written before checkpoints carried their "
+            "preprocessing): its mean, std, image_size and channels are unknown, so the encoder takes "
+            "images already normalized as its training data was, not raw ones",
+            UserWarning,
+            stacklevel=2,
+        )
     return model.to(map_location).eval()

@@ -21,26 +21,45 @@ from jepa_ray.train.store import FINAL_DIR, TrialStore
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jepa_ray.train",
-                                description="Train one Rectified LpJEPA / LpJEPA / LeJEPA trial: in this process "
-                                            "with one worker, under a Ray Train TorchTrainer (DDP) with several.")
+    p = argparse.ArgumentParser(
+        prog="python -m jepa_ray.train",
+        description="Train one Rectified LpJEPA / LpJEPA / LeJEPA trial: in this process "
+        "with one worker, under a Ray Train TorchTrainer (DDP) with several.",
+    )
     p.add_argument("--preset", default="digits", help=f"one of: {', '.join(config_lib.PRESETS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field by its flat name (e.g. --set mu=-1 --set p=0.5)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field by its flat name (e.g. --set mu=-1 --set p=0.5)",
+    )
     p.add_argument("--workers", type=int, help="DDP workers (1: train in this process, no Ray)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
     p.add_argument("--out", help="directory for the final checkpoint, OUT/checkpoint (required unless --list-keys)")
-    p.add_argument("--storage-path", help="where the trial's checkpoints go (default: OUT; s3://... or a shared "
-                                          "path for workers on several nodes)")
+    p.add_argument(
+        "--storage-path",
+        help="where the trial's checkpoints go (default: OUT; s3://... or a shared path for workers on several nodes)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in OUT (or --storage-path)")
-    p.add_argument("--address", help="Ray cluster address for several workers (default: connect if one runs, "
-                                     "else start one)")
+    p.add_argument(
+        "--address", help="Ray cluster address for several workers (default: connect if one runs, else start one)"
+    )
     p.add_argument("--list-keys", action="store_true", help="print every config key with its doc and exit")
     return p
 
 
-RUNTIME_KEYS = frozenset({"workers", "gpus_per_worker", "cpus_per_worker", "threads_per_worker", "max_failures",
-                          "checkpoint_every", "channels_last"})
+RUNTIME_KEYS = frozenset(
+    {
+        "workers",
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "threads_per_worker",
+        "max_failures",
+        "checkpoint_every",
+        "channels_last",
+    }
+)
 """Config keys a resumed run may change: where and how it runs, not what it trains (batches
 and augmentations do not depend on the number of workers)."""
 
@@ -54,8 +73,10 @@ def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | 
     if not resume:
         if final or latest:
             what = "a finished trial" if final else "an unfinished trial"
-            raise UsageError(f"--out/--storage-path {store.uri} already holds {what}; pass --resume to "
-                              "continue an unfinished one, or choose another directory")
+            raise UsageError(
+                f"--out/--storage-path {store.uri} already holds {what}; pass --resume to "
+                "continue an unfinished one, or choose another directory"
+            )
         return None
     if final:
         raise UsageError(f"--resume: {store.uri} holds a finished trial ({final}); nothing to resume")
@@ -66,17 +87,23 @@ def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | 
     changed = sorted(k for k in given if k not in RUNTIME_KEYS and str(given[k]) != str(recorded.get(k)))
     if changed:
         diff = ", ".join(f"{k}={given[k]} (recorded: {recorded.get(k)})" for k in changed)
-        raise UsageError(f"--resume: the config differs from the run being resumed in {diff}; "
-                          f"only {', '.join(sorted(RUNTIME_KEYS))} may change")
+        raise UsageError(
+            f"--resume: the config differs from the run being resumed in {diff}; "
+            f"only {', '.join(sorted(RUNTIME_KEYS))} may change"
+        )
     return latest
 
 
 def _print_epoch(cfg: TrialConfig, metrics: dict) -> None:
     if "linear_acc" in metrics:
         return
-    print(f"epoch {metrics['epoch'] + 1}/{cfg.optim.epochs}: loss {metrics['train/loss']:.4g} "
-          f"l0 {metrics['train/l0_density']:.3f} online acc {metrics['online/linear_acc']:.3f} "
-          f"({metrics['throughput/img_per_s']:.0f} img/s)", file=sys.stderr, flush=True)
+    print(
+        f"epoch {metrics['epoch'] + 1}/{cfg.optim.epochs}: loss {metrics['train/loss']:.4g} "
+        f"l0 {metrics['train/l0_density']:.3f} online acc {metrics['online/linear_acc']:.3f} "
+        f"({metrics['throughput/img_per_s']:.0f} img/s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.out:
             raise UsageError("--out is required: a directory for the final checkpoint")
-        cfg = config_lib.build(args.preset, args.set, {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker})
+        cfg = config_lib.build(
+            args.preset, args.set, {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker}
+        )
         out = Path(args.out).resolve()
         store = TrialStore(args.storage_path or out)
         check_resumable(store, cfg, args.resume)
@@ -122,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     final_dir = out / FINAL_DIR
     if ckpt_lib.is_remote(checkpoint) or ckpt_lib.local_dir(checkpoint).resolve() != final_dir:
         shutil.rmtree(final_dir, ignore_errors=True)
-        ckpt_lib.copy_files(checkpoint, final_dir, ckpt_lib.EXPORT_FILES + (ckpt_lib.HISTORY_FILE, ckpt_lib.ACTIVATION_FILE))
+        ckpt_lib.copy_files(
+            checkpoint, final_dir, ckpt_lib.EXPORT_FILES + (ckpt_lib.HISTORY_FILE, ckpt_lib.ACTIVATION_FILE)
+        )
     shown = {k: metrics[k] for k in FINAL_METRICS if k in metrics}
     print(json.dumps({"checkpoint": str(final_dir), **shown}, indent=2))
     return 0
@@ -133,4 +164,3 @@ def _shutdown_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-

@@ -29,8 +29,9 @@ def check_finite(pending, epoch: int) -> None:
         return
     step, loss, inv, reg = pending
     if not torch.isfinite(loss):
-        raise TrialFailure(f"non-finite loss at epoch {epoch} step {step}: "
-                           f"invariance={inv.item():.4g} regularizer={reg.item():.4g}")
+        raise TrialFailure(
+            f"non-finite loss at epoch {epoch} step {step}: invariance={inv.item():.4g} regularizer={reg.item():.4g}"
+        )
 
 
 def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
@@ -47,8 +48,10 @@ def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
     if density >= 0.9999 and target < 0.9:
         return f"train/l0_density={density:.4f}: z never sparse although the target density is {target:.3f}"
     if cfg.target.target == "rgg" and density < s.collapse_min_density_ratio * target:
-        return (f"train/l0_density={density:.4f} is below {s.collapse_min_density_ratio:g} x the target density "
-                f"{target:.3f}: z is collapsing to all zeros")
+        return (
+            f"train/l0_density={density:.4f} is below {s.collapse_min_density_ratio:g} x the target density "
+            f"{target:.3f}: z is collapsing to all zeros"
+        )
     if m["train/rank_me"] < s.collapse_min_rank:
         return f"train/rank_me={m['train/rank_me']:.3f} < {s.collapse_min_rank}: representation collapsed"
     return None

@@ -63,13 +63,19 @@ def _restore(path: str, model: TrainModule, optimizer, device) -> tuple[int, int
     return int(train["epoch"]), int(train["step"]), ckpt_lib.read_history(path)
 
 
-def _save(path: Path, model: TrainModule, cfg, metrics, optimizer, preprocess: Preprocess, epoch, step,
-          history) -> Path:
+def _save(
+    path: Path, model: TrainModule, cfg, metrics, optimizer, preprocess: Preprocess, epoch, step, history
+) -> Path:
     return ckpt_lib.save_checkpoint(
-        path, model=model.encoder, cfg=cfg, metrics=metrics, history=history,
+        path,
+        model=model.encoder,
+        cfg=cfg,
+        metrics=metrics,
+        history=history,
         extra_state={"online_probe": model.probe_h.state_dict(), "online_probe_z": model.probe_z.state_dict()},
         train_state={"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()},
-        extra_files={ckpt_lib.PREPROCESSING_FILE: json.dumps(preprocess.spec(), indent=2)})
+        extra_files={ckpt_lib.PREPROCESSING_FILE: json.dumps(preprocess.spec(), indent=2)},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,21 +83,34 @@ def _save(path: Path, model: TrainModule, cfg, metrics, optimizer, preprocess: P
 
 
 @torch.no_grad()
-def _online_test_accuracy(model: TrainModule, test_x: torch.Tensor, test_y: torch.Tensor, preprocess: Preprocess,
-                          rt: Runtime, batch_size: int) -> tuple[float, float]:
+def _online_test_accuracy(
+    model: TrainModule, test_x: torch.Tensor, test_y: torch.Tensor, preprocess: Preprocess, rt: Runtime, batch_size: int
+) -> tuple[float, float]:
     """Accuracy of the two online probes on the test split (held on the device), each rank
     taking a strided shard: one encoder pass per epoch gives both."""
     idx = torch.arange(rt.rank, test_x.shape[0], rt.world_size, device=test_x.device)
-    h, z = extract_features(model.encoder, test_x[idx], preprocess, batch_size=batch_size, device=rt.device,
-                            autocast_dtype=rt.autocast_dtype)
+    h, z = extract_features(
+        model.encoder,
+        test_x[idx],
+        preprocess,
+        batch_size=batch_size,
+        device=rt.device,
+        autocast_dtype=rt.autocast_dtype,
+    )
     y = test_y[idx]
     correct = [(model.probe_h(h).argmax(1) == y).sum(), (model.probe_z(z).argmax(1) == y).sum()]
     ch, cz, n = dist_lib.sum_over_ranks([float(c) for c in correct] + [idx.numel()], rt.device)
     return ch / max(n, 1), cz / max(n, 1)
 
 
-def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = None,
-        on_epoch: Callable[[dict], None] | None = None, fault: Fault | None = None) -> dict[str, Any]:
+def fit(
+    cfg: TrialConfig,
+    reporter: Reporter,
+    *,
+    device: torch.device | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    fault: Fault | None = None,
+) -> dict[str, Any]:
     """Train one worker's share of a trial and return its final metrics.
 
     Call inside an initialized process group for several workers (Ray Train does that).
@@ -117,16 +136,20 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         if cfg.model.sync_bn:
             model.encoder = dist_lib.convert_sync_batchnorm(model.encoder, rt.device)
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+        )
     regularizer = create_regularizer(cfg)
     optimizer = optim_lib.create_optimizer(cfg, model.encoder, nn.ModuleList([model.probe_h, model.probe_z]))
 
     local_batch = cfg.optim.batch_size // rt.world_size
     if cfg.optim.batch_size > train_x.shape[0]:
-        raise ConfigError(f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
-                          f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}")
-    batches = BatchIterator(train_x.shape[0], cfg.optim.batch_size, rank=rt.rank,
-                            world_size=rt.world_size, seed=cfg.system.seed)
+        raise ConfigError(
+            f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
+            f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}"
+        )
+    batches = BatchIterator(
+        train_x.shape[0], cfg.optim.batch_size, rank=rt.rank, world_size=rt.world_size, seed=cfg.system.seed
+    )
     steps_per_epoch = len(batches)
     total_steps = cfg.optim.epochs * steps_per_epoch
     warmup = optim_lib.warmup_steps(cfg, steps_per_epoch)
@@ -156,8 +179,12 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
             # the CPU wait for the GPU every step. A non-finite loss stops the trial one step late.
             check_finite(pending, epoch)
             pending = (step, out.loss, out.invariance, out.regularizer)
-            sums += torch.cat([torch.stack([out.loss, out.invariance, out.regularizer,
-                                            (out.z[0] != 0).float().mean()]), out.correct.float()]).double()
+            sums += torch.cat(
+                [
+                    torch.stack([out.loss, out.invariance, out.regularizer, (out.z[0] != 0).float().mean()]),
+                    out.correct.float(),
+                ]
+            ).double()
             step += 1
         check_finite(pending, epoch)
         if rt.device.type == "cuda":
@@ -189,8 +216,17 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
         due = cfg.system.checkpoint_every > 0 and (epoch + 1) % cfg.system.checkpoint_every == 0
         if last:
             break  # the final report carries the final metrics and checkpoint
-        reporter.report(epoch_metrics, (lambda d, m=epoch_metrics, e=epoch, s=step: _save(
-            d, model, cfg, m, optimizer, preprocess, e + 1, s, history)) if due else None, final=False)
+        reporter.report(
+            epoch_metrics,
+            (
+                lambda d, m=epoch_metrics, e=epoch, s=step: _save(
+                    d, model, cfg, m, optimizer, preprocess, e + 1, s, history
+                )
+            )
+            if due
+            else None,
+            final=False,
+        )
 
     final = dict(history[-1]) if history else {}
     evaluation, rates = final_evaluation(cfg, model.encoder, splits, preprocess, rt)
@@ -205,15 +241,22 @@ def fit(cfg: TrialConfig, reporter: Reporter, *, device: torch.device | None = N
     return final
 
 
-def final_evaluation(cfg, model, splits: ImageSplits, preprocess: Preprocess, rt: Runtime
-                     ) -> tuple[dict, list[float] | None]:
+def final_evaluation(
+    cfg, model, splits: ImageSplits, preprocess: Preprocess, rt: Runtime
+) -> tuple[dict, list[float] | None]:
     """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
     on rank 0, the activation rate of each z dimension on the test split."""
     result, rates = [None], None
     if rt.is_main:
-        result[0], te_z = evaluate_encoder(cfg, ckpt_lib.unwrap(model), splits, preprocess, device=rt.device,
-                                           autocast_dtype=rt.autocast_dtype,
-                                           batch_size=max(256, cfg.optim.batch_size))
+        result[0], te_z = evaluate_encoder(
+            cfg,
+            ckpt_lib.unwrap(model),
+            splits,
+            preprocess,
+            device=rt.device,
+            autocast_dtype=rt.autocast_dtype,
+            batch_size=max(256, cfg.optim.batch_size),
+        )
         rates = metrics_lib.activation_rates(te_z).tolist()
     if dist_lib.is_distributed():
         dist.broadcast_object_list(result, src=0)

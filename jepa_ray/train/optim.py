@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 LARS_EPS = 1e-8  # solo-learn's LARS eps (the denominator of the trust ratio)
 
 
-def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
-                 name: str = "") -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None, name: str = "") -> list[dict]:
     """Weights of matrices and convolutions get weight decay and the LARS trust ratio; biases
     and norm parameters (ndim <= 1) get neither (solo-learn's `exclude_bias_n_norm`).
     `lr` is the group's base learning rate (None: the optimizer's)."""
@@ -31,8 +30,10 @@ def param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = No
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     extra = {} if lr is None else {"lr": lr}
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars": True, "name": f"{name}decay", **extra},
-              {"params": no_decay, "weight_decay": 0.0, "lars": False, "name": f"{name}no_decay", **extra}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lars": True, "name": f"{name}decay", **extra},
+        {"params": no_decay, "weight_decay": 0.0, "lars": False, "name": f"{name}no_decay", **extra},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -46,10 +47,20 @@ class LARS(torch.optim.Optimizer):
     weight or gradient) d = g, with no weight decay. Then buf = m buf + d (buf = d at the first
     step) and w = w - lr buf. No host-device synchronization: the branches are tensor selects."""
 
-    def __init__(self, params: Iterable, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                 eta: float = 0.02, clip_lr: bool = True, eps: float = LARS_EPS):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars=True,
-                                      clip_lr=clip_lr, eps=eps))
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.02,
+        clip_lr: bool = True,
+        eps: float = LARS_EPS,
+    ):
+        super().__init__(
+            params,
+            dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars=True, clip_lr=clip_lr, eps=eps),
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -95,15 +106,21 @@ def create_optimizer(cfg: TrialConfig, encoder: nn.Module, probes: nn.Module | N
     for g in groups:
         g["base_lr"] = g["lr"]
     if cfg.optim.optimizer == "lars":
-        return LARS(groups, lr=peak_lr(cfg), weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
-                    eta=cfg.optim.lars_eta)
+        return LARS(
+            groups,
+            lr=peak_lr(cfg),
+            weight_decay=cfg.optim.weight_decay,
+            momentum=cfg.optim.momentum,
+            eta=cfg.optim.lars_eta,
+        )
     for g in groups:
         g.pop("lars")
     return torch.optim.AdamW(groups, lr=peak_lr(cfg), weight_decay=cfg.optim.weight_decay)
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio: float = 0.0,
-          start: float = 0.0) -> float:
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio: float = 0.0, start: float = 0.0
+) -> float:
     """solo-learn's LinearWarmupCosineAnnealingLR stepped per step: `start` at step 0, linear
     to `peak` at step warmup_steps - 1, then cosine from the peak at step warmup_steps down to
     peak * min_ratio at the last step. No warmup: cosine from step 0."""
@@ -113,13 +130,15 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio
     return floor + (peak - floor) * cosine_factor(step - warmup_steps, total_steps - warmup_steps)
 
 
-def schedule_step(optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int,
-                  cfg: TrialConfig) -> None:
+def schedule_step(
+    optimizer: torch.optim.Optimizer, step: int, total_steps: int, warmup_steps: int, cfg: TrialConfig
+) -> None:
     """Set every group's lr for `step` from its own base lr (warmup starts from the same
     warmup_start_lr for every group, as in solo-learn)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr_at(step, total_steps, warmup_steps, g["base_lr"], cfg.optim.min_lr_ratio,
-                        cfg.optim.warmup_start_lr)
+        g["lr"] = lr_at(
+            step, total_steps, warmup_steps, g["base_lr"], cfg.optim.min_lr_ratio, cfg.optim.warmup_start_lr
+        )
 
 
 def warmup_steps(cfg: TrialConfig, steps_per_epoch: int) -> int:

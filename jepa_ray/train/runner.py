@@ -35,8 +35,14 @@ class StoreReporter:
     killed after writing a checkpoint but before the controller polled its report resumes
     after that epoch, so a lost worker costs at most the epoch in flight."""
 
-    def __init__(self, store: TrialStore, *, send: Callable[[dict], None] | None = None,
-                 resume_from: str | None = None, is_main: bool = True):
+    def __init__(
+        self,
+        store: TrialStore,
+        *,
+        send: Callable[[dict], None] | None = None,
+        resume_from: str | None = None,
+        is_main: bool = True,
+    ):
         self.store, self.send, self.resume_from, self.is_main = store, send, resume_from, is_main
 
     def restore_point(self) -> str | None:
@@ -45,8 +51,9 @@ class StoreReporter:
     def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None:
         out = dict(metrics)
         if write is not None and self.is_main:
-            out[CHECKPOINT_URI] = (self.store.save_final(write) if final
-                                     else self.store.save_epoch(int(metrics["epoch"]) + 1, write))
+            out[CHECKPOINT_URI] = (
+                self.store.save_final(write) if final else self.store.save_epoch(int(metrics["epoch"]) + 1, write)
+            )
         if self.send is not None:
             self.send(out)
 
@@ -55,8 +62,12 @@ class LocalReporter(StoreReporter):
     """An in-process run into the directory `out_dir` (its store); `callback(metrics,
     checkpoint_uri or None)` is called for each report."""
 
-    def __init__(self, out_dir: str | os.PathLike, resume_from: str | None = None,
-                 callback: Callable[[dict, str | None], None] | None = None):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        resume_from: str | None = None,
+        callback: Callable[[dict, str | None], None] | None = None,
+    ):
         send = (lambda m: callback(m, m.get(CHECKPOINT_URI))) if callback is not None else None
         super().__init__(TrialStore(out_dir), send=send, resume_from=resume_from)
 
@@ -71,8 +82,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = from_dict(loop_config["trial_config"])
     store = TrialStore(loop_config["trial_dir"])
     rank = ray.train.get_context().get_world_rank()
-    reporter = StoreReporter(store, send=lambda m: ray.train.report(m), resume_from=loop_config.get("resume_from"),
-                             is_main=rank == 0)
+    reporter = StoreReporter(
+        store, send=lambda m: ray.train.report(m), resume_from=loop_config.get("resume_from"), is_main=rank == 0
+    )
     try:
         fit(cfg, reporter, fault=loop_config.get("fault"))
     except TrialFailure as err:
@@ -91,9 +103,15 @@ def scaling_config(cfg: TrialConfig):
     return ScalingConfig(num_workers=cfg.system.workers, use_gpu=use_gpu, resources_per_worker=resources)
 
 
-def run_trial(cfg: TrialConfig, trial_dir: str, *, resume_from: str | None = None,
-              report: Callable[[dict], None] | None = None, fault: Fault | None = None,
-              ray_callbacks: list | None = None) -> tuple[dict, str]:
+def run_trial(
+    cfg: TrialConfig,
+    trial_dir: str,
+    *,
+    resume_from: str | None = None,
+    report: Callable[[dict], None] | None = None,
+    fault: Fault | None = None,
+    ray_callbacks: list | None = None,
+) -> tuple[dict, str]:
     """Train one trial into the store `trial_dir` and return (final metrics, final checkpoint
     URI). One worker trains in this process (`report` receives every epoch's metrics); several
     train under a TorchTrainer whose run state lives in TRIAL_DIR/ray (its reports reach a
@@ -115,21 +133,29 @@ def run_trial(cfg: TrialConfig, trial_dir: str, *, resume_from: str | None = Non
     return json.loads(ckpt_lib.read_text(uri, ckpt_lib.METRICS_FILE)), uri
 
 
-def _fit_torch_trainer(cfg: TrialConfig, store: TrialStore, resume_from: str | None,
-                       fault: Fault | None, callbacks: list) -> None:
+def _fit_torch_trainer(
+    cfg: TrialConfig, store: TrialStore, resume_from: str | None, fault: Fault | None, callbacks: list
+) -> None:
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = cfg.system.gpus_per_worker > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial_config": to_dict(cfg), "trial_dir": store.uri,
-                           "resume_from": resume_from, "fault": fault},
+        train_loop_config={
+            "trial_config": to_dict(cfg),
+            "trial_dir": store.uri,
+            "resume_from": resume_from,
+            "fault": fault,
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
-            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", storage_path=store.child("ray"),
-            failure_config=FailureConfig(max_failures=cfg.system.max_failures), callbacks=callbacks),
+            name=f"train-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=store.child("ray"),
+            failure_config=FailureConfig(max_failures=cfg.system.max_failures),
+            callbacks=callbacks,
+        ),
     )
     try:
         trainer.fit()

@@ -33,8 +33,11 @@ class Runtime:
 
 def runtime(cfg: TrialConfig, device: torch.device | None = None) -> Runtime:
     if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() and \
-            cfg.system.gpus_per_worker > 0 else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available() and cfg.system.gpus_per_worker > 0
+            else torch.device("cpu")
+        )
     precision = cfg.system.precision
     bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return Runtime(dist_lib.rank(), dist_lib.world_size(), device, torch.bfloat16 if bf16 else None)
@@ -105,9 +108,16 @@ class StepStats:
     z: torch.Tensor
 
 
-def train_step(model: nn.Module, regularizer: nn.Module, optimizer: torch.optim.Optimizer,
-               views: list[torch.Tensor], labels: torch.Tensor, step: int, cfg: TrialConfig,
-               autocast_dtype: torch.dtype | None = None) -> StepStats:
+def train_step(
+    model: nn.Module,
+    regularizer: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    views: list[torch.Tensor],
+    labels: torch.Tensor,
+    step: int,
+    cfg: TrialConfig,
+    autocast_dtype: torch.dtype | None = None,
+) -> StepStats:
     """One optimization step on a batch of views: forward (a TrainModule, or DDP around one),
     loss = loss_scale * ((1 - lambd) * invariance + lambd * regularizer) plus the probes'
     cross-entropy (which reaches the probes only), backward, optimizer step. The learning rate

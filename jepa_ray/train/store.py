@@ -144,7 +144,9 @@ class TrialStore:
             pafs = self._pafs()
             fs, root = self._fs()
             infos = fs.get_file_info(pafs.FileSelector(f"{root}/{EPOCHS_DIR}", allow_not_found=True))
-            return [i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-")]
+            return [
+                i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("epoch-")
+            ]
         base = Path(self.child(EPOCHS_DIR))
         return [p.name for p in base.glob("epoch-*") if p.is_dir()] if base.is_dir() else []
 
