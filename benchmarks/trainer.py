@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jepa_ray import config as config_lib  # noqa: E402
 from jepa_ray.data import load_dataset  # noqa: E402
-from jepa_ray.data.augment import ViewMaker  # noqa: E402
+from jepa_ray.data.augment import ViewMaker, measure_views_per_second  # noqa: E402
 from jepa_ray.model import create_model  # noqa: E402
 from jepa_ray.regularizers import create_regularizer, invariance, total_loss  # noqa: E402
 from jepa_ray.seeding import step_generator  # noqa: E402
@@ -47,24 +47,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def pipeline_views_per_s(cfg, splits, device: torch.device, batch: int, steps: int) -> float:
-    views = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
-    x = splits.train_x.to(device)
-    n = x.shape[0]
-    for warm in (True, False):
-        sync(device)
-        t0 = time.perf_counter()
-        for s in range(3 if warm else steps):
-            idx = torch.randint(0, n, (batch,), device=device)
-            out = views(x[idx], step_generator(device, 0, s, 7))
-        sync(device)
-        seconds = time.perf_counter() - t0
-    return steps * batch * len(out) / seconds
-
-
 def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float:
-    """The reference approach written plainly: augment, forward both views, invariance +
-    regularizer, backward, AdamW step; nothing else (no probe, no metrics, no reporting)."""
+    """The reference approach written plainly: augment, one forward per view (as the reference
+    and our loop), invariance + regularizer, backward, AdamW step; nothing else (no probes, no
+    metrics, no reporting)."""
     torch.manual_seed(0)
     model = create_model(cfg).to(device)
     if device.type == "cuda":
@@ -80,13 +66,12 @@ def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float
         sync(device)
         t0 = time.perf_counter()
         idx = torch.randint(0, x.shape[0], (batch,), device=device)
-        v = torch.cat(views(x[idx], step_generator(device, 0, s, 7)))
+        vs = views(x[idx], step_generator(device, 0, s, 7))
         if device.type == "cuda":
-            v = v.contiguous(memory_format=torch.channels_last)
+            vs = [v.contiguous(memory_format=torch.channels_last) for v in vs]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            _, z = model(v)
-        z = z.view(cfg.views.num_views, batch, -1)
-        loss = total_loss(invariance(z.float()), reg(z, s), cfg.loss.lambd)
+            z = torch.stack([model(v)[1] for v in vs])
+        loss = total_loss(invariance(z.float()), reg(z, s), cfg.loss.lambd, cfg.loss.loss_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -178,7 +163,8 @@ def main() -> None:
     else:
         label += f" {args.threads} thread{'s' if args.threads > 1 else ''}"
 
-    vps = pipeline_views_per_s(cfg, splits, device, cfg.optim.batch_size, args.steps)
+    maker = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
+    vps = measure_views_per_second(maker, splits.train_x.to(device), cfg.optim.batch_size, repeats=args.steps)
     emit(f"input pipeline {label}", "views_per_s", vps, device.type)
 
     plain = plain_loop_img_per_s(cfg, splits, device, args.steps)

@@ -41,6 +41,8 @@ OPTUNA_TRIAL, PARAMS_KEY, LAST_CHECKPOINT = "jepa_ray.optuna_trial", "jepa_ray.p
 TRIAL_DIR = "jepa_ray.trial_dir"
 """The trial's checkpoint store: where an interrupted trial resumes from."""
 FAILURE_KIND = "jepa_ray.failure_kind"
+STOPPED = "jepa_ray.stopped"
+"""Why a scheduler stopped the trial at a rung (its run ends KILLED, its curves kept)."""
 PARENT = "mlflow.parentRunId"
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
 

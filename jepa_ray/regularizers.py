@@ -212,13 +212,21 @@ class SIGReg(nn.Module):
         if knots < 2 or not t_max > 0:
             raise ValueError(f"knots={knots}, t_max={t_max} are not allowed: knots >= 2, t_max > 0")
         self.num_slices, self.t_max, self.knots, self.seed = num_slices, t_max, knots, seed
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _grid(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The quadrature knots and weights, built once per device and dtype."""
+        key = (device, dtype)
+        if key not in self._grids:
+            self._grids[key] = _sigreg_grid(self.t_max, self.knots, device, dtype)
+        return self._grids[key]
 
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
         z3 = dist_lib.full_precision(_check_features(z))
         gen = step_generator(z3.device, self.seed, step, STREAM_DIRECTIONS)
         directions = random_directions(self.num_slices, z3.shape[-1], gen, z3.device)
         with torch.autocast(z3.device.type, enabled=False):
-            t, w = _sigreg_grid(self.t_max, self.knots, z3.device, z3.dtype)
+            t, w = self._grid(z3.device, z3.dtype)
             xt = (z3 @ directions.to(z3.dtype).t()).unsqueeze(-1) * t  # (V, B_local, N, T)
             moments = torch.stack([xt.cos().sum(1), xt.sin().sum(1)])  # one all-reduce for both
             moments = dist_lib.all_reduce_sum(moments)

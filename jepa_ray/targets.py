@@ -83,6 +83,24 @@ def expected_l0_density(p: float, mu: float, sigma: float | None = None) -> floa
     return 0.5 * (1.0 + math.copysign(1.0, z) * lower)
 
 
+def mu_for_density(p: float, density: float, sigma: float | None = None) -> float:
+    """The μ whose ReLU(GN_p(μ, σ)) has expected ℓ0 density `density` in (0, 1): the inverse of
+    expected_l0_density in μ (σ None: σ_GN(p)).
+
+    From Φ_GN(m) = ½(1 + sgn(m)·P(1/p, |m|^p / p)), m = μ/σ: the upper tail Q = 1 - P equals
+    2·min(d, 1 - d), so |m| = (p · Q⁻¹(1/p, 2·min(d, 1 - d)))^(1/p) (Q⁻¹ the inverse regularized
+    upper incomplete gamma, accurate near both ends), negative below d = ½."""
+    _validate(p=p, sigma=sigma)
+    if not (isinstance(density, (int, float)) and 0.0 < density < 1.0):
+        raise ValueError(f"density={density!r} is not allowed: an l0 density in (0, 1)")
+    sigma = _resolve_sigma(p, sigma)
+    if density == 0.5:
+        return 0.0
+    x = float(scipy.special.gammainccinv(1.0 / p, 2.0 * min(density, 1.0 - density)))
+    m = _exp(math.log(p * x) / p) if x > 0 else 0.0
+    return math.copysign(m, density - 0.5) * sigma
+
+
 def _scaled_upper_partial_moment(k: int, p: float, log_a: float, log_t: float) -> float:
     """a^k · E[|W|^k · 1{|W| > t}] = a^k Γ((k+1)/p, t^p) / Γ(1/p) for standard gennorm W.
 

@@ -14,14 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"bench", "case", "metric", "value", "device"}
 
 
-def run_bench(*args: str) -> list[dict]:
+def run_bench(*args: str, positive: bool = True) -> list[dict]:
     out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert rows, out.stdout[-2000:]
     for row in rows:
         assert REQUIRED <= set(row), row
-        assert isinstance(row["value"], (int, float)) and row["value"] > 0, row
+        assert isinstance(row["value"], (int, float)) and (row["value"] > 0 or not positive), row
         if "baseline" in row:
             assert row["ratio"] == pytest.approx(row["value"] / row["baseline"], rel=1e-2), row
     return rows
@@ -50,3 +50,23 @@ def test_quality_benchmark_default_case_and_mu_curve():
     assert len(rows) == 2 * 5
     density = {r["case"].split(" mu=")[1].split(" ")[0]: r for r in rows if r["metric"] == "l0_density"}
     assert set(density) == {"-1", "0"} and all(len(r["per_seed"]) == 2 for r in density.values())
+
+
+@pytest.mark.slow
+def test_search_benchmark_quick():
+    rows = run_bench(
+        "benchmarks/search.py",
+        "--methods",
+        "tpe,moasha-tpe",
+        "--seeds",
+        "0",
+        "--trials",
+        "2",
+        "--epochs",
+        "3",
+        "--preset",
+        "smoke",
+        positive=False,  # a hypervolume can be 0 (nothing finished within a small budget)
+    )
+    per_method = [r for r in rows if r["case"].endswith("mean over seeds [0]")]
+    assert len(per_method) == 3 * 2 and all(r["value"] >= 0 for r in per_method)

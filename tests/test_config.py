@@ -303,3 +303,13 @@ def test_lejepa_presets_keep_lejepas_loss_scale():
 def test_bad_optimization_values_name_the_field(key, value):
     with pytest.raises(C.ConfigError, match=f"config field '{key}'"):
         C.resolve(C.apply_overrides(C.TrialConfig(), {key: value}))
+
+
+def test_target_density_solves_mu_and_out_of_range_values_name_the_field():
+    cfg = C.resolve(C.apply_overrides(C.TrialConfig(), {"target_density": 0.122, "p": 1.0}))
+    assert cfg.target.mu == pytest.approx(-1.0, abs=5e-3)  # the README table: p 1, mu -1 -> 0.122 (rounded)
+    for bad in (1.0, 1.5, -0.2):
+        with pytest.raises(C.ConfigError, match="config field 'target_density'"):
+            C.resolve(C.apply_overrides(C.TrialConfig(), {"target_density": bad}))
+    with pytest.raises(C.ConfigError, match="only rgg is sparse"):
+        C.resolve(C.apply_overrides(C.TrialConfig(), {"target_density": 0.2, "target": "gn"}))

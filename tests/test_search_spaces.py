@@ -28,7 +28,12 @@ from search_spaces import _projector, grid, lejepa, rectified
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRIALS = 200
-SPACE_PRESETS = {"rectified": "digits-sweep", "lejepa": "lejepa-digits", "grid": "digits-sweep"}
+SPACE_PRESETS = {
+    "rectified": "digits-sweep",
+    "rectified_density": "digits-sweep",
+    "lejepa": "lejepa-digits",
+    "grid": "digits-sweep",
+}
 """Each space with the preset its sweep script uses."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -144,7 +149,7 @@ def test_grid_sampler_visits_every_cell_once():
     assert sorted(cells) == sorted(itertools.product(grid.MU, grid.P))
 
 
-@pytest.mark.parametrize("space", ["rectified", "lejepa"])
+@pytest.mark.parametrize("space", ["rectified", "rectified_density", "lejepa"])
 def test_starting_points_give_their_configs(space):
     """Each starting point, enqueued, is the trial Optuna runs first, with a valid config."""
     module = sweep.load_space(space)
@@ -363,3 +368,15 @@ def test_cli_script_exits_2_before_ray(tmp_path):
     assert_one_line_error(proc.returncode, proc.stderr, "--num-samples 0 is not allowed")
     assert "Ray" not in proc.stdout + proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_density_space_solves_mu_for_the_density_it_asks_for():
+    for params, _, cfg in sampled_trials("rectified_density", n=50):
+        assert cfg.target.target_density == params["target_density"]
+        assert l0_density_reference(cfg.target.p, cfg.target.mu, cfg.target.sigma) == pytest.approx(
+            params["target_density"], abs=1e-6
+        )
+    from search_spaces import rectified_density
+
+    densities = [pt["target_density"] for pt in rectified_density.STARTING_POINTS]
+    assert max(densities) >= 0.5 and min(densities) <= 0.15

@@ -276,3 +276,27 @@ def test_cuda_device_without_generator():
     x = targets.sample("rgg", (256, 512), p=0.5, mu=-1.0, device="cuda", dtype=torch.bfloat16)
     assert x.device.type == "cuda" and x.dtype == torch.bfloat16
     assert (x >= 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# The inverse: mu from the wanted density
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_mu_for_density_inverts_the_closed_form(p):
+    for density in (1e-6, 1e-4, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.9999, 1 - 1e-6):
+        mu = targets.mu_for_density(p, density)
+        assert targets.expected_l0_density(p, mu) == pytest.approx(density, abs=1e-6), (p, density)
+        sigma = targets.sigma_gn(p)
+        ref = scipy.stats.gennorm(beta=p, loc=mu, scale=sigma * p ** (1 / p)).sf(0.0)
+        assert ref == pytest.approx(density, abs=1e-6, rel=1e-6)
+    assert targets.mu_for_density(p, 0.5) == 0.0
+    assert targets.mu_for_density(p, 0.2, sigma=2.0) == pytest.approx(
+        2.0 / targets.sigma_gn(p) * targets.mu_for_density(p, 0.2)
+    )
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_mu_for_density_refuses_densities_outside_0_1(density):
+    with pytest.raises(ValueError, match="density"):
+        targets.mu_for_density(1.0, density)

@@ -58,6 +58,8 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
             cfg.target.sigma = targets.sigma_unit_variance(cfg.target.p, cfg.target.mu)
         else:
             cfg.target.sigma = targets.sigma_gn(cfg.target.p)
+    if cfg.target.target_density > 0:
+        cfg.target.mu = targets.mu_for_density(cfg.target.p, cfg.target.target_density, cfg.target.sigma)
     info = dataset_info(cfg.data.dataset)
     if cfg.views.recipe == "auto":
         cfg.views.recipe = info.recipe
@@ -115,6 +117,20 @@ def validate(cfg: TrialConfig) -> None:
     _require(math.isfinite(t.mu), "mu", "a finite number", t.mu)
     _require(math.isfinite(t.sigma) and t.sigma >= 0, "sigma", "sigma > 0 (or 0: resolve from sigma_mode)", t.sigma)
     _choice("sigma_mode", t.sigma_mode, SIGMA_MODES)
+    _require(
+        math.isfinite(t.target_density) and 0 <= t.target_density < 1,
+        "target_density",
+        "an l0 density in (0, 1), or 0 to use mu",
+        t.target_density,
+    )
+    if t.target_density > 0:
+        _require(t.target == "rgg", "target_density", "0 unless target=rgg (only rgg is sparse)", t.target_density)
+        _require(
+            t.sigma > 0 or t.sigma_mode == "gn",
+            "target_density",
+            "0 with sigma_mode=unit_var (its sigma depends on mu); set sigma or sigma_mode=gn",
+            t.target_density,
+        )
 
     _require(math.isfinite(l.lambd) and 0.0 < l.lambd < 1.0, "lambd", "0 < lambd < 1", l.lambd)
     _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)

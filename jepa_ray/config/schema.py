@@ -92,6 +92,9 @@ class TargetConfig:
     """Location of GN_p before rectification; negative values give sparser codes."""
     sigma: float = 0.0
     """Scale of GN_p; 0 resolves from sigma_mode."""
+    target_density: float = 0.0
+    """The wanted l0 density of z in (0, 1): with the rgg target, mu is solved from it and p by
+    inverting the closed form (0: mu is used as given)."""
     sigma_mode: str = "gn"
     """How sigma resolves when 0: gn (sigma_GN(p), unit variance before ReLU) or unit_var
     (the sigma that gives the rectified variable unit variance)."""

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         f"sweep {summary['sweep']}: {summary['launched']} trials launched, "
         f"{summary['already_finished']} already finished, {summary['failed']} failed, "
         f"{summary['collapsed']} stopped by the collapse guard, {summary['finished']} finished"
+        + (f", {summary['stopped_at_rung']} stopped at a rung" if summary.get("stopped_at_rung") else "")
     )
     if summary["stopped_on_failures"]:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from jepa_ray import config as config_lib
 from jepa_ray.cluster import is_local_path, sqlite_path
 from jepa_ray.config import TrialConfig
 from jepa_ray.errors import UsageError
-from jepa_ray.sweep.failures import FailureLimit, make_failure_callback, make_stopper
+from jepa_ray.sweep.failures import EpochBudget, FailureLimit, make_failure_callback, make_stopper
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
-from jepa_ray.sweep.resume import ResumeState, prepare_resume, recorded_base_config
+from jepa_ray.sweep.progress import make_progress_callback
+from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
+from jepa_ray.sweep.scheduler import make_scheduler
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
 from jepa_ray.sweep.spaces import DefineByRun, load_space, trial_config, validate_space
 from jepa_ray.sweep.trial import trial_dir, trial_main, trial_resources
@@ -80,6 +83,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)  # cheap: fail fast
     fault = faults.from_env()
     base = base_config(opts)
+    scheduler = make_scheduler(opts, base.optim.epochs)  # checked before Ray starts
     module = load_space(opts.space)
     validate_space(module, base, n=200 if not opts.smoke else 50, seed=opts.seed)
     grid = getattr(module, "GRID", None)
@@ -156,6 +160,12 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         resume = ResumeState()
     else:
         resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id)
+    if scheduler is not None:
+        searcher.stopped = scheduler.stopped
+        if opts.resume:
+            scheduler.restore_from_histories(
+                epoch_histories(opts.tracking_uri, exp_id, parent_id, [s.metric for s in scheduler.signals])
+            )
     tracking.client(opts.tracking_uri).set_tag(parent_id, "jepa_ray.max_concurrent", str(concurrency))
     remaining = max(0, num_samples - resume.finished)
 
@@ -171,13 +181,28 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         "max_concurrent": concurrency,
     }
     if remaining > 0:
-        _run_tuner(
-            opts, base, storage, sweep_name, searcher, remaining, concurrency, exp_id, parent_id, resume, limit, fault
+        ctx = SweepContext(
+            opts,
+            base,
+            storage,
+            sweep_name,
+            exp_id,
+            parent_id,
+            searcher,
+            scheduler,
+            objectives,
+            resume,
+            limit,
+            EpochBudget(opts.max_trial_epochs, resume.trial_epochs),
+            fault,
         )
+        _run_tuner(ctx, remaining, concurrency)
         # Trials Tune stopped (the failure limit, Ctrl-C) end without a report: close them.
         why = (
             f"stopped before its end: the sweep stopped after {limit.failed} failed trials"
             if limit.reached
+            else f"stopped before its end: the sweep's budget of {opts.max_trial_epochs} trial-epochs was spent"
+            if ctx.budget.reached
             else "stopped before its end: the sweep ended first"
         )
         searcher.fail_unfinished(why)
@@ -193,6 +218,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         failure_reasons=limit.reasons,
         stopped_on_failures=limit.reached,
         collapsed=limit.collapsed,
+        stopped_at_rung=limit.stopped,
         finished=limit.finished,
     )
     if opts.print_front:
@@ -200,20 +226,28 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     return summary
 
 
-def _run_tuner(
-    opts,
-    base,
-    storage,
-    sweep_name,
-    searcher,
-    remaining,
-    concurrency,
-    exp_id,
-    parent_id,
-    resume: ResumeState,
-    limit: FailureLimit,
-    fault,
-) -> None:
+@dataclass
+class SweepContext:
+    """What one run of a sweep's tuner needs."""
+
+    opts: SweepOptions
+    base: TrialConfig
+    storage: str
+    name: str
+    exp_id: str
+    parent_id: str
+    searcher: Any
+    scheduler: Any
+    objectives: list
+    resume: ResumeState
+    limit: FailureLimit
+    budget: EpochBudget
+    fault: Any
+
+
+def _run_tuner(ctx: SweepContext, remaining: int, concurrency: int) -> None:
+    opts, base, storage, sweep_name, searcher = ctx.opts, ctx.base, ctx.storage, ctx.name, ctx.searcher
+    exp_id, parent_id, resume = ctx.exp_id, ctx.parent_id, ctx.resume
     from ray import tune
 
     from jepa_ray import tracking
@@ -225,7 +259,7 @@ def _run_tuner(
     attempt = time.strftime("%Y%m%d-%H%M%S")
     base_dict = config_lib.to_dict(base)
     trainable = tune.with_parameters(
-        trial_main, base=base_dict, storage=storage, sweep=sweep_name, resume_map=resume.resume_map, fault=fault
+        trial_main, base=base_dict, storage=storage, sweep=sweep_name, resume_map=resume.resume_map, fault=ctx.fault
     )
     trainable = tune.with_resources(trainable, trial_resources(base))
     mlflow_cb = tracking.make_callback(
@@ -235,6 +269,15 @@ def _run_tuner(
         lambda trial: trial_config(base, trial),
         resume.reuse_runs,
         trial_dir=lambda trial: trial_dir(storage, sweep_name, trial.get("optuna_trial", 0)),
+        stopped=searcher.stopped,
+    )
+    progress_cb = make_progress_callback(
+        opts.tracking_uri,
+        parent_id,
+        ctx.objectives,
+        searcher.stopped,
+        epochs_before=resume.trial_epochs,
+        points_before=resume.final_points(ctx.objectives),
     )
     # An in-process trial's actor is reused by the next trial: a fresh one costs a worker
     # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
@@ -254,13 +297,17 @@ def _run_tuner(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=remaining, max_concurrent_trials=concurrency, reuse_actors=reuse_actors
+            search_alg=searcher,
+            num_samples=remaining,
+            max_concurrent_trials=concurrency,
+            reuse_actors=reuse_actors,
+            scheduler=ctx.scheduler,
         ),
         run_config=tune.RunConfig(
             name=f"{sweep_name}-tune-{attempt}",
             storage_path=storage,
-            callbacks=[mlflow_cb, make_failure_callback(limit)],
-            stop=make_stopper(limit),
+            callbacks=[mlflow_cb, make_failure_callback(ctx.limit, searcher.stopped), progress_cb],
+            stop=make_stopper(ctx.limit, ctx.budget),
             failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
             progress_reporter=reporter,
             verbose=1 if not opts.smoke else 0,

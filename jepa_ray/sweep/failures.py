@@ -14,10 +14,12 @@ class FailureLimit:
 
     def __init__(self, limit: int):
         self.limit, self.failed, self.reasons, self.collapsed, self.finished = limit, 0, [], 0, 0
+        self.stopped = 0  # by a scheduler, at a rung
 
     def record(self, why: str, kind: FailureKind = FailureKind.FAILED) -> None:
         if kind in (FailureKind.COLLAPSED, FailureKind.STOPPED):
             self.collapsed += kind is FailureKind.COLLAPSED
+            self.stopped += kind is FailureKind.STOPPED
             return
         self.failed += 1
         self.reasons.append(why)
@@ -27,7 +29,11 @@ class FailureLimit:
         return self.limit > 0 and self.failed >= self.limit
 
 
-def make_failure_callback(limit: FailureLimit):
+def make_failure_callback(limit: FailureLimit, stopped: dict[str, str] | None = None):
+    """A Tune callback that counts every trial's end into `limit` (`stopped`: the scheduler's
+    ledger of trials it stopped at a rung)."""
+    stopped = {} if stopped is None else stopped
+
     from ray.tune import Callback
 
     from jepa_ray.tracking import trial_error_text
@@ -38,6 +44,8 @@ def make_failure_callback(limit: FailureLimit):
             kind = failure_kind(result)
             if kind is not None:
                 limit.record(one_line(result[RESULT_FAILURE]), kind)
+            elif trial.trial_id in stopped:
+                limit.record(stopped[trial.trial_id], FailureKind.STOPPED)
             elif is_final(result):
                 limit.finished += 1
 
@@ -47,14 +55,37 @@ def make_failure_callback(limit: FailureLimit):
     return FailureCounter()
 
 
-def make_stopper(limit: FailureLimit):
+class EpochBudget:
+    """Counts the epochs every trial trained (each trial's furthest epoch) against a budget."""
+
+    def __init__(self, budget: int = 0, spent_before: int = 0):
+        self.budget, self.spent_before = budget, spent_before
+        self.epochs: dict[str, int] = {}
+
+    def add(self, trial_id: str, result: dict) -> None:
+        if "epoch" in result:
+            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result["epoch"]) + 1)
+
+    @property
+    def spent(self) -> int:
+        return self.spent_before + sum(self.epochs.values())
+
+    @property
+    def reached(self) -> bool:
+        return self.budget > 0 and self.spent >= self.budget
+
+
+def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None):
+    """Stop every trial when the failure limit or the compute budget is reached."""
     from ray.tune import Stopper
 
-    class StopOnFailures(Stopper):
+    class StopOnFailuresOrBudget(Stopper):
         def __call__(self, trial_id, result):
+            if budget is not None:
+                budget.add(trial_id, result)
             return False
 
         def stop_all(self):
-            return limit.reached
+            return limit.reached or (budget is not None and budget.reached)
 
-    return StopOnFailures()
+    return StopOnFailuresOrBudget()

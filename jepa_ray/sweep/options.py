@@ -12,6 +12,7 @@ from jepa_ray.contract import DEFAULT_OBJECTIVES
 from jepa_ray.errors import UsageError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
+SCHEDULERS = ("fifo", "moasha")
 SMOKE_REPLACES = ("digits", "digits-sweep")
 """Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
 
@@ -54,6 +55,16 @@ class SweepOptions:
     address: str | None = None
     max_failed_trials: int = 5
     """Stop the sweep after this many failed trials (0: never)."""
+    max_trial_epochs: int = 0
+    """Stop the sweep once its trials trained this many epochs in all (a compute budget; 0: none)."""
+    scheduler: str = "fifo"
+    """fifo (every trial runs to its end) or moasha (multi-objective successive halving)."""
+    scheduler_eta: float = 3.0
+    """moasha: a trial continues at a rung when in the top 1/eta of the trials that reached it."""
+    scheduler_min_epochs: int = 0
+    """moasha: the first rung, in epochs (0: a ninth of the epochs, at least 1); then x eta."""
+    scheduler_signals: str = "online/linear_acc:max,train/l0_density:min"
+    """moasha: the per-epoch metrics a rung ranks on, metric:max|min (they predict the objectives)."""
     print_front: bool = True
 
 
@@ -75,6 +86,10 @@ def validate_options(opts: SweepOptions) -> None:
         bad("--sampler", opts.sampler, ", ".join(SAMPLERS))
     if opts.max_failed_trials < 0:
         bad("--max-failed-trials", opts.max_failed_trials, ">= 0 (0: never stop)")
+    if opts.max_trial_epochs < 0:
+        bad("--max-trial-epochs", opts.max_trial_epochs, ">= 0 (0: no budget)")
+    if opts.scheduler not in SCHEDULERS:
+        bad("--scheduler", opts.scheduler, ", ".join(SCHEDULERS))
     if opts.data_dir and not os.path.isdir(opts.data_dir):
         bad("--data-dir", opts.data_dir, "an existing directory")
     if not opts.experiment.strip():
@@ -139,4 +154,19 @@ def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
         default=defaults.max_failed_trials,
         help="stop after this many failed trials (0: never)",
     )
+    a(
+        "--max-trial-epochs",
+        type=int,
+        default=defaults.max_trial_epochs,
+        help="compute budget: stop once the trials trained this many epochs in all (0: none)",
+    )
+    a("--scheduler", default=defaults.scheduler, help=f"{' | '.join(SCHEDULERS)} (default: %(default)s)")
+    a("--scheduler-eta", type=float, default=defaults.scheduler_eta, help="moasha: keep the top 1/eta at a rung")
+    a(
+        "--scheduler-min-epochs",
+        type=int,
+        default=defaults.scheduler_min_epochs,
+        help="moasha: first rung in epochs (0: a ninth of the epochs)",
+    )
+    a("--scheduler-signals", default=defaults.scheduler_signals, help="moasha: metric:max|min,... ranked at a rung")
     return p

@@ -5,6 +5,7 @@ with the base config the sweep started with."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState
@@ -23,6 +24,27 @@ class ResumeState:
     finished: int = 0
     reuse_runs: dict[str, str] = field(default_factory=dict)  # params key -> MLflow run id
     resume_map: dict[str, str] = field(default_factory=dict)  # params key -> checkpoint URI
+    trial_epochs: int = 0  # epochs the sweep's trials trained before (its compute so far)
+    finished_metrics: list[dict] = field(default_factory=list)  # final metrics of its finished trials
+
+    def final_points(self, objectives) -> list[tuple[float, ...]]:
+        """The finished trials' objective values (for the hypervolume curve)."""
+        points = [tuple(m.get(o.name, math.nan) for o in objectives) for m in self.finished_metrics]
+        return [p for p in points if all(math.isfinite(v) for v in p)]
+
+
+def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics: list[str]) -> dict[str, dict]:
+    """params key -> {epoch: {metric: value}} of the sweep's trial runs (a scheduler's rungs)."""
+    from jepa_ray import tracking
+
+    c = tracking.client(tracking_uri)
+    out: dict[str, dict[int, dict]] = {}
+    for run in tracking.trial_runs(tracking_uri, exp_id, parent_run_id):
+        epochs = out.setdefault(run.data.tags.get(tracking.PARAMS_KEY, run.info.run_id), {})
+        for name in metrics:
+            for m in c.get_metric_history(run.info.run_id, name):
+                epochs.setdefault(m.step, {})[name] = m.value
+    return out
 
 
 def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) -> ResumeState:
@@ -62,6 +84,13 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
                 if not finished:
                     c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
                 c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
+    reused = set(state.reuse_runs.values())
+    for run in runs:  # what the ended trials cost and found (an interrupted one is counted when it ends)
+        if run.info.run_id in reused:
+            continue
+        state.trial_epochs += len(c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC))
+        if run.info.status == "FINISHED":
+            state.finished_metrics.append(dict(run.data.metrics))
     return state
 
 

@@ -72,7 +72,19 @@ class JepaOptunaSearch(OptunaSearch):
             count += 1
         return count
 
+    stopped: dict[str, str]
+    """Trial id -> why a scheduler stopped it at a rung (the scheduler's ledger; make_searcher
+    sets an empty one)."""
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials and trial_id in self.stopped:
+            # Stopped early: PRUNED, which samplers read as worse than any complete trial
+            # (Optuna takes no intermediate values in multi-objective studies).
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("rung_stop", self.stopped[trial_id][:1000])
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             kind = failure_kind(result)
             failed = error or not result or kind is not None or any(not _finite(result.get(m)) for m in self.metric)
@@ -94,7 +106,7 @@ def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: s
     storage = optuna.storages.RDBStorage(
         storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
     )
-    return JepaOptunaSearch(
+    searcher = JepaOptunaSearch(
         space=space_fn,
         metric=[o.name for o in objectives],
         mode=[o.direction for o in objectives],
@@ -102,6 +114,8 @@ def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: s
         study_name=study_name,
         storage=storage,
     )
+    searcher.stopped = {}
+    return searcher
 
 
 def _finite(v) -> bool:

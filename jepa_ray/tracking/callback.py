@@ -32,6 +32,7 @@ from jepa_ray.contract import (
     RESULT_FAILURE,
     ROLE,
     ROLE_TRIAL,
+    STOPPED,
     TRIAL_DIR,
     TRIAL_ID,
     FailureKind,
@@ -78,8 +79,10 @@ class MlflowSweepCallback:
         resolve_trial: Callable[[dict], TrialConfig],
         reuse_runs: dict[str, str] | None = None,
         trial_dir: Callable[[dict], str] | None = None,
+        stopped: dict[str, str] | None = None,
     ):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
+        self.stopped = {} if stopped is None else stopped  # tune trial id -> why a scheduler stopped it
         self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
         self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
@@ -152,6 +155,11 @@ class MlflowSweepCallback:
         kind = failure_kind(result)
         if kind is not None:
             self._fail(run_id, result[RESULT_FAILURE], kind.value)
+            return
+        if trial.trial_id in self.stopped:
+            self.c.set_tag(run_id, STOPPED, one_line(self.stopped[trial.trial_id]))
+            self.c.set_tag(run_id, FAILURE_KIND, FailureKind.STOPPED.value)
+            self.c.set_terminated(run_id, "KILLED")
             return
         if not is_final(result):
             self._fail(run_id, "the trial ended without final metrics")

@@ -1,0 +1,242 @@
+"""Hypervolume against compute: full-fidelity search against the multi-objective successive-halving
+scheduler, at equal compute budgets, several seeds each; and how well each per-epoch signal at a
+rung predicts the final objectives.
+
+Methods (each a real sweep, `sweeps/rectified.py`, into its own temporary MLflow store, joining
+one local Ray instance; objectives linear_acc:max,l0_density:min; hypervolume from the sweep's
+parent run, `sweep/hypervolume` at step = trial-epochs spent, reference point (0, 1)):
+
+- `tpe`: full-fidelity TPE (today's default sweep), `random`: full-fidelity random search,
+- `tpe-density`: full-fidelity TPE in target-density space (`--space rectified_density`),
+- `moasha-random`: the scheduler with random proposals (MOASHA's baseline),
+- `moasha-tpe`, `moasha-tpe-density`: the scheduler with TPE (in mu or density space).
+
+Every sweep has the same budget of trial-epochs (`--max-trial-epochs`: N full trials' worth);
+the scheduler's sweeps may launch 4x the trials within it. The hypervolume is compared at a
+third, two thirds and all of the budget (the last value logged at or below it), mean and spread
+over the seeds. Rank correlations (Spearman) of each signal at each rung with the final
+objectives come from the full-fidelity sweeps' finished trials.
+
+    python benchmarks/search.py                               # digits, 3 seeds (about 1 h on 2 cores)
+    python benchmarks/search.py --methods tpe,moasha-tpe --seeds 0 --trials 6 --epochs 6   # quick
+    python benchmarks/search.py --plot search.png
+
+Prints one JSON object per line (docs/design.md format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = {
+    "tpe": ["--sampler", "tpe"],
+    "random": ["--sampler", "random"],
+    "tpe-density": ["--sampler", "tpe", "--space", "rectified_density"],
+    "moasha-random": ["--sampler", "random", "--scheduler", "moasha"],
+    "moasha-tpe": ["--sampler", "tpe", "--scheduler", "moasha"],
+    "moasha-tpe-density": ["--sampler", "tpe", "--scheduler", "moasha", "--space", "rectified_density"],
+}
+SIGNALS = {
+    "linear_acc": ["online/linear_acc", "online/linear_acc_z"],
+    "l0_density": ["train/l0_density"],
+    "linear_acc_z": ["online/linear_acc_z"],
+}
+
+
+def emit(case: str, metric: str, value: float | None, **extra) -> None:
+    row = {
+        "bench": "search",
+        "case": case,
+        "metric": metric,
+        "value": None if value is None else round(value, 5),
+        "device": "cpu",
+        **extra,
+    }
+    print(json.dumps(row), flush=True)
+
+
+def run_sweep(workdir: Path, method: str, seed: int, args, address: str) -> tuple[float, str]:
+    """Run one sweep; (wall seconds, tracking URI)."""
+    full = args.trials if not method.startswith("moasha") else 4 * args.trials
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "rectified.py"),
+        "--address",
+        address,
+        "--experiment",
+        "search",
+        "--tracking-uri",
+        f"sqlite:///{workdir}/mlflow.db",
+        "--storage-path",
+        str(workdir / "ray"),
+        "--preset",
+        args.preset,
+        "--epochs",
+        str(args.epochs),
+        "--num-samples",
+        str(full),
+        "--max-trial-epochs",
+        str(args.trials * args.epochs),
+        "--seed",
+        str(seed),
+        "--max-failed-trials",
+        "0",
+        *METHODS[method],
+        *args.extra,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=args.timeout)
+    if out.returncode not in (0, 1):
+        raise SystemExit(f"{method} seed {seed} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return time.perf_counter() - start, f"sqlite:///{workdir}/mlflow.db"
+
+
+def curve(uri: str) -> list[tuple[int, float, float]]:
+    """(trial-epochs, hypervolume, seconds since the sweep started) after each ended trial."""
+    from jepa_ray import tracking
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("search")
+    parent = tracking.find_sweep_run(uri, exp.experiment_id)
+    start = parent.info.start_time
+    points = sorted(c.get_metric_history(parent.info.run_id, "sweep/hypervolume"), key=lambda m: (m.step, m.timestamp))
+    return [(m.step, m.value, (m.timestamp - start) / 1000) for m in points]
+
+
+def at_budget(points: list[tuple[int, float, float]], budget: float) -> float:
+    best = 0.0
+    for spent, hv, _ in points:
+        if spent <= budget:
+            best = max(best, hv)
+    return best
+
+
+def signal_correlations(uri: str, rungs: list[int]) -> dict[tuple[str, str, int], float]:
+    """Spearman of each signal at each rung with each final objective, over finished trials."""
+    from scipy import stats
+
+    from jepa_ray import tracking
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("search")
+    parent = tracking.find_sweep_run(uri, exp.experiment_id)
+    runs = [r for r in tracking.trial_runs(uri, exp.experiment_id, parent.info.run_id) if r.info.status == "FINISHED"]
+    out = {}
+    for objective, signals in SIGNALS.items():
+        for signal in signals:
+            histories = {
+                r.info.run_id: {m.step: m.value for m in c.get_metric_history(r.info.run_id, signal)} for r in runs
+            }
+            for rung in rungs:
+                pairs = [(histories[r.info.run_id].get(rung - 1), r.data.metrics.get(objective)) for r in runs]
+                pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+                if len(pairs) >= 4:
+                    out[(objective, signal, rung)] = float(stats.spearmanr(*zip(*pairs)).statistic)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--preset", default="digits-sweep")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of a full trial")
+    p.add_argument("--trials", type=int, default=12, help="full trials a budget buys")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--plot", help="write the mean hypervolume curves to this PNG")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more sweep arguments")
+    args = p.parse_args()
+    methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    budget = args.trials * args.epochs
+
+    import ray
+
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    results: dict[str, list[list[tuple[int, float, float]]]] = {m: [] for m in methods}
+    correlations: dict[tuple[str, str, int], list[float]] = {}
+    from jepa_ray.sweep.scheduler import rung_levels
+
+    rungs = rung_levels(max(1, args.epochs // 9), 3.0, args.epochs) + [args.epochs]
+    with tempfile.TemporaryDirectory(prefix="jepa_ray_search_") as tmp:
+        for method in methods:
+            for seed in seeds:
+                workdir = Path(tmp) / f"{method}-{seed}"
+                workdir.mkdir()
+                wall, uri = run_sweep(workdir, method, seed, args, address)
+                points = curve(uri)
+                results[method].append(points)
+                emit(
+                    f"{method} seed {seed}: hypervolume at the budget of {budget} trial-epochs",
+                    "hypervolume",
+                    at_budget(points, budget),
+                    wall_s=round(wall, 1),
+                    trials_ended=len(points),
+                )
+                if not method.startswith("moasha"):
+                    for key, rho in signal_correlations(uri, rungs).items():
+                        correlations.setdefault(key, []).append(rho)
+    ray.shutdown()
+
+    for fraction in (1 / 3, 2 / 3, 1.0):
+        for method in methods:
+            values = [at_budget(points, fraction * budget) for points in results[method]]
+            emit(
+                f"{method}: hypervolume at {fraction:.2f} of the budget ({fraction * budget:.0f} trial-epochs), "
+                f"mean over seeds {seeds}",
+                "hypervolume",
+                statistics.mean(values),
+                spread=round(max(values) - min(values), 5),
+                per_seed=[round(v, 5) for v in values],
+            )
+    for (objective, signal, rung), rhos in sorted(correlations.items()):
+        emit(
+            f"Spearman({signal} at epoch {rung}, final {objective}), full-fidelity sweeps",
+            "spearman",
+            statistics.mean(rhos),
+            per_sweep=[round(r, 3) for r in rhos],
+        )
+    if args.plot:
+        plot(results, budget, args.plot)
+
+
+def plot(results: dict, budget: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.linspace(0, budget, 61)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for method, runs in results.items():
+        curves = np.array([[at_budget(points, b) for b in grid] for points in runs])
+        mean = curves.mean(0)
+        line = ax.plot(grid, mean, label=method, drawstyle="steps-post")[0]
+        ax.fill_between(grid, curves.min(0), curves.max(0), step="post", alpha=0.12, color=line.get_color())
+    ax.set_xlabel("compute spent (trial-epochs)")
+    ax.set_ylabel("hypervolume (linear_acc max, l0_density min; ref 0, 1)")
+    ax.set_title("Hypervolume against compute (mean and range over seeds)")
+    ax.axvline(budget / 3, color="0.7", lw=0.8, ls=":")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    emit(f"plot written to {path}", "file", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""A multi-objective, multi-fidelity Tune scheduler: asynchronous successive halving over rungs in
+epochs, a trial promoted at a rung by its non-dominated rank among the trials that reached it.
+
+The rule is MOASHA's (Schmucker et al. 2021, "Multi-objective multi-fidelity hyperparameter
+optimization with application to fairness"; Salinas et al. 2021), as syne-tune implements it: at
+rung r (epochs completed), the first trial to arrive continues; each later one is ranked among
+all recorded at r by non-dominated sorting, and stops when the fraction of them ranked strictly
+ahead of it exceeds 1/eta. Within a front, NSGA-II's crowding distance orders the points (MOASHA's
+reference code uses an epsilon-net), and equal keys tie (both ends of a front are infinitely
+crowded), so a new point at an end of the front is not stopped for arriving later; each
+objective keeps its own direction.
+
+It ranks on per-epoch signals that predict the final objectives (by default the online probe's
+test accuracy for `linear_acc` and the training batches' l0 density for `l0_density`;
+benchmarks/search.py measures how well they predict). Trials are keyed by their parameters'
+key, so a trial re-run after an interruption is neither judged again at a rung it passed nor
+forgets it; `restore` rebuilds the rungs of a resumed sweep from MLflow's epoch histories.
+Stopped trials are recorded in `stopped` (trial id -> why): the searcher tells Optuna PRUNED for
+them, the MLflow writer ends their runs KILLED with the reason, and they are not failures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from ray.tune.schedulers import TrialScheduler
+
+from jepa_ray.contract import RESULT_FAILURE, is_final
+from jepa_ray.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Signal:
+    metric: str
+    mode: str  # "max" or "min"
+
+
+def parse_signals(text: str) -> list[Signal]:
+    """`metric:max|min,...` -> signals; UsageError naming the flag otherwise."""
+    signals = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        name, _, mode = item.rpartition(":")
+        if not name or mode not in ("max", "min"):
+            raise UsageError(f"--scheduler-signals {text!r}: expected metric:max or metric:min, comma separated")
+        signals.append(Signal(name, mode))
+    if not signals:
+        raise UsageError(f"--scheduler-signals {text!r}: at least one metric:max|min")
+    return signals
+
+
+def rung_levels(min_epochs: int, eta: float, max_epochs: int) -> list[int]:
+    """Epoch counts min_epochs * eta^k below max_epochs (the last epoch is the trial's end)."""
+    levels, r = [], float(min_epochs)
+    while round(r) < max_epochs:
+        if not levels or round(r) > levels[-1]:
+            levels.append(int(round(r)))
+        r *= eta
+    return levels
+
+
+def _as_minimization(values: np.ndarray, modes: list[str]) -> np.ndarray:
+    signs = np.array([-1.0 if m == "max" else 1.0 for m in modes])
+    return values * signs
+
+
+def nondominated_fronts(points: np.ndarray) -> np.ndarray:
+    """Front index of each point (0: non-dominated), all objectives minimized."""
+    n = len(points)
+    front = np.full(n, -1)
+    remaining = np.arange(n)
+    level = 0
+    while remaining.size:
+        sub = points[remaining]
+        dominated = np.array([bool(np.any(np.all(sub <= p, axis=1) & np.any(sub < p, axis=1))) for p in sub])
+        front[remaining[~dominated]] = level
+        remaining = remaining[dominated]
+        level += 1
+    return front
+
+
+def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of points of one front (infinite at each objective's ends)."""
+    n, k = points.shape
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(k):
+        order = np.argsort(points[:, j], kind="stable")
+        span = points[order[-1], j] - points[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (points[order[2:], j] - points[order[:-2], j]) / span
+    return dist
+
+
+def priority_keys(values: np.ndarray, modes: list[str]) -> list[tuple[int, float]]:
+    """(front, -crowding distance) of each point: smaller is better (NSGA-II's crowded order)."""
+    points = _as_minimization(np.asarray(values, dtype=float), modes)
+    fronts = nondominated_fronts(points)
+    crowd = np.zeros(len(points))
+    for f in np.unique(fronts):
+        members = np.flatnonzero(fronts == f)
+        crowd[members] = crowding_distance(points[members])
+    return [(int(f), -float(c)) for f, c in zip(fronts, crowd)]
+
+
+def priority_order(values: np.ndarray, modes: list[str]) -> np.ndarray:
+    """Indices of `values` (n, k) best first: by non-dominated front, then by crowding distance
+    (larger first) within a front, then by index (the earlier arrival first)."""
+    keys = priority_keys(values, modes)
+    return np.array(sorted(range(len(keys)), key=lambda i: (keys[i], i)))
+
+
+def rank_fraction(values: np.ndarray, i: int, modes: list[str]) -> tuple[int, float]:
+    """(how many points are strictly ahead of point i, that count / n): points of equal key tie
+    (two ends of one front both have infinite crowding), as syne-tune's searchsorted ranks do."""
+    keys = priority_keys(values, modes)
+    ahead = sum(k < keys[i] for k in keys)
+    return ahead, ahead / len(keys)
+
+
+def dominated_by(values: np.ndarray, i: int, modes: list[str]) -> int:
+    points = _as_minimization(np.asarray(values, dtype=float), modes)
+    p = points[i]
+    return int(np.sum(np.all(points <= p, axis=1) & np.any(points < p, axis=1)))
+
+
+class MultiObjectiveASHA(TrialScheduler):
+    """MOASHA over epochs (see the module docstring). `keys` maps a Tune trial to the key its
+    records are kept under (the parameters' key); `stopped` collects trial id -> reason."""
+
+    def __init__(self, signals: list[Signal], max_epochs: int, *, min_epochs: int = 1, eta: float = 3.0):
+        super().__init__()
+        if eta <= 1:
+            raise UsageError(f"--scheduler-eta {eta} is not allowed; allowed: > 1")
+        if not 1 <= min_epochs < max_epochs:
+            raise UsageError(
+                f"--scheduler-min-epochs {min_epochs} is not allowed; allowed: 1 .. epochs - 1 ({max_epochs - 1})"
+            )
+        self.signals, self.max_epochs, self.min_epochs, self.eta = signals, max_epochs, min_epochs, eta
+        self.rungs = rung_levels(min_epochs, eta, max_epochs)
+        self.records: dict[int, dict[str, tuple[float, ...]]] = {r: {} for r in self.rungs}
+        self.stopped: dict[str, str] = {}
+
+    @property
+    def modes(self) -> list[str]:
+        return [s.mode for s in self.signals]
+
+    # Tune hooks ----------------------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True  # the objectives are the searcher's; the scheduler has its own signals
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        pass
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        pass
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        pass
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        pass
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        stop, why = self.judge(_key(trial), result)
+        if stop:
+            self.stopped[trial.trial_id] = why
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def choose_trial_to_run(self, tune_controller):
+        for status in ("PENDING", "PAUSED"):
+            for trial in tune_controller.get_trials():
+                if trial.status == status:
+                    return trial
+        return None
+
+    def debug_string(self) -> str:
+        filled = ", ".join(f"{r}: {len(rec)}" for r, rec in self.records.items())
+        return f"MOASHA (eta {self.eta:g}) over {', '.join(s.metric for s in self.signals)}; trials per rung {filled}"
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # the rungs are rebuilt from MLflow on --resume (restore_from_histories)
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    # The rule ------------------------------------------------------------------------------
+
+    def judge(self, key: str, result: dict) -> tuple[bool, str]:
+        """(stop?, why) for a result of the trial recorded under `key`."""
+        if result.get(RESULT_FAILURE) or is_final(result) or "epoch" not in result:
+            return False, ""
+        done = int(result["epoch"]) + 1
+        if done not in self.records:
+            return False, ""
+        recorded = self.records[done]
+        if key in recorded:
+            return False, ""  # a replay after a restart: judged once, when it first got here
+        values = tuple(result.get(s.metric, math.nan) for s in self.signals)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return False, ""  # not rankable: the collapse guard or the end decide
+        others = list(recorded.values())
+        recorded[key] = values
+        if not others:
+            return False, ""
+        table = np.array([*others, values])
+        ahead, rank = rank_fraction(table, len(others), self.modes)
+        if rank <= 1.0 / self.eta:
+            return False, ""
+        beaten = dominated_by(table, len(others), self.modes)
+        return True, (
+            f"rung {done}: dominated by {beaten} of {len(others)}, {ahead} of {len(others)} ranked ahead "
+            f"(kept: the top 1/{self.eta:g})"
+        )
+
+    def restore_from_histories(self, histories: dict[str, dict[int, dict]]) -> None:
+        """Rebuild the rungs from recorded epoch metrics: key -> {epoch: metrics}."""
+        for key, epochs in histories.items():
+            for rung in self.rungs:
+                metrics = epochs.get(rung - 1)
+                if metrics is None:
+                    continue
+                values = tuple(metrics.get(s.metric, math.nan) for s in self.signals)
+                if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                    self.records[rung].setdefault(key, values)
+
+
+def _key(trial) -> str:
+    return str((trial.config or {}).get("params_key") or trial.trial_id)
+
+
+def make_scheduler(opts, max_epochs: int) -> MultiObjectiveASHA | None:
+    """The scheduler --scheduler names (None: Tune's FIFO); UsageError on bad settings."""
+    if opts.scheduler == "fifo":
+        return None
+    min_epochs = opts.scheduler_min_epochs or max(1, max_epochs // 9)
+    if max_epochs < 2:
+        raise UsageError(f"--scheduler moasha needs trials of at least 2 epochs, got {max_epochs}")
+    return MultiObjectiveASHA(
+        parse_signals(opts.scheduler_signals),
+        max_epochs,
+        min_epochs=min(min_epochs, max_epochs - 1),
+        eta=opts.scheduler_eta,
+    )
