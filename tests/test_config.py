@@ -142,9 +142,17 @@ def test_unknown_key_without_close_match_points_to_list_keys():
 # Presets and resolution
 
 
+def resolvable_preset(name: str, data_dir) -> TrialConfig:
+    """The preset, pointed at an existing directory when its dataset needs one (imagefolder)."""
+    cfg = C.preset(name)
+    if cfg.data.dataset in ("imagefolder", "parquet") and not cfg.data.data_dir:
+        cfg.data.data_dir = str(data_dir)
+    return cfg
+
+
 @pytest.mark.parametrize("name", list(C.PRESETS))
-def test_presets_resolve_validate_and_resolution_is_idempotent(name):
-    resolved = C.resolve(C.preset(name))
+def test_presets_resolve_validate_and_resolution_is_idempotent(name, tmp_path):
+    resolved = C.resolve(resolvable_preset(name, tmp_path))
     C.validate(resolved)
     assert resolved.target.sigma > 0
     assert resolved.views.recipe != "auto"
@@ -175,6 +183,53 @@ def test_cifar100_resnet18_preset_has_the_reference_hyperparameters():
     assert c.eval.online_probe_lr == 0.01 and c.system.checkpoint_every == 1
     assert c.views.num_views == 2 and c.views.recipe == "cifar" and c.views.crop_scale_min == 0.2
     assert c.data.image_size == 32
+
+
+def test_imagenet100_resnet50_preset_has_the_reference_hyperparameters(tmp_path):
+    """scripts/pretrain/imagenet-100/rectified_lpjepa_imagenet.yaml of YilunKuang/rectified-lp-jepa."""
+    c = C.resolve(resolvable_preset("imagenet100-resnet50", tmp_path))
+    assert (c.data.dataset, c.data.image_size, c.data.data_workers) == ("imagefolder", 224, 8)
+    assert c.model.backbone == "resnet50" and not c.model.cifar_stem and not c.model.zero_init_last
+    assert c.model.proj_dims == "2048-2048-2048" and c.model.sync_bn  # proj_hidden/output_dim 2048
+    assert (c.target.target, c.target.p, c.target.mu) == ("rgg", 1.0, 0.0)  # rectified, p 1, mean shift 0
+    assert c.target.sigma == pytest.approx(2**-0.5)  # mode_of_sigma sigma_GN at p = 1
+    # invariance_loss_weight 25 (on MSE(z1, z2) = 4 * invariance), rdm_reg_loss_weight 125
+    assert (c.loss.lambd, c.loss.loss_scale) == (pytest.approx(5 / 9), 225.0) and c.loss.regularizer == "rdmreg"
+    assert c.loss.loss_scale * (1 - c.loss.lambd) / 4 == pytest.approx(25)
+    assert c.loss.loss_scale * c.loss.lambd == pytest.approx(125)
+    assert c.loss.num_slices == 8192
+    assert (c.optim.optimizer, c.optim.lr, c.optim.weight_decay) == ("lars", 0.165, 1e-4)
+    assert (c.optim.momentum, c.optim.lars_eta, c.optim.warmup_start_lr) == (0.9, 0.02, 3e-5)
+    # batch 128 per device (one worker here); max_epochs 1000; solo-learn's default warmup 10
+    assert (c.optim.batch_size, c.system.workers, c.optim.epochs, c.optim.warmup_epochs) == (128, 1, 1000, 10)
+    assert c.eval.online_probe_lr == 0.055 and c.system.checkpoint_every == 1
+    assert (c.views.num_views, c.views.recipe, c.views.crop_scale_min) == (2, "imagenet", 0.2)
+    from jepa_ray.data import recipe_defaults
+
+    recipe = recipe_defaults(c.views.recipe, c.views.crop_scale_min)
+    assert (recipe.p_blur, recipe.p_solarize, recipe.p_grayscale, recipe.p_color_jitter) == (0.5, 0.1, 0.2, 0.8)
+    assert (recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue, recipe.p_flip) == (
+        0.4,
+        0.4,
+        0.2,
+        0.1,
+        0.5,
+    )
+
+
+def test_lejepa_imagenet100_is_the_imagenet_recipe_with_lejepas_dense_target(tmp_path):
+    rect = C.resolve(resolvable_preset("imagenet100-resnet50", tmp_path))
+    le = C.resolve(resolvable_preset("lejepa-imagenet100", tmp_path))
+    assert (le.target.target, le.loss.regularizer, le.loss.lambd, le.loss.loss_scale) == (
+        "gaussian",
+        "sigreg",
+        0.05,
+        1.0,
+    )
+    assert (le.loss.num_slices, le.optim.optimizer) == (1024, "adamw")
+    assert (le.data, le.views, le.system) == (rect.data, rect.views, rect.system)
+    assert (le.model.backbone, le.model.proj_dims) == ("resnet50", "2048-2048-2048")
+    assert (le.optim.batch_size, le.optim.epochs, le.optim.warmup_epochs) == (128, 1000, 10)
 
 
 def sigma_gn_reference(p: float) -> float:
@@ -283,7 +338,7 @@ def test_config_error_is_a_value_error():
 
 
 def test_lejepa_presets_keep_lejepas_loss_scale():
-    for name in ("lejepa-digits", "lejepa-cifar100-resnet18", "digits", "digits-sweep"):
+    for name in ("lejepa-digits", "lejepa-cifar100-resnet18", "lejepa-imagenet100", "digits", "digits-sweep"):
         assert C.preset(name).loss.loss_scale == 1.0, name
 
 

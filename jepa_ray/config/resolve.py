@@ -16,6 +16,8 @@ from jepa_ray.config.schema import (
     RECIPES,
     REGULARIZERS,
     SIGMA_MODES,
+    STREAM_AUGMENT_PLACES,
+    STREAM_MODES,
     TrialConfig,
     apply_overrides,
     float_list,
@@ -93,6 +95,20 @@ def validate(cfg: TrialConfig) -> None:
     _require(d.image_size >= 0, "image_size", "0 (native) or a positive size", d.image_size)
     _require(d.max_train_samples >= 0, "max_train_samples", ">= 0", d.max_train_samples)
     _require(d.max_test_samples >= 0, "max_test_samples", ">= 0", d.max_test_samples)
+    _choice("stream", d.stream, STREAM_MODES)
+    if d.stream == "stream":
+        _require(info.streamable, "stream", "memory | auto for this dataset (stream: imagefolder, parquet)", d.stream)
+    _require(
+        math.isfinite(d.stream_threshold_gb) and d.stream_threshold_gb > 0,
+        "stream_threshold_gb",
+        "> 0",
+        d.stream_threshold_gb,
+    )
+    _require(d.data_workers >= 0, "data_workers", ">= 0", d.data_workers)
+    _require(d.prefetch_batches >= 1, "prefetch_batches", ">= 1", d.prefetch_batches)
+    _choice("stream_augment", d.stream_augment, STREAM_AUGMENT_PLACES)
+    _require(d.stats_samples >= 1, "stats_samples", ">= 1", d.stats_samples)
+    _require(0 <= d.max_bad_fraction < 1, "max_bad_fraction", "[0, 1)", d.max_bad_fraction)
 
     _require(v.num_views >= 2, "num_views", ">= 2", v.num_views)
     _require(v.num_local_views >= 0, "num_local_views", ">= 0", v.num_local_views)

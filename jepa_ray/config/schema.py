@@ -32,6 +32,8 @@ OPTIMIZERS = ("adamw", "lars")
 PRECISIONS = ("auto", "fp32", "bf16")
 SIGMA_MODES = ("gn", "unit_var")
 RECIPES = ("auto", "digits", "cifar", "imagenet")
+STREAM_MODES = ("auto", "memory", "stream")
+STREAM_AUGMENT_PLACES = ("device", "workers")
 
 
 @dataclass
@@ -48,6 +50,27 @@ class DataConfig:
     """Use at most this many training images (0: all; a fixed stratified subset); for smoke runs and benchmarks."""
     max_test_samples: int = 0
     """Use at most this many test images (0: all; a fixed stratified subset); for benchmarks."""
+    stream: str = "auto"
+    """Input path: memory (decode every image once into memory), stream (decode each batch in
+    DataLoader worker processes, memory bounded; imagefolder and parquet) or auto (stream when the
+    estimated decoded size of both splits exceeds stream_threshold_gb)."""
+    stream_threshold_gb: float = 4.0
+    """stream=auto streams a dataset whose decoded train + test images exceed this many GB."""
+    data_workers: int = 2
+    """DataLoader worker processes that decode (and with stream_augment=workers augment) the
+    streamed batches of each training worker (0: in the training process)."""
+    prefetch_batches: int = 2
+    """Batches each data worker decodes ahead of the step that needs them."""
+    stream_augment: str = "device"
+    """Where streamed batches are augmented: device (the training device, as the in-memory path:
+    same views, bit for bit) or workers (in the data workers on CPU; the same views as the
+    in-memory path on a CPU run, a different but equally distributed stream on CUDA)."""
+    stats_samples: int = 2048
+    """Streamed datasets: mean/std come from this many train images (a fixed stratified sample;
+    all of them when the split is smaller, which gives the in-memory path's statistics)."""
+    max_bad_fraction: float = 0.001
+    """Unreadable or truncated images up to this fraction of a split are skipped (replaced by the
+    next readable image, counted and logged); more stop the trial with one line naming the split."""
 
 
 @dataclass

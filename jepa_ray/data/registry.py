@@ -27,6 +27,8 @@ class DatasetInfo:
     downloadable: bool = False
     recipe: str = "imagenet"
     """The augmentation recipe `recipe=auto` resolves to."""
+    streamable: bool = False
+    """Has a streaming input path (jepa_ray.data.stream): decoded per batch, memory bounded."""
 
     def load(self):
         if isinstance(self.loader, str):
@@ -42,8 +44,8 @@ _REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo("digits", f"{_LOADERS}:load_digits", channels=1, native_size=8, recipe="digits"),
         DatasetInfo("cifar10", f"{_LOADERS}:load_cifar10", native_size=32, downloadable=True, recipe="cifar"),
         DatasetInfo("cifar100", f"{_LOADERS}:load_cifar100", native_size=32, downloadable=True, recipe="cifar"),
-        DatasetInfo("imagefolder", f"{_LOADERS}:load_imagefolder", needs_dir=True),
-        DatasetInfo("parquet", f"{_LOADERS}:load_parquet", needs_dir=True),
+        DatasetInfo("imagefolder", f"{_LOADERS}:load_imagefolder", needs_dir=True, streamable=True),
+        DatasetInfo("parquet", f"{_LOADERS}:load_parquet", needs_dir=True, streamable=True),
     )
 }
 
