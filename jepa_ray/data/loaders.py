@@ -4,7 +4,6 @@ DataConfig into an `ImageSplits`."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,9 @@ import numpy as np
 import torch
 
 from jepa_ray.data.decode import decode_blobs, fit_square
-from jepa_ray.data.splits import SPLIT_SEED, ImageSplits, split_holdout
+from jepa_ray.data.sources import class_names
+from jepa_ray.data.splits import SPLIT_SEED, ImageSplits
+from jepa_ray.data.stream import materialize, source_splits
 from jepa_ray.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -98,17 +99,6 @@ def load_cifar100(cfg: DataConfig) -> ImageSplits:
 # Parquet
 
 
-def _class_names(metadata: dict[bytes, bytes] | None) -> list[str] | None:
-    """Class names from the schema metadata key `classes`: a JSON list or a comma-separated string."""
-    raw = (metadata or {}).get(b"classes")
-    if raw is None:
-        return None
-    text = raw.decode("utf-8").strip()
-    if text.startswith("["):
-        return [str(c) for c in json.loads(text)]
-    return [c.strip() for c in text.split(",")]
-
-
 def _image_blobs(column, path: Path) -> list[torch.Tensor]:
     """Zero-copy views, one per row, into one copy of the column's byte buffer."""
     import pyarrow as pa
@@ -153,12 +143,14 @@ def read_parquet_split(
         raise UsageError(f"{path}: column 'label' must be integer, got {table.schema.field('label').type}")
     labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     images = decode_blobs(_image_blobs(table.column("image"), path), image_size, lambda i: f"{path} row {i}")
-    return images, labels, _class_names(table.schema.metadata)
+    return images, labels, class_names(table.schema.metadata)
 
 
 def load_parquet(cfg: DataConfig) -> ImageSplits:
     """data_dir/train.parquet and data_dir/test.parquet (see `read_parquet_split`)."""
     root = _resolve_dir(cfg)
+    if (root / "train").is_dir() and (root / "test").is_dir():  # shards: read through the streaming sources
+        return materialize(source_splits(cfg, subsets=False), cfg.max_bad_fraction)
     expected = "a directory holding train.parquet and test.parquet"
     _require_dir(root, expected)
     missing = [f for f in ("train.parquet", "test.parquet") if not (root / f).is_file()]
@@ -182,45 +174,12 @@ def load_parquet(cfg: DataConfig) -> ImageSplits:
 # Image folder
 
 
-def _read_folder(root: Path, class_to_idx: dict[str, int], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
-    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    if not samples:
-        raise ConfigError(
-            f"config field 'data_dir': no images ({', '.join(IMG_EXTENSIONS)}) in class folders of '{root}'"
-        )
-    blobs = [torch.from_numpy(np.fromfile(p, dtype=np.uint8)) for p, _ in samples]
-    labels = torch.tensor([c for _, c in samples], dtype=torch.int64)
-    return decode_blobs(blobs, image_size, lambda i: samples[i][0]), labels
-
-
-def _class_dirs(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-
-
 def load_imagefolder(cfg: DataConfig) -> ImageSplits:
     """data_dir/{train,test|val}/<class>/<image> (torchvision ImageFolder layout), or
     data_dir/<class>/<image> split 80/20 (fixed, stratified). Classes come from the train folder;
-    images are decoded once to RGB and fitted to cfg.image_size (0: the first image's shorter side)."""
+    images are decoded once to RGB and fitted to cfg.image_size (0: the first image's shorter side).
+    Read through the streaming path's sources, so bad images are handled as there
+    (jepa_ray.data.sources: unreadable ones skipped and counted, empty class folders an error)."""
     root = _resolve_dir(cfg)
-    expected = "train/ and test/ (or val/) folders with one folder per class, or one folder per class"
-    _require_dir(root, expected)
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        classes = _class_dirs(root / "train")
-        unknown = sorted(set(_class_dirs(test_dir)) - set(classes))
-        if unknown:
-            raise ConfigError(
-                f"config field 'data_dir' = '{root}': {test_dir.name}/ has classes not in train/: {', '.join(unknown)}"
-            )
-        class_to_idx = {c: i for i, c in enumerate(classes)}
-        train_x, train_y = _read_folder(root / "train", class_to_idx, cfg.image_size)
-        test_x, test_y = _read_folder(test_dir, class_to_idx, train_x.shape[-1])
-    else:
-        classes = _class_dirs(root)
-        if not classes:
-            raise ConfigError(f"config field 'data_dir' = '{root}' has no class folders; expected {expected}")
-        x, y = _read_folder(root, {c: i for i, c in enumerate(classes)}, cfg.image_size)
-        train_x, train_y, test_x, test_y = split_holdout(x, y, test_fraction=0.2)
-    return ImageSplits(train_x, train_y, test_x, test_y, num_classes=len(classes), classes=classes, name="imagefolder")
+    _require_dir(root, "train/ and test/ (or val/) folders with one folder per class, or one folder per class")
+    return materialize(source_splits(cfg, subsets=False), cfg.max_bad_fraction)

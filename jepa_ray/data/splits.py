@@ -83,11 +83,21 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     256-bin histogram per channel: no float copy of a 50k-image set is ever made."""
     if x.shape[0] == 0:
         raise ValueError("channel_stats: no images")
+    return stats_from_histograms(channel_histograms(x))
+
+
+def channel_histograms(x: torch.Tensor) -> torch.Tensor:
+    """(C, 256) float64 counts of each uint8 level per channel; sums of these over chunks of a
+    split give the split's (so streamed statistics equal the in-memory ones)."""
+    return torch.stack([torch.bincount(x[:, c].reshape(-1).cpu(), minlength=256) for c in range(x.shape[1])]).double()
+
+
+def stats_from_histograms(hist: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on [0, 1] from (C, 256) level counts."""
     levels = torch.arange(256, dtype=torch.float64) / 255.0
     means, stds = [], []
-    for c in range(x.shape[1]):
-        hist = torch.bincount(x[:, c].reshape(-1).cpu(), minlength=256).double()
-        p = hist / hist.sum()
+    for c in range(hist.shape[0]):
+        p = hist[c] / hist[c].sum()
         mean = float((p * levels).sum())
         var = float((p * (levels - mean).square()).sum())
         means.append(mean)

@@ -4,6 +4,7 @@ backbone features, RankMe, and the closed-form target density."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +18,40 @@ if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
 
 
+def tensor_batches(images_u8: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> Iterator[tuple]:
+    """(images, labels) of consecutive rows of in-memory tensors (labels None: None)."""
+    for start in range(0, images_u8.shape[0], batch_size):
+        stop = start + batch_size
+        yield images_u8[start:stop], None if labels is None else labels[start:stop]
+
+
 @torch.no_grad()
+def extract_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    normalize,
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Backbone features, z and labels of every (uint8 images, labels) batch, in order (eval mode,
+    center = the whole image). Only one batch of images is held at a time: the features of a
+    streamed split are gathered, never its images."""
+    was_training = model.training
+    model.eval()
+    feats, zs, ys = [], [], []
+    for images, labels in batches:
+        x = normalize(images.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            h, z = model(x)
+        feats.append(h.float())
+        zs.append(z.float())
+        if labels is not None:
+            ys.append(labels.to(device))
+    model.train(was_training)
+    return torch.cat(feats), torch.cat(zs), torch.cat(ys) if ys else None
+
+
 def extract_features(
     model: nn.Module,
     images_u8: torch.Tensor,
@@ -27,18 +61,11 @@ def extract_features(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone features and z of every image (eval mode, center = the whole image)."""
-    was_training = model.training
-    model.eval()
-    feats, zs = [], []
-    for start in range(0, images_u8.shape[0], batch_size):
-        x = normalize(images_u8[start : start + batch_size].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            h, z = model(x)
-        feats.append(h.float())
-        zs.append(z.float())
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(zs)
+    """Backbone features and z of every image of an in-memory tensor (see `extract_batches`)."""
+    h, z, _ = extract_batches(
+        model, tensor_batches(images_u8, None, batch_size), normalize, device=device, autocast_dtype=autocast_dtype
+    )
+    return h, z
 
 
 def target_l0_density(cfg: TrialConfig) -> float:
@@ -103,8 +130,33 @@ def evaluate_encoder(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """`evaluate` on the frozen features of both splits of `splits` (an ImageSplits); also
     returns z of the test split."""
-    kw = dict(batch_size=batch_size, device=device, autocast_dtype=autocast_dtype)
-    tr_h, tr_z = extract_features(model, splits.train_x, normalize, **kw)
-    te_h, te_z = extract_features(model, splits.test_x, normalize, **kw)
-    result = evaluate(cfg, tr_h, tr_z, splits.train_y, te_h, te_z, splits.test_y, splits.num_classes, device)
+    return evaluate_batches(
+        cfg,
+        model,
+        tensor_batches(splits.train_x, splits.train_y, batch_size),
+        tensor_batches(splits.test_x, splits.test_y, batch_size),
+        splits.num_classes,
+        normalize,
+        device=device,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+def evaluate_batches(
+    cfg: TrialConfig,
+    model: nn.Module,
+    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    normalize,
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """`evaluate` on the frozen features of two streams of (uint8 images, labels) batches (one
+    split after the other, a batch of images at a time); also returns z of the test split."""
+    kw = dict(device=device, autocast_dtype=autocast_dtype)
+    tr_h, tr_z, tr_y = extract_batches(model, train_batches, normalize, **kw)
+    te_h, te_z, te_y = extract_batches(model, test_batches, normalize, **kw)
+    result = evaluate(cfg, tr_h, tr_z, tr_y, te_h, te_z, te_y, num_classes, device)
     return result, te_z

@@ -22,15 +22,15 @@ from torch import nn
 
 from jepa_ray import distributed as dist_lib
 from jepa_ray import metrics as metrics_lib
-from jepa_ray.data import BatchIterator, ImageSplits, ViewMaker, load_dataset
-from jepa_ray.errors import ConfigError
-from jepa_ray.eval.evaluate import evaluate_encoder, extract_features
+from jepa_ray.data import ViewMaker
+from jepa_ray.eval.evaluate import evaluate_batches, extract_batches
 from jepa_ray.model import Preprocess, create_model
 from jepa_ray.regularizers import create_regularizer
 from jepa_ray.seeding import STREAM_AUGMENT, step_generator
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train import optim as optim_lib
 from jepa_ray.train.faults import Fault
+from jepa_ray.train.feed import Feed, open_feed
 from jepa_ray.train.guard import check_collapse, check_finite
 from jepa_ray.train.step import Runtime, TrainModule, runtime, set_threads, train_step
 
@@ -84,22 +84,19 @@ def _save(
 
 @torch.no_grad()
 def _online_test_accuracy(
-    model: TrainModule, test_x: torch.Tensor, test_y: torch.Tensor, preprocess: Preprocess, rt: Runtime, batch_size: int
+    model: TrainModule, feed: Feed, preprocess: Preprocess, rt: Runtime, batch_size: int
 ) -> tuple[float, float]:
-    """Accuracy of the two online probes on the test split (held on the device), each rank
-    taking a strided shard: one encoder pass per epoch gives both."""
-    idx = torch.arange(rt.rank, test_x.shape[0], rt.world_size, device=test_x.device)
-    h, z = extract_features(
+    """Accuracy of the two online probes on the test split, each rank taking a strided shard:
+    one encoder pass per epoch gives both."""
+    h, z, y = extract_batches(
         model.encoder,
-        test_x[idx],
+        feed.test_shard(rt.rank, rt.world_size, batch_size),
         preprocess,
-        batch_size=batch_size,
         device=rt.device,
         autocast_dtype=rt.autocast_dtype,
     )
-    y = test_y[idx]
     correct = [(model.probe_h(h).argmax(1) == y).sum(), (model.probe_z(z).argmax(1) == y).sum()]
-    ch, cz, n = dist_lib.sum_over_ranks([float(c) for c in correct] + [idx.numel()], rt.device)
+    ch, cz, n = dist_lib.sum_over_ranks([float(c) for c in correct] + [y.numel()], rt.device)
     return ch / max(n, 1), cz / max(n, 1)
 
 
@@ -120,15 +117,10 @@ def fit(
     rt = runtime(cfg, device)
     torch.manual_seed(cfg.system.seed)  # identical initial weights on every rank
 
-    splits = load_dataset(cfg.data)
-    image_size = cfg.data.image_size or splits.image_size
-    views = ViewMaker(cfg.views, image_size, splits.mean, splits.std, splits.num_channels)
-    preprocess = Preprocess(splits.mean, splits.std, image_size, splits.num_channels).to(rt.device)
-    train_x = splits.train_x.to(rt.device)  # uint8, decoded once; augmented on the device
-    train_y = splits.train_y.to(rt.device)
-    test_x, test_y = splits.test_x.to(rt.device), splits.test_y.to(rt.device)
+    feed, views = open_feed(cfg, rt, lambda mean, std, size, channels: ViewMaker(cfg.views, size, mean, std, channels))
+    preprocess = Preprocess(feed.mean, feed.std, feed.image_size, feed.num_channels).to(rt.device)
 
-    model = TrainModule(create_model(cfg), splits.num_classes, cfg.model.joint_view_forward).to(rt.device)
+    model = TrainModule(create_model(cfg), feed.num_classes, cfg.model.joint_view_forward).to(rt.device)
     if rt.device.type == "cuda" and cfg.system.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -142,15 +134,7 @@ def fit(
     optimizer = optim_lib.create_optimizer(cfg, model.encoder, nn.ModuleList([model.probe_h, model.probe_z]))
 
     local_batch = cfg.optim.batch_size // rt.world_size
-    if cfg.optim.batch_size > train_x.shape[0]:
-        raise ConfigError(
-            f"config field 'batch_size' = {cfg.optim.batch_size} is larger than the "
-            f"training split ({train_x.shape[0]} images); allowed: <= {train_x.shape[0]}"
-        )
-    batches = BatchIterator(
-        train_x.shape[0], cfg.optim.batch_size, rank=rt.rank, world_size=rt.world_size, seed=cfg.system.seed
-    )
-    steps_per_epoch = len(batches)
+    steps_per_epoch = len(feed.batches)
     total_steps = cfg.optim.epochs * steps_per_epoch
     warmup = optim_lib.warmup_steps(cfg, steps_per_epoch)
 
@@ -162,19 +146,21 @@ def fit(
     num_global = cfg.views.num_views
     for epoch in range(start_epoch, cfg.optim.epochs):
         net.train()
-        batches.set_epoch(epoch)
         sums = torch.zeros(6, dtype=torch.float64, device=rt.device)
         pending = None
         t0 = time.perf_counter()
-        for idx in torch.stack(list(batches)).to(rt.device):  # one host-to-device copy per epoch
+        for x, y in feed.epoch(epoch):
             if fault is not None:
                 fault.check(rt.rank, step)
             optim_lib.schedule_step(optimizer, step, total_steps, warmup, cfg)
             # One stream for the whole global batch, each rank keeping its rows: the views do not
             # depend on the number of workers.
-            gen = step_generator(rt.device, cfg.system.seed, step, STREAM_AUGMENT)
-            x_views = views(train_x[idx], gen, offset=rt.rank * local_batch, total=cfg.optim.batch_size)
-            out = train_step(net, regularizer, optimizer, x_views, train_y[idx], step, cfg, rt.autocast_dtype)
+            if isinstance(x, list):  # made in the data workers (stream_augment=workers)
+                x_views = x
+            else:
+                gen = step_generator(rt.device, cfg.system.seed, step, STREAM_AUGMENT)
+                x_views = views(x, gen, offset=rt.rank * local_batch, total=cfg.optim.batch_size)
+            out = train_step(net, regularizer, optimizer, x_views, y, step, cfg, rt.autocast_dtype)
             # The finiteness check reads the previous step's loss: reading this step's would make
             # the CPU wait for the GPU every step. A non-finite loss stops the trial one step late.
             check_finite(pending, epoch)
@@ -192,7 +178,7 @@ def fit(
         seconds = time.perf_counter() - t0
         totals = dist_lib.sum_over_ranks(sums.tolist() + [seconds], rt.device)
         n_steps = steps_per_epoch * rt.world_size
-        online_h, online_z = _online_test_accuracy(model, test_x, test_y, preprocess, rt, local_batch * 2)
+        online_h, online_z = _online_test_accuracy(model, feed, preprocess, rt, local_batch * 2)
         epoch_metrics = {
             "epoch": epoch,
             "train/loss": totals[0] / n_steps,
@@ -229,7 +215,8 @@ def fit(
         )
 
     final = dict(history[-1]) if history else {}
-    evaluation, rates = final_evaluation(cfg, model.encoder, splits, preprocess, rt)
+    evaluation, rates = final_evaluation(cfg, model.encoder, feed, preprocess, rt)
+    feed.close()
     final.update(evaluation)
 
     def save_final(d: Path) -> Path:
@@ -241,23 +228,29 @@ def fit(
     return final
 
 
-def final_evaluation(
-    cfg, model, splits: ImageSplits, preprocess: Preprocess, rt: Runtime
-) -> tuple[dict, list[float] | None]:
+def final_evaluation(cfg, model, feed: Feed, preprocess: Preprocess, rt: Runtime) -> tuple[dict, list[float] | None]:
     """Final metrics on frozen features (computed on rank 0 and broadcast to every rank) and,
-    on rank 0, the activation rate of each z dimension on the test split."""
+    on rank 0, the activation rate of each z dimension on the test split. The features are
+    extracted a batch at a time (streamed splits are never held as images); `time/eval_s` is the
+    whole evaluation and `time/eval_s_per_10k` that per 10,000 images of both splits."""
     result, rates = [None], None
     if rt.is_main:
-        result[0], te_z = evaluate_encoder(
+        t0 = time.perf_counter()
+        batch_size = max(256, cfg.optim.batch_size)
+        result[0], te_z = evaluate_batches(
             cfg,
             ckpt_lib.unwrap(model),
-            splits,
+            feed.split("train", batch_size),
+            feed.split("test", batch_size),
+            feed.num_classes,
             preprocess,
             device=rt.device,
             autocast_dtype=rt.autocast_dtype,
-            batch_size=max(256, cfg.optim.batch_size),
         )
         rates = metrics_lib.activation_rates(te_z).tolist()
+        seconds = time.perf_counter() - t0
+        result[0]["time/eval_s"] = seconds
+        result[0]["time/eval_s_per_10k"] = seconds * 1e4 / max(feed.num_train + feed.num_test, 1)
     if dist_lib.is_distributed():
         dist.broadcast_object_list(result, src=0)
     return result[0], rates
