@@ -361,3 +361,46 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_images(tmp_path)
     memory_small, memory_large = peak_rss_mb(small, "memory"), peak_rss_mb(large, "memory")
     assert stream_large - stream_small < 6.0, (stream_small, stream_large)
     assert memory_large - memory_small > 35.0, (memory_small, memory_large)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_streamed_trial_resumed_at_an_epoch_boundary_repeats_the_uninterrupted_one(tmp_path):
+    import shutil
+
+    from jepa_ray.train import LocalReporter, fit
+    from jepa_ray.train import checkpoint as ckpt_lib
+    from jepa_ray.train.store import TrialStore
+
+    write_folder(tmp_path / "data", per_class=16)  # with its two unreadable images
+    cfg = tiny_trial(tmp_path / "data", stream="stream", epochs=3, max_bad_fraction=0.02)
+    whole = fit(cfg, LocalReporter(tmp_path / "whole"))
+    assert whole["time/eval_s"] > 0 and whole["time/eval_s_per_10k"] > 0
+
+    def crash_after_epoch_0(metrics: dict, kept) -> None:
+        if metrics["epoch"] == 0:
+            raise SimulatedCrash
+
+    with pytest.raises(SimulatedCrash):
+        fit(cfg, LocalReporter(tmp_path / "crashed", callback=crash_after_epoch_0))
+    saved = tmp_path / "saved"
+    shutil.copytree(TrialStore(tmp_path / "crashed").latest(), saved)
+    trained: list[int] = []
+    fit(cfg, LocalReporter(tmp_path / "resumed", resume_from=saved), on_epoch=lambda m: trained.append(m["epoch"]))
+    assert trained == [1, 2]
+    got = ckpt_lib.load_state(tmp_path / "resumed" / "checkpoint", ckpt_lib.MODEL_FILE)["model"]
+    want = ckpt_lib.load_state(tmp_path / "whole" / "checkpoint", ckpt_lib.MODEL_FILE)["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+@pytest.mark.slow
+def test_a_streamed_trial_with_too_many_bad_images_stops_with_one_line(tmp_path):
+    from jepa_ray.train import LocalReporter, fit
+
+    write_folder(tmp_path / "data", per_class=16)
+    with pytest.raises(UsageError, match=r"train split \(epoch 0\): \d+ of 160 images are unreadable") as err:
+        fit(tiny_trial(tmp_path / "data", stream="stream", max_bad_fraction=0.001), LocalReporter(tmp_path / "out"))
+    assert "\n" not in str(err.value)
