@@ -135,7 +135,8 @@ class StreamFeed:
         )
 
     def close(self) -> None:
-        """Stop the persistent worker processes (they are also stopped when the feed is collected)."""
+        """Stop the training loaders' persistent worker processes (`split` still works: it makes
+        its own loaders)."""
         self.loader, self._test = None, None
 
 

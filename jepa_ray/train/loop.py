@@ -215,8 +215,8 @@ def fit(
         )
 
     final = dict(history[-1]) if history else {}
+    feed.close()  # the training loaders' worker processes are not needed any more
     evaluation, rates = final_evaluation(cfg, model.encoder, feed, preprocess, rt)
-    feed.close()
     final.update(evaluation)
 
     def save_final(d: Path) -> Path:
