@@ -32,8 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jepa_ray import pareto  # noqa: E402
+from jepa_ray import contract, pareto  # noqa: E402
 from jepa_ray.config import TrialConfig, flatten, resolve  # noqa: E402
+from jepa_ray.tracking.store import SEARCH_PAGE_SIZE  # noqa: E402
 
 EXPERIMENT = "bench-pareto"
 SWEEPS = 4
@@ -112,7 +113,7 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
     artifact_root = client.get_experiment(exp_id).artifact_location
     sweeps = []
     for s in range(SWEEPS):
-        run = client.create_run(exp_id, run_name=f"sweep-{s}", tags={pareto.ROLE_TAG: "sweep"})
+        run = client.create_run(exp_id, run_name=f"sweep-{s}", tags={contract.ROLE: "sweep"})
         sweeps.append(run.info.run_id)
     rng = np.random.default_rng(seed)
     base = {k: str(v) for k, v in flatten(resolve(TrialConfig())).items()}
@@ -143,16 +144,16 @@ def build_store(path: Path, n_runs: int, seed: int = 0) -> str:
         )
         tags = {
             "mlflow.runName": f"trial_{i:05d}",
-            pareto.PARENT_TAG: sweeps[i % SWEEPS],
-            pareto.ROLE_TAG: pareto.ROLE_TRIAL,
-            pareto.TRIAL_ID_TAG: f"{i:05d}",
-            pareto.CHECKPOINT_TAG: f"{path.parent}/checkpoints/trial_{i:05d}",
+            contract.PARENT: sweeps[i % SWEEPS],
+            contract.ROLE: contract.ROLE_TRIAL,
+            contract.TRIAL_ID: f"{i:05d}",
+            contract.CHECKPOINT: f"{path.parent}/checkpoints/trial_{i:05d}",
             "mlflow.user": "bench",
             "mlflow.source.name": "sweeps/rectified.py",
             "mlflow.source.type": "LOCAL",
         }
         if failed:
-            tags[pareto.FAILURE_TAG] = "RuntimeError: synthetic failure"
+            tags[contract.FAILURE] = "RuntimeError: synthetic failure"
         rows["tags"] += [dict(key=k, value=v, run_uuid=run_id) for k, v in tags.items()]
         rows["params"] += [dict(key=k, value=str(v), run_uuid=run_id) for k, v in params.items()]
         history = {(k, e): float(rng.random()) for k in HISTORY for e in range(EPOCHS)}
@@ -195,7 +196,7 @@ def check_store(client, exp_id: str, rows: dict) -> None:
         assert run.data.params == written
         latest = {m["key"]: m["value"] for m in rows["latest"] if m["run_uuid"] == r["run_uuid"]}
         assert run.data.metrics == latest
-        assert run.data.tags[pareto.ROLE_TAG] == pareto.ROLE_TRIAL
+        assert run.data.tags[contract.ROLE] == contract.ROLE_TRIAL
 
 
 def cached_store(n_runs: int, rebuild: bool) -> tuple[str, float | None]:
@@ -231,7 +232,7 @@ def main() -> None:
     if build_s is not None:
         emit(f"build store runs={args.runs}", "s", build_s)
     objectives = pareto.parse_objectives(pareto.DEFAULT_OBJECTIVES)
-    metrics = list(pareto.FINAL_METRICS)
+    metrics = list(contract.FINAL_METRICS)
     n = args.runs
 
     def fast():
@@ -251,7 +252,7 @@ def main() -> None:
         exp = mlflow.get_experiment_by_name(EXPERIMENT)
         frame = mlflow.search_runs(
             [exp.experiment_id],
-            filter_string=(f"attributes.status = 'FINISHED' AND tags.`{pareto.ROLE_TAG}` = '{pareto.ROLE_TRIAL}'"),
+            filter_string=(f"attributes.status = 'FINISHED' AND tags.`{contract.ROLE}` = '{contract.ROLE_TRIAL}'"),
         )
         return pareto.compute_front(frame, objectives, experiment=EXPERIMENT)
 
@@ -268,7 +269,7 @@ def main() -> None:
     )
     read_s, trials = timed(lambda: pareto.read_trials(uri, EXPERIMENT, metrics=metrics, reader="sql"), args.repeats)
     emit(f"read_trials with all params sqlite reader runs={n}", "s", read_s, base_s)
-    for page_size in (1_000, pareto.SEARCH_PAGE_SIZE):
+    for page_size in (1_000, SEARCH_PAGE_SIZE):
         client_s, client_result = timed(client_reader(page_size), 1)
         pd_equal(client_result.trials, pareto.compute_front(trials, objectives, experiment=EXPERIMENT).trials)
         emit(f"read_trials + compute_front MlflowClient reader page_size={page_size} runs={n}", "s", client_s, base_s)

@@ -28,6 +28,8 @@ FINAL_METRICS = (
 EPOCH_PROBE_METRIC = "train/loss"
 """A metric every epoch result carries: its MLflow history tells which epochs were logged."""
 DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
+DATA_SIZES = ("data/train_images", "data/test_images")
+"""Split sizes every epoch result carries: the MLflow dataset input, not metrics."""
 
 # MLflow tags.
 ROLE, SWEEP_NAME, TRIAL_ID, CHECKPOINT, FAILURE = (
@@ -44,6 +46,10 @@ FAILURE_KIND = "jepa_ray.failure_kind"
 STOPPED = "jepa_ray.stopped"
 """Why a scheduler stopped the trial at a rung (its run ends KILLED, its curves kept)."""
 PARENT = "mlflow.parentRunId"
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3 shows an experiment as training runs only with this tag (untagged ones open as GenAI)."""
+DESCRIPTION = "mlflow.note.content"
+SOURCE_NAME, SOURCE_TYPE, SOURCE_COMMIT = "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
 
 # Keys of the results a trial reports to Tune besides its metrics.

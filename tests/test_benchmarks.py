@@ -70,3 +70,10 @@ def test_search_benchmark_quick():
     )
     per_method = [r for r in rows if r["case"].endswith("mean over seeds [0]")]
     assert len(per_method) == 3 * 2 and all(r["value"] >= 0 for r in per_method)
+
+
+@pytest.mark.slow
+def test_pareto_benchmark_small_store():
+    rows = run_bench("benchmarks/pareto.py", "--runs", "300", "--repeats", "1", "--rebuild")
+    cases = " ".join(r["case"] for r in rows)
+    assert "runs=300" in cases and any("baseline" in r for r in rows)

@@ -29,6 +29,7 @@ from scipy import stats
 
 import jepa_ray
 from jepa_ray import config as config_lib
+from jepa_ray import contract as tracking_contract
 from jepa_ray import sweep, tracking
 from jepa_ray.contract import FailureKind
 from jepa_ray.data import dataset_info
@@ -228,6 +229,15 @@ def test_smoke_sweep_parent_run(smoke):
     assert tags["jepa_ray.optuna_storage"] == smoke.optuna_storage
     assert parent.data.params["num_samples"] == "2" and parent.data.params["base.epochs"] == "1"
     assert len(children) == 2
+    # The runs table's Source and Version columns, and the description on the run's page.
+    assert tags[tracking_contract.SOURCE_NAME] == "sweeps/rectified.py"
+    assert tags[tracking_contract.SOURCE_COMMIT] == head_commit()
+    description = tags[tracking.DESCRIPTION]
+    assert "linear_acc (higher is better)" in description and "l0_density (lower is better)" in description
+    assert "sweep/hypervolume" in description and "python -m jepa_ray.pareto" in description
+    # MLflow 3 opens the experiment on its training runs only with this tag.
+    exp = client(smoke).get_experiment(parent.info.experiment_id)
+    assert exp.tags[tracking_contract.EXPERIMENT_KIND] == "custom_model_development"
 
 
 @pytest.mark.slow
@@ -250,6 +260,13 @@ def test_smoke_sweep_child_params_and_tags(smoke):
         assert float(params["mu"]) == point["mu"] and float(params["p"]) == point["p"]
         assert float(params["lambd"]) == point["lambd"] and int(params["num_slices"]) == point["num_slices"]
         assert params["proj_dims"] == "256-256-256"
+        assert tags[tracking_contract.SOURCE_NAME] == "sweeps/rectified.py"
+        # The Dataset column: the split sizes and a digest, once per run; no size is a metric.
+        inputs = run.inputs.dataset_inputs
+        assert len(inputs) == 1 and inputs[0].dataset.name == "digits"
+        assert json.loads(inputs[0].dataset.profile) == {"train_images": 512, "test_images": 360}  # --smoke: 512
+        assert {t.key: t.value for t in inputs[0].tags} == {"mlflow.data.context": "train"}
+        assert not set(tracking_contract.DATA_SIZES) & set(run.data.metrics)
         p = float(params["p"])
         assert float(params["sigma"]) == pytest.approx(
             math.sqrt(math.gamma(1 / p) / math.gamma(3 / p)) / p ** (1 / p), rel=1e-12

@@ -1,9 +1,17 @@
-"""What the driver writes to MLflow per epoch: every epoch exactly once, with the values of the
-training that produced the final weights, whatever restarts happened (tracking.EpochLog)."""
+"""What the driver writes to MLflow: every epoch exactly once, with the values of the training
+that produced the final weights, whatever restarts happened (tracking.EpochLog); and what the
+MLflow UI needs to show a sweep as training runs."""
 
 from __future__ import annotations
 
-from jepa_ray import tracking
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from jepa_ray import contract, tracking
+from jepa_ray.config import DataConfig
+from jepa_ray.sweep.progress import stop_reason
 
 
 def m(epoch: int, run: str = "a") -> dict:
@@ -62,3 +70,59 @@ def test_final_results_are_recognised_by_their_metrics():
     assert tracking.is_final({"linear_acc": 0.9, "epoch": 3})
     assert not tracking.is_final({"epoch": 3, "train/loss": 1.0})
     assert not tracking.is_final({"linear_acc": 0.9, "failure": "collapse"})
+
+
+# --------------------------------------------------------------------------------------------
+# What the MLflow UI needs to show a sweep as training runs (tags, dataset input, source)
+
+
+def test_new_and_existing_experiments_are_tagged_as_training_experiments(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    old = c.create_experiment("made-before-the-tag")  # as an older version of the sweep left it
+    assert contract.EXPERIMENT_KIND not in c.get_experiment(old).tags
+    assert tracking.experiment_id(uri, "made-before-the-tag") == old
+    assert c.get_experiment(old).tags[contract.EXPERIMENT_KIND] == contract.TRAINING_KIND
+    new = tracking.experiment_id(uri, "new")
+    assert c.get_experiment(new).tags[contract.EXPERIMENT_KIND] == contract.TRAINING_KIND
+    c.delete_experiment(new)
+    assert tracking.experiment_id(uri, "new") == new  # restored, still tagged
+    assert c.get_experiment(new).tags[contract.EXPERIMENT_KIND] == contract.TRAINING_KIND
+
+
+def test_the_dataset_input_names_the_data_its_split_sizes_and_a_digest_of_the_selection(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(uri, "e")
+    data = DataConfig(dataset="parquet", data_dir="/data/cifar10", max_train_samples=5000)
+    runs = [c.create_run(exp).info.run_id for _ in range(3)]
+    tracking.log_dataset_input(c, runs[0], data, 5000, 2000)
+    tracking.log_dataset_input(c, runs[1], data, 5000, 2000)
+    tracking.log_dataset_input(c, runs[2], DataConfig(dataset="parquet", data_dir="/data/cifar10"), 50000, 10000)
+    inputs = [c.get_run(r).inputs.dataset_inputs for r in runs]
+    assert all(len(i) == 1 for i in inputs)
+    first = inputs[0][0].dataset
+    assert first.name == "parquet" and json.loads(first.source) == {"uri": "/data/cifar10"}
+    assert json.loads(first.profile) == {"train_images": 5000, "test_images": 2000}
+    assert inputs[1][0].dataset.digest == first.digest  # the same selection, the same digest
+    assert inputs[2][0].dataset.digest != first.digest
+
+
+def test_source_tags_name_the_entry_point_in_the_checkout_and_its_commit(monkeypatch, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", [str(root / "sweeps" / "rectified.py")])
+    tags = tracking.source_tags(root)
+    assert tags[contract.SOURCE_NAME] == "sweeps/rectified.py" and tags[contract.SOURCE_TYPE] == "LOCAL"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert tags.get(contract.SOURCE_COMMIT) == (head or None)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/jepa-sweep"])
+    assert tracking.source_tags(tmp_path) == {contract.SOURCE_NAME: "jepa-sweep", contract.SOURCE_TYPE: "LOCAL"}
+
+
+def test_the_stop_column_says_why_each_trial_ended():
+    stopped = {"t3": "rung 3: dominated by 5 of 8"}
+    assert stop_reason("t1", {"linear_acc": 0.9, "l0_density": 0.1}, stopped) == "finished"
+    assert stop_reason("t2", {"failure": "z collapsed", "failure_kind": "collapsed"}, stopped) == "collapsed"
+    assert stop_reason("t4", {"failure": "CUDA out of memory"}, stopped) == "failed"
+    assert stop_reason("t3", {"epoch": 2}, stopped) == "rung 3"
+    assert stop_reason("t5", {"epoch": 2}, stopped) == "ended early"

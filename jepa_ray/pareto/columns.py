@@ -13,6 +13,8 @@ KEY_PARAMS = ("lambd", "num_slices", "p", "mu", "proj_dims", "target", "sigma", 
 
 METRIC_PREFIX, PARAM_PREFIX = "metrics.", "params."
 BASE_COLUMNS = ("run_id", "trial_id", "sweep_run_id", "checkpoint")
+ORIGIN_COLUMNS = ("experiment", "sweep_name")
+"""Where a point comes from (added after sweep_run_id by front.add_origin)."""
 TAG_COLUMNS = {TRIAL_ID_TAG: "trial_id", PARENT_TAG: "sweep_run_id", CHECKPOINT_TAG: "checkpoint"}
 
 # SQL stores cannot hold infinities; MLflow writes +-inf as +-DBL_MAX (sanitize_metric_value).

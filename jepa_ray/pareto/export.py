@@ -1,5 +1,6 @@
-"""Exporting a front: the Pareto-optimal checkpoints copied and verified, the table and plot,
-optionally registered as MLflow models and logged to the sweep's parent run."""
+"""Exporting a front (or several fronts compared): the Pareto-optimal checkpoints copied and
+verified, the table, the JSON summary, the front plot and the ℓ0 calibration plot, optionally
+registered as MLflow models and logged to the sweeps' parent runs."""
 
 from __future__ import annotations
 
@@ -17,11 +18,17 @@ import pandas as pd
 from jepa_ray import tracking
 from jepa_ray.contract import CHECKPOINT as CHECKPOINT_TAG
 from jepa_ray.errors import UsageError
+from jepa_ray.pareto.calibration import write_calibration_plot
 from jepa_ray.pareto.columns import DEFAULT_TRACKING_URI, METRIC_PREFIX
+from jepa_ray.pareto.comparison import Comparison
 from jepa_ray.pareto.front import ParetoResult
-from jepa_ray.pareto.report import format_table, write_plot
+from jepa_ray.pareto.plot import CALIBRATION_FILE, as_comparison, write_plot
+from jepa_ray.pareto.report import format_comparison
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.checkpoint import EXPORT_FILES
+
+OUTPUT_FILES = ("pareto.parquet", "pareto.png", "pareto.txt", "pareto.json", CALIBRATION_FILE)
+"""What an export writes beside checkpoints/ (and what --overwrite replaces)."""
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -40,7 +47,7 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
     export writes (pareto.* and checkpoints/)."""
     out = check_out_dir(out_dir, overwrite)
     if out.is_dir():
-        for name in ("pareto.parquet", "pareto.png", "pareto.txt"):
+        for name in OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,25 +55,31 @@ def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path
 
 
 def export(
-    result: ParetoResult,
+    result: ParetoResult | Comparison,
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
     register: str | None = None,
     tracking_uri: str | None = None,
+    l0_scale: str = "auto",
+    labels: bool = True,
 ) -> Path:
-    """Write `pareto.parquet` (one row per Pareto-optimal trial; objectives, reference,
-    hypervolume, experiment and time in the schema metadata), `pareto.png`, `pareto.txt` (the
-    table) and `checkpoints/<run_id>/` (each checkpoint copied, checked loadable with
+    """Write `pareto.parquet` (one row per Pareto-optimal trial of each group, with its
+    experiment, sweep_run_id, sweep_name and group; objectives, reference, hypervolumes,
+    experiment(s) and time in the schema metadata), `pareto.json` (the summary: each group's
+    and each sweep's hypervolume at the shared reference, their mean and spread),
+    `pareto.png`, `l0_calibration.png` (when the runs record target_l0_density), `pareto.txt`
+    (the tables) and `checkpoints/<run_id>/` (each checkpoint copied, checked loadable with
     jepa_ray.load_encoder, with its MLflow metrics and run info). A checkpoint that cannot be
     read is reported on stderr and in the `export_error` column; the others are exported.
     register: also register the exported encoders under this MLflow model name."""
+    comp = as_comparison(result)
     out = prepare_out_dir(out_dir, overwrite)
-    front = result.front.copy()
+    front = comp.front()
     paths, errors = [], []
     for row in front.itertuples(index=False):
         values = dict(zip(front.columns, row))
-        path, error = _export_checkpoint(values, result, out / "checkpoints" / str(values["run_id"]))
+        path, error = _export_checkpoint(values, comp, out / "checkpoints" / str(values["run_id"]))
         if error:
             print(
                 f"warning: run {values['run_id']}: checkpoint {values['checkpoint']!r} not exported: {error}",
@@ -76,15 +89,23 @@ def export(
         errors.append(error)
     front["export_path"] = paths
     front["export_error"] = errors
-    write_parquet(result, front, out / "pareto.parquet")
-    write_plot(result, out / "pareto.png")
-    (out / "pareto.txt").write_text(format_table(result) + "\n")
+    write_parquet(comp, front, out / "pareto.parquet")
+    write_summary(comp, out / "pareto.json")
+    write_plot(comp, out / "pareto.png", l0_scale=l0_scale, labels=labels)
+    write_calibration_plot(comp, out / CALIBRATION_FILE, l0_scale=l0_scale)
+    (out / "pareto.txt").write_text(format_comparison(comp) + "\n")
     if register:
-        register_encoders(result, front, out, register, tracking_uri or DEFAULT_TRACKING_URI)
+        register_encoders(comp, front, out, register, tracking_uri or DEFAULT_TRACKING_URI)
     return out
 
 
-def _export_checkpoint(values: dict, result: ParetoResult, dest: Path) -> tuple[str | None, str | None]:
+def write_summary(result: ParetoResult | Comparison, path: str | os.PathLike) -> Path:
+    """The comparison's summary (Comparison.summary) as indented JSON."""
+    Path(path).write_text(json.dumps(as_comparison(result).summary(), indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def _export_checkpoint(values: dict, result: Comparison, dest: Path) -> tuple[str | None, str | None]:
     """Copy one checkpoint and verify it; (relative path, None) or (None, reason)."""
     uri = values.get("checkpoint")
     if not isinstance(uri, str) or not uri:
@@ -103,7 +124,7 @@ def _export_checkpoint(values: dict, result: ParetoResult, dest: Path) -> tuple[
     return str(dest.relative_to(dest.parents[1])), None
 
 
-def _write_run_info(values: dict, result: ParetoResult, dest: Path) -> None:
+def _write_run_info(values: dict, result: Comparison, dest: Path) -> None:
     """metrics.json gains the trial's final MLflow metrics; mlflow_run.json records the run."""
     metrics_path = dest / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -115,7 +136,9 @@ def _write_run_info(values: dict, result: ParetoResult, dest: Path) -> None:
         "run_id": values["run_id"],
         "trial_id": values["trial_id"],
         "sweep_run_id": values["sweep_run_id"],
-        "experiment": result.experiment,
+        "experiment": values.get("experiment") or result.overall.experiment,
+        "sweep_name": values.get("sweep_name"),
+        "group": values.get("group"),
         "source_checkpoint": values["checkpoint"],
         "objectives": {o.name: values[o.column] for o in result.objectives},
         "directions": {o.name: o.direction for o in result.objectives},
@@ -124,7 +147,7 @@ def _write_run_info(values: dict, result: ParetoResult, dest: Path) -> None:
     (dest / "mlflow_run.json").write_text(json.dumps(info, indent=2, default=str))
 
 
-def write_parquet(result: ParetoResult, front: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_parquet(result: ParetoResult | Comparison, front: pd.DataFrame, path: str | os.PathLike) -> Path:
     """The front as parquet with the result's metadata in the schema."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -135,11 +158,14 @@ def write_parquet(result: ParetoResult, front: pd.DataFrame, path: str | os.Path
     return Path(path)
 
 
-def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name: str, tracking_uri: str) -> list[str]:
+def register_encoders(
+    result: ParetoResult | Comparison, front: pd.DataFrame, out: Path, name: str, tracking_uri: str
+) -> list[str]:
     """Log each exported checkpoint to its trial run (artifact `pareto_encoder`) and register it
     as a version of model `name`, tagged with its objectives; the version numbers."""
     from mlflow.exceptions import MlflowException
 
+    comp = as_comparison(result)
     client = tracking.client(tracking_uri)
     try:
         client.create_registered_model(name, description="Pareto-optimal jepa_ray encoders")
@@ -154,12 +180,12 @@ def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name
         run_id = str(values["run_id"])
         client.log_artifacts(run_id, str(out / values["export_path"]), artifact_path="pareto_encoder")
         source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/pareto_encoder"
-        tags = {o.name: f"{values[o.column]:.6g}" for o in result.objectives}
+        tags = {o.name: f"{values[o.column]:.6g}" for o in comp.objectives}
         tags.update(
             {
-                "directions": ",".join(map(str, result.objectives)),
+                "directions": ",".join(map(str, comp.objectives)),
                 "knee": str(bool(values["knee"])),
-                "experiment": result.experiment,
+                "experiment": str(values.get("experiment") or comp.overall.experiment),
                 "trial_id": str(values["trial_id"]),
             }
         )
@@ -171,16 +197,31 @@ def register_encoders(result: ParetoResult, front: pd.DataFrame, out: Path, name
 
 
 def log_to_parent(
-    result: ParetoResult, tracking_uri: str, parent_run_id: str, files: Sequence[str | os.PathLike] | None = None
+    result: ParetoResult | Comparison,
+    tracking_uri: str,
+    parent_run_id: str,
+    files: Sequence[str | os.PathLike] | None = None,
 ) -> None:
-    """Log the plot and table (and any other given files) under `pareto/` of a sweep's parent
-    run, with the hypervolume and front size as metrics."""
+    """Log the front plot, the ℓ0 calibration plot and the table (or the given files) under
+    `pareto/` of a sweep's parent run, with the hypervolume and front size of the front the
+    sweep belongs to (its group's, in a comparison) as metrics. The sweep driver calls this
+    at a sweep's end."""
+    comp = as_comparison(result)
     client = tracking.client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="jepa_ray_pareto_") as tmp:
         if files is None:
-            files = [write_plot(result, Path(tmp) / "pareto.png"), Path(tmp) / "pareto.txt"]
-            Path(files[1]).write_text(format_table(result) + "\n")
+            files = [write_plot(comp, Path(tmp) / "pareto.png"), Path(tmp) / "pareto.txt"]
+            Path(files[1]).write_text(format_comparison(comp) + "\n")
+            files += [p for p in [write_calibration_plot(comp, Path(tmp) / CALIBRATION_FILE)] if p is not None]
         for path in files:
             client.log_artifact(parent_run_id, str(path), artifact_path="pareto")
-    client.log_metric(parent_run_id, "pareto/hypervolume", result.hypervolume)
-    client.log_metric(parent_run_id, "pareto/front_size", float(len(result.front)))
+    front = group_of(comp, parent_run_id)
+    client.log_metric(parent_run_id, "pareto/hypervolume", front.hypervolume)
+    client.log_metric(parent_run_id, "pareto/front_size", float(len(front.front)))
+
+
+def group_of(comp: Comparison, sweep_run_id: str) -> ParetoResult:
+    """The front a sweep's trials belong to: its group's, else the pooled one."""
+    rows = comp.sweeps[comp.sweeps["sweep_run_id"] == sweep_run_id]
+    label = rows["group"].iloc[0] if len(rows) else None
+    return comp.groups.get(label, comp.overall) if len(comp.groups) > 1 else comp.overall

@@ -15,10 +15,10 @@ import pandas as pd
 from jepa_ray.contract import DEFAULT_OBJECTIVES, FINAL_METRICS, ROLE_TRIAL
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.errors import UsageError
-from jepa_ray.pareto.columns import METRIC_PREFIX
+from jepa_ray.pareto.columns import METRIC_PREFIX, ORIGIN_COLUMNS
 from jepa_ray.pareto.dominance import hypervolume, knee_point, nondominated_ranks
 from jepa_ray.pareto.objectives import Filter, Objective, default_reference, parse_filter, parse_objectives
-from jepa_ray.pareto.reader import read_params, read_trials, use_sql
+from jepa_ray.pareto.reader import read_params, read_sweeps, read_trials, use_sql
 
 
 @dataclass
@@ -68,8 +68,8 @@ def compute_front(
     its hypervolume against `reference` (default: see default_reference) and its knee.
     trials: a read_trials frame (or any frame with run_id and `metrics.<name>` columns, such as
     mlflow.search_runs gives)."""
-    objectives = _objective_list(objectives)
-    filters = _filter_list(filters)
+    objectives = objective_list(objectives)
+    filters = filter_list(filters)
     if trials.empty:
         raise UsageError("no finished trial runs to rank")
     _check_objectives(trials, objectives)
@@ -105,11 +105,11 @@ def compute_front(
     )
 
 
-def _filter_list(filters: Sequence[Filter | str] | None) -> list[Filter]:
+def filter_list(filters: Sequence[Filter | str] | None) -> list[Filter]:
     return [parse_filter(f) if isinstance(f, str) else f for f in (filters or [])]
 
 
-def _objective_list(objectives: Sequence[Objective] | str | None) -> list[Objective]:
+def objective_list(objectives: Sequence[Objective] | str | None) -> list[Objective]:
     if objectives is None:
         return parse_objectives(DEFAULT_OBJECTIVES)
     if isinstance(objectives, str):
@@ -166,10 +166,11 @@ def extract(
     reader: str = "auto",
 ) -> ParetoResult:
     """read_trials + compute_front with the metrics the objectives and filters need, and the
-    params of the front's trials (the trials frame has none): what the sweep driver calls at
-    its end and what the command line runs."""
-    objectives = _objective_list(objectives)
-    filters = _filter_list(filters)
+    params of the front's trials (the trials frame has none) and the origin columns
+    (`experiment`, `sweep_name`; see add_origin): what the sweep driver calls at its end (the
+    command line reads through jepa_ray.pareto.comparison.compare, its multi-front form)."""
+    objectives = objective_list(objectives)
+    filters = filter_list(filters)
     metrics = [*FINAL_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
     reader = "sql" if use_sql(tracking_uri, reader) else "mlflow"  # probe the store's schema once
     trials = read_trials(
@@ -178,7 +179,26 @@ def extract(
     if trials.empty:
         scope = f" in sweep(s) {', '.join(sweep_run_ids)}" if sweep_run_ids else ""
         raise UsageError(f"experiment '{experiment}' has no FINISHED trial runs (tag {ROLE_TAG}={ROLE_TRIAL}){scope}")
+    trials = add_origin(trials, experiment, read_sweeps(tracking_uri, trials["sweep_run_id"].dropna(), reader=reader))
     result = compute_front(trials, objectives, reference, filters, experiment=experiment, sweep_run_ids=sweep_run_ids)
-    params = read_params(tracking_uri, result.front["run_id"], reader=reader)
-    result.front = result.front.merge(params, on="run_id", how="left", validate="one_to_one")
+    result.front = with_params(result.front, read_params(tracking_uri, result.front["run_id"], reader=reader))
     return result
+
+
+def with_params(frame: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
+    """frame with the `params.<name>` columns of its runs (a read_params frame) joined on run_id."""
+    return frame.merge(params, on="run_id", how="left", validate="one_to_one")
+
+
+def add_origin(trials: pd.DataFrame, experiment: str, sweeps: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """trials with the columns that say where each point comes from, after `sweep_run_id`:
+    `experiment` (its MLflow experiment) and `sweep_name` (its sweep parent's name from
+    `sweeps`, a read_sweeps mapping; None for a trial outside any known sweep)."""
+    trials = trials.drop(columns=[c for c in ORIGIN_COLUMNS if c in trials.columns])
+    if "sweep_run_id" not in trials.columns:
+        trials["sweep_run_id"] = pd.Series(None, index=trials.index, dtype=object)
+    names = [sweeps[s][1] if isinstance(s, str) and s in sweeps else None for s in trials["sweep_run_id"]]
+    at = list(trials.columns).index("sweep_run_id") + 1
+    trials.insert(at, "experiment", pd.Series([experiment] * len(trials), index=trials.index, dtype=object))
+    trials.insert(at + 1, "sweep_name", pd.Series(names, index=trials.index, dtype=object))
+    return trials

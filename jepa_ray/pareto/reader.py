@@ -7,6 +7,7 @@ through `MlflowClient.search_runs`. Both give the same frame."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,18 @@ from jepa_ray.cluster import sqlite_path
 from jepa_ray.contract import FINAL_METRICS, ROLE_TRIAL
 from jepa_ray.contract import PARENT as PARENT_TAG
 from jepa_ray.contract import ROLE as ROLE_TAG
+from jepa_ray.contract import SWEEP_NAME as SWEEP_NAME_TAG
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.columns import BASE_COLUMNS, METRIC_PREFIX, PARAM_PREFIX, SEARCH_PAGE_SIZE, SQL_INF, TAG_COLUMNS
-from jepa_ray.pareto.sqlite_reader import connect, marks, read_sql, sql_readable, unknown_experiment
+from jepa_ray.pareto.sqlite_reader import (
+    connect,
+    marks,
+    read_sql,
+    read_sql_sweeps,
+    sql_experiment_id,
+    sql_readable,
+    unknown_experiment,
+)
 
 
 def read_trials(
@@ -82,12 +92,7 @@ def _read_mlflow(
     from mlflow.entities import ViewType
 
     client = tracking.client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments(max_results=200))[:20]
-        raise UsageError(unknown_experiment(experiment, tracking_uri, names))
-    if exp.lifecycle_stage != "active":
-        raise UsageError(f"experiment '{experiment}' at {tracking_uri} is deleted")
+    exp = _mlflow_experiment(client, experiment, tracking_uri)
     _mlflow_check_sweeps(client, exp.experiment_id, sweeps, experiment)
     base = f"attributes.status = 'FINISHED' AND tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'"
     filters = [f"{base} AND tags.`{PARENT_TAG}` = '{s}'" for s in sweeps] or [base]
@@ -114,6 +119,50 @@ def _read_mlflow(
             if not token:
                 break
     return run_ids, tags, metric_rows, params
+
+
+def _mlflow_experiment(client, experiment: str, tracking_uri: str):
+    """The active experiment of that name; UsageError naming it (and the known ones) otherwise."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments(max_results=200))[:20]
+        raise UsageError(unknown_experiment(experiment, tracking_uri, names))
+    if exp.lifecycle_stage != "active":
+        raise UsageError(f"experiment '{experiment}' at {tracking_uri} is deleted")
+    return exp
+
+
+def check_experiment(tracking_uri: str, experiment: str, *, reader: str = "auto") -> None:
+    """UsageError (one line naming it and the experiments there) unless the experiment exists
+    and is active: what a comparison checks for every experiment before it reads any trial."""
+    if use_sql(tracking_uri, reader):
+        with closing(connect(sqlite_path(tracking_uri))) as con:
+            sql_experiment_id(con, experiment, tracking_uri)
+    else:
+        _mlflow_experiment(tracking.client(tracking_uri), experiment, tracking_uri)
+
+
+def read_sweeps(tracking_uri: str, run_ids: Sequence[str], *, reader: str = "auto") -> dict[str, tuple[str, str]]:
+    """Run id -> (experiment name, sweep name) for those of the given runs that exist. The sweep
+    name is the parent run's `jepa_ray.sweep_name` tag, else its run name, else its id: the
+    label a point's sweep of origin gets in a comparison."""
+    run_ids = sorted({r for r in run_ids if r})
+    if not run_ids:
+        return {}
+    if use_sql(tracking_uri, reader):
+        return read_sql_sweeps(tracking_uri, run_ids)
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client(tracking_uri)
+    found: dict[str, tuple[str, str]] = {}
+    for rid in run_ids:
+        try:
+            run = client.get_run(rid)
+        except MlflowException:
+            continue
+        name = run.data.tags.get(SWEEP_NAME_TAG) or run.info.run_name or rid
+        found[rid] = (client.get_experiment(run.info.experiment_id).name, name)
+    return found
 
 
 def _mlflow_check_sweeps(client, exp_id: str, sweeps: list[str], experiment: str) -> None:

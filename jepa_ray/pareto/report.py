@@ -1,17 +1,16 @@
-"""How a front is shown: a text table, a plot and a Parquet table."""
+"""How a front is shown as text: the table of a front, and the tables and hypervolume summary of
+several fronts compared (the plots are in jepa_ray.pareto.plot)."""
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jepa_ray.pareto.columns import KEY_PARAMS, PARAM_PREFIX
+from jepa_ray.pareto.comparison import Comparison
 from jepa_ray.pareto.front import ParetoResult
-from jepa_ray.pareto.objectives import Objective
 
 
 def format_table(result: ParetoResult, max_params: int = 6) -> str:
@@ -70,71 +69,42 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_plot(result: ParetoResult, path: str | os.PathLike) -> Path:
-    """PNG of the objective space: every trial with finite objectives in grey (hollow if a filter
-    excluded it), the front highlighted (connected in 2-D), the knee starred, the hypervolume
-    and reference in the title. k > 2 objectives: one panel per pair of objectives."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    pairs = _panel_pairs(len(result.objectives))
-    fig = Figure(figsize=(6.4 * len(pairs), 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    for n, (xi, yi) in enumerate(pairs):
-        _plot_panel(fig.add_subplot(1, len(pairs), n + 1), result, xi, yi, connect=len(result.objectives) == 2)
-    ref = ", ".join(f"{o.name}={r:g}" for o, r in zip(result.objectives, result.reference))
-    fig.suptitle(
-        f"{result.experiment or 'Pareto front'}: {len(result.front)} Pareto-optimal of "
-        f"{int(result.trials['feasible'].sum())} feasible trials\n"
-        f"hypervolume {result.hypervolume:.4g} (reference {ref})",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return Path(path)
+def format_comparison(comp: Comparison, max_params: int = 6) -> str:
+    """One front: its table (as format_table), then the per-sweep hypervolumes when an
+    experiment holds several sweeps. Several fronts: each group's table, then a summary of
+    the groups' hypervolumes at the shared reference and the per-sweep hypervolume spread."""
+    if len(comp.groups) == 1:
+        parts = [format_table(comp.overall, max_params)]
+    else:
+        parts = [f"[{label}] {format_table(g, max_params)}" for label, g in comp.groups.items()]
+        parts.append(_groups_summary(comp))
+    spread = format_sweep_spread(comp)
+    if spread:
+        parts.append(spread)
+    return "\n\n".join(parts)
 
 
-def _panel_pairs(k: int) -> list[tuple[int, int]]:
-    """(x, y) objective indices per panel; 2-D puts the second objective (l0 density by
-    default) on x and the first (accuracy) on y."""
-    if k == 1:
-        return [(0, 0)]
-    if k == 2:
-        return [(1, 0)]
-    return [(j, i) for i in range(k) for j in range(i + 1, k)]
+def _groups_summary(comp: Comparison) -> str:
+    ref = ", ".join(f"{o.name}={r:g}" for o, r in zip(comp.objectives, comp.reference))
+    width = max(len(label) for label in [*comp.groups, "(all pooled)"])
+    lines = [f"{len(comp.groups)} fronts by {comp.group_by}, hypervolume w.r.t. the shared reference ({ref}):"]
+    for label, g in comp.groups.items():
+        n = int(g.trials["feasible"].sum())
+        lines.append(f"  {label.ljust(width)}  hypervolume {g.hypervolume:.6g}  front {len(g.front)} of {n} feasible")
+    pooled = comp.overall
+    lines.append(f"  {'(all pooled)'.ljust(width)}  hypervolume {pooled.hypervolume:.6g}  front {len(pooled.front)}")
+    return "\n".join(lines)
 
 
-def _plot_panel(ax, result: ParetoResult, xi: int, yi: int, connect: bool) -> None:
-    ox, oy = result.objectives[xi], result.objectives[yi]
-    trials, front = result.trials, result.front
-    finite = np.isfinite(trials[[ox.column, oy.column]].to_numpy(dtype=float)).all(axis=1)
-    kept = trials[finite & trials["feasible"].to_numpy()]
-    dropped = trials[finite & ~trials["feasible"].to_numpy()]
-    ax.scatter(kept[ox.column], kept[oy.column], s=14, c="0.6", label=f"trials ({len(kept)})", zorder=1)
-    if len(dropped):
-        ax.scatter(
-            dropped[ox.column],
-            dropped[oy.column],
-            s=14,
-            facecolors="none",
-            edgecolors="0.75",
-            label=f"filtered out ({len(dropped)})",
-            zorder=1,
+def format_sweep_spread(comp: Comparison) -> str:
+    """`hypervolume over N sweeps of 'exp': mean .., std .. (sample, ddof=1), min .., max ..`,
+    one line per experiment with two sweeps or more ("" if none has)."""
+    lines = []
+    for experiment, s in comp.sweep_stats().items():
+        if s["n"] < 2:
+            continue
+        lines.append(
+            f"hypervolume over {s['n']} sweeps of '{experiment}': mean {s['mean']:.6g}, "
+            f"std {s['std']:.3g} (sample, ddof=1), min {s['min']:.6g}, max {s['max']:.6g}"
         )
-    fx, fy = front[ox.column].to_numpy(dtype=float), front[oy.column].to_numpy(dtype=float)
-    if connect:
-        order = np.argsort(fx, kind="stable")
-        ax.plot(fx[order], fy[order], "-", c="tab:red", lw=1.2, zorder=2)
-    ax.scatter(
-        fx, fy, s=30, c="tab:red", edgecolors="k", linewidths=0.5, label=f"Pareto front ({len(front)})", zorder=3
-    )
-    knee = front["knee"].to_numpy()
-    ax.scatter(fx[knee], fy[knee], s=220, marker="*", c="gold", edgecolors="k", label="knee", zorder=4)
-    ax.set_xlabel(_axis_label(ox))
-    ax.set_ylabel(_axis_label(oy))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-
-
-def _axis_label(obj: Objective) -> str:
-    return f"{obj.name} ({'maximize ↑' if obj.direction == 'max' else 'minimize ↓'})"
+    return "\n".join(lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ from jepa_ray.cluster import sqlite_path
 from jepa_ray.contract import PARENT as PARENT_TAG
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.contract import ROLE_TRIAL
+from jepa_ray.contract import SWEEP_NAME as SWEEP_NAME_TAG
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.columns import TAG_COLUMNS
 
+RUN_NAME_TAG = "mlflow.runName"
 _SQL_COLUMNS = {
     "experiments": {"experiment_id", "name", "lifecycle_stage"},
     "runs": {"run_uuid", "experiment_id", "status", "lifecycle_stage"},
@@ -53,7 +56,7 @@ def read_sql(tracking_uri: str, experiment: str, sweeps: list[str], metrics: lis
         raise UsageError(f"tracking URI {tracking_uri}: database file {path} does not exist")
     con = connect(path)
     try:
-        exp_id = _sql_experiment_id(con, experiment, tracking_uri)
+        exp_id = sql_experiment_id(con, experiment, tracking_uri)
         _sql_check_sweeps(con, exp_id, sweeps, experiment)
         sel, args = _sql_selection(exp_id, sweeps)
         run_ids = [r[0] for r in con.execute(f"{sel} SELECT run_id FROM sel", args)]
@@ -79,11 +82,35 @@ def read_sql(tracking_uri: str, experiment: str, sweeps: list[str], metrics: lis
     return run_ids, tags, [(r, k, math.nan if v is None else v) for r, k, v in metric_rows], params
 
 
+def read_sql_sweeps(tracking_uri: str, run_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Run id -> (experiment name, sweep name) of the given runs that exist (see
+    reader.read_sweeps): one query for the experiments, one for the name tags."""
+    with closing(connect(sqlite_path(tracking_uri))) as con:
+        experiments = dict(
+            con.execute(
+                "SELECT r.run_uuid, e.name FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+                f"WHERE r.run_uuid IN ({marks(run_ids)})",
+                run_ids,
+            ).fetchall()
+        )
+        names: dict[str, dict[str, str]] = {}
+        for rid, key, value in con.execute(
+            f"SELECT run_uuid, key, value FROM tags WHERE key IN (?, ?) AND run_uuid IN ({marks(run_ids)})",
+            [SWEEP_NAME_TAG, RUN_NAME_TAG, *run_ids],
+        ):
+            names.setdefault(rid, {})[key] = value
+    found = {}
+    for rid, experiment in experiments.items():
+        tags = names.get(rid, {})
+        found[rid] = (experiment, tags.get(SWEEP_NAME_TAG) or tags.get(RUN_NAME_TAG) or rid)
+    return found
+
+
 def marks(items) -> str:
     return ",".join("?" * len(items))
 
 
-def _sql_experiment_id(con: sqlite3.Connection, experiment: str, tracking_uri: str) -> int:
+def sql_experiment_id(con: sqlite3.Connection, experiment: str, tracking_uri: str) -> int:
     where, args = "name = ?", [experiment]
     if "workspace" in _table_columns(con, "experiments"):
         where += " AND workspace = 'default'"

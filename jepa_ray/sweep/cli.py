@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
         for why in summary["failure_reasons"]:
             print(f"  - {why}")
-    print(f"MLflow: {mlflow_ui_command(opts.tracking_uri)}")
+    print(f"MLflow: {mlflow_ui_command(opts.tracking_uri, summary.get('experiment_id'))}")
     print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
     if summary["launched"] and not summary["finished"]:
         print("no trial of this run finished", file=sys.stderr)

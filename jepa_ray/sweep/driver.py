@@ -24,7 +24,7 @@ from jepa_ray.config import TrialConfig
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.failures import EpochBudget, FailureLimit, make_failure_callback, make_stopper
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
-from jepa_ray.sweep.progress import make_progress_callback
+from jepa_ray.sweep.progress import STOP_COLUMN, make_progress_callback
 from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
 from jepa_ray.sweep.scheduler import make_scheduler
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
@@ -146,6 +146,8 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
                 "jepa_ray.optuna_storage": storage_url,
                 "jepa_ray.storage_path": storage,
                 "jepa_ray.objectives": opts.objectives,
+                tracking.DESCRIPTION: sweep_description(opts, objectives, sampler_name),
+                **tracking.source_tags(),
             },
             params={
                 "space": opts.space,
@@ -155,6 +157,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
                 **{f"base.{k}": v for k, v in config_lib.flatten(base).items()},
             },
         )
+        name_objectives(study, objectives)
         for point in getattr(module, "STARTING_POINTS", [])[:num_samples]:
             study.enqueue_trial(point)
         resume = ResumeState()
@@ -174,6 +177,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         "sweep": sweep_name,
         "parent_run_id": parent_id,
         "experiment": opts.experiment,
+        "experiment_id": exp_id,
         "tracking_uri": opts.tracking_uri,
         "optuna_storage": storage_url,
         "already_finished": resume.finished,
@@ -283,17 +287,10 @@ def _run_tuner(ctx: SweepContext, remaining: int, concurrency: int) -> None:
     # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
     # trial trains). A multi-worker trial's actor only drives a TorchTrainer: nothing to keep.
     reuse_actors = base.system.workers == 1
-    reporter = tune.CLIReporter(
-        metric_columns={
-            "epoch": "epoch",
-            "train/loss": "loss",
-            "linear_acc": "linear_acc",
-            "l0_density": "l0",
-            "target_l0_density": "target_l0",
-        },
-        parameter_columns=["optuna_trial"],
-        max_report_frequency=15,
-    )
+    columns = {"epoch": "epoch", "train/loss": "loss"}
+    columns.update({o.name: o.name for o in ctx.objectives})
+    columns.update({"target_l0_density": "target_l0", STOP_COLUMN: "stop"})
+    reporter = tune.CLIReporter(metric_columns=columns, parameter_columns=["optuna_trial"], max_report_frequency=15)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -335,7 +332,43 @@ def _print_front(opts: SweepOptions, objectives, parent_id: str):
     return result
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
+def name_objectives(study, objectives) -> None:
+    """Name the study's objectives, so optuna-dashboard shows `linear_acc` rather than
+    'Objective 0' (an experimental Optuna call: its warning is not for the user)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names([o.name for o in objectives])
+
+
+def sweep_description(opts: SweepOptions, objectives, sampler: str) -> str:
+    """The parent run's description (MLflow's run page shows it): how to read the sweep."""
+    goals = ", ".join(f"{o.name} ({'higher' if o.direction == 'max' else 'lower'} is better)" for o in objectives)
+    reference = ", ".join(f"{o.name} = {0.0 if o.direction == 'max' else 1.0:g}" for o in objectives)
+    scheduler = (
+        f"the {opts.scheduler} scheduler stops dominated trials at rungs (their runs end KILLED, "
+        "tag `jepa_ray.stopped` says where)"
+        if opts.scheduler != "fifo"
+        else "every trial runs to its last epoch unless the collapse guard stops it"
+    )
+    return (
+        f"Sweep of the `{opts.space}` space with the {sampler} sampler; objectives {goals}. "
+        f"Each nested run is one trial: its params are the resolved config, its per-epoch metrics "
+        f"are at step = epoch, its final metrics are the objectives; {scheduler}.\n\n"
+        f"This run's metric `sweep/hypervolume` is the hypervolume of the finished trials (reference "
+        f"point {reference}) at step = trial-epochs spent. The Pareto front is in this run's artifacts "
+        f"(`pareto/`: table, plot, calibration of measured against target l0); export its checkpoints "
+        f"with `python -m jepa_ray.pareto --experiment {opts.experiment} --out DIR`."
+    )
+
+
+def mlflow_ui_command(tracking_uri: str, exp_id: str | None = None) -> str:
+    """How to look at the sweep in MLflow. With the experiment, the link to its runs: MLflow
+    3.17 opens an experiment on its GenAI overview unless the browser's view switch says
+    otherwise (whatever the experiment's tags), and `workflowType=machine_learning` says so."""
+    runs = f"#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else ""
     if tracking_uri.startswith("http"):
-        return f"open {tracking_uri} (or: ray attach cluster.yaml -p 5000)"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
+        return f"open {tracking_uri.rstrip('/')}/{runs} (or: ray attach cluster.yaml -p 5000)"
+    command = f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"{command}, then open http://127.0.0.1:5000/{runs}" if runs else command

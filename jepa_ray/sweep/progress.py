@@ -15,6 +15,18 @@ from jepa_ray.contract import RESULT_FAILURE, failure_kind, is_final
 from jepa_ray.errors import one_line
 
 logger = logging.getLogger("jepa_ray.sweep")
+STOP_COLUMN = "stop"
+"""The key of a trial's last result that Tune's progress table shows as why it ended."""
+
+
+def stop_reason(trial_id: str, result: dict, stopped: dict[str, str]) -> str:
+    """Why a trial ended, in a few words: 'finished', 'collapsed', 'failed', or its rung."""
+    if trial_id in stopped:
+        return stopped[trial_id].split(":")[0]
+    kind = failure_kind(result)
+    if kind is not None:
+        return kind.value
+    return "finished" if is_final(result) else "ended early"
 
 
 def make_progress_callback(
@@ -64,6 +76,8 @@ def make_progress_callback(
             number = trial.config.get("optuna_trial", trial.trial_id)
             took = time.time() - self.started.get(trial.trial_id, time.time())
             kind = failure_kind(result)
+            if trial.last_result is not None:  # the progress table's "stop" column reads it
+                trial.last_result[STOP_COLUMN] = stop_reason(trial.trial_id, result, stopped)
             if trial.trial_id in stopped:
                 logger.info("trial %s stopped at %s (%.0f s)", number, stopped[trial.trial_id], took)
             elif kind is not None:

@@ -6,6 +6,7 @@ a sqlite store stays safe with many concurrent trials and no worker needs to rea
 
 from jepa_ray.contract import (
     CHECKPOINT,
+    DESCRIPTION,
     EPOCH_PROBE_METRIC,
     FAILURE,
     FAILURE_KIND,
@@ -30,15 +31,19 @@ from jepa_ray.tracking.store import (
     fail_running_trials,
     find_sweep_run,
     git_commit,
+    log_dataset_input,
     log_metrics,
     log_params,
+    mark_training_experiment,
     search_all_runs,
+    source_tags,
     start_sweep_run,
     trial_runs,
 )
 
 __all__ = [
     "CHECKPOINT",
+    "DESCRIPTION",
     "EPOCH_PROBE_METRIC",
     "EpochLog",
     "FAILURE",
@@ -60,11 +65,14 @@ __all__ = [
     "find_sweep_run",
     "git_commit",
     "is_final",
+    "log_dataset_input",
     "log_metrics",
     "log_params",
     "make_callback",
+    "mark_training_experiment",
     "one_line",
     "search_all_runs",
+    "source_tags",
     "start_sweep_run",
     "trial_error_text",
     "trial_runs",

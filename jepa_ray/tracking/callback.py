@@ -22,6 +22,7 @@ from jepa_ray import config as config_lib
 from jepa_ray.contract import (
     CHECKPOINT,
     CHECKPOINT_URI,
+    DATA_SIZES,
     EPOCH_PROBE_METRIC,
     FAILURE,
     FAILURE_KIND,
@@ -42,7 +43,7 @@ from jepa_ray.contract import (
 from jepa_ray.errors import one_line
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.plots import activation_plot
-from jepa_ray.tracking.store import client, log_metrics, log_params
+from jepa_ray.tracking.store import client, log_dataset_input, log_metrics, log_params, source_tags
 from jepa_ray.train import checkpoint as ckpt_lib
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class MlflowSweepCallback:
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
         self.logs: dict[str, EpochLog] = {}  # tune trial id -> its epochs not yet written
         self.started: dict[str, float] = {}
+        self.with_dataset: set[str] = set()  # tune trial ids whose run has its dataset input
+        self.source = source_tags()
         self.c = client(tracking_uri)
 
     # Tune callback hooks -------------------------------------------------------------------
@@ -103,6 +106,7 @@ class MlflowSweepCallback:
             TRIAL_ID: trial.trial_id,
             PARAMS_KEY: key,
             OPTUNA_TRIAL: str(trial.config.get("optuna_trial", "")),
+            **self.source,
         }
         if self.trial_dir is not None:
             tags[TRIAL_DIR] = self.trial_dir(trial.config)
@@ -133,6 +137,9 @@ class MlflowSweepCallback:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or failure_kind(result) is not None or "epoch" not in result:
             return
+        if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
+            self.with_dataset.add(trial.trial_id)
+            log_dataset_input(self.c, run_id, self.resolve_trial(trial.config).data, *(result[k] for k in DATA_SIZES))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
         epoch = int(result["epoch"])
@@ -144,7 +151,7 @@ class MlflowSweepCallback:
 
     def _write_epochs(self, run_id: str, epochs: list[tuple[int, dict]]) -> None:
         for epoch, metrics in epochs:
-            log_metrics(self.c, run_id, metrics, step=epoch)
+            log_metrics(self.c, run_id, {k: v for k, v in metrics.items() if k not in DATA_SIZES}, step=epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -201,10 +208,12 @@ class MlflowSweepCallback:
                     self.c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
                 rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
                 if rates is not None:
+                    final = json.loads(ckpt_lib.read_text(uri, ckpt_lib.METRICS_FILE) or "{}")
                     png = activation_plot(
                         json.loads(rates),
                         Path(tmp) / "activation_rates.png",
                         "activation rate of each z dimension (test split)",
+                        target_density=final.get("target_l0_density"),
                     )
                     self.c.log_artifact(run_id, str(png))
         except Exception as err:  # artifacts are a convenience: never fail the sweep for them

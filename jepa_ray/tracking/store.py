@@ -3,13 +3,28 @@ and trial runs (paged searches), params and finite metrics in batches."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from jepa_ray.contract import FAILURE, PARENT, ROLE, ROLE_SWEEP, SWEEP_NAME
+from jepa_ray.contract import (
+    EXPERIMENT_KIND,
+    FAILURE,
+    PARENT,
+    ROLE,
+    ROLE_SWEEP,
+    SOURCE_COMMIT,
+    SOURCE_NAME,
+    SOURCE_TYPE,
+    SWEEP_NAME,
+    TRAINING_KIND,
+)
 from jepa_ray.errors import one_line
 
 SEARCH_PAGE_SIZE = 1000
@@ -26,10 +41,46 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(name)
     if exp is None:
-        return c.create_experiment(name)
+        return c.create_experiment(name, tags={EXPERIMENT_KIND: TRAINING_KIND})
     if exp.lifecycle_stage == "deleted":
         c.restore_experiment(exp.experiment_id)
+    mark_training_experiment(c, exp)
     return exp.experiment_id
+
+
+def mark_training_experiment(c, exp) -> None:
+    """Tag an experiment made before the tag existed, so that MLflow 3 opens it on its training
+    runs rather than on the GenAI overview it infers for untagged experiments."""
+    if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+
+
+def source_tags(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """MLflow's source tags for this process (the Source and Version columns of the runs table):
+    the entry point relative to the checkout, and the commit the code runs at."""
+    root = Path(path) if path is not None else Path(__file__).resolve().parents[2]
+    entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    name = "python"
+    if entry is not None:
+        name = str(entry.relative_to(root)) if entry.is_relative_to(root) else entry.name
+    tags = {SOURCE_NAME: name, SOURCE_TYPE: "LOCAL"}
+    commit = git_commit(root).removesuffix("-dirty")
+    if commit != "unknown":
+        tags[SOURCE_COMMIT] = commit
+    return tags
+
+
+def log_dataset_input(c, run_id: str, data, train_images: int, test_images: int) -> None:
+    """The trial's data as an MLflow dataset input (the runs table's Dataset column): its name,
+    where it comes from, the split sizes, and a digest of what selects the images."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = data.data_dir or f"jepa_ray:{data.dataset}"
+    profile = {"train_images": int(train_images), "test_images": int(test_images)}
+    selection = [data.dataset, source, data.max_train_samples, data.max_test_samples, train_images, test_images]
+    digest = hashlib.sha256(json.dumps(selection).encode()).hexdigest()[:16]
+    dataset = Dataset(data.dataset, digest, "local", json.dumps({"uri": source}), profile=json.dumps(profile))
+    c.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])])
 
 
 def git_commit(path: str | os.PathLike = ".") -> str:

@@ -22,6 +22,7 @@ from torch import nn
 
 from jepa_ray import distributed as dist_lib
 from jepa_ray import metrics as metrics_lib
+from jepa_ray.contract import DATA_SIZES
 from jepa_ray.data import ViewMaker
 from jepa_ray.eval.evaluate import evaluate_batches, extract_batches
 from jepa_ray.model import Preprocess, create_model
@@ -193,6 +194,8 @@ def fit(
             "train/lr": optimizer.param_groups[0]["lr"],
             "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
             "time/epoch_s": seconds,
+            DATA_SIZES[0]: feed.num_train,
+            DATA_SIZES[1]: feed.num_test,
         }
         history.append(epoch_metrics)
         check_collapse(cfg, epoch_metrics)
