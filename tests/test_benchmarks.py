@@ -77,3 +77,10 @@ def test_pareto_benchmark_small_store():
     rows = run_bench("benchmarks/pareto.py", "--runs", "300", "--repeats", "1", "--rebuild")
     cases = " ".join(r["case"] for r in rows)
     assert "runs=300" in cases and any("baseline" in r for r in rows)
+
+
+@pytest.mark.slow
+def test_data_benchmark_quick():
+    rows = run_bench("benchmarks/data.py", "--images", "600", "--steps", "3", "--large", "20", "--quick")
+    cases = " ".join(r["case"] for r in rows)
+    assert "stream" in cases and "224" in cases, cases
