@@ -404,3 +404,26 @@ def test_a_streamed_trial_with_too_many_bad_images_stops_with_one_line(tmp_path)
     with pytest.raises(UsageError, match=r"train split \(epoch 0\): \d+ of 160 images are unreadable") as err:
         fit(tiny_trial(tmp_path / "data", stream="stream", max_bad_fraction=0.001), LocalReporter(tmp_path / "out"))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_sweep_streams_an_image_folder_end_to_end(ray_cluster, tmp_path):
+    """The chain a user runs: a sweep over an image folder (mixed modes, two unreadable files)
+    with the streaming path forced, two trials to their end, their data and eval time in MLflow."""
+    from test_sweep import parent_and_children, run_sweep
+
+    root = tmp_path / "images"
+    write_folder(root, per_class=30)
+    args = ["--smoke", "--set", "dataset=imagefolder", "--data-dir", str(root)]
+    for field in ("stream=stream", f"image_size={SIDE}", "data_workers=1", "max_bad_fraction=0.02", "batch_size=64"):
+        args += ["--set", field]
+    run = run_sweep(tmp_path / "sweep", *args, address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    _, children = parent_and_children(run)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        assert child.data.params["stream"] == "stream" and child.data.params["dataset"] == "imagefolder"
+        (dataset,) = child.inputs.dataset_inputs
+        assert json.loads(dataset.dataset.profile) == {"train_images": 300, "test_images": 70}
+        assert child.data.metrics["time/eval_s_per_10k"] > 0
+        assert 0 <= child.data.metrics["l0_density"] <= 1
