@@ -38,6 +38,7 @@ from jepa_ray import config as config_lib  # noqa: E402
 from jepa_ray.data import load_dataset  # noqa: E402
 from jepa_ray.model import Preprocess, create_model  # noqa: E402
 from jepa_ray.train import LocalReporter, final_evaluation, fit, runtime  # noqa: E402
+from jepa_ray.train.feed import open_feed  # noqa: E402
 
 DEVICE = "cpu"
 CIFAR_SETTING = {
@@ -73,15 +74,14 @@ def emit(case: str, metric: str, value: float, baseline: float | None = None, **
 
 
 def random_init_metrics(cfg) -> dict:
-    """fit's final evaluation of the untrained encoder (the weights fit starts from)."""
+    """fit's final evaluation of the untrained encoder (the weights fit starts from), on the
+    feed fit would open."""
     torch.manual_seed(cfg.system.seed)
     rt = runtime(cfg)
+    feed, _ = open_feed(cfg, rt, lambda *stats: None)  # in fit's order: the weights are fit's first ones
     model = create_model(cfg).to(rt.device)
-    splits = load_dataset(cfg.data)
-    preprocess = Preprocess(splits.mean, splits.std, cfg.data.image_size or splits.image_size, splits.num_channels).to(
-        rt.device
-    )
-    return final_evaluation(cfg, model, splits, preprocess, rt)[0]
+    preprocess = Preprocess(feed.mean, feed.std, feed.image_size, feed.num_channels).to(rt.device)
+    return final_evaluation(cfg, model, feed, preprocess, rt)[0]
 
 
 def trained_metrics(cfg) -> tuple[dict, float]:
