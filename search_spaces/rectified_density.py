@@ -6,40 +6,20 @@ in `rectified`."""
 
 from __future__ import annotations
 
+from jepa_ray.targets import expected_l0_density, sigma_gn
 from search_spaces._projector import suggest_projector
 from search_spaces.rectified import LAMBD, SLICES, P
+from search_spaces.rectified import STARTING_POINTS as RECTIFIED_STARTING_POINTS
 
 DENSITY = (0.01, 0.9)
 
 # The rectified space's starting points, by the density they target (mu 0, -1 at p 1; -2 at p 0.5).
 STARTING_POINTS = [
     {
-        "lambd": 0.9,
-        "num_slices": 1024,
-        "p": 1.0,
-        "target_density": 0.5,
-        "proj_depth": 3,
-        "proj_out": 256,
-        "proj_hidden": 256,
-    },
-    {
-        "lambd": 0.9,
-        "num_slices": 1024,
-        "p": 1.0,
-        "target_density": 0.122,
-        "proj_depth": 3,
-        "proj_out": 256,
-        "proj_hidden": 256,
-    },
-    {
-        "lambd": 0.9,
-        "num_slices": 1024,
-        "p": 0.5,
-        "target_density": 0.026,
-        "proj_depth": 3,
-        "proj_out": 256,
-        "proj_hidden": 256,
-    },
+        **{k: v for k, v in point.items() if k != "mu"},
+        "target_density": round(expected_l0_density(point["p"], point["mu"], sigma_gn(point["p"])), 3),
+    }
+    for point in RECTIFIED_STARTING_POINTS
 ]
 
 
