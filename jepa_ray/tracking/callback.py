@@ -174,7 +174,7 @@ class MlflowSweepCallback:
         uri = result.get(CHECKPOINT_URI)
         if uri:
             self.c.set_tag(run_id, CHECKPOINT, uri)
-            self._log_checkpoint_artifacts(run_id, uri)
+            self._log_checkpoint_artifacts(run_id, uri, result.get("target_l0_density"))
         self.c.set_tag(run_id, "jepa_ray.wall_s", f"{time.time() - self.started.get(trial.trial_id, time.time()):.1f}")
         self.c.set_terminated(run_id, "FINISHED")
 
@@ -198,7 +198,7 @@ class MlflowSweepCallback:
             config_lib.save_json(cfg, path)
             self.c.log_artifact(run_id, str(path))
 
-    def _log_checkpoint_artifacts(self, run_id: str, uri: str) -> None:
+    def _log_checkpoint_artifacts(self, run_id: str, uri: str, target_density: float | None) -> None:
         """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
         metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
         try:
@@ -208,12 +208,11 @@ class MlflowSweepCallback:
                     self.c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
                 rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
                 if rates is not None:
-                    final = json.loads(ckpt_lib.read_text(uri, ckpt_lib.METRICS_FILE) or "{}")
                     png = activation_plot(
                         json.loads(rates),
                         Path(tmp) / "activation_rates.png",
                         "activation rate of each z dimension (test split)",
-                        target_density=final.get("target_l0_density"),
+                        target_density=target_density,
                     )
                     self.c.log_artifact(run_id, str(png))
         except Exception as err:  # artifacts are a convenience: never fail the sweep for them
