@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import enum
 
+TRAINING_REVISION = 1
+"""What a trial trains to, as a number: bumped on purpose by a change that alters a trial's
+results for the same config and seed (not by refactors). Recorded learning curves carry it, and
+a table recorded at another revision is not mixed with new rows unless asked
+(jepa_ray.curves)."""
+
 # Per-epoch metrics of a trial (step = epoch) and its final metrics (docs/design.md).
 EPOCH_METRICS = (
     "train/loss",

@@ -194,6 +194,7 @@ def fit(
             "train/lr": optimizer.param_groups[0]["lr"],
             "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
             "time/epoch_s": seconds,
+            "time/epoch_wall_s": time.perf_counter() - t0,  # steps and the online test evaluation
             DATA_SIZES[0]: feed.num_train,
             DATA_SIZES[1]: feed.num_test,
         }

@@ -1,0 +1,139 @@
+"""Named recording grids: the trials a curve table holds. A grid is a base (a preset and the
+overrides every row shares), a full factorial of searched params (so a sampler restricted to the
+table's values always proposes a recorded configuration), and a few configurations recorded with
+more seeds, the noise floor every comparison is read against."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from jepa_ray.errors import UsageError
+
+REPLICATE_SEEDS = (1, 2)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    preset: str
+    base: dict[str, Any]
+    """Overrides of the preset every row shares (the recording's setting)."""
+    factors: dict[str, tuple]
+    """Searched params, each with its values; every combination is recorded at seed 0."""
+    replicates: tuple[dict[str, Any], ...] = ()
+    """Configurations recorded again with each of `replicate_seeds`."""
+    replicate_seeds: tuple[int, ...] = REPLICATE_SEEDS
+    needs_data_dir: bool = False
+    doc: str = ""
+    order_seed: int = 0
+    """Seed of the order the factorial is recorded in (a shuffle, so any prefix spreads over it)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def configurations(self) -> list[dict[str, Any]]:
+        names = list(self.factors)
+        return [dict(zip(names, values)) for values in itertools.product(*(self.factors[n] for n in names))]
+
+    def points(self) -> list[tuple[dict[str, Any], int]]:
+        """(params, seed) in recording order: the replicated configurations at every seed
+        first (the noise floor early), then the rest of the factorial in a seeded shuffle."""
+        configs = self.configurations()
+        for point in self.replicates:
+            if point not in configs:
+                raise ValueError(f"grid {self.name}: replicate {point} is not one of its configurations")
+        first = [(p, s) for p in self.replicates for s in (0, *self.replicate_seeds)]
+        rest = [p for p in configs if p not in self.replicates]
+        random.Random(self.order_seed).shuffle(rest)
+        return first + [(p, 0) for p in rest]
+
+
+_REFERENCE_LAMBD = 5.0 / 7.0
+
+GRIDS: dict[str, Grid] = {
+    g.name: g
+    for g in (
+        Grid(
+            name="cifar10-cpu",
+            preset="cifar10-resnet18",
+            doc="CIFAR-10 at CPU scale, the quality benchmark's setting: the reference recipe (LARS, "
+            "loss scale 350) on a fixed stratified 5,000 train / 2,000 test images with "
+            "jepa_convnet_tiny, batch 256, 12 epochs (6 of warmup), one thread per trial.",
+            base={
+                "dataset": "parquet",
+                "backbone": "jepa_convnet_tiny",
+                "cifar_stem": False,
+                "max_train_samples": 5000,
+                "max_test_samples": 2000,
+                "epochs": 12,
+                "batch_size": 256,
+                "sync_bn": False,
+                "target": "rgg",
+                "regularizer": "rdmreg",
+                "collapse_guard": False,
+                "checkpoint_every": 0,
+                "threads_per_worker": 1,
+            },
+            factors={
+                "target_density": (0.01, 0.05, 0.25, 0.9),
+                "p": (0.5, 1.0, 2.0),
+                "lambd": (0.3, _REFERENCE_LAMBD, 0.9),
+                "num_slices": (256, 2048),
+            },
+            replicates=(
+                {"target_density": 0.01, "p": 1.0, "lambd": _REFERENCE_LAMBD, "num_slices": 2048},
+                {"target_density": 0.05, "p": 0.5, "lambd": 0.9, "num_slices": 256},
+                {"target_density": 0.25, "p": 2.0, "lambd": 0.3, "num_slices": 2048},
+                {"target_density": 0.9, "p": 1.0, "lambd": _REFERENCE_LAMBD, "num_slices": 256},
+                {"target_density": 0.25, "p": 1.0, "lambd": 0.9, "num_slices": 256},
+                {"target_density": 0.05, "p": 2.0, "lambd": _REFERENCE_LAMBD, "num_slices": 2048},
+            ),
+            needs_data_dir=True,
+        ),
+        Grid(
+            name="digits",
+            preset="digits-sweep",
+            doc="The embedded digits, the default sweep's trial (AdamW, loss scale 1) shortened to "
+            "12 epochs, one thread per trial: the same shape as cifar10-cpu, small, for tests and "
+            "fast iteration.",
+            base={
+                "epochs": 12,
+                "target": "rgg",
+                "regularizer": "rdmreg",
+                "collapse_guard": False,
+                "checkpoint_every": 0,
+                "threads_per_worker": 1,
+            },
+            factors={
+                "target_density": (0.02, 0.1, 0.5),
+                "p": (0.5, 1.0, 2.0),
+                "lambd": (0.1, 0.5, 0.9),
+                "num_slices": (256, 1024),
+            },
+            replicates=(
+                {"target_density": 0.02, "p": 1.0, "lambd": 0.5, "num_slices": 1024},
+                {"target_density": 0.1, "p": 0.5, "lambd": 0.9, "num_slices": 256},
+                {"target_density": 0.5, "p": 2.0, "lambd": 0.1, "num_slices": 1024},
+                {"target_density": 0.1, "p": 1.0, "lambd": 0.5, "num_slices": 256},
+                {"target_density": 0.5, "p": 1.0, "lambd": 0.9, "num_slices": 256},
+                {"target_density": 0.02, "p": 2.0, "lambd": 0.9, "num_slices": 1024},
+            ),
+        ),
+        Grid(
+            name="smoke",
+            preset="smoke",
+            doc="Two epochs of the smoke config at 2 x 2 configurations: for the recorder's tests.",
+            base={"epochs": 2, "target": "rgg", "collapse_guard": False, "threads_per_worker": 1},
+            factors={"target_density": (0.1, 0.5), "lambd": (0.3, 0.9)},
+            replicates=({"target_density": 0.1, "lambd": 0.9},),
+            replicate_seeds=(1,),
+        ),
+    )
+}
+
+
+def grid(name: str) -> Grid:
+    if name not in GRIDS:
+        raise UsageError(f"--grid {name!r} is not a recording grid; allowed: {', '.join(GRIDS)}")
+    return GRIDS[name]

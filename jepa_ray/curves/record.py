@@ -1,0 +1,254 @@
+"""The recorder: trains a grid's trials with `python -m jepa_ray.train` (one process per trial,
+`jobs` at a time) and appends each finished trial to the curve table as it ends, so an
+interrupted recording loses at most the trials in flight and resumes where it stopped (rows
+already in the table are skipped). Each row's `command` retrains it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jepa_ray import config as config_lib
+from jepa_ray.contract import TRAINING_REVISION
+from jepa_ray.curves.grids import Grid
+from jepa_ray.curves.table import STATUS_FAILED, STATUS_FINISHED, CurveTable, Row, read_table, row_key
+from jepa_ray.errors import UsageError, one_line
+from jepa_ray.train.cli import RUNTIME_KEYS
+
+NOT_SETTING = RUNTIME_KEYS | {"seed", "data_dir", "download", "data_workers", "prefetch_batches", "stream"}
+"""Config keys that do not make a recording's setting: where and how it runs, the seed, the data's
+location (its content is fixed by the dataset and the sample sizes)."""
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base_overrides(grid: Grid, data_dir: str | None) -> dict[str, Any]:
+    out = dict(grid.base)
+    if data_dir is not None:
+        out["data_dir"] = data_dir
+    return out
+
+
+def trial_config(grid: Grid, params: dict[str, Any], seed: int, data_dir: str | None) -> config_lib.TrialConfig:
+    return config_lib.build(grid.preset, overrides={**base_overrides(grid, data_dir), **params, "seed": seed})
+
+
+def setting_digest(grid: Grid, data_dir: str | None) -> str:
+    """What every row of a recording shares, as a digest: the grid's resolved base config without
+    the keys of NOT_SETTING. Another preset default, epoch count or sample size is another
+    setting."""
+    cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
+    flat = {k: v for k, v in config_lib.flatten(cfg).items() if k not in NOT_SETTING}
+    return hashlib.sha256(json.dumps([grid.preset, flat], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def command_for(grid: Grid, params: dict[str, Any], seed: int, data_dir: str | None, out: str = "OUT") -> list[str]:
+    """The command line that trains one row (run from the repository root)."""
+    sets = {**base_overrides(grid, data_dir), **params, "seed": seed}
+    argv = ["python", "-m", "jepa_ray.train", "--preset", grid.preset]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={_text(v)}"]
+    return argv + ["--out", out]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def check_table(table: CurveTable, grid: Grid, setting: str, mix: bool) -> None:
+    """UsageError when the table holds rows of another grid, training revision or setting (unless
+    `mix`): a table means one recording."""
+    if mix:
+        return
+    for row in table:
+        if row.grid != grid.name:
+            raise UsageError(
+                f"curve table {table.path} holds rows of grid {row.grid!r}, not {grid.name!r}; "
+                "record into another table, or pass --mix to add to it anyway"
+            )
+        if row.revision != TRAINING_REVISION:
+            raise UsageError(
+                f"curve table {table.path} was recorded at training revision {row.revision}, this code is "
+                f"at {TRAINING_REVISION}; record into another table, or pass --mix to add to it anyway"
+            )
+        if row.setting != setting:
+            raise UsageError(
+                f"curve table {table.path} was recorded with another setting ({row.setting}, this grid "
+                f"now gives {setting}: a preset default or the grid's base changed); record into another "
+                "table, or pass --mix to add to it anyway"
+            )
+
+
+def _provenance() -> dict[str, str]:
+    import torch
+
+    from jepa_ray import __version__
+    from jepa_ray.tracking.store import git_commit
+
+    return {
+        "jepa_ray_version": __version__,
+        "git_commit": git_commit(ROOT),
+        "torch_version": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.system()} {platform.release()}",
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _failure_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    return one_line("\n".join(lines[-5:]) or "no output")
+
+
+@dataclass
+class Recorder:
+    """Records a grid into a table; `run()` returns the rows it added."""
+
+    grid: Grid
+    table_path: Path
+    data_dir: str | None = None
+    jobs: int = 2
+    mix: bool = False
+    limit: int | None = None
+    work_dir: Path | None = None
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.table_path = Path(self.table_path)
+        if self.data_dir is not None:  # the trials run from the repository root; commands name it from there
+            self.data_dir = os.path.relpath(Path(self.data_dir).resolve(), ROOT)
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def prepare(self) -> tuple[CurveTable, list[tuple[dict, int]]]:
+        """Every check before any training: the grid resolves, the table (when it exists) is of
+        this recording. Returns the table and the (params, seed) still to record."""
+        if self.jobs < 1:
+            raise UsageError(f"--jobs {self.jobs} is not allowed; allowed: 1 or more")
+        if self.grid.needs_data_dir and not self.data_dir:
+            raise UsageError(f"--data-dir is required by grid {self.grid.name!r} (its dataset is read from disk)")
+        setting = setting_digest(self.grid, self.data_dir)
+        for params, seed in self.grid.points()[:1]:
+            trial_config(self.grid, params, seed, self.data_dir)  # a bad factor value fails here
+        table = read_table(self.table_path) if self.table_path.exists() else CurveTable(path=self.table_path)
+        check_table(table, self.grid, setting, self.mix)
+        todo = [(p, s) for p, s in self.grid.points() if row_key(p, s) not in table]
+        self.setting = setting
+        return table, todo[: self.limit] if self.limit is not None else todo
+
+    def run(self) -> list[Row]:
+        table, todo = self.prepare()
+        self.log(
+            f"grid {self.grid.name}: {len(table)} rows recorded, {len(todo)} to record, {self.jobs} at a time "
+            f"-> {self.table_path}"
+        )
+        work = Path(self.work_dir or tempfile.mkdtemp(prefix="jepa-curves-"))
+        added: list[Row] = []
+        start = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+                pending: set[Future] = {pool.submit(self._train, p, s, work) for p, s in todo}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        row = fut.result()
+                        with self._lock:
+                            table.add(row)
+                            table.write()
+                        added.append(row)
+                        self._log_row(row, len(added), len(todo), time.monotonic() - start)
+        except BaseException:
+            self._stopping = True
+            for proc in list(self._procs):
+                proc.kill()
+            raise
+        finally:
+            if self.work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        return added
+
+    def _log_row(self, row: Row, n: int, total: int, elapsed: float) -> None:
+        what = (
+            f"linear_acc {row.final.get('linear_acc', float('nan')):.4f} l0 {row.final.get('l0_density', float('nan')):.3f}"
+            if row.finished
+            else f"failed: {row.failure}"
+        )
+        eta = elapsed / n * (total - n)
+        self.log(
+            f"[{n}/{total}] {json.dumps(row.params)} seed {row.seed}: {what} ({row.wall_s:.0f} s; "
+            f"elapsed {elapsed / 60:.0f} min, about {eta / 60:.0f} min left)"
+        )
+
+    def _train(self, params: dict[str, Any], seed: int, work: Path) -> Row:
+        if self._stopping:
+            raise RuntimeError("recording stopped")
+        key = row_key(params, seed)
+        out = work / key
+        shutil.rmtree(out, ignore_errors=True)
+        argv = command_for(self.grid, params, seed, self.data_dir, str(out))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        log_path = work / f"{key}.log"
+        t0 = time.perf_counter()
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._procs.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                self._procs.discard(proc)
+        wall = time.perf_counter() - t0
+        if code not in (0, 1) or self._stopping:
+            raise RuntimeError(f"{shlex.join(argv)} exited {code}: {_failure_line(log_path)}")
+        ckpt = out / "checkpoint"
+        config = trial_config(self.grid, params, seed, self.data_dir)
+        history: list[dict] = []
+        final: dict = {}
+        failure = None
+        if code == 0:
+            history = json.loads((ckpt / "history.json").read_text())
+            final = json.loads((ckpt / "metrics.json").read_text())
+            config_json = json.loads((ckpt / "config.json").read_text())
+        else:
+            failure = _failure_line(log_path)
+            config_json = config_lib.to_dict(config)
+        epoch_s = sum(float(e.get("time/epoch_wall_s", e.get("time/epoch_s", 0.0))) for e in history)
+        eval_s = float(final.get("time/eval_s", 0.0))
+        shutil.rmtree(out, ignore_errors=True)
+        return Row(
+            key=key,
+            grid=self.grid.name,
+            setting=self.setting,
+            revision=TRAINING_REVISION,
+            params=params,
+            seed=seed,
+            status=STATUS_FINISHED if code == 0 else STATUS_FAILED,
+            failure=failure,
+            config=config_json,
+            history=history,
+            final=final,
+            command=shlex.join(command_for(self.grid, params, seed, self.data_dir)),
+            setup_s=max(wall - epoch_s - eval_s, 0.0),
+            eval_s=eval_s,
+            wall_s=wall,
+            provenance=_provenance(),
+        )
