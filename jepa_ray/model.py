@@ -1,6 +1,6 @@
 """The JEPA encoder: a timm backbone (any registered name) and a projector MLP whose output z is
-what the regularizer shapes; with the `rgg` target the projector ends in a ReLU so z is sparse
-and non-negative."""
+what the regularizer shapes; with a rectified target (`rgg`) the projector ends in a ReLU so z
+is sparse and non-negative."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from jepa_ray.data.registry import dataset_info
 from jepa_ray.errors import ConfigError
+from jepa_ray.targets import get_target
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -215,10 +215,11 @@ class JEPAEncoder(nn.Module):
 
 
 def create_model(cfg: TrialConfig) -> JEPAEncoder:
-    """The encoder a (resolved) trial config describes; its input channels are its dataset's."""
-    info = dataset_info(cfg.data.dataset)
-    image_size = cfg.data.image_size or info.native_size or 32
-    in_chans = info.channels
+    """The encoder a resolved trial config describes (its channels and image size resolved)."""
+    if cfg.data.channels < 1:
+        raise ValueError("create_model: the config's channels are unresolved (0); resolve the config first")
+    image_size = cfg.data.image_size or 32
+    in_chans = cfg.data.channels
     backbone = create_backbone(
         cfg.model.backbone,
         in_chans=in_chans,
@@ -227,6 +228,8 @@ def create_model(cfg: TrialConfig) -> JEPAEncoder:
         zero_init_last=cfg.model.zero_init_last,
     )
     projector = Projector(
-        int(backbone.num_features), [int(x) for x in cfg.model.proj_dims.split("-")], rectify=cfg.target.target == "rgg"
+        int(backbone.num_features),
+        [int(x) for x in cfg.model.proj_dims.split("-")],
+        rectify=get_target(cfg.target.target).rectified,
     )
     return JEPAEncoder(backbone, projector)

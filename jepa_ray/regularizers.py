@@ -173,8 +173,7 @@ class RDMReg(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if target not in targets.TARGET_KINDS:
-            raise ValueError(f"target={target!r} is not allowed: one of {', '.join(targets.TARGET_KINDS)}")
+        targets.get_target(target)  # ValueError naming the registered ones
         if num_slices < 1:
             raise ValueError(f"num_slices={num_slices} is not allowed: num_slices must be >= 1")
         self.num_slices, self.target, self.p, self.mu = num_slices, target, p, mu

@@ -10,13 +10,12 @@ from that representation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import scipy.optimize
 import scipy.special
 import torch
-
-TARGET_KINDS = ("gaussian", "gn", "rgg")
 
 # Gamma(k/2) up to this shape is drawn exactly as a sum of exponentials (p = 1, 1/2, 2/3, 1/3,
 # 2/5, 1/4, ...): cheaper than rejection and free of GPU syncs.
@@ -38,8 +37,8 @@ def _validate(
     dtype: torch.dtype | None = None,
 ) -> None:
     """Raise ValueError naming the first bad parameter (None means: not given, not checked)."""
-    if kind is not None and kind not in TARGET_KINDS:
-        raise ValueError(f"kind={kind!r} is not allowed: kind must be one of {', '.join(TARGET_KINDS)}")
+    if kind is not None and kind not in TARGETS:
+        raise ValueError(f"kind={kind!r} is not allowed: kind must be one of {', '.join(TARGETS)}")
     if p is not None and not (math.isfinite(p) and p > 0):
         raise ValueError(f"p={p!r} is not allowed: p must be a finite number > 0")
     if mu is not None and not math.isfinite(mu):
@@ -78,9 +77,13 @@ def expected_l0_density(p: float, mu: float, sigma: float | None = None) -> floa
     _validate(p=p, mu=mu, sigma=sigma)
     sigma = _resolve_sigma(p, sigma)
     z = mu / sigma
-    # Φ_GN(z) = ½(1 + sgn(z)·P(1/p, |z|^p / p)), P the regularized lower incomplete gamma.
-    lower = float(scipy.special.gammainc(1.0 / p, _abs_pow(z, p) / p))
-    return 0.5 * (1.0 + math.copysign(1.0, z) * lower)
+    # Φ_GN(z) = ½(1 + sgn(z)·P(1/p, |z|^p / p)), P the regularized lower incomplete gamma; below
+    # z = 0 it is ½·Q(1/p, |z|^p / p) with Q = 1 - P computed directly, which keeps its relative
+    # precision at densities far below 1e-9 (1 - P would cancel every digit there).
+    x = _abs_pow(z, p) / p
+    if z < 0:
+        return 0.5 * float(scipy.special.gammaincc(1.0 / p, x))
+    return 0.5 * (1.0 + float(scipy.special.gammainc(1.0 / p, x)))
 
 
 def mu_for_density(p: float, density: float, sigma: float | None = None) -> float:
@@ -269,12 +272,13 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Fresh target samples of the given shape.
+    """Fresh samples of a registered target, of the given shape.
 
     kind: "gaussian" (N(0, 1), LeJEPA's target; p, mu and sigma are validated, not used), "gn"
-    (GN_p(μ, σ), LpJEPA) or "rgg" (ReLU(GN_p(μ, σ)), Rectified LpJEPA). σ None: σ_GN(p).
-    Random numbers are drawn on the generator's device (else on `device`), in float32 (float64
-    when dtype is float64), then moved to `device` and cast to `dtype` (default: torch's).
+    (GN_p(μ, σ), LpJEPA), "rgg" (ReLU(GN_p(μ, σ)), Rectified LpJEPA) or any registered target.
+    σ None: σ_GN(p). Random numbers are drawn on the generator's device (else on `device`), in
+    float32 (float64 when dtype is float64), then moved to `device` and cast to `dtype`
+    (default: torch's).
     """
     _validate(p=p, mu=mu, sigma=sigma, kind=kind, dtype=dtype)
     dims = _shape_tuple(shape)
@@ -286,12 +290,114 @@ def sample(
         else (generator.device if generator is not None else torch.device("cpu"))
     )
     draw_device = generator.device if generator is not None else out_device
-    n = math.prod(dims)
-    if kind == "gaussian":
-        x = torch.randn(n, generator=generator, device=draw_device, dtype=work_dtype)
-    else:
-        sigma = _resolve_sigma(p, sigma)
-        x = _standard_gn(p, n, generator, draw_device, work_dtype).mul_(sigma).add_(mu)
-        if kind == "rgg":
-            x = rectify(x)
+    x = TARGETS[kind].draw(math.prod(dims), p, mu, _resolve_sigma(p, sigma), generator, draw_device, work_dtype)
     return x.reshape(dims).to(device=out_device, dtype=out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The target registry: what the rest of the package asks of a target, declared once.
+
+Draw = Callable[[int, float, float, float, "torch.Generator | None", torch.device, torch.dtype], torch.Tensor]
+"""(n, p, mu, sigma, generator, device, dtype) -> n flat samples."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target distribution of the regularizer, with everything the config, the model, the
+    guard and the evaluation need to know of it."""
+
+    name: str
+    doc: str
+    rectified: bool
+    """Samples pass a ReLU: the projector ends in one, z is sparse and non-negative, and the
+    closed-form l0 density is its knob (`target_density` solves mu from it; the collapse guard
+    watches z's density against it)."""
+    shaped: bool
+    """p, mu and sigma parametrize it (False: a fixed N(0, 1); configs resolve p 2, mu 0, sigma 1)."""
+    regularizers: tuple[str, ...]
+    """The regularizers that can pull z toward it (SIGReg tests against N(0, 1) only)."""
+    draw: Draw
+    l0_density: Callable[[float, float, float], float]
+    """(p, mu, sigma) -> expected fraction of non-zero coordinates (1 for a continuous target)."""
+    moments: Callable[[float, float, float], tuple[float, float]]
+    """(p, mu, sigma) -> (mean, variance) of one coordinate."""
+    unit_variance_sigma: Callable[[float, float], float] = lambda p, mu: sigma_gn(p)
+    """(p, mu) -> the sigma giving one coordinate unit variance (config sigma_mode=unit_var)."""
+
+    def default_sigma(self, p: float, mu: float, sigma_mode: str) -> float:
+        """The sigma a config with sigma = 0 resolves to."""
+        if not self.shaped:
+            return 1.0
+        return self.unit_variance_sigma(p, mu) if sigma_mode == "unit_var" else sigma_gn(p)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(target: Target) -> Target:
+    """Add a target to the registry (a new target is this call: configs, the model, the
+    regularizers, the guard and the evaluation all read the registry)."""
+    if target.name in TARGETS:
+        raise ValueError(f"target {target.name!r} is already registered")
+    TARGETS[target.name] = target
+    return target
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ValueError(f"target={name!r} is not allowed: one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def _gn_variance(p: float, sigma: float) -> float:
+    return _exp(2.0 * (math.log(sigma) + math.log(p) / p) + math.lgamma(3.0 / p) - math.lgamma(1.0 / p))
+
+
+def _draw_gn(n, p, mu, sigma, generator, device, dtype) -> torch.Tensor:
+    return _standard_gn(p, n, generator, device, dtype).mul_(sigma).add_(mu)
+
+
+register_target(
+    Target(
+        name="gaussian",
+        doc="N(0, 1) in every coordinate: LeJEPA's isotropic Gaussian (dense).",
+        rectified=False,
+        shaped=False,
+        regularizers=("rdmreg", "sigreg"),
+        draw=lambda n, p, mu, sigma, generator, device, dtype: torch.randn(
+            n, generator=generator, device=device, dtype=dtype
+        ),
+        l0_density=lambda p, mu, sigma: 1.0,
+        moments=lambda p, mu, sigma: (0.0, 1.0),
+    )
+)
+register_target(
+    Target(
+        name="gn",
+        doc="The generalized Gaussian GN_p(mu, sigma): LpJEPA's target (dense).",
+        rectified=False,
+        shaped=True,
+        regularizers=("rdmreg",),
+        draw=_draw_gn,
+        l0_density=lambda p, mu, sigma: 1.0,
+        moments=lambda p, mu, sigma: (mu, _gn_variance(p, sigma)),
+    )
+)
+register_target(
+    Target(
+        name="rgg",
+        doc="ReLU(GN_p(mu, sigma)): Rectified LpJEPA's sparse, non-negative target.",
+        rectified=True,
+        shaped=True,
+        regularizers=("rdmreg",),
+        draw=lambda n, p, mu, sigma, generator, device, dtype: rectify(
+            _draw_gn(n, p, mu, sigma, generator, device, dtype)
+        ),
+        l0_density=expected_l0_density,
+        moments=rectified_moments,
+        unit_variance_sigma=sigma_unit_variance,
+    )
+)
+
+TARGET_KINDS = tuple(TARGETS)
+"""The built-in targets (the registry may hold more)."""

@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import jepa_ray
-from jepa_ray.config import ConfigError, TrialConfig, validate
+from jepa_ray.config import ConfigError, TrialConfig, resolve, validate
 from jepa_ray.model import Projector, check_backbone_name, create_model
 from jepa_ray.train.checkpoint import MODEL_FILE, save_checkpoint
 
@@ -28,6 +28,7 @@ def _config(
     cfg.model.zero_init_last = zero_init_last
     cfg.data.dataset = dataset
     cfg.data.image_size = 8 if dataset == "digits" else 32
+    cfg.data.channels = 1 if dataset == "digits" else 3
     cfg.model.backbone, cfg.model.cifar_stem, cfg.model.proj_dims = backbone, cifar_stem, proj_dims
     cfg.target.target = target
     return cfg
@@ -94,7 +95,7 @@ def test_vit_at_32px(backbone, cifar_stem, tokens):
 def test_default_convnet_on_the_embedded_digits():
     cfg = TrialConfig()
     assert (cfg.model.backbone, cfg.data.dataset) == ("jepa_convnet_tiny", "digits")
-    model = create_model(cfg)
+    model = create_model(resolve(cfg))
     h, z = model(_digits(16))
     assert h.shape == (16, 128) and model.feature_dim == 128
     assert z.shape == (16, 256)

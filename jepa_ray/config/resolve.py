@@ -51,15 +51,11 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     from jepa_ray.data.registry import dataset_info
 
     cfg = copy.deepcopy(cfg)
-    if cfg.target.target == "gaussian":
+    target = targets.get_target(cfg.target.target)
+    if not target.shaped:
         cfg.target.p, cfg.target.mu = 2.0, 0.0
     if cfg.target.sigma == 0.0:
-        if cfg.target.target == "gaussian":
-            cfg.target.sigma = 1.0
-        elif cfg.target.sigma_mode == "unit_var" and cfg.target.target == "rgg":
-            cfg.target.sigma = targets.sigma_unit_variance(cfg.target.p, cfg.target.mu)
-        else:
-            cfg.target.sigma = targets.sigma_gn(cfg.target.p)
+        cfg.target.sigma = target.default_sigma(cfg.target.p, cfg.target.mu, cfg.target.sigma_mode)
     if cfg.target.target_density > 0:
         cfg.target.mu = targets.mu_for_density(cfg.target.p, cfg.target.target_density, cfg.target.sigma)
     info = dataset_info(cfg.data.dataset)
@@ -67,6 +63,8 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
         cfg.views.recipe = info.recipe
     if cfg.data.image_size == 0:
         cfg.data.image_size = info.native_size
+    if cfg.data.channels == 0:
+        cfg.data.channels = info.channels
     return cfg
 
 
@@ -84,7 +82,7 @@ def validate(cfg: TrialConfig) -> None:
     (the dataset, target and backbone names are checked against their registries)."""
     from jepa_ray.data.registry import dataset_info
     from jepa_ray.model import check_backbone_name
-    from jepa_ray.targets import TARGET_KINDS
+    from jepa_ray.targets import TARGETS
 
     d, v, m, t, l, o, e, s = (cfg.data, cfg.views, cfg.model, cfg.target, cfg.loss, cfg.optim, cfg.eval, cfg.system)
     info = dataset_info(d.dataset)
@@ -93,6 +91,7 @@ def validate(cfg: TrialConfig) -> None:
     if d.data_dir and not (info.downloadable and d.download):
         _require(os.path.isdir(d.data_dir), "data_dir", "an existing directory", d.data_dir)
     _require(d.image_size >= 0, "image_size", "0 (native) or a positive size", d.image_size)
+    _require(d.channels in (0, info.channels), "channels", f"0 or {info.channels} (dataset {d.dataset})", d.channels)
     _require(d.max_train_samples >= 0, "max_train_samples", ">= 0", d.max_train_samples)
     _require(d.max_test_samples >= 0, "max_test_samples", ">= 0", d.max_test_samples)
     _choice("stream", d.stream, STREAM_MODES)
@@ -128,7 +127,7 @@ def validate(cfg: TrialConfig) -> None:
         m.proj_dims,
     )
 
-    _choice("target", t.target, TARGET_KINDS)
+    _choice("target", t.target, tuple(TARGETS))
     _require(math.isfinite(t.p) and t.p > 0, "p", "p > 0", t.p)
     _require(math.isfinite(t.mu), "mu", "a finite number", t.mu)
     _require(math.isfinite(t.sigma) and t.sigma >= 0, "sigma", "sigma > 0 (or 0: resolve from sigma_mode)", t.sigma)
@@ -140,7 +139,13 @@ def validate(cfg: TrialConfig) -> None:
         t.target_density,
     )
     if t.target_density > 0:
-        _require(t.target == "rgg", "target_density", "0 unless target=rgg (only rgg is sparse)", t.target_density)
+        sparse = [n for n, spec in TARGETS.items() if spec.rectified]
+        _require(
+            TARGETS[t.target].rectified,
+            "target_density",
+            f"0 unless the target is rectified (only {', '.join(sparse)} {'is' if len(sparse) == 1 else 'are'} sparse)",
+            t.target_density,
+        )
         _require(
             t.sigma > 0 or t.sigma_mode == "gn",
             "target_density",
@@ -151,13 +156,8 @@ def validate(cfg: TrialConfig) -> None:
     _require(math.isfinite(l.lambd) and 0.0 < l.lambd < 1.0, "lambd", "0 < lambd < 1", l.lambd)
     _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)
     _choice("regularizer", l.regularizer, REGULARIZERS)
-    if l.regularizer == "sigreg":
-        _require(
-            t.target == "gaussian",
-            "regularizer",
-            "sigreg only with target=gaussian (use rdmreg for gn/rgg)",
-            l.regularizer,
-        )
+    allowed = TARGETS[t.target].regularizers
+    _require(l.regularizer in allowed, "regularizer", f"{' | '.join(allowed)} with target={t.target}", l.regularizer)
     _require(l.num_slices >= 1, "num_slices", ">= 1", l.num_slices)
     _require(l.t_max > 0, "t_max", "> 0", l.t_max)
     _require(l.knots >= 3 and l.knots % 2 == 1, "knots", "an odd number >= 3", l.knots)

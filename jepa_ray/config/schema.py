@@ -46,6 +46,8 @@ class DataConfig:
     """Allow torchvision to download CIFAR into data_dir (never done unless asked)."""
     image_size: int = 0
     """Side of the square training crops; 0 means the dataset's native size (8 digits, 32 CIFAR)."""
+    channels: int = 0
+    """Image channels the encoder takes; 0 means the dataset's (1 digits, 3 the others)."""
     max_train_samples: int = 0
     """Use at most this many training images (0: all; a fixed stratified subset); for smoke runs and benchmarks."""
     max_test_samples: int = 0

@@ -19,10 +19,14 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="train a grid's trials into TABLE", allow_abbrev=False)
     rec.add_argument("--grid", required=True, help="a recording grid (see `list`)")
     rec.add_argument("--table", required=True, help="the Parquet table to create or extend")
-    rec.add_argument("--data-dir", help="the dataset's directory, for grids that read one (e.g. ../shared/data/cifar10)")
+    rec.add_argument(
+        "--data-dir", help="the dataset's directory, for grids that read one (e.g. ../shared/data/cifar10)"
+    )
     rec.add_argument("--jobs", type=int, default=2, help="trials trained at a time, one thread each (default 2)")
     rec.add_argument("--limit", type=int, help="record at most this many new rows, then stop")
-    rec.add_argument("--work-dir", help="where the trials' checkpoints and logs go while they train (default: a temp dir)")
+    rec.add_argument(
+        "--work-dir", help="where the trials' checkpoints and logs go while they train (default: a temp dir)"
+    )
     rec.add_argument(
         "--mix", action="store_true", help="add to a table recorded with another grid, setting or training revision"
     )
@@ -43,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recorder = Recorder(
-            grid(args.grid), args.table, data_dir=args.data_dir, jobs=args.jobs, mix=args.mix, limit=args.limit,
-            work_dir=args.work_dir, log=lambda m: print(m, flush=True),
+            grid(args.grid),
+            args.table,
+            data_dir=args.data_dir,
+            jobs=args.jobs,
+            mix=args.mix,
+            limit=args.limit,
+            work_dir=args.work_dir,
+            log=lambda m: print(m, flush=True),
         )
         recorder.prepare()
     except UsageError as err:

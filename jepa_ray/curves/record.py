@@ -49,9 +49,9 @@ def trial_config(grid: Grid, params: dict[str, Any], seed: int, data_dir: str | 
 
 
 def setting_digest(grid: Grid, data_dir: str | None) -> str:
-    """What every row of a recording shares, as a digest: the grid's resolved base config without
-    the keys of NOT_SETTING. Another preset default, epoch count or sample size is another
-    setting."""
+    """What every row of a recording shares, as a digest kept with each row for reference: the
+    grid's resolved base config without the keys of NOT_SETTING (check_table compares configs
+    key by key, so that a config key added later does not orphan a table)."""
     cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
     flat = {k: v for k, v in config_lib.flatten(cfg).items() if k not in NOT_SETTING}
     return hashlib.sha256(json.dumps([grid.preset, flat], sort_keys=True).encode()).hexdigest()[:16]
@@ -72,27 +72,33 @@ def _text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def check_table(table: CurveTable, grid: Grid, setting: str, mix: bool) -> None:
-    """UsageError when the table holds rows of another grid, training revision or setting (unless
-    `mix`): a table means one recording."""
+def check_table(table: CurveTable, grid: Grid, data_dir: str | None, mix: bool) -> None:
+    """UsageError when the table holds rows of another grid or training revision, or rows whose
+    recorded config differs from what the grid gives now in anything but where and how it ran
+    (unless `mix`): a table means one recording. Keys a newer config added are not compared."""
     if mix:
         return
     for row in table:
+        where = f"curve table {table.path}"
         if row.grid != grid.name:
             raise UsageError(
-                f"curve table {table.path} holds rows of grid {row.grid!r}, not {grid.name!r}; "
+                f"{where} holds rows of grid {row.grid!r}, not {grid.name!r}; "
                 "record into another table, or pass --mix to add to it anyway"
             )
         if row.revision != TRAINING_REVISION:
             raise UsageError(
-                f"curve table {table.path} was recorded at training revision {row.revision}, this code is "
-                f"at {TRAINING_REVISION}; record into another table, or pass --mix to add to it anyway"
+                f"{where} was recorded at training revision {row.revision}, this code is at "
+                f"{TRAINING_REVISION}; record into another table, or pass --mix to add to it anyway"
             )
-        if row.setting != setting:
+    for row in table.rows[:1]:
+        recorded = {k: v for section in row.config.values() if isinstance(section, dict) for k, v in section.items()}
+        now = config_lib.flatten(trial_config(grid, row.params, row.seed, data_dir))
+        changed = sorted(k for k in now if k in recorded and k not in NOT_SETTING and str(now[k]) != str(recorded[k]))
+        if changed:
+            diff = ", ".join(f"{k}={now[k]} (recorded: {recorded[k]})" for k in changed)
             raise UsageError(
-                f"curve table {table.path} was recorded with another setting ({row.setting}, this grid "
-                f"now gives {setting}: a preset default or the grid's base changed); record into another "
-                "table, or pass --mix to add to it anyway"
+                f"curve table {table.path} was recorded with another setting: grid {grid.name} now gives {diff}; "
+                "record into another table, or pass --mix to add to it anyway"
             )
 
 
@@ -151,7 +157,7 @@ class Recorder:
         for params, seed in self.grid.points()[:1]:
             trial_config(self.grid, params, seed, self.data_dir)  # a bad factor value fails here
         table = read_table(self.table_path) if self.table_path.exists() else CurveTable(path=self.table_path)
-        check_table(table, self.grid, setting, self.mix)
+        check_table(table, self.grid, self.data_dir, self.mix)
         todo = [(p, s) for p, s in self.grid.points() if row_key(p, s) not in table]
         self.setting = setting
         return table, todo[: self.limit] if self.limit is not None else todo
@@ -188,8 +194,9 @@ class Recorder:
         return added
 
     def _log_row(self, row: Row, n: int, total: int, elapsed: float) -> None:
+        nan = float("nan")
         what = (
-            f"linear_acc {row.final.get('linear_acc', float('nan')):.4f} l0 {row.final.get('l0_density', float('nan')):.3f}"
+            f"linear_acc {row.final.get('linear_acc', nan):.4f} l0 {row.final.get('l0_density', nan):.3f}"
             if row.finished
             else f"failed: {row.failure}"
         )
@@ -210,7 +217,9 @@ class Recorder:
         log_path = work / f"{key}.log"
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, *argv[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             self._procs.add(proc)
             try:
                 code = proc.wait()

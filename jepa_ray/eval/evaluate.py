@@ -69,10 +69,8 @@ def extract_features(
 
 
 def target_l0_density(cfg: TrialConfig) -> float:
-    """Closed-form fraction of non-zero coordinates of the target (1 without rectification)."""
-    if cfg.target.target != "rgg":
-        return 1.0
-    return targets.expected_l0_density(cfg.target.p, cfg.target.mu, cfg.target.sigma)
+    """Closed-form fraction of non-zero coordinates of the target (1 for a continuous one)."""
+    return targets.get_target(cfg.target.target).l0_density(cfg.target.p, cfg.target.mu, cfg.target.sigma)
 
 
 def evaluate(

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa_ray.data.splits import stratified_indices
+from jepa_ray.schedule import cosine_factor
 
 __all__ = [
     "LinearHeadGrid",
@@ -210,12 +211,6 @@ def stratified_split(y: torch.Tensor, val_fraction: float, seed: int = 0) -> tup
     in_val = torch.zeros(y.numel(), dtype=torch.bool)
     in_val[val_idx] = True
     return torch.nonzero(~in_val).flatten(), val_idx
-
-
-def cosine_factor(step: float, total: float) -> float:
-    """(1 + cos(pi * min(step / total, 1))) / 2: from 1 at step 0 down to 0 at `total` (the
-    decay of the probes' grid and of the trainer's schedule, jepa_ray.train.optim.lr_at)."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(total, 1))))
 
 
 def fit_linear_grid(

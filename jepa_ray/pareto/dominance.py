@@ -125,6 +125,31 @@ def _ranks_2d(m: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def crowding_distance(values: np.ndarray, directions: Sequence[str | Objective] | None = None) -> np.ndarray:
+    """NSGA-II's crowding distance of the points of one front (infinite at each objective's
+    ends; directions do not change it, they are checked when given)."""
+    m = np.asarray(values, dtype=float) if directions is None else _as_minimization(values, directions)
+    n, k = m.shape
+    if n <= 2:
+        return np.full(n, np.inf)
+    dist = np.zeros(n)
+    for j in range(k):
+        order = np.argsort(m[:, j], kind="stable")
+        span = m[order[-1], j] - m[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (m[order[2:], j] - m[order[:-2], j]) / span
+    return dist
+
+
+def dominator_counts(values: np.ndarray, directions: Sequence[str | Objective]) -> np.ndarray:
+    """How many rows dominate each row (<= in every objective, < in one)."""
+    m = _as_minimization(values, directions)
+    le = np.all(m[None, :, :] <= m[:, None, :], axis=2)
+    lt = np.any(m[None, :, :] < m[:, None, :], axis=2)
+    return np.sum(le & lt, axis=1)
+
+
 def hypervolume(values: np.ndarray, directions: Sequence[str | Objective], reference: Sequence[float]) -> float:
     """Exact volume of the objective space dominated by the points and bounded by the reference
     point. Points not strictly better than the reference in every objective add nothing.

@@ -29,6 +29,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from jepa_ray.contract import RESULT_FAILURE, is_final
 from jepa_ray.errors import UsageError
+from jepa_ray.pareto.dominance import crowding_distance, dominator_counts, nondominated_ranks
 
 
 @dataclass(frozen=True)
@@ -60,49 +61,20 @@ def rung_levels(min_epochs: int, eta: float, max_epochs: int) -> list[int]:
     return levels
 
 
-def _as_minimization(values: np.ndarray, modes: list[str]) -> np.ndarray:
-    signs = np.array([-1.0 if m == "max" else 1.0 for m in modes])
-    return values * signs
-
-
 def nondominated_fronts(points: np.ndarray) -> np.ndarray:
     """Front index of each point (0: non-dominated), all objectives minimized."""
-    n = len(points)
-    front = np.full(n, -1)
-    remaining = np.arange(n)
-    level = 0
-    while remaining.size:
-        sub = points[remaining]
-        dominated = np.array([bool(np.any(np.all(sub <= p, axis=1) & np.any(sub < p, axis=1))) for p in sub])
-        front[remaining[~dominated]] = level
-        remaining = remaining[dominated]
-        level += 1
-    return front
-
-
-def crowding_distance(points: np.ndarray) -> np.ndarray:
-    """NSGA-II's crowding distance of points of one front (infinite at each objective's ends)."""
-    n, k = points.shape
-    dist = np.zeros(n)
-    if n <= 2:
-        return np.full(n, np.inf)
-    for j in range(k):
-        order = np.argsort(points[:, j], kind="stable")
-        span = points[order[-1], j] - points[order[0], j]
-        dist[order[0]] = dist[order[-1]] = np.inf
-        if span > 0:
-            dist[order[1:-1]] += (points[order[2:], j] - points[order[:-2], j]) / span
-    return dist
+    points = np.asarray(points, dtype=float)
+    return nondominated_ranks(points, ["min"] * points.shape[1]) - 1
 
 
 def priority_keys(values: np.ndarray, modes: list[str]) -> list[tuple[int, float]]:
     """(front, -crowding distance) of each point: smaller is better (NSGA-II's crowded order)."""
-    points = _as_minimization(np.asarray(values, dtype=float), modes)
-    fronts = nondominated_fronts(points)
-    crowd = np.zeros(len(points))
+    values = np.asarray(values, dtype=float)
+    fronts = nondominated_ranks(values, modes)
+    crowd = np.zeros(len(values))
     for f in np.unique(fronts):
         members = np.flatnonzero(fronts == f)
-        crowd[members] = crowding_distance(points[members])
+        crowd[members] = crowding_distance(values[members], modes)
     return [(int(f), -float(c)) for f, c in zip(fronts, crowd)]
 
 
@@ -119,12 +91,6 @@ def rank_fraction(values: np.ndarray, i: int, modes: list[str]) -> tuple[int, fl
     keys = priority_keys(values, modes)
     ahead = sum(k < keys[i] for k in keys)
     return ahead, ahead / len(keys)
-
-
-def dominated_by(values: np.ndarray, i: int, modes: list[str]) -> int:
-    points = _as_minimization(np.asarray(values, dtype=float), modes)
-    p = points[i]
-    return int(np.sum(np.all(points <= p, axis=1) & np.any(points < p, axis=1)))
 
 
 class MultiObjectiveASHA(TrialScheduler):
@@ -212,7 +178,7 @@ class MultiObjectiveASHA(TrialScheduler):
         ahead, rank = rank_fraction(table, len(others), self.modes)
         if rank <= 1.0 / self.eta:
             return False, ""
-        beaten = dominated_by(table, len(others), self.modes)
+        beaten = int(dominator_counts(table, self.modes)[-1])
         return True, (
             f"rung {done}: dominated by {beaten} of {len(others)}, {ahead} of {len(others)} ranked ahead "
             f"(kept: the top 1/{self.eta:g})"

@@ -184,7 +184,12 @@ def load_state(path: str | os.PathLike, name: str = MODEL_FILE, map_location: st
 
 
 def read_config(path: str | os.PathLike) -> TrialConfig:
-    return from_dict(json.loads(read_bytes(path, CONFIG_FILE)))
+    cfg = from_dict(json.loads(read_bytes(path, CONFIG_FILE)))
+    if not cfg.data.channels:  # written before configs recorded their channels: the dataset's
+        from jepa_ray.data.registry import dataset_info
+
+        cfg.data.channels = dataset_info(cfg.data.dataset).channels
+    return cfg
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:

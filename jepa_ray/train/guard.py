@@ -10,6 +10,7 @@ import torch
 
 from jepa_ray.contract import FailureKind
 from jepa_ray.eval.evaluate import target_l0_density
+from jepa_ray.targets import get_target
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -47,7 +48,7 @@ def collapse_reason(cfg: TrialConfig, m: dict) -> str | None:
     target = target_l0_density(cfg)
     if density >= 0.9999 and target < 0.9:
         return f"train/l0_density={density:.4f}: z never sparse although the target density is {target:.3f}"
-    if cfg.target.target == "rgg" and density < s.collapse_min_density_ratio * target:
+    if get_target(cfg.target.target).rectified and density < s.collapse_min_density_ratio * target:
         return (
             f"train/l0_density={density:.4f} is below {s.collapse_min_density_ratio:g} x the target density "
             f"{target:.3f}: z is collapsing to all zeros"

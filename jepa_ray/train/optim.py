@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from jepa_ray.eval.probe import cosine_factor
+from jepa_ray.schedule import lr_at
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -116,18 +116,6 @@ def create_optimizer(cfg: TrialConfig, encoder: nn.Module, probes: nn.Module | N
     for g in groups:
         g.pop("lars")
     return torch.optim.AdamW(groups, lr=peak_lr(cfg), weight_decay=cfg.optim.weight_decay)
-
-
-def lr_at(
-    step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio: float = 0.0, start: float = 0.0
-) -> float:
-    """solo-learn's LinearWarmupCosineAnnealingLR stepped per step: `start` at step 0, linear
-    to `peak` at step warmup_steps - 1, then cosine from the peak at step warmup_steps down to
-    peak * min_ratio at the last step. No warmup: cosine from step 0."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return start if warmup_steps == 1 else start + step * (peak - start) / (warmup_steps - 1)
-    floor = peak * min_ratio
-    return floor + (peak - floor) * cosine_factor(step - warmup_steps, total_steps - warmup_steps)
 
 
 def schedule_step(
