@@ -21,6 +21,15 @@ objectives come from the full-fidelity sweeps' finished trials.
     python benchmarks/search.py --methods tpe,moasha-tpe --seeds 0 --trials 6 --epochs 6   # quick
     python benchmarks/search.py --plot search.png
 
+On recorded curves (`--replay TABLE`, a table of `python -m jepa_ray.curves record`), every
+sweep runs in simulated time (jepa_ray.sweep.simulate: the sweep's own searcher, scheduler,
+collapse guard and outcome ledger, no training), so ten or more seeds per method take minutes;
+the methods are jepa_ray.sweep.methods' and the anytime hypervolume is read as normalized
+regret, 1 - HV / HV*, HV* the hypervolume of every configuration the table holds:
+
+    python benchmarks/search.py --replay benchmarks/curves/cifar10-cpu.parquet --seeds 20 \
+        --trials 24 --concurrency 4 --plot docs/img/search-cifar10.png
+
 Prints one JSON object per line (docs/design.md format).
 """
 
@@ -148,6 +157,9 @@ def signal_correlations(uri: str, rungs: list[int]) -> dict[tuple[str, str, int]
 
 
 def main() -> None:
+    if "--replay" in sys.argv:
+        replay_main()
+        return
     p = argparse.ArgumentParser()
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
@@ -219,6 +231,117 @@ def main() -> None:
         Path(args.curves).write_text(json.dumps({"budget": budget, "seeds": seeds, "curves": results}))
     if args.plot:
         plot(results, budget, args.plot)
+
+
+# --------------------------------------------------------------------------------------------
+# On recorded curves, in simulated time
+
+
+def replay_main() -> None:
+    from jepa_ray import pareto
+    from jepa_ray.sweep.methods import METHODS, attainable, run_method
+    from jepa_ray.sweep.replay import Replay
+
+    p = argparse.ArgumentParser(description="search methods compared on a curve table, in simulated time")
+    p.add_argument("--replay", required=True, metavar="TABLE")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, default=10, help="sweeps per method (sampler seeds 0..N-1)")
+    p.add_argument("--trials", type=int, default=24, help="full trials the budget buys")
+    p.add_argument("--concurrency", type=int, default=4, help="trials at once")
+    p.add_argument("--objectives", default="linear_acc:max,l0_density:min")
+    p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
+    p.add_argument("--plot", help="normalized regret against trial-epochs, median and IQR, to this PNG")
+    p.add_argument("--curves", help="write every sweep's curve to this JSON")
+    args = p.parse_args()
+    replay = Replay.open(args.replay, [])
+    objectives = pareto.parse_objectives(args.objectives)
+    methods = [METHODS[m] for m in args.methods.split(",")]
+    epochs = replay.base.optim.epochs
+    budget = args.trials * epochs
+    points, best = attainable(replay, objectives)
+    emit(
+        f"table {Path(args.replay).name}: {len(replay.table)} rows, {len(points)} configurations a sweep finishes",
+        "hypervolume",
+        best,
+        configurations=len(replay.front_rows()),
+    )
+    grid = list(range(0, budget + 1))
+    curves: dict[str, list[list[float]]] = {}
+    for method in methods:
+        start = time.perf_counter()
+        runs = [
+            run_method(replay, method, objectives, seed=seed, budget=budget, max_concurrent=args.concurrency)
+            for seed in range(args.seeds)
+        ]
+        curves[method.name] = [[1.0 - r.hypervolume_at(t) / best for t in grid] for r in runs]
+        for fraction in (1 / 3, 2 / 3, 1.0):
+            regrets = [c[round(fraction * budget)] for c in curves[method.name]]
+            q1, med, q3 = quartiles(regrets)
+            emit(
+                f"{method.name}: normalized regret at {fraction:.2f} of {budget} trial-epochs, {args.seeds} seeds",
+                "regret",
+                med,
+                iqr=[round(q1, 5), round(q3, 5)],
+                trials_ended=statistics.median(len(r.trials) for r in runs),
+                finished=statistics.median(len(r.finished) for r in runs),
+                seconds=round(time.perf_counter() - start, 1),
+            )
+    if args.baseline in curves:
+        target = median_curve(curves[args.baseline])[-1]
+        for name, cs in curves.items():
+            med = median_curve(cs)
+            reached = next((t for t, r in zip(grid, med) if r <= target), None)
+            emit(
+                f"{name}: trial-epochs until the median regret reaches {args.baseline}'s final median "
+                f"({target:.4f}); goal <= {budget / 3:.0f} (a third of the budget)",
+                "trial_epochs",
+                reached,
+                fraction=None if reached is None else round(reached / budget, 3),
+            )
+    if args.curves:
+        Path(args.curves).write_text(json.dumps({"budget": budget, "grid": grid, "regret": curves}))
+    if args.plot:
+        plot_regret(curves, grid, budget, args.plot, Path(args.replay).name)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return float(q1), float(med), float(q3)
+
+
+def median_curve(curves: list[list[float]]) -> list[float]:
+    import numpy as np
+
+    return np.median(np.array(curves), axis=0).tolist()
+
+
+def plot_regret(curves: dict, grid: list[int], budget: int, path: str, table: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    floor = 1e-4
+    for name, cs in curves.items():
+        arr = np.maximum(np.array(cs), floor)
+        q1, med, q3 = np.percentile(arr, [25, 50, 75], axis=0)
+        line = ax.plot(grid, med, label=name, drawstyle="steps-post")[0]
+        ax.fill_between(grid, q1, q3, step="post", alpha=0.12, color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("compute spent (trial-epochs)")
+    ax.set_ylabel("normalized regret 1 - HV / HV(table)")
+    ax.set_title(f"Search on {table}: median and IQR over seeds")
+    ax.axvline(budget / 3, color="0.7", lw=0.8, ls=":")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    emit(f"plot written to {path}", "file", None)
 
 
 def plot(results: dict, budget: int, path: str) -> None:

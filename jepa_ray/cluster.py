@@ -98,6 +98,8 @@ def _start_local(num_cpus: int | None, runtime_env: dict | None) -> None:
     import ray
 
     ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    logger.info("started a local Ray instance with %d CPUs (this process's own; it ends with it)", cpus)
 
 
 def _connect_auto(runtime_env: dict | None) -> None:
@@ -106,6 +108,14 @@ def _connect_auto(runtime_env: dict | None) -> None:
     # "auto" (not the resolved HOST:PORT) so that Ray picks up ~/.ray/auth_token for a cluster
     # started with token authentication: Ray does so only for automatically found clusters.
     ray.init(address="auto", runtime_env=runtime_env)
+    _log_joined(ray.get_runtime_context().gcs_address)
+
+
+def _log_joined(address: str) -> None:
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    logger.info("joined the Ray cluster at %s (%d CPUs, %d nodes)", address, cpus, node_count())
 
 
 def _connect_to(address: str, runtime_env: dict | None, *, source: str, num_cpus: int | None = None) -> None:
@@ -125,6 +135,7 @@ def _connect_to(address: str, runtime_env: dict | None, *, source: str, num_cpus
             "the address and port (6379 by default), or leave out --address to run locally"
         )
     ray.init(address=address, runtime_env=runtime_env)
+    _log_joined(address)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -137,13 +148,11 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def _running_cluster_address() -> str | None:
-    """HOST:PORT of the cluster `ray start` last started on this machine, if any."""
-    try:
-        from ray._private.services import get_ray_address_from_environment
+    """HOST:PORT of the cluster `ray start` last started on this machine for sharing, if any
+    (not another driver's private local instance)."""
+    from jepa_ray import adapter
 
-        return get_ray_address_from_environment("auto", None)
-    except ConnectionError:
-        return None
+    return adapter.shared_cluster_address()
 
 
 def _reachable(address: str) -> bool:
@@ -156,9 +165,9 @@ def _reachable(address: str) -> bool:
     candidates = [host]
     if host in ("localhost", "127.0.0.1", "::1"):
         try:
-            from ray._private.services import get_node_ip_address
+            from jepa_ray import adapter
 
-            candidates.append(get_node_ip_address())
+            candidates.append(adapter.node_ip_address())
         except Exception:  # a best-effort extra candidate; the loopback one stands alone
             pass
     for candidate in candidates:

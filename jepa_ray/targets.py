@@ -323,6 +323,9 @@ class Target:
     """(p, mu, sigma) -> (mean, variance) of one coordinate."""
     unit_variance_sigma: Callable[[float, float], float] = lambda p, mu: sigma_gn(p)
     """(p, mu) -> the sigma giving one coordinate unit variance (config sigma_mode=unit_var)."""
+    mu_for_density: Callable[[float, float, float], float] | None = None
+    """(p, density, sigma) -> the mu whose l0 density is `density` (the inverse of l0_density in
+    mu; config target_density): None where the target has no density knob."""
 
     def default_sigma(self, p: float, mu: float, sigma_mode: str) -> float:
         """The sigma a config with sigma = 0 resolves to."""
@@ -396,6 +399,7 @@ register_target(
         l0_density=expected_l0_density,
         moments=rectified_moments,
         unit_variance_sigma=sigma_unit_variance,
+        mu_for_density=mu_for_density,
     )
 )
 

@@ -204,7 +204,7 @@ def head_commit() -> str:
 
 @pytest.fixture(scope="module")
 def smoke(ray_cluster, tmp_path_factory) -> Sweep:
-    run = run_sweep(tmp_path_factory.mktemp("smoke"), "--smoke", address=ray_cluster)
+    run = run_sweep(tmp_path_factory.mktemp("smoke"), "--smoke", "--seed", "0", address=ray_cluster)
     assert run.returncode == 0, run.output()
     return run
 
@@ -642,13 +642,15 @@ def test_resume_keeps_the_recorded_base_config():
 
 
 def test_collapsed_trials_do_not_count_towards_the_failure_limit():
-    limit = sweep.FailureLimit(2)
-    limit.record(
-        "collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2", FailureKind.COLLAPSED
-    )
-    limit.record("non-finite loss at epoch 1 step 5")
+    from jepa_ray.outcome import Ledger
+
+    ledger = Ledger()
+    limit = sweep.FailureLimit(2, ledger)
+    why = "collapse at epoch 3: train/l0_density=0.01 is below 0.2 x the target density 0.2"
+    ledger.end("a", {"failure": why, "failure_kind": FailureKind.COLLAPSED.value})
+    ledger.end("b", {"failure": "non-finite loss at epoch 1 step 5"})
     assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
-    limit.record("the trial ended without final metrics")
+    ledger.end("c", {"epoch": 4})  # the trial ended without final metrics
     assert limit.reached and limit.reasons[0].startswith("non-finite")
 
 
@@ -669,7 +671,7 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
     )
     searcher.on_trial_complete("failed", {"failure": "non-finite loss at epoch 1 step 5"})
     searcher.on_trial_complete("raised", None, error=True)
-    searcher.on_trial_complete("done", {"linear_acc": 0.9, "l0_density": 0.1})
+    searcher.on_trial_complete("done", {"linear_acc": 0.9, "l0_density": 0.1, "final_result": True})
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     by_id = {t.user_attrs["tune_trial_id"]: t for t in study.get_trials()}
     assert {k: t.state.name for k, t in by_id.items()} == {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jepa_ray import contract, tracking
 from jepa_ray.config import DataConfig
-from jepa_ray.sweep.progress import stop_reason
+from jepa_ray.outcome import Ledger
 
 
 def m(epoch: int, run: str = "a") -> dict:
@@ -66,10 +66,11 @@ def test_an_unreadable_history_leaves_the_gap_and_writes_the_rest():
     assert log.committed == 1
 
 
-def test_final_results_are_recognised_by_their_metrics():
-    assert tracking.is_final({"linear_acc": 0.9, "epoch": 3})
+def test_final_results_are_recognised_by_their_marker():
+    assert tracking.is_final({"linear_acc": 0.9, "epoch": 3, contract.FINAL_RESULT: True})
+    assert not tracking.is_final({"linear_acc": 0.9, "epoch": 3})  # final metrics alone do not say it
     assert not tracking.is_final({"epoch": 3, "train/loss": 1.0})
-    assert not tracking.is_final({"linear_acc": 0.9, "failure": "collapse"})
+    assert not tracking.is_final({"linear_acc": 0.9, "failure": "collapse", contract.FINAL_RESULT: True})
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,9 +121,13 @@ def test_source_tags_name_the_entry_point_in_the_checkout_and_its_commit(monkeyp
 
 
 def test_the_stop_column_says_why_each_trial_ended():
-    stopped = {"t3": "rung 3: dominated by 5 of 8"}
-    assert stop_reason("t1", {"linear_acc": 0.9, "l0_density": 0.1}, stopped) == "finished"
-    assert stop_reason("t2", {"failure": "z collapsed", "failure_kind": "collapsed"}, stopped) == "collapsed"
-    assert stop_reason("t4", {"failure": "CUDA out of memory"}, stopped) == "failed"
-    assert stop_reason("t3", {"epoch": 2}, stopped) == "rung 3"
-    assert stop_reason("t5", {"epoch": 2}, stopped) == "ended early"
+    ledger = Ledger()
+    ledger.note_stop("t3", "rung 3: dominated by 5 of 8")
+    final = {"linear_acc": 0.9, "l0_density": 0.1, contract.FINAL_RESULT: True}
+    assert ledger.end("t1", final).label == "finished"
+    assert ledger.end("t2", {"failure": "z collapsed", "failure_kind": "collapsed"}).label == "collapsed"
+    assert ledger.end("t4", {"failure": "CUDA out of memory"}).label == "failed"
+    assert ledger.end("t3", {"epoch": 2}).label == "rung 3"
+    # no final metrics, no failure, no scheduler's stop: a failure, said so
+    assert ledger.end("t5", {"epoch": 2}).label == "failed"
+    assert ledger.get("t5").reason == "the trial ended without final metrics"

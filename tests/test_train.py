@@ -28,7 +28,7 @@ from jepa_ray.errors import UsageError
 from jepa_ray.targets import expected_l0_density, sigma_gn
 from jepa_ray.train import (
     EPOCH_METRICS,
-    FINAL_METRICS,
+    HEADLINE_METRICS,
     LocalReporter,
     TrialFailure,
     cli,
@@ -144,7 +144,7 @@ def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupt
             "train/lr",
         ):
             assert got[key] == want[key], (got["epoch"], key)
-    for key in FINAL_METRICS:
+    for key in HEADLINE_METRICS:
         assert final[key] == uninterrupted.final[key], key
 
 
@@ -264,7 +264,7 @@ def test_ray_trial_survives_a_dead_worker_and_resumes_exactly(ray_cluster, cli_r
     reference = cli_run.out / "checkpoint"
     assert_same_weights(model_file(Path(checkpoint)), model_file(reference))
     want = json.loads((reference / ckpt_lib.METRICS_FILE).read_text())
-    for key in FINAL_METRICS:
+    for key in HEADLINE_METRICS:
         assert metrics[key] == want[key], key
 
 
@@ -355,8 +355,8 @@ def test_cli_trial_prints_final_metrics_in_range(cli_run):
     assert cli_run.proc.returncode == 0, cli_run.proc.stderr[-3000:]
     shown = printed_json(cli_run.proc.stdout)
     assert shown["checkpoint"] == str(cli_run.out.resolve() / "checkpoint")
-    assert set(FINAL_METRICS) <= shown.keys()
-    assert all(finite(shown[k]) for k in FINAL_METRICS), shown
+    assert set(HEADLINE_METRICS) <= shown.keys()
+    assert all(finite(shown[k]) for k in HEADLINE_METRICS), shown
     for key in ("linear_acc", "linear_acc_z", "knn_acc"):
         assert 0.2 < shown[key] <= 1.0, (key, shown[key])  # 10 classes: chance is 0.1
     for key in ("l0_density", "l0_density_backbone"):
@@ -364,7 +364,7 @@ def test_cli_trial_prints_final_metrics_in_range(cli_run):
     assert shown["target_l0_density"] == pytest.approx(expected_l0_density(1.0, 0.0, sigma_gn(1.0)))
     assert 1.0 <= shown["rank_me"] <= 64.0  # z has 64 dimensions (proj_dims 64-64)
     saved = json.loads((cli_run.out / "checkpoint" / ckpt_lib.METRICS_FILE).read_text())
-    assert {k: saved[k] for k in FINAL_METRICS} == {k: shown[k] for k in FINAL_METRICS}
+    assert {k: saved[k] for k in HEADLINE_METRICS} == {k: shown[k] for k in HEADLINE_METRICS}
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     if cfg.target.sigma == 0.0:
         cfg.target.sigma = target.default_sigma(cfg.target.p, cfg.target.mu, cfg.target.sigma_mode)
     if cfg.target.target_density > 0:
-        cfg.target.mu = targets.mu_for_density(cfg.target.p, cfg.target.target_density, cfg.target.sigma)
+        cfg.target.mu = target.mu_for_density(cfg.target.p, cfg.target.target_density, cfg.target.sigma)
     info = dataset_info(cfg.data.dataset)
     if cfg.views.recipe == "auto":
         cfg.views.recipe = info.recipe
@@ -139,9 +139,9 @@ def validate(cfg: TrialConfig) -> None:
         t.target_density,
     )
     if t.target_density > 0:
-        sparse = [n for n, spec in TARGETS.items() if spec.rectified]
+        sparse = [n for n, spec in TARGETS.items() if spec.rectified and spec.mu_for_density is not None]
         _require(
-            TARGETS[t.target].rectified,
+            t.target in sparse,
             "target_density",
             f"0 unless the target is rectified (only {', '.join(sparse)} {'is' if len(sparse) == 1 else 'are'} sparse)",
             t.target_density,

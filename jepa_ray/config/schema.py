@@ -253,25 +253,31 @@ def _leaf_index() -> dict[str, tuple[str, type]]:
 LEAVES: dict[str, tuple[str, type]] = _leaf_index()
 
 
+def dataclass_field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class's source (one line each): the
+    help of the command lines generated from dataclasses."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
 def field_doc(key: str) -> str:
     """The docstring of a leaf (read from the source, for --help and error messages)."""
-    import inspect
-
     section, _ = LEAVES[key]
-    cls = type(getattr(TrialConfig(), section))
-    lines = inspect.getsource(cls).splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith(f"{key}:"):
-            doc = []
-            for nxt in lines[i + 1 :]:
-                s = nxt.strip()
-                if not (doc or s.startswith('"""')):
-                    break
-                doc.append(s.strip('"'))
-                if s.endswith('"""') and (len(doc) > 1 or s.count('"""') == 2):
-                    break
-            return " ".join(d for d in doc if d)
-    return ""
+    return dataclass_field_docs(type(getattr(TrialConfig(), section))).get(key, "")
 
 
 def _parse_value(key: str, raw: Any) -> Any:

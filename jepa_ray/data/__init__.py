@@ -5,6 +5,7 @@ from jepa_ray.data.augment import Recipe, ViewMaker, measure_views_per_second, r
 from jepa_ray.data.batches import BatchIterator, eval_batches
 from jepa_ray.data.decode import decode_blob, decode_blobs, fit_square, stack_square
 from jepa_ray.data.loaders import read_parquet_split
+from jepa_ray.data.preflight import check_data
 from jepa_ray.data.registry import DatasetInfo, dataset_info, dataset_names, register_dataset
 from jepa_ray.data.splits import SPLIT_SEED, ImageSplits, channel_stats, load_dataset, split_holdout, stratified_indices
 
@@ -16,6 +17,7 @@ __all__ = [
     "SPLIT_SEED",
     "ViewMaker",
     "channel_stats",
+    "check_data",
     "dataset_info",
     "dataset_names",
     "decode_blob",

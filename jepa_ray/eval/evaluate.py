@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from jepa_ray import contract as M
 from jepa_ray import metrics, targets
 from jepa_ray.config.schema import float_list
 from jepa_ray.eval import probe
@@ -99,20 +100,20 @@ def evaluate(
     on_z = probe.fit_linear_grid(train_z, train_y, test_z, test_y, **grid)
     z_summary = metrics.summary(test_z)
     return {
-        "linear_acc": on_h["test_acc"],
-        "linear_acc_z": on_z["test_acc"],
-        "knn_acc": probe.knn_accuracy(
+        M.LINEAR_ACC: on_h["test_acc"],
+        M.LINEAR_ACC_Z: on_z["test_acc"],
+        M.KNN_ACC: probe.knn_accuracy(
             train_h, train_y, test_h, test_y, k=e.knn_k, temperature=e.knn_temperature, num_classes=num_classes
         ),
-        "l0_density": z_summary["l0_density"],
-        "target_l0_density": target_l0_density(cfg),
-        "l0_density_backbone": metrics.l0_density(test_h),
-        "rank_me": z_summary["rank_me"],
-        "l1_sparsity": z_summary["l1_sparsity"],
-        "dead_fraction": z_summary["dead_fraction"],
-        "always_active_fraction": z_summary["always_active_fraction"],
-        "probe_best_lr": on_h["best_lr"],
-        "probe_best_wd": on_h["best_wd"],
+        M.L0_DENSITY: z_summary["l0_density"],
+        M.TARGET_L0_DENSITY: target_l0_density(cfg),
+        M.L0_DENSITY_BACKBONE: metrics.l0_density(test_h),
+        M.RANK_ME: z_summary["rank_me"],
+        M.L1_SPARSITY: z_summary["l1_sparsity"],
+        M.DEAD_FRACTION: z_summary["dead_fraction"],
+        M.ALWAYS_ACTIVE_FRACTION: z_summary["always_active_fraction"],
+        M.PROBE_BEST_LR: on_h["best_lr"],
+        M.PROBE_BEST_WD: on_h["best_wd"],
     }
 
 

@@ -8,7 +8,6 @@ from jepa_ray.contract import TRIAL_ID as TRIAL_ID_TAG
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "rectified-lpjepa"
-DEFAULT_OBJECTIVES = "linear_acc:max,l0_density:min"
 KEY_PARAMS = ("lambd", "num_slices", "p", "mu", "proj_dims", "target", "sigma", "backbone")
 
 METRIC_PREFIX, PARAM_PREFIX = "metrics.", "params."
@@ -19,10 +18,3 @@ TAG_COLUMNS = {TRIAL_ID_TAG: "trial_id", PARENT_TAG: "sweep_run_id", CHECKPOINT_
 
 # SQL stores cannot hold infinities; MLflow writes +-inf as +-DBL_MAX (sanitize_metric_value).
 SQL_INF = 1.7976931348623157e308
-# The MLflow server rejects search pages above 50,000 runs; 10,000 keeps responses moderate.
-SEARCH_PAGE_SIZE = 10_000
-
-
-class UsageError(ValueError):
-    """A bad input (experiment, objective, filter, tracking URI, output directory); the message
-    is one line naming the input and what is allowed."""

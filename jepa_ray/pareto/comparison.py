@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from jepa_ray.contract import FINAL_METRICS, ROLE_TRIAL
+from jepa_ray.contract import HEADLINE_METRICS, ROLE_TRIAL
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.columns import DEFAULT_EXPERIMENT
@@ -219,7 +219,7 @@ def _read_all(
     tracking_uri: str, scope: dict[str, list[str]], objectives: list[Objective], filters: list[Filter], reader: str
 ) -> pd.DataFrame:
     """The trials of every experiment in scope, with their origin columns, in scope order."""
-    metrics = [*FINAL_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
+    metrics = [*HEADLINE_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
     frames = []
     for experiment, selected in scope.items():
         trials = read_trials(

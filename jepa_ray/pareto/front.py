@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from jepa_ray.contract import DEFAULT_OBJECTIVES, FINAL_METRICS, ROLE_TRIAL
+from jepa_ray.contract import DEFAULT_OBJECTIVES, HEADLINE_METRICS, ROLE_TRIAL
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.columns import METRIC_PREFIX, ORIGIN_COLUMNS
@@ -171,7 +171,7 @@ def extract(
     command line reads through jepa_ray.pareto.comparison.compare, its multi-front form)."""
     objectives = objective_list(objectives)
     filters = filter_list(filters)
-    metrics = [*FINAL_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
+    metrics = [*HEADLINE_METRICS, *[o.name for o in objectives], *[f.name for f in filters]]
     reader = "sql" if use_sql(tracking_uri, reader) else "mlflow"  # probe the store's schema once
     trials = read_trials(
         tracking_uri, experiment, sweep_run_ids=sweep_run_ids, metrics=metrics, params=False, reader=reader

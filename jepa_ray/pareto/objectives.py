@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from jepa_ray.contract import reference_point
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.columns import METRIC_PREFIX
 
@@ -126,18 +127,10 @@ def parse_reference(text: str, objectives: Sequence[Objective]) -> dict[str, flo
 
 
 def default_reference(objectives: Sequence[Objective], values: np.ndarray) -> tuple[float, ...]:
-    """Per objective: 0 for a maximized accuracy, 1 for a minimized l0/density, else the worst
-    value observed among `values` (n, k) (0 when there are none)."""
-    ref = []
-    for j, obj in enumerate(objectives):
-        name = obj.name.lower()
-        if obj.direction == "max" and "acc" in name:
-            ref.append(0.0)
-        elif obj.direction == "min" and ("l0" in name or "density" in name):
-            ref.append(1.0)
-        elif len(values):
-            column = values[:, j]
-            ref.append(float(column.min() if obj.direction == "max" else column.max()))
-        else:
-            ref.append(0.0)
-    return tuple(ref)
+    """The reference point of `values` (n, k): per objective, contract.reference_point (the end
+    of the metric's known range on its bad side, else the worst value observed), the rule the
+    sweep's hypervolume curve follows too."""
+    return tuple(
+        reference_point(obj.name, obj.direction, values[:, j] if len(values) else ())
+        for j, obj in enumerate(objectives)
+    )

@@ -14,12 +14,12 @@ import pandas as pd
 
 from jepa_ray import tracking
 from jepa_ray.cluster import sqlite_path
-from jepa_ray.contract import FINAL_METRICS, ROLE_TRIAL
+from jepa_ray.contract import HEADLINE_METRICS, ROLE_TRIAL
 from jepa_ray.contract import PARENT as PARENT_TAG
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.contract import SWEEP_NAME as SWEEP_NAME_TAG
 from jepa_ray.errors import UsageError
-from jepa_ray.pareto.columns import BASE_COLUMNS, METRIC_PREFIX, PARAM_PREFIX, SEARCH_PAGE_SIZE, SQL_INF, TAG_COLUMNS
+from jepa_ray.pareto.columns import BASE_COLUMNS, METRIC_PREFIX, PARAM_PREFIX, SQL_INF, TAG_COLUMNS
 from jepa_ray.pareto.sqlite_reader import (
     connect,
     marks,
@@ -29,6 +29,7 @@ from jepa_ray.pareto.sqlite_reader import (
     sql_readable,
     unknown_experiment,
 )
+from jepa_ray.tracking.store import SEARCH_PAGE_SIZE
 
 
 def read_trials(
@@ -44,13 +45,13 @@ def read_trials(
     """The FINISHED, active trial runs (tag jepa_ray.role=trial) of an experiment, optionally
     only the children of the given sweep parent runs, one row each (sorted by run id):
     run_id, trial_id, sweep_run_id, checkpoint, `metrics.<name>` for the requested final
-    metrics (default FINAL_METRICS; NaN where a run lacks one) and, if params, `params.<name>`
+    metrics (default HEADLINE_METRICS; NaN where a run lacks one) and, if params, `params.<name>`
     for every param (numeric where every value is a number, else text). Params are most of a
     trial's data: extract() reads them only for the front (read_params).
 
     reader: "sql" reads a sqlite store's tables directly (only the needed rows), "mlflow" pages
     through MlflowClient.search_runs, "auto" takes "sql" for sqlite:// URIs of a known schema."""
-    metrics = list(dict.fromkeys(metrics or FINAL_METRICS))
+    metrics = list(dict.fromkeys(metrics or HEADLINE_METRICS))
     sweeps = list(dict.fromkeys(sweep_run_ids or []))
     if use_sql(tracking_uri, reader):
         long = read_sql(tracking_uri, experiment, sweeps, metrics, params)

@@ -1,56 +1,41 @@
-"""Sweeps: Ray Tune + Optuna over trials that each train one JEPA encoder, every trial mirrored
-into MLflow by the driver, resumable. `main` is the command line of sweeps/*.py, `jepa-sweep` and
-`python -m jepa_ray.sweep`."""
+"""Sweeps: Ray Tune + Optuna over trials that each train one JEPA encoder (or replay a recorded
+one), every trial mirrored into MLflow by the driver, each trial's end classified once by the
+outcome ledger, resumable. `main` is the command line of sweeps/*.py, `jepa-sweep` and
+`python -m jepa_ray.sweep`; `plan` + `execute` (or `run_sweep`) the library's."""
 
 from jepa_ray.contract import DEFAULT_OBJECTIVES
 from jepa_ray.sweep.cli import LEJEPA, RECTIFIED, main
-from jepa_ray.sweep.driver import base_config, mlflow_ui_command, optuna_storage_url, run_sweep
-from jepa_ray.sweep.failures import FailureLimit, make_failure_callback, make_stopper
-from jepa_ray.sweep.options import SAMPLERS, SMOKE_REPLACES, SweepOptions, parser, validate_options
-from jepa_ray.sweep.resume import ResumeState, prepare_resume, recorded_base_config
-from jepa_ray.sweep.search import (
-    CHECKED_VERSIONS,
-    JepaOptunaSearch,
-    check_private_api,
-    make_sampler,
-    make_searcher,
-    study_of,
-)
+from jepa_ray.sweep.driver import SweepPlan, base_config, execute, plan, run_sweep
+from jepa_ray.sweep.failures import FailureLimit
+from jepa_ray.sweep.options import SAMPLERS, SweepOptions
+from jepa_ray.sweep.resume import prepare_resume, recorded_base_config
+from jepa_ray.sweep.schedulers import SCHEDULERS, LedgerScheduler, register_scheduler
+from jepa_ray.sweep.search import make_sampler, make_searcher
 from jepa_ray.sweep.spaces import DefineByRun, load_space, params_key, trial_config, validate_space
-from jepa_ray.sweep.trial import trial_dir, trial_main, trial_resources
 
 __all__ = [
-    "CHECKED_VERSIONS",
     "DEFAULT_OBJECTIVES",
     "DefineByRun",
     "FailureLimit",
-    "JepaOptunaSearch",
     "LEJEPA",
+    "LedgerScheduler",
     "RECTIFIED",
-    "ResumeState",
     "SAMPLERS",
-    "SMOKE_REPLACES",
+    "SCHEDULERS",
     "SweepOptions",
+    "SweepPlan",
     "base_config",
-    "check_private_api",
+    "execute",
     "load_space",
     "main",
-    "make_failure_callback",
     "make_sampler",
     "make_searcher",
-    "make_stopper",
-    "mlflow_ui_command",
-    "optuna_storage_url",
     "params_key",
-    "parser",
+    "plan",
     "prepare_resume",
     "recorded_base_config",
+    "register_scheduler",
     "run_sweep",
-    "study_of",
     "trial_config",
-    "trial_dir",
-    "trial_main",
-    "trial_resources",
-    "validate_options",
     "validate_space",
 ]

@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 from jepa_ray.errors import UsageError
-from jepa_ray.sweep.driver import mlflow_ui_command, run_sweep
+from jepa_ray.sweep.describe import mlflow_ui_command
+from jepa_ray.sweep.driver import execute, plan
 from jepa_ray.sweep.options import ArgumentError, SweepOptions, parser
 
 RECTIFIED = dict(space="rectified", preset="digits-sweep", experiment="rectified-lpjepa")
@@ -25,12 +26,15 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     opts = dataclasses.replace(base_defaults, **vars(args))
-    if opts.smoke and "--num-samples" not in (argv or sys.argv):
+    if opts.smoke and "--num-samples" not in (argv if argv is not None else sys.argv):
         opts.num_samples = 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not opts.verbose:  # Ray's and Tune's own chatter: what a user cannot act on
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     ray_was_running = _ray_initialized()
     try:
-        summary = run_sweep(opts)
+        summary = execute(plan(opts))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         print(f"stopped after {summary['failed']} failed trials (--max-failed-trials); reasons:")
         for why in summary["failure_reasons"]:
             print(f"  - {why}")
+    print(f"sampler seed {summary['seed']} (repeat this search with --seed {summary['seed']})")
     print(f"MLflow: {mlflow_ui_command(opts.tracking_uri, summary.get('experiment_id'))}")
     print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
     if summary["launched"] and not summary["finished"]:

@@ -1,58 +1,47 @@
-"""Counting failed trials, and stopping a sweep that keeps failing. Trials the collapse guard
-stopped are counted apart: they say the hyperparameters are bad, not that the sweep fails."""
+"""When a sweep stops early: after too many failed trials (trials the collapse guard or a
+scheduler stopped do not count: they say the hyperparameters are bad, not that the sweep fails),
+or once its compute budget in trial-epochs is spent. Both read the outcome ledger."""
 
 from __future__ import annotations
 
-from jepa_ray.contract import RESULT_FAILURE, FailureKind, failure_kind, is_final
-from jepa_ray.errors import one_line
+from jepa_ray.contract import EPOCH
+from jepa_ray.outcome import Ledger, Outcome
 
 
 class FailureLimit:
-    """Counts failed trials (errors and reported failures) and stops the sweep at a limit.
-    Trials the collapse guard stopped are counted apart: they say the hyperparameters are bad,
-    not that the sweep keeps failing."""
+    """Counts the ledger's trial ends and says when failed ones reach the limit (0: never)."""
 
-    def __init__(self, limit: int):
-        self.limit, self.failed, self.reasons, self.collapsed, self.finished = limit, 0, [], 0, 0
-        self.stopped = 0  # by a scheduler, at a rung
+    def __init__(self, limit: int, ledger: Ledger | None = None):
+        self.limit = limit
+        self.ledger = ledger if ledger is not None else Ledger()
 
-    def record(self, why: str, kind: FailureKind = FailureKind.FAILED) -> None:
-        if kind in (FailureKind.COLLAPSED, FailureKind.STOPPED):
-            self.collapsed += kind is FailureKind.COLLAPSED
-            self.stopped += kind is FailureKind.STOPPED
-            return
-        self.failed += 1
-        self.reasons.append(why)
+    def _count(self, outcome: Outcome) -> int:
+        return self.ledger.count(outcome)
+
+    @property
+    def failed(self) -> int:
+        return self._count(Outcome.FAILED)
+
+    @property
+    def collapsed(self) -> int:
+        return self._count(Outcome.COLLAPSED)
+
+    @property
+    def stopped(self) -> int:
+        """Stopped by a scheduler (at a rung)."""
+        return self._count(Outcome.STOPPED)
+
+    @property
+    def finished(self) -> int:
+        return self._count(Outcome.FINISHED)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [e.reason for e in self.ledger.ends.values() if e.outcome is Outcome.FAILED]
 
     @property
     def reached(self) -> bool:
         return self.limit > 0 and self.failed >= self.limit
-
-
-def make_failure_callback(limit: FailureLimit, stopped: dict[str, str] | None = None):
-    """A Tune callback that counts every trial's end into `limit` (`stopped`: the scheduler's
-    ledger of trials it stopped at a rung)."""
-    stopped = {} if stopped is None else stopped
-
-    from ray.tune import Callback
-
-    from jepa_ray.tracking import trial_error_text
-
-    class FailureCounter(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            result = trial.last_result or {}
-            kind = failure_kind(result)
-            if kind is not None:
-                limit.record(one_line(result[RESULT_FAILURE]), kind)
-            elif trial.trial_id in stopped:
-                limit.record(stopped[trial.trial_id], FailureKind.STOPPED)
-            elif is_final(result):
-                limit.finished += 1
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            limit.record(one_line(trial_error_text(trial)))
-
-    return FailureCounter()
 
 
 class EpochBudget:
@@ -63,8 +52,8 @@ class EpochBudget:
         self.epochs: dict[str, int] = {}
 
     def add(self, trial_id: str, result: dict) -> None:
-        if "epoch" in result:
-            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result["epoch"]) + 1)
+        if EPOCH in result:
+            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result[EPOCH]) + 1)
 
     @property
     def spent(self) -> int:
@@ -73,6 +62,15 @@ class EpochBudget:
     @property
     def reached(self) -> bool:
         return self.budget > 0 and self.spent >= self.budget
+
+
+def stop_reason(limit: FailureLimit, budget: EpochBudget) -> str:
+    """Why trials the sweep cut short did not end (the ledger's UNFINISHED reason)."""
+    if limit.reached:
+        return f"stopped before its end: the sweep stopped after {limit.failed} failed trials"
+    if budget.reached:
+        return f"stopped before its end: the sweep's budget of {budget.budget} trial-epochs was spent"
+    return "stopped before its end: the sweep ended first"
 
 
 def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None):

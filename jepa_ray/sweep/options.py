@@ -1,20 +1,26 @@
-"""What a sweep is asked to do: `SweepOptions` (one field per command-line flag, with its doc),
-its checks, and the command-line parser built from it."""
+"""What a sweep is asked to do: `SweepOptions` (one field per command-line flag, its docstring the
+flag's help), its checks, and the command-line parser generated from it."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 
 from jepa_ray import config as config_lib
 from jepa_ray.contract import DEFAULT_OBJECTIVES
 from jepa_ray.errors import UsageError
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
-SCHEDULERS = ("fifo", "moasha")
+SAMPLERS = ("tpe", "tpe-rungs", "nsga2", "gp", "random", "grid")
 SMOKE_REPLACES = ("digits", "digits-sweep")
 """Base presets that --smoke replaces with the tiny `smoke` preset (others keep theirs)."""
+NO_FLAG = {"flag": False}
+"""Field metadata of options that are not command-line flags."""
 
 
 @dataclass
@@ -22,50 +28,80 @@ class SweepOptions:
     """Everything a sweep needs, from the command line of `sweeps/*.py`."""
 
     space: str = "rectified"
-    """Search space: a module of search_spaces/ (or `package.module`) with `space(trial)`."""
+    """Search space: a module of search_spaces/ (or package.module) with space(trial)."""
     preset: str = "digits"
     """Base trial config that the space's suggestions override."""
     sets: list[str] = field(default_factory=list)
-    """Fixed `key=value` overrides of the base config for every trial."""
+    """Fixed config override for every trial, KEY=VALUE (repeat the flag; keys as in
+    python -m jepa_ray.train --list-keys)."""
     num_samples: int = 24
     """Trials in the sweep (in total, counting those a resumed sweep already finished)."""
     max_concurrent: int = 0
     """Trials at once (0: as many as the cluster's resources fit)."""
     dataset: str | None = None
+    """Dataset: digits, cifar10, cifar100, imagefolder, parquet (default: the preset's)."""
     data_dir: str | None = None
+    """Dataset directory."""
     backbone: str | None = None
+    """timm model name (default: the preset's)."""
     epochs: int | None = None
+    """Epochs per trial (default: the preset's)."""
     workers_per_trial: int = 1
+    """DDP workers per trial (>1: a TorchTrainer per trial)."""
     gpus_per_worker: float = 0.0
+    """GPUs per worker (0: CPU)."""
     cpus_per_worker: float = 1.0
+    """CPUs per worker."""
     sampler: str | None = None
-    """tpe | nsga2 | gp | random | grid (None: the space's DEFAULT_SAMPLER, else tpe)."""
+    """tpe | tpe-rungs (TPE that learns from trials stopped at rungs too) | nsga2 | gp | random | grid
+    (default: the space's DEFAULT_SAMPLER, else tpe)."""
     objectives: str = DEFAULT_OBJECTIVES
+    """Final metrics to optimize, metric:max|min, comma separated."""
     experiment: str = "rectified-lpjepa"
+    """MLflow experiment."""
     tracking_uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI (sqlite:///PATH, or http://HOST:PORT of a tracking server)."""
     optuna_storage: str | None = None
-    """Optuna RDB storage URL (default: optuna.db beside a sqlite MLflow store)."""
+    """Optuna RDB storage URL (default: optuna.db beside the MLflow sqlite store)."""
     storage_path: str = "ray_results"
-    """Ray storage for trial checkpoints and Tune state (s3://... or a shared path on a cluster)."""
+    """Ray storage for trial checkpoints and Tune state (a directory, s3://..., or a shared path on a cluster)."""
     name: str | None = None
     """Sweep name (default: EXPERIMENT-YYYYmmdd-HHMMSS; with --resume, the newest sweep)."""
-    seed: int = 0
+    seed: int | None = None
+    """Sampler seed; trial i trains with seed + i (default: a fresh one, printed and recorded,
+    so each run searches anew)."""
     resume: bool = False
+    """Continue the newest (or --name) sweep of the experiment."""
     smoke: bool = False
+    """A tiny sweep for tests: 2 trials of 1 epoch."""
     address: str | None = None
+    """Ray cluster HOST:PORT, 'auto' (one started on this machine) or 'local' (default: a
+    cluster started with ray start / ray up, else a local instance of this sweep's own)."""
     max_failed_trials: int = 5
     """Stop the sweep after this many failed trials (0: never)."""
     max_trial_epochs: int = 0
-    """Stop the sweep once its trials trained this many epochs in all (a compute budget; 0: none)."""
+    """Compute budget: stop once the trials trained this many epochs in all (0: none)."""
     scheduler: str = "fifo"
-    """fifo (every trial runs to its end) or moasha (multi-objective successive halving)."""
+    """fifo (every trial runs to its end), moasha (multi-objective successive halving), asha
+    (Tune's, on the first signal), or package.module:factory."""
     scheduler_eta: float = 3.0
-    """moasha: a trial continues at a rung when in the top 1/eta of the trials that reached it."""
+    """Schedulers with rungs: a trial continues at a rung when in the top 1/eta of the trials that reached it."""
     scheduler_min_epochs: int = 0
-    """moasha: the first rung, in epochs (0: a ninth of the epochs, at least 1); then x eta."""
+    """Schedulers with rungs: the first rung, in epochs (0: a ninth of the epochs, at least 1); then x eta."""
     scheduler_signals: str = "online/linear_acc:max,train/l0_density:min"
-    """moasha: the per-epoch metrics a rung ranks on, metric:max|min (they predict the objectives)."""
-    print_front: bool = True
+    """Schedulers: the per-epoch metrics a rung ranks on, metric:max|min (they predict the objectives)."""
+    replay: str | None = None
+    """A curve table (python -m jepa_ray.curves): replay its recorded trials instead of
+    training (no GPU; the space becomes the table's configurations)."""
+    replay_speed: float = 0.0
+    """With --replay: sleep each recorded epoch's wall time divided by this (0: no sleeping)."""
+    verbose: bool = False
+    """Print Tune's status table and Ray's own messages too."""
+    print_front: bool = field(default=True, metadata=NO_FLAG)
+
+
+FLAG_NAMES = {"sets": "--set"}
+"""Fields whose flag is not their name with dashes."""
 
 
 def validate_options(opts: SweepOptions) -> None:
@@ -88,12 +124,16 @@ def validate_options(opts: SweepOptions) -> None:
         bad("--max-failed-trials", opts.max_failed_trials, ">= 0 (0: never stop)")
     if opts.max_trial_epochs < 0:
         bad("--max-trial-epochs", opts.max_trial_epochs, ">= 0 (0: no budget)")
-    if opts.scheduler not in SCHEDULERS:
-        bad("--scheduler", opts.scheduler, ", ".join(SCHEDULERS))
     if opts.data_dir and not os.path.isdir(opts.data_dir):
         bad("--data-dir", opts.data_dir, "an existing directory")
     if not opts.experiment.strip():
         bad("--experiment", opts.experiment, "a non-empty name")
+    if opts.seed is not None and not 0 <= opts.seed < 2**31:
+        bad("--seed", opts.seed, "0 .. 2^31 - 1")
+    if opts.replay_speed < 0:
+        bad("--replay-speed", opts.replay_speed, ">= 0 (0: no sleeping)")
+    if opts.replay_speed and not opts.replay:
+        bad("--replay-speed", opts.replay_speed, "only with --replay TABLE")
 
 
 class ArgumentError(Exception):
@@ -102,71 +142,57 @@ class ArgumentError(Exception):
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # exit 2 with one line, like every other bad input
-        raise ArgumentError(message)
+        raise ArgumentError(_with_hint(message, self))
 
 
-def parser(defaults: SweepOptions) -> argparse.ArgumentParser:
-    p = OneLineParser(description="Ray Tune + Optuna sweep of JEPA trials, recorded in MLflow.")
-    a = p.add_argument
-    a("--space", default=defaults.space, help="search space module in search_spaces/ (default: %(default)s)")
-    a("--preset", default=defaults.preset, help=f"base config ({', '.join(config_lib.PRESETS)})")
-    a(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fixed config override for every trial",
+def _with_hint(message: str, p: argparse.ArgumentParser) -> str:
+    """argparse's message, with 'did you mean --x?' for a misspelt flag and the --set form for a
+    trial config key given as a flag."""
+    match = re.match(r"unrecognized arguments: (\S+)", message)
+    if not match:
+        return message
+    given = match.group(1).split("=", 1)[0]
+    key = given.lstrip("-").replace("-", "_")
+    if key in config_lib.LEAVES:
+        return f"{given} is not a sweep option; trial config keys go through --set {key}=VALUE"
+    flags = [s for a in p._actions for s in a.option_strings if s.startswith("--")]
+    close = difflib.get_close_matches(given, flags, n=1, cutoff=0.6)
+    if close:
+        return f"unrecognized argument {given}; did you mean {close[0]}?"
+    return message
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+
+
+def _value_type(hint) -> type:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def parser(defaults: SweepOptions, prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a sweep, one flag per SweepOptions field (help: the field's doc)."""
+    p = OneLineParser(
+        prog=prog,
+        description=f"Ray Tune + Optuna sweep of JEPA trials, recorded in MLflow (default space {defaults.space}, "
+        f"preset {defaults.preset}, experiment {defaults.experiment}).",
+        allow_abbrev=False,
     )
-    a("--num-samples", type=int, default=defaults.num_samples, help="trials in total (default: %(default)s)")
-    a(
-        "--max-concurrent",
-        type=int,
-        default=defaults.max_concurrent,
-        help="trials at once (default: what the cluster fits)",
-    )
-    a("--dataset", help="digits | cifar10 | cifar100 | imagefolder | parquet")
-    a("--data-dir", help="dataset directory")
-    a("--backbone", help="timm model name")
-    a("--epochs", type=int, help="epochs per trial")
-    a(
-        "--workers-per-trial",
-        type=int,
-        default=defaults.workers_per_trial,
-        help="DDP workers per trial (>1: a TorchTrainer per trial)",
-    )
-    a("--gpus-per-worker", type=float, default=defaults.gpus_per_worker, help="GPUs per worker (0: CPU)")
-    a("--cpus-per-worker", type=float, default=defaults.cpus_per_worker, help="CPUs per worker")
-    a("--sampler", default=defaults.sampler, help=f"{' | '.join(SAMPLERS)} (default: the space's, else tpe)")
-    a("--objectives", default=defaults.objectives, help="metric:max|min,... (default: %(default)s)")
-    a("--experiment", default=defaults.experiment, help="MLflow experiment (default: %(default)s)")
-    a("--tracking-uri", default=defaults.tracking_uri, help="MLflow tracking URI (default: %(default)s)")
-    a("--optuna-storage", help="Optuna RDB URL (default: optuna.db beside the MLflow sqlite store)")
-    a("--storage-path", default=defaults.storage_path, help="Ray storage: a directory, s3://... (default: %(default)s)")
-    a("--name", help="sweep name (default: EXPERIMENT-TIMESTAMP; with --resume: the newest sweep)")
-    a("--seed", type=int, default=defaults.seed, help="sampler seed; trial i trains with seed + i")
-    a("--resume", action="store_true", help="continue the newest (or --name) sweep of the experiment")
-    a("--smoke", action="store_true", help="a tiny sweep for tests: 2 trials of 1 epoch")
-    a("--address", help="Ray cluster (default: connect if one runs, else start a local one)")
-    a(
-        "--max-failed-trials",
-        type=int,
-        default=defaults.max_failed_trials,
-        help="stop after this many failed trials (0: never)",
-    )
-    a(
-        "--max-trial-epochs",
-        type=int,
-        default=defaults.max_trial_epochs,
-        help="compute budget: stop once the trials trained this many epochs in all (0: none)",
-    )
-    a("--scheduler", default=defaults.scheduler, help=f"{' | '.join(SCHEDULERS)} (default: %(default)s)")
-    a("--scheduler-eta", type=float, default=defaults.scheduler_eta, help="moasha: keep the top 1/eta at a rung")
-    a(
-        "--scheduler-min-epochs",
-        type=int,
-        default=defaults.scheduler_min_epochs,
-        help="moasha: first rung in epochs (0: a ninth of the epochs)",
-    )
-    a("--scheduler-signals", default=defaults.scheduler_signals, help="moasha: metric:max|min,... ranked at a rung")
+    docs = config_lib.dataclass_field_docs(SweepOptions)
+    hints = typing.get_type_hints(SweepOptions)
+    for f in dataclasses.fields(SweepOptions):
+        if not f.metadata.get("flag", True):
+            continue
+        default = getattr(defaults, f.name)
+        help_text = docs.get(f.name, "").replace("%", "%%")
+        typ = _value_type(hints[f.name])
+        if typ is bool:
+            p.add_argument(_flag(f), dest=f.name, action="store_true", help=help_text)
+        elif typing.get_origin(typ) is list:
+            p.add_argument(_flag(f), dest=f.name, action="append", default=[], metavar="KEY=VALUE", help=help_text)
+        else:
+            shown = f" (default: {default})" if default not in (None, "") else ""
+            p.add_argument(_flag(f), dest=f.name, type=typ, default=default, help=help_text + shown)
     return p

@@ -1,7 +1,9 @@
 """What the driver says while a sweep runs: one log line per trial that ends (its objectives,
-target vs measured l0, wall time, or why it stopped), and the sweep's hypervolume after each
-finished or stopped trial, logged to the parent run as a curve over compute spent
-(`sweep/hypervolume` at step = trial-epochs so far; `sweep/trial_epochs` at step = trials ended)."""
+target vs measured l0, wall time, or why it did not finish, as the outcome ledger says), and the
+sweep's hypervolume after each ended trial, logged to the parent run as a curve over compute
+spent (`sweep/hypervolume` at step = trial-epochs so far, reference point by
+contract.reference_point as in the Pareto export; `sweep/trial_epochs` at step = trials
+ended)."""
 
 from __future__ import annotations
 
@@ -11,44 +13,57 @@ import time
 
 import numpy as np
 
-from jepa_ray.contract import RESULT_FAILURE, failure_kind, is_final
-from jepa_ray.errors import one_line
+from jepa_ray.contract import EPOCH, L0_DENSITY, TARGET_L0_DENSITY, reference_point
+from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 
 logger = logging.getLogger("jepa_ray.sweep")
+SUMMARY_EVERY_S = 60.0
 STOP_COLUMN = "stop"
 """The key of a trial's last result that Tune's progress table shows as why it ended."""
 
 
-def stop_reason(trial_id: str, result: dict, stopped: dict[str, str]) -> str:
-    """Why a trial ended, in a few words: 'finished', 'collapsed', 'failed', or its rung."""
-    if trial_id in stopped:
-        return stopped[trial_id].split(":")[0]
-    kind = failure_kind(result)
-    if kind is not None:
-        return kind.value
-    return "finished" if is_final(result) else "ended early"
+def sweep_hypervolume(points: list[tuple[float, ...]], objectives) -> float:
+    """The hypervolume of the finished trials' objective values, at contract.reference_point."""
+    from jepa_ray.pareto import hypervolume
+
+    if not points:
+        return 0.0
+    values = np.array(points, dtype=float)
+    ref = [reference_point(o.name, o.direction, values[:, j]) for j, o in enumerate(objectives)]
+    return hypervolume(values, [o.direction for o in objectives], ref)
+
+
+def describe_end(number, end: TrialEnd, objectives, took: float) -> str:
+    """The progress log's line for a trial that ended."""
+    if end.outcome is Outcome.FINISHED:
+        shown = ", ".join(f"{o.name} {end.result.get(o.name, math.nan):.4g}" for o in objectives)
+        return (
+            f"trial {number} finished: {shown}; l0 {end.result.get(L0_DENSITY, math.nan):.3f} for a target of "
+            f"{end.result.get(TARGET_L0_DENSITY, math.nan):.3f} ({took:.0f} s)"
+        )
+    if end.outcome is Outcome.STOPPED:
+        return f"trial {number} stopped at {end.reason} ({took:.0f} s)"
+    return f"trial {number} {end.outcome.value}: {end.reason} ({took:.0f} s)"
 
 
 def make_progress_callback(
     tracking_uri: str,
     parent_id: str,
     objectives,
-    stopped: dict[str, str],
-    reference: dict[str, float] | None = None,
+    ledger: Ledger,
     epochs_before: int = 0,
     points_before: list[tuple[float, ...]] | None = None,
+    budget: int = 0,
+    total_trials: int = 0,
+    every_s: float = SUMMARY_EVERY_S,
 ):
-    """A Tune callback (driver process) for the lines and the hypervolume curve. `reference`:
-    the fixed reference point (default: 0 for a maximized metric, 1 for a minimized one, the
-    Pareto export's default for accuracies and densities); a resumed sweep passes the
-    trial-epochs and final points it already had."""
+    """A Tune callback (driver process) for the lines and the hypervolume curve; a resumed
+    sweep passes the trial-epochs and final points it already had. Every `every_s` seconds
+    (and at each trial's end) a one-line summary: trials running / finished / stopped / failed,
+    trial-epochs spent of `budget`, the hypervolume so far and an ETA."""
     from ray.tune import Callback
 
     from jepa_ray import tracking
-    from jepa_ray.pareto import hypervolume
-
-    ref = tuple((reference or {}).get(o.name, 0.0 if o.direction == "max" else 1.0) for o in objectives)
-    directions = [o.direction for o in objectives]
 
     class Progress(Callback):
         def __init__(self):
@@ -57,47 +72,65 @@ def make_progress_callback(
             self.ended = 0
             self.started: dict[str, float] = {}
             self.c = tracking.client(tracking_uri)
+            self.t0 = time.time()
+            self.last_summary = self.t0
+            self.running = 0
+
+        def on_step_end(self, iteration, trials, **info):
+            self.running = sum(t.status == "RUNNING" for t in trials)
+            if time.time() - self.last_summary >= every_s:
+                logger.info(self.summary())
+
+        def summary(self) -> str:
+            """running / finished / stopped / failed, trial-epochs of the budget, hypervolume, ETA."""
+            self.last_summary = time.time()
+            spent = epochs_before + sum(self.epochs.values())
+            done_now = sum(self.epochs.values())
+            elapsed = time.time() - self.t0
+            eta = ""
+            if budget and done_now and spent < budget:
+                eta = f", about {(budget - spent) * elapsed / done_now / 60:.0f} min left"
+            counts = ", ".join(
+                f"{ledger.count(o)} {o.value}" for o in Outcome if ledger.count(o) or o is Outcome.FINISHED
+            )
+            of_trials = f" of {total_trials}" if total_trials else ""
+            of_budget = f" of {budget}" if budget else ""
+            return (
+                f"[{len(ledger.ends)}{of_trials} trials ended: {counts}; {self.running} running; "
+                f"{spent}{of_budget} trial-epochs; hypervolume {self.hypervolume:.4f}{eta}]"
+            )
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started.setdefault(trial.trial_id, time.time())
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "epoch" in result:
-                self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), int(result["epoch"]) + 1)
+            if EPOCH in result:
+                self.epochs[trial.trial_id] = max(self.epochs.get(trial.trial_id, 0), int(result[EPOCH]) + 1)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._ended(trial, trial.last_result or {})
+            self._ended(trial, ledger.end(trial.trial_id, trial.last_result))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._ended(trial, {RESULT_FAILURE: tracking.trial_error_text(trial)})
+            self._ended(trial, ledger.end(trial.trial_id, trial.last_result, error=trial_error_text(trial)))
 
-        def _ended(self, trial, result: dict) -> None:
+        def _ended(self, trial, end: TrialEnd) -> None:
             self.ended += 1
             number = trial.config.get("optuna_trial", trial.trial_id)
             took = time.time() - self.started.get(trial.trial_id, time.time())
-            kind = failure_kind(result)
             if trial.last_result is not None:  # the progress table's "stop" column reads it
-                trial.last_result[STOP_COLUMN] = stop_reason(trial.trial_id, result, stopped)
-            if trial.trial_id in stopped:
-                logger.info("trial %s stopped at %s (%.0f s)", number, stopped[trial.trial_id], took)
-            elif kind is not None:
-                logger.info("trial %s %s: %s (%.0f s)", number, kind.value, one_line(result[RESULT_FAILURE]), took)
-            elif is_final(result):
-                values = tuple(result.get(o.name, math.nan) for o in objectives)
-                shown = ", ".join(f"{o.name} {v:.4g}" for o, v in zip(objectives, values))
-                logger.info(
-                    "trial %s finished: %s; l0 %.3f for a target of %.3f (%.0f s)",
-                    number,
-                    shown,
-                    result.get("l0_density", math.nan),
-                    result.get("target_l0_density", math.nan),
-                    took,
-                )
-                if all(math.isfinite(v) for v in values):
-                    self.points.append(values)
+                trial.last_result[STOP_COLUMN] = end.label
+            logger.info(describe_end(number, end, objectives, took))
+            if end.outcome is Outcome.FINISHED:
+                values = tuple(float(end.result[o.name]) for o in objectives)
+                self.points.append(values)
             spent = epochs_before + sum(self.epochs.values())
-            hv = hypervolume(np.array(self.points), directions, ref) if self.points else 0.0
-            tracking.log_metrics(self.c, parent_id, {"sweep/hypervolume": hv}, step=spent)
+            tracking.log_metrics(self.c, parent_id, {"sweep/hypervolume": self.hypervolume}, step=spent)
             tracking.log_metrics(self.c, parent_id, {"sweep/trial_epochs": spent}, step=self.ended)
+            if time.time() - self.last_summary >= every_s / 4:
+                logger.info(self.summary())
+
+        @property
+        def hypervolume(self) -> float:
+            return sweep_hypervolume(self.points, objectives)
 
     return Progress()

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState
 
 from jepa_ray import config as config_lib
+from jepa_ray.adapter import mark_interrupted
 from jepa_ray.config import TrialConfig
-from jepa_ray.contract import EPOCH_PROBE_METRIC
-from jepa_ray.sweep.search import mark_interrupted
+from jepa_ray.contract import ATTR_INTERRUPTED, ATTR_RESUMED_FROM, ATTR_STOPPED, EPOCH_PROBE_METRIC, has_final_metrics
 from jepa_ray.sweep.spaces import params_key
 
 logger = logging.getLogger("jepa_ray.sweep")
@@ -59,15 +59,15 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
     by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
     c = tracking.client(tracking_uri)
     trials = study.get_trials(deepcopy=False)
-    requeued = {t.user_attrs.get("resumed_from_trial") for t in trials}
+    requeued = {t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
     for t in trials:
         key = params_key(t.params)
         run = by_key.get(key)
-        stopped = t.state == TrialState.FAIL and t.user_attrs.get("stopped") and t.number not in requeued
+        stopped = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_STOPPED) and t.number not in requeued
         if t.state == TrialState.RUNNING or stopped:
             if t.state == TrialState.RUNNING:
-                mark_interrupted(study, t)
-            study.enqueue_trial(t.params, user_attrs={"resumed_from_trial": t.number}, skip_if_exists=False)
+                mark_interrupted(study, t, ATTR_INTERRUPTED)
+            study.enqueue_trial(t.params, user_attrs={ATTR_RESUMED_FROM: t.number}, skip_if_exists=False)
             if run is not None:
                 state.reuse_runs[key] = run.info.run_id
                 where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
@@ -75,12 +75,12 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
                     state.resume_map[key] = where
                     _log_missing_epochs(c, run.info.run_id, where)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-            t.state == TrialState.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stopped")
+            t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_INTERRUPTED) and not t.user_attrs.get(ATTR_STOPPED)
         ):
             state.finished += 1
             if run is not None and run.info.status == "RUNNING":
                 # Optuna heard of the end but the driver died before MLflow did.
-                finished = t.state == TrialState.COMPLETE and "linear_acc" in run.data.metrics
+                finished = t.state == TrialState.COMPLETE and has_final_metrics(run.data.metrics)
                 if not finished:
                     c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
                 c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")

@@ -15,8 +15,8 @@ test accuracy for `linear_acc` and the training batches' l0 density for `l0_dens
 benchmarks/search.py measures how well they predict). Trials are keyed by their parameters'
 key, so a trial re-run after an interruption is neither judged again at a rung it passed nor
 forgets it; `restore` rebuilds the rungs of a resumed sweep from MLflow's epoch histories.
-Stopped trials are recorded in `stopped` (trial id -> why): the searcher tells Optuna PRUNED for
-them, the MLflow writer ends their runs KILLED with the reason, and they are not failures.
+Stopped trials are recorded in `stopped` (trial id -> why, read through `stop_reason`); the
+sweep's outcome ledger classifies them as stopped (jepa_ray.sweep.schedulers).
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ class MultiObjectiveASHA(TrialScheduler):
     def on_trial_remove(self, tune_controller, trial) -> None:
         pass
 
+    def stop_reason(self, trial_id: str) -> str | None:
+        return self.stopped.get(trial_id)
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         stop, why = self.judge(_key(trial), result)
         if stop:
@@ -174,15 +177,23 @@ class MultiObjectiveASHA(TrialScheduler):
         recorded[key] = values
         if not others:
             return False, ""
+        return self.rank(done, values, others)
+
+    def rank(self, rung: int, values: tuple[float, ...], others: list[tuple[float, ...]]) -> tuple[bool, str]:
+        """MOASHA's rule: stop when more than 1/eta of the rung's trials rank strictly ahead."""
         table = np.array([*others, values])
         ahead, rank = rank_fraction(table, len(others), self.modes)
         if rank <= 1.0 / self.eta:
             return False, ""
         beaten = int(dominator_counts(table, self.modes)[-1])
         return True, (
-            f"rung {done}: dominated by {beaten} of {len(others)}, {ahead} of {len(others)} ranked ahead "
+            f"rung {rung}: dominated by {beaten} of {len(others)}, {ahead} of {len(others)} ranked ahead "
             f"(kept: the top 1/{self.eta:g})"
         )
+
+    @property
+    def signal_metrics(self) -> list[str]:
+        return [s.metric for s in self.signals]
 
     def restore_from_histories(self, histories: dict[str, dict[int, dict]]) -> None:
         """Rebuild the rungs from recorded epoch metrics: key -> {epoch: metrics}."""
@@ -196,20 +207,40 @@ class MultiObjectiveASHA(TrialScheduler):
                     self.records[rung].setdefault(key, values)
 
 
+class DensityLadder(MultiObjectiveASHA):
+    """Successive halving on accuracy inside density bands, the epsilon-constraint view of a
+    sparsity-accuracy front: at a rung a trial is ranked only among the trials whose density
+    signal (the second signal; train/l0_density predicts the final density with Spearman 0.95 by
+    epoch 3) fell in its band, bands `band` times wide on a log scale, by the accuracy signal (the
+    first); it stops when outside the top 1/eta of its band. A sparse trial is never stopped for
+    being less accurate than a dense one, so the front keeps its span while each band is halved."""
+
+    def __init__(self, signals: list[Signal], max_epochs: int, *, min_epochs: int = 1, eta: float = 3.0, band=2.0):
+        if len(signals) != 2:
+            raise UsageError(
+                f"--scheduler ladder needs two --scheduler-signals (accuracy, then density), got {len(signals)}"
+            )
+        super().__init__(signals, max_epochs, min_epochs=min_epochs, eta=eta)
+        self.band = band
+
+    def band_of(self, density: float) -> int:
+        return math.floor(math.log(max(density, 1e-6)) / math.log(self.band))
+
+    def rank(self, rung: int, values: tuple[float, ...], others: list[tuple[float, ...]]) -> tuple[bool, str]:
+        band = self.band_of(values[1])
+        peers = [o[0] for o in others if self.band_of(o[1]) == band]
+        if not peers:
+            return False, ""
+        sign = 1.0 if self.signals[0].mode == "max" else -1.0
+        ahead = sum(sign * p > sign * values[0] for p in peers)
+        if ahead / (len(peers) + 1) <= 1.0 / self.eta:
+            return False, ""
+        low, high = self.band**band, self.band ** (band + 1)
+        return True, (
+            f"rung {rung}: {ahead} of {len(peers)} in its density band [{low:.3g}, {high:.3g}) "
+            f"ahead on {self.signals[0].metric} (kept: the top 1/{self.eta:g})"
+        )
+
+
 def _key(trial) -> str:
     return str((trial.config or {}).get("params_key") or trial.trial_id)
-
-
-def make_scheduler(opts, max_epochs: int) -> MultiObjectiveASHA | None:
-    """The scheduler --scheduler names (None: Tune's FIFO); UsageError on bad settings."""
-    if opts.scheduler == "fifo":
-        return None
-    min_epochs = opts.scheduler_min_epochs or max(1, max_epochs // 9)
-    if max_epochs < 2:
-        raise UsageError(f"--scheduler moasha needs trials of at least 2 epochs, got {max_epochs}")
-    return MultiObjectiveASHA(
-        parse_signals(opts.scheduler_signals),
-        max_epochs,
-        min_epochs=min(min_epochs, max_epochs - 1),
-        eta=opts.scheduler_eta,
-    )

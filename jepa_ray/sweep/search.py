@@ -1,30 +1,43 @@
-"""The Ray Tune x Optuna adapter: the one module that uses private API of either (Ray's
-OptunaSearch keeps its study and trials in `_ot_study`, `_ot_trials`, `_completed_trials`;
-Optuna's storage is changed directly to mark an interrupted trial). It names the versions it was
-checked against, and `check_private_api` fails with a clear message when an upgrade removed
-what it relies on (tests/test_sweep.py runs it)."""
+"""The Ray Tune x Optuna searcher: Ray's OptunaSearch, telling Optuna each trial's end as the
+outcome ledger classified it (jepa_ray.outcome): COMPLETE with the objectives, PRUNED for a trial
+the collapse guard or a scheduler stopped (samplers learn from pruned trials, not from failed
+ones: TPE stops proposing the small-lambda corner where z collapses), FAIL otherwise. Its private
+state is reached through jepa_ray.adapter only."""
 
 from __future__ import annotations
-
-import math
 
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from jepa_ray.contract import RESULT_FAILURE, FailureKind, failure_kind
+from jepa_ray.adapter import (
+    CHECKED_VERSIONS,
+    check_private_api,
+    mark_interrupted,
+    searcher_completed,
+    searcher_study,
+    searcher_trials,
+)
+from jepa_ray.contract import ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
 from jepa_ray.errors import UsageError
+from jepa_ray.outcome import Ledger, Outcome, classify
 from jepa_ray.sweep.options import SAMPLERS
 
-CHECKED_VERSIONS = {"ray": "2.60", "optuna": "5.0"}
-"""The versions whose private attributes this module was written against."""
-PRIVATE_SEARCHER_ATTRS = ("_ot_study", "_ot_trials", "_completed_trials")
-PRIVATE_STORAGE_METHODS = ("set_trial_user_attr", "set_trial_state_values")
+__all__ = [
+    "CHECKED_VERSIONS",
+    "JepaOptunaSearch",
+    "SAMPLERS",
+    "check_private_api",
+    "make_sampler",
+    "make_searcher",
+    "mark_interrupted",
+    "study_of",
+]
 
 
 def make_sampler(name: str, seed: int, grid: dict | None = None):
     import optuna
 
-    if name == "tpe":
+    if name in ("tpe", "tpe-rungs"):
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
@@ -40,67 +53,62 @@ def make_sampler(name: str, seed: int, grid: dict | None = None):
 
 
 class JepaOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna FAIL for a trial that failed, PRUNED for one the collapse
-    guard stopped, and records the Tune trial id on the Optuna trial.
+    """OptunaSearch that tells Optuna each trial's end from the sweep's ledger (or, used alone,
+    from the trial's last result) and records the Tune trial id on the Optuna trial."""
 
-    PRUNED rather than FAIL because samplers learn from pruned trials and not from failed
-    ones: TPE ranks them below every complete trial, so it stops proposing the small-lambda
-    corner where z collapses instead of sampling it again and again."""
+    ledger: Ledger | None = None
+    rung_signals: tuple[str, ...] = ()
+    """With the `tpe-rungs` sampler: the per-epoch signals (one per objective, in order) a trial
+    stopped at a rung is told with, as COMPLETE, so that TPE learns from the rungs too (BOHB's
+    idea: a model fit on the cheap fidelities); empty: stopped trials are PRUNED."""
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        trials = searcher_trials(self)
+        if trial_id in trials:
+            trials[trial_id].set_user_attr(ATTR_TUNE_TRIAL, trial_id)
         return params
 
     @property
     def suggested(self) -> int:
         """Trials suggested (started) in this run of the sweep."""
-        return len(self._ot_trials)
+        return len(searcher_trials(self))
 
-    def fail_unfinished(self, why: str) -> int:
-        """Tell FAIL (marked `stopped`, so that --resume runs them again) for the suggested
-        trials whose end Tune never reported: those it stopped when the sweep stopped."""
-        count = 0
-        for trial_id, ot_trial in self._ot_trials.items():
-            if trial_id in self._completed_trials:
-                continue
-            ot_trial.set_user_attr("stopped", True)
-            ot_trial.set_user_attr("failure", why)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            self._completed_trials.add(trial_id)
-            count += 1
-        return count
-
-    stopped: dict[str, str]
-    """Trial id -> why a scheduler stopped it at a rung (the scheduler's ledger; make_searcher
-    sets an empty one)."""
+    def unended(self) -> list[str]:
+        """Tune trial ids handed out whose end Optuna was not told yet."""
+        done = searcher_completed(self)
+        return [t for t in searcher_trials(self) if t not in done]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials and trial_id in self.stopped:
-            # Stopped early: PRUNED, which samplers read as worse than any complete trial
-            # (Optuna takes no intermediate values in multi-objective studies).
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("rung_stop", self.stopped[trial_id][:1000])
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
+        trials, done = searcher_trials(self), searcher_completed(self)
+        if trial_id not in trials or trial_id in done:
+            return super().on_trial_complete(trial_id, result, error)
+        end = self.ledger.get(trial_id) if self.ledger is not None else None
+        if end is None:
+            metrics = tuple(self.metric) if isinstance(self.metric, (list, tuple)) else (self.metric,)
+            end = classify(result, error="the trial raised an error" if error else None, objectives=metrics)
+        if end.outcome is Outcome.FINISHED:
+            return super().on_trial_complete(trial_id, end.result or result, False)
+        ot_trial = trials[trial_id]
+        proxies = [end.result.get(m) for m in self.rung_signals]
+        if end.outcome is Outcome.STOPPED and proxies and all(_finite(v) for v in proxies):
+            ot_trial.set_user_attr(ATTR_RUNG_STOP, end.reason[:1000])
+            searcher_study(self).tell(ot_trial, [float(v) for v in proxies])
+            done.add(trial_id)
             return
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            kind = failure_kind(result)
-            failed = error or not result or kind is not None or any(not _finite(result.get(m)) for m in self.metric)
-            if failed:
-                ot_trial = self._ot_trials[trial_id]
-                why = str(result.get(RESULT_FAILURE) or "") if result else ""
-                if why:
-                    ot_trial.set_user_attr("failure", why[:1000])
-                pruned = not error and kind in (FailureKind.COLLAPSED, FailureKind.STOPPED)
-                self._ot_study.tell(ot_trial, state=TrialState.PRUNED if pruned else TrialState.FAIL)
-                self._completed_trials.add(trial_id)
-                return
-        super().on_trial_complete(trial_id, result, error)
+        if end.reason:
+            ot_trial.set_user_attr(ATTR_FAILURE, end.reason[:1000])
+        if end.outcome is Outcome.STOPPED:
+            ot_trial.set_user_attr(ATTR_RUNG_STOP, end.reason[:1000])
+        if end.outcome is Outcome.UNFINISHED:
+            ot_trial.set_user_attr(ATTR_STOPPED, True)  # --resume runs it again
+        searcher_study(self).tell(ot_trial, state=TrialState[end.optuna_state])
+        done.add(trial_id)
 
 
-def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: str) -> JepaOptunaSearch:
+def make_searcher(
+    space_fn, objectives, sampler, study_name: str, storage_url: str, ledger: Ledger | None = None
+) -> JepaOptunaSearch:
     import optuna
 
     storage = optuna.storages.RDBStorage(
@@ -114,44 +122,19 @@ def make_searcher(space_fn, objectives, sampler, study_name: str, storage_url: s
         study_name=study_name,
         storage=storage,
     )
-    searcher.stopped = {}
+    searcher.ledger = ledger
     return searcher
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def study_of(searcher: JepaOptunaSearch):
     """The Optuna study a searcher drives."""
-    return searcher._ot_study
+    return searcher_study(searcher)
 
 
-def mark_interrupted(study, trial) -> None:
-    """A trial left RUNNING by a killed driver: FAIL, with user attr `interrupted` (Optuna has no
-    public call to end a trial it did not hand out in this process)."""
-    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-
-
-def check_private_api(searcher_cls: type = OptunaSearch, storage_cls: type | None = None) -> None:
-    """Raise RuntimeError naming what is missing when an installed Ray or Optuna no longer has
-    the private attributes this adapter uses (checked against CHECKED_VERSIONS)."""
-    import optuna
-    import ray
-
-    if storage_cls is None:
-        storage_cls = optuna.storages.RDBStorage
-    probe = (
-        searcher_cls(space=lambda trial: {}, metric=["a"], mode=["max"])
-        if searcher_cls is OptunaSearch
-        else searcher_cls()
+def _finite(value) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
     )
-    missing = [f"OptunaSearch.{a}" for a in PRIVATE_SEARCHER_ATTRS if not hasattr(probe, a)]
-    missing += [f"{storage_cls.__name__}.{m}" for m in PRIVATE_STORAGE_METHODS if not hasattr(storage_cls, m)]
-    if missing:
-        raise RuntimeError(
-            f"jepa_ray.sweep.search relies on {', '.join(missing)}, which the installed ray {ray.__version__} / "
-            f"optuna {optuna.__version__} lack (checked against ray {CHECKED_VERSIONS['ray']}, optuna "
-            f"{CHECKED_VERSIONS['optuna']}); pin those versions or update the adapter"
-        )

@@ -22,13 +22,15 @@ from jepa_ray.contract import (
     is_final,
 )
 from jepa_ray.errors import one_line
-from jepa_ray.tracking.callback import MlflowSweepCallback, make_callback, trial_error_text
+from jepa_ray.outcome import trial_error_text
+from jepa_ray.tracking.callback import MlflowSweepCallback, make_callback
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.plots import activation_plot
 from jepa_ray.tracking.store import (
     client,
     experiment_id,
     fail_running_trials,
+    find_experiment,
     find_sweep_run,
     git_commit,
     log_dataset_input,
@@ -62,6 +64,7 @@ __all__ = [
     "client",
     "experiment_id",
     "fail_running_trials",
+    "find_experiment",
     "find_sweep_run",
     "git_commit",
     "is_final",

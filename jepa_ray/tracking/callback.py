@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from jepa_ray.contract import (
     CHECKPOINT,
     CHECKPOINT_URI,
     DATA_SIZES,
+    EPOCH,
     EPOCH_PROBE_METRIC,
     FAILURE,
     FAILURE_KIND,
@@ -30,17 +30,19 @@ from jepa_ray.contract import (
     OPTUNA_TRIAL,
     PARAMS_KEY,
     PARENT,
-    RESULT_FAILURE,
+    RESULT_KEYS,
+    RESUMED,
     ROLE,
     ROLE_TRIAL,
     STOPPED,
+    TARGET_L0_DENSITY,
     TRIAL_DIR,
     TRIAL_ID,
+    WALL_S,
     FailureKind,
     failure_kind,
-    is_final,
 )
-from jepa_ray.errors import one_line
+from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.plots import activation_plot
 from jepa_ray.tracking.store import client, log_dataset_input, log_metrics, log_params, source_tags
@@ -62,8 +64,10 @@ _TUNE_KEYS = frozenset(
         "time_since_restore",
         "iterations_since_restore",
         "done",
-        "epoch",
         "config",
+        "trial_id",
+        EPOCH,
+        *RESULT_KEYS,
     }
 )
 
@@ -80,10 +84,10 @@ class MlflowSweepCallback:
         resolve_trial: Callable[[dict], TrialConfig],
         reuse_runs: dict[str, str] | None = None,
         trial_dir: Callable[[dict], str] | None = None,
-        stopped: dict[str, str] | None = None,
+        ledger: Ledger | None = None,
     ):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
-        self.stopped = {} if stopped is None else stopped  # tune trial id -> why a scheduler stopped it
+        self.ledger = ledger if ledger is not None else Ledger()  # how each trial ended
         self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
         self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
         self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
@@ -117,7 +121,7 @@ class MlflowSweepCallback:
             if FAILURE in self.c.get_run(run_id).data.tags:  # a trial the stopped sweep failed
                 self.c.delete_tag(run_id, FAILURE)
             self.c.update_run(run_id, status="RUNNING")
-            self.c.set_tag(run_id, "jepa_ray.resumed", "true")
+            self.c.set_tag(run_id, RESUMED, "true")
             for k, v in tags.items():
                 if k != TRIAL_DIR:  # keep pointing at the store the trial resumes from
                     self.c.set_tag(run_id, k, v)
@@ -135,14 +139,14 @@ class MlflowSweepCallback:
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None or failure_kind(result) is not None or "epoch" not in result:
+        if run_id is None or failure_kind(result) is not None or EPOCH not in result:
             return
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
             log_dataset_input(self.c, run_id, self.resolve_trial(trial.config).data, *(result[k] for k in DATA_SIZES))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
-        epoch = int(result["epoch"])
+        epoch = int(result[EPOCH])
         log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
         uri = result.get(CHECKPOINT_URI)
         if uri:
@@ -154,43 +158,34 @@ class MlflowSweepCallback:
             log_metrics(self.c, run_id, {k: v for k, v in metrics.items() if k not in DATA_SIZES}, step=epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
-        result = trial.last_result or {}
-        kind = failure_kind(result)
-        if kind is not None:
-            self._fail(run_id, result[RESULT_FAILURE], kind.value)
-            return
-        if trial.trial_id in self.stopped:
-            self.c.set_tag(run_id, STOPPED, one_line(self.stopped[trial.trial_id]))
-            self.c.set_tag(run_id, FAILURE_KIND, FailureKind.STOPPED.value)
-            self.c.set_terminated(run_id, "KILLED")
-            return
-        if not is_final(result):
-            self._fail(run_id, "the trial ended without final metrics")
-            return
-        uri = result.get(CHECKPOINT_URI)
-        if uri:
-            self.c.set_tag(run_id, CHECKPOINT, uri)
-            self._log_checkpoint_artifacts(run_id, uri, result.get("target_l0_density"))
-        self.c.set_tag(run_id, "jepa_ray.wall_s", f"{time.time() - self.started.get(trial.trial_id, time.time()):.1f}")
-        self.c.set_terminated(run_id, "FINISHED")
+        self.write_end(trial.trial_id, self.ledger.end(trial.trial_id, trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.runs.get(trial.trial_id)
+        end = self.ledger.end(trial.trial_id, trial.last_result, error=trial_error_text(trial))
+        self.write_end(trial.trial_id, end)
+
+    def write_end(self, trial_id: str, end: TrialEnd) -> None:
+        """The run of a trial that ended, as the ledger classified its end: FINISHED with its
+        checkpoint and artifacts, KILLED with why a scheduler stopped it, or FAILED with why."""
+        run_id = self.runs.get(trial_id)
         if run_id is None:
             return
-        self._write_epochs(run_id, self.logs[trial.trial_id].flush())
-        self._fail(run_id, trial_error_text(trial))
+        self._write_epochs(run_id, self.logs[trial_id].flush())
+        if end.outcome is Outcome.FINISHED:
+            uri = end.result.get(CHECKPOINT_URI)
+            if uri:
+                self.c.set_tag(run_id, CHECKPOINT, uri)
+                self._log_checkpoint_artifacts(run_id, uri, end.result.get(TARGET_L0_DENSITY))
+            self.c.set_tag(run_id, WALL_S, f"{time.time() - self.started.get(trial_id, time.time()):.1f}")
+        elif end.outcome is Outcome.STOPPED:
+            self.c.set_tag(run_id, STOPPED, end.reason)
+            self.c.set_tag(run_id, FAILURE_KIND, FailureKind.STOPPED.value)
+        else:
+            self.c.set_tag(run_id, FAILURE, end.reason)
+            self.c.set_tag(run_id, FAILURE_KIND, end.failure_kind.value)
+        self.c.set_terminated(run_id, end.mlflow_status)
 
     # ---------------------------------------------------------------------------------------
-
-    def _fail(self, run_id: str, why: str, kind: str = FailureKind.FAILED.value) -> None:
-        self.c.set_tag(run_id, FAILURE, one_line(why))
-        self.c.set_tag(run_id, FAILURE_KIND, kind)
-        self.c.set_terminated(run_id, "FAILED")
 
     def _log_config(self, run_id: str, cfg: TrialConfig) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -217,17 +212,6 @@ class MlflowSweepCallback:
                     self.c.log_artifact(run_id, str(png))
         except Exception as err:  # artifacts are a convenience: never fail the sweep for them
             logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
-
-
-def trial_error_text(trial) -> str:
-    for attr in ("error_message", "error_msg"):
-        msg = getattr(trial, attr, None)
-        if msg:
-            return str(msg)
-    path = getattr(trial, "error_file", None)
-    if path and os.path.isfile(path):
-        return Path(path).read_text()
-    return "the trial raised an error"
 
 
 def make_callback(*args, **kwargs):

@@ -48,6 +48,12 @@ def experiment_id(tracking_uri: str, name: str) -> str:
     return exp.experiment_id
 
 
+def find_experiment(tracking_uri: str, name: str) -> str | None:
+    """The id of the live experiment `name`, or None; reads only."""
+    exp = client(tracking_uri).get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None and exp.lifecycle_stage != "deleted" else None
+
+
 def mark_training_experiment(c, exp) -> None:
     """Tag an experiment made before the tag existed, so that MLflow 3 opens it on its training
     runs rather than on the GenAI overview it infers for untagged experiments."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
-from jepa_ray.contract import FINAL_METRICS
+from jepa_ray.contract import HEADLINE_METRICS, is_final
 from jepa_ray.errors import UsageError
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train import faults
@@ -95,7 +95,7 @@ def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | 
 
 
 def _print_epoch(cfg: TrialConfig, metrics: dict) -> None:
-    if "linear_acc" in metrics:
+    if is_final(metrics):
         return
     print(
         f"epoch {metrics['epoch'] + 1}/{cfg.optim.epochs}: loss {metrics['train/loss']:.4g} "
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_lib.copy_files(
             checkpoint, final_dir, ckpt_lib.EXPORT_FILES + (ckpt_lib.HISTORY_FILE, ckpt_lib.ACTIVATION_FILE)
         )
-    shown = {k: metrics[k] for k in FINAL_METRICS if k in metrics}
+    shown = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
     print(json.dumps({"checkpoint": str(final_dir), **shown}, indent=2))
     return 0
 

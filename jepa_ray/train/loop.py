@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from jepa_ray import contract as M
 from jepa_ray import distributed as dist_lib
 from jepa_ray import metrics as metrics_lib
-from jepa_ray.contract import DATA_SIZES
 from jepa_ray.data import ViewMaker
 from jepa_ray.eval.evaluate import evaluate_batches, extract_batches
 from jepa_ray.model import Preprocess, create_model
@@ -181,22 +181,22 @@ def fit(
         n_steps = steps_per_epoch * rt.world_size
         online_h, online_z = _online_test_accuracy(model, feed, preprocess, rt, local_batch * 2)
         epoch_metrics = {
-            "epoch": epoch,
-            "train/loss": totals[0] / n_steps,
-            "train/invariance": totals[1] / n_steps,
-            "train/regularizer": totals[2] / n_steps,
-            "train/l0_density": totals[3] / n_steps,
-            "online/train_acc": totals[4] / (n_steps * local_batch * num_global),
-            "online/train_acc_z": totals[5] / (n_steps * local_batch * num_global),
-            "online/linear_acc": online_h,
-            "online/linear_acc_z": online_z,
-            "train/rank_me": metrics_lib.rank_me(out.z[0].float()),
-            "train/lr": optimizer.param_groups[0]["lr"],
-            "throughput/img_per_s": steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
-            "time/epoch_s": seconds,
-            "time/epoch_wall_s": time.perf_counter() - t0,  # steps and the online test evaluation
-            DATA_SIZES[0]: feed.num_train,
-            DATA_SIZES[1]: feed.num_test,
+            M.EPOCH: epoch,
+            M.TRAIN_LOSS: totals[0] / n_steps,
+            M.TRAIN_INVARIANCE: totals[1] / n_steps,
+            M.TRAIN_REGULARIZER: totals[2] / n_steps,
+            M.TRAIN_L0_DENSITY: totals[3] / n_steps,
+            M.ONLINE_TRAIN_ACC: totals[4] / (n_steps * local_batch * num_global),
+            M.ONLINE_TRAIN_ACC_Z: totals[5] / (n_steps * local_batch * num_global),
+            M.ONLINE_LINEAR_ACC: online_h,
+            M.ONLINE_LINEAR_ACC_Z: online_z,
+            M.TRAIN_RANK_ME: metrics_lib.rank_me(out.z[0].float()),
+            M.TRAIN_LR: optimizer.param_groups[0]["lr"],
+            M.IMG_PER_S: steps_per_epoch * cfg.optim.batch_size / (totals[6] / rt.world_size),
+            M.EPOCH_S: seconds,
+            M.EPOCH_WALL_S: time.perf_counter() - t0,  # steps and the online test evaluation
+            M.DATA_SIZES[0]: feed.num_train,
+            M.DATA_SIZES[1]: feed.num_test,
         }
         history.append(epoch_metrics)
         check_collapse(cfg, epoch_metrics)
@@ -253,8 +253,8 @@ def final_evaluation(cfg, model, feed: Feed, preprocess: Preprocess, rt: Runtime
         )
         rates = metrics_lib.activation_rates(te_z).tolist()
         seconds = time.perf_counter() - t0
-        result[0]["time/eval_s"] = seconds
-        result[0]["time/eval_s_per_10k"] = seconds * 1e4 / max(feed.num_train + feed.num_test, 1)
+        result[0][M.EVAL_S] = seconds
+        result[0][M.EVAL_S_PER_10K] = seconds * 1e4 / max(feed.num_train + feed.num_test, 1)
     if dist_lib.is_distributed():
         dist.broadcast_object_list(result, src=0)
     return result[0], rates

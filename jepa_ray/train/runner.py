@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config import from_dict, to_dict
-from jepa_ray.contract import CHECKPOINT_URI, FailureKind
+from jepa_ray.contract import CHECKPOINT_URI, FINAL_RESULT, FailureKind
 from jepa_ray.errors import one_line
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.faults import Fault
@@ -50,6 +50,8 @@ class StoreReporter:
 
     def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None:
         out = dict(metrics)
+        if final:
+            out[FINAL_RESULT] = True
         if write is not None and self.is_main:
             out[CHECKPOINT_URI] = (
                 self.store.save_final(write) if final else self.store.save_epoch(int(metrics["epoch"]) + 1, write)

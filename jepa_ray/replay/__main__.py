@@ -1,0 +1,5 @@
+import sys
+
+from jepa_ray.replay.cli import main
+
+sys.exit(main())

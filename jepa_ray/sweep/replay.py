@@ -1,0 +1,205 @@
+"""Replaying recorded learning curves through the real sweep (`--replay TABLE`): each trial serves
+one row of a curve table (jepa_ray.curves) epoch by epoch instead of training, optionally
+sleeping its recorded epoch times divided by `--replay-speed`, so the searcher, the schedulers,
+the collapse guard, MLflow, --resume and the Pareto export run unchanged at no GPU cost.
+
+The search space becomes the table's: one categorical parameter per searched param, over the
+values the table holds (for a factorial table every proposal is a recorded configuration; `--sampler
+grid` walks it). A proposal the table lacks is served by its nearest recorded configuration (in
+the rank of each param's values). A configuration recorded with several seeds is served at its
+lowest seed. The trial's config is the row's (what trained), with the collapse guard as the
+sweep's config says (recordings run without it, so its stops are replayed from the curves).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jepa_ray import config as config_lib
+from jepa_ray.config import TrialConfig
+from jepa_ray.contract import EPOCH_S, EPOCH_WALL_S, FINAL_RESULT, RESULT_FAILURE, RESULT_FAILURE_KIND
+from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
+from jepa_ray.errors import UsageError
+from jepa_ray.sweep.spaces import params_key
+
+GUARD_KEYS = ("collapse_guard", "collapse_warmup_epochs", "collapse_min_rank", "collapse_min_density_ratio")
+RUN_KEYS = ("cpus_per_worker", "gpus_per_worker", "threads_per_worker", "max_failures")
+REPLAY_KEYS = frozenset(GUARD_KEYS + RUN_KEYS)
+"""Config keys a replayed sweep may set (--set): the guard and where a trial runs. Anything else
+would change what the recorded curves trained."""
+
+
+class TableSpace:
+    """The define-by-run space of a curve table: one categorical per searched param (picklable:
+    Tune saves the searcher)."""
+
+    def __init__(self, values: dict[str, list], sweep_seed: int):
+        self.values, self.sweep_seed = values, sweep_seed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in self.values.items()}
+        return {
+            "overrides": params,
+            "optuna_trial": trial.number,
+            "seed": self.sweep_seed + trial.number,
+            "params_key": params_key(trial.params),
+        }
+
+
+def row_value(row: Row, name: str) -> Any:
+    """A searched param of a row, else the value its trained config has for that key."""
+    if name in row.params:
+        return row.params[name]
+    for section in row.config.values():
+        if isinstance(section, dict) and name in section:
+            return section[name]
+    return None
+
+
+def nearest_row(table: CurveTable, params: dict[str, Any]) -> Row:
+    """The row of `params` (its lowest seed), or the nearest recorded configuration: each param
+    placed by its rank among the table's values of it (a number between two values in between),
+    distances summed in squares."""
+    exact = sorted(table.seeds(params), key=lambda r: r.seed)
+    if exact:
+        return exact[0]
+    rows = sorted(table.rows, key=lambda r: (r.seed, r.key))
+    places = {name: _placer([row_value(r, name) for r in rows]) for name in params}
+
+    def distance(row: Row) -> float:
+        return sum((places[n](row_value(row, n)) - places[n](v)) ** 2 for n, v in params.items())
+
+    return min(rows, key=distance)
+
+
+def _placer(values: list[Any]):
+    """value -> its place in [0, 1] among `values` (numbers by interpolated rank; others equal
+    or not)."""
+    numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if numbers and len(numbers) == len({v for v in values if v is not None}):
+        grid = np.linspace(0.0, 1.0, len(numbers)) if len(numbers) > 1 else np.zeros(1)
+        return lambda v: float(np.interp(float(v), numbers, grid)) if isinstance(v, (int, float)) else 2.0
+    labels = sorted({str(v) for v in values if v is not None})
+    return lambda v: labels.index(str(v)) / max(len(labels) - 1, 1) if str(v) in labels else 2.0
+
+
+def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
+    """The results a trial of `row` reports, each with the seconds it took: every epoch's
+    metrics as recorded (the last one with the final metrics and the final-result marker), the
+    collapse guard of `cfg` applied to each epoch (its stop reported as the trainer reports it),
+    a recorded failure reported as one. The first result's seconds include the row's setup, the
+    last one's its final evaluation."""
+    from jepa_ray.train.guard import TrialFailure, check_collapse
+
+    last = len(row.history) - 1
+    for i, metrics in enumerate(row.history):
+        seconds = float(metrics.get(EPOCH_WALL_S, metrics.get(EPOCH_S, 0.0))) + (row.setup_s if i == 0 else 0.0)
+        try:
+            check_collapse(cfg, metrics)
+        except TrialFailure as err:
+            yield {RESULT_FAILURE: str(err), RESULT_FAILURE_KIND: err.kind.value}, seconds
+            return
+        if i < last:
+            yield dict(metrics), seconds
+        elif row.finished:
+            yield {**row.final, FINAL_RESULT: True}, seconds + row.eval_s
+    if not row.finished:
+        yield {RESULT_FAILURE: row.failure or "the recorded trial failed", RESULT_FAILURE_KIND: "failed"}, 0.0
+
+
+def replay_config(row: Row, settings: dict[str, Any]) -> TrialConfig:
+    """The row's trained config with the sweep's guard and run settings."""
+    return config_lib.apply_overrides(config_lib.from_dict(row.config), settings)
+
+
+_TABLES: dict[str, CurveTable] = {}
+
+
+def _table(path: str) -> CurveTable:
+    if path not in _TABLES:
+        _TABLES[path] = read_table(path)
+    return _TABLES[path]
+
+
+def replay_main(trial: dict[str, Any], *, table_path: str, settings: dict[str, Any], speed: float = 0.0) -> None:
+    """A Tune function trial that serves one recorded row (see `serve`), sleeping each result's
+    recorded seconds divided by `speed` (0: not at all)."""
+    from ray import tune
+
+    row = nearest_row(_table(table_path), trial.get("overrides", {}))
+    for result, seconds in serve(row, replay_config(row, settings)):
+        if speed:
+            time.sleep(seconds / speed)
+        tune.report(result)
+
+
+@dataclass
+class Replay:
+    """A curve table opened for a sweep: its space, base config, trainable and trial configs."""
+
+    path: str
+    table: CurveTable
+    settings: dict[str, Any]
+    speed: float = 0.0
+
+    @classmethod
+    def open(cls, path: str, sets: list[str], speed: float = 0.0) -> Replay:
+        """UsageError (one line) for a table that cannot be replayed or a --set that would change
+        what its curves trained."""
+        table = read_table(path)
+        finished = [r for r in table if r.finished]
+        if not finished:
+            raise UsageError(f"--replay {path}: the table has no finished trial to replay")
+        if not table.param_names():
+            raise UsageError(f"--replay {path}: the table's rows have no searched params")
+        settings = config_lib.parse_set_args(sets)
+        refused = sorted(set(settings) - REPLAY_KEYS)
+        if refused:
+            raise UsageError(
+                f"--set {refused[0]}=...: a replay serves recorded curves, so only "
+                f"{', '.join(sorted(REPLAY_KEYS))} may be set"
+            )
+        defaults = config_lib.flatten(config_lib.TrialConfig())
+        settings = {**{k: defaults[k] for k in GUARD_KEYS}, **settings}  # the guard on, as in a live sweep
+        replay = cls(str(path), table, settings, speed)
+        replay_config(finished[0], settings)  # a bad --set value fails here
+        return replay
+
+    @property
+    def base(self) -> TrialConfig:
+        """The first finished row's config (its epochs are the trials' epochs)."""
+        return replay_config(next(r for r in self.table if r.finished), self.settings)
+
+    def values(self) -> dict[str, list]:
+        return {name: self.table.values(name) for name in self.table.param_names()}
+
+    def space(self, seed: int) -> TableSpace:
+        return TableSpace(self.values(), seed)
+
+    def grid(self) -> dict[str, list]:
+        return self.values()
+
+    def row(self, trial: dict[str, Any]) -> Row:
+        return nearest_row(self.table, trial.get("overrides", {}))
+
+    def trial_config(self, trial: dict[str, Any]) -> TrialConfig:
+        """What a trial's MLflow params record: the served row's config."""
+        return replay_config(self.row(trial), self.settings)
+
+    def trainable(self):
+        from ray import tune
+
+        return tune.with_parameters(replay_main, table_path=self.path, settings=self.settings, speed=self.speed)
+
+    def front_rows(self) -> list[Row]:
+        """The finished rows served at the lowest seed of each configuration."""
+        seen: dict[str, Row] = {}
+        for r in sorted(self.table.rows, key=lambda r: r.seed):
+            if r.finished:
+                seen.setdefault(canonical(r.params), r)
+        return list(seen.values())

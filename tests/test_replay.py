@@ -1,0 +1,252 @@
+"""Recorded learning curves, end to end: the recorder (resumes without duplicating or losing rows,
+refuses another revision or setting unless told to mix), the replay (serves exactly the recorded
+values), the simulator (the same sweep the real driver runs over `--replay`), a replayed sweep
+into MLflow and Optuna as a live sweep records, and the what-if over a finished sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from jepa_ray import contract as C
+from jepa_ray import pareto
+from jepa_ray.curves import GRIDS, read_table, row_key
+from jepa_ray.curves.record import Recorder
+from jepa_ray.errors import UsageError
+from jepa_ray.outcome import Outcome
+from jepa_ray.sweep.methods import METHODS, attainable, run_method
+from jepa_ray.sweep.replay import Replay, nearest_row, replay_config, serve
+from jepa_ray.sweep.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "benchmarks" / "curves" / "digits.parquet"
+OBJECTIVES = pareto.parse_objectives(C.DEFAULT_OBJECTIVES)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def replay() -> Replay:
+    return Replay.open(str(DIGITS), [])
+
+
+# --------------------------------------------------------------------------------------------
+# The committed digits table
+
+
+def test_the_digits_table_is_the_digits_grid_recorded_whole(replay):
+    grid = GRIDS["digits"]
+    keys = {row_key(p, s) for p, s in grid.points()}
+    assert {r.key for r in replay.table} == keys and len(replay.table) == len(keys)
+    for row in replay.table:
+        assert row.revision == C.TRAINING_REVISION and row.epochs == grid.base["epochs"]
+        assert row.command.startswith("python -m jepa_ray.train --preset digits-sweep ")
+        assert [h[C.EPOCH] for h in row.history] == list(range(row.epochs))
+        assert row.finished and all(math.isfinite(row.final[m]) for m in C.HEADLINE_METRICS)
+
+
+# --------------------------------------------------------------------------------------------
+# Replay serves exactly the recorded values
+
+
+def test_replay_serves_every_recorded_epoch_and_the_final_metrics_exactly(replay):
+    row = replay.table.rows[5]
+    results = [r for r, _ in serve(row, replay_config(row, {"collapse_guard": False}))]
+    assert [r[C.EPOCH] for r in results] == list(range(row.epochs))
+    for got, want in zip(results[:-1], row.history[:-1]):
+        assert got == want
+    assert results[-1] == {**row.final, C.FINAL_RESULT: True} and C.is_final(results[-1])
+    assert results[-1][C.EPOCH] == row.history[-1][C.EPOCH]
+
+
+def test_the_guard_replays_a_collapse_where_the_recorded_curve_collapses(replay):
+    """Recordings run without the guard; a replay with it stops a trial at the first epoch past
+    the guard's warm-up where the curve is below a fifth of its target density."""
+    from jepa_ray.train.guard import collapse_reason
+
+    for row in replay.table:
+        cfg = replay_config(row, replay.settings)
+        first = next((h[C.EPOCH] for h in row.history if collapse_reason(cfg, h)), None)
+        results = [r for r, _ in serve(row, cfg)]
+        if first is None:
+            assert C.is_final(results[-1])
+        else:
+            assert len(results) == first + 1 and results[-1]["failure_kind"] == "collapsed"
+
+
+def test_a_proposal_the_table_lacks_is_served_by_its_nearest_row(replay):
+    row = replay.table.rows[0]
+    assert nearest_row(replay.table, row.params) is min(replay.table.seeds(row.params), key=lambda r: r.seed)
+    near = nearest_row(replay.table, {**row.params, "lambd": 0.55})  # between 0.5 and 0.9: nearer 0.5
+    assert near.params == {**row.params, "lambd": 0.5}
+
+
+def test_replay_refuses_a_set_that_would_change_what_the_curves_trained():
+    with pytest.raises(UsageError, match="--set lr=...: a replay serves recorded curves"):
+        Replay.open(str(DIGITS), ["lr=0.1"])
+    assert Replay.open(str(DIGITS), ["collapse_guard=false"]).settings["collapse_guard"] == "false"
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator
+
+
+def test_simulated_fifo_spends_every_epoch_of_every_trial_and_reaches_its_hypervolume(replay):
+    from jepa_ray.replay.whatif import RecordedOrder
+
+    rows = replay.table.rows[:8]
+    sub = type(replay.table)(rows)
+    result = simulate(sub, RecordedOrder(sub), OBJECTIVES, settings=replay.settings, num_samples=8)
+    outcomes = [t.outcome for t in result.trials]
+    expected_epochs = sum(
+        len([r for r, _ in serve(row, replay_config(row, replay.settings))]) for row in rows
+    )  # every epoch of a finished trial, up to the collapse of a collapsed one
+    assert result.trial_epochs == expected_epochs and len(result.trials) == 8
+    assert set(outcomes) <= {Outcome.FINISHED, Outcome.COLLAPSED}
+    assert result.seconds > 0 and result.curve[-1][0] == result.trial_epochs
+
+
+def test_a_budget_cuts_the_running_trials_as_a_live_sweep_does(replay):
+    result = run_method(replay, METHODS["random"], OBJECTIVES, seed=0, budget=60, max_concurrent=4)
+    assert 60 <= result.trial_epochs < 60 + 4
+    assert result.trials[-1].outcome is Outcome.UNFINISHED
+
+
+def test_no_search_beats_the_table_and_moasha_stops_trials(replay):
+    _, best = attainable(replay, OBJECTIVES)
+    for name in ("tpe", "moasha-tpe", "ladder-tpe"):
+        result = run_method(replay, METHODS[name], OBJECTIVES, seed=1, budget=120, max_concurrent=2)
+        assert 0 < result.hypervolume <= best + 1e-12, name
+        if name != "tpe":
+            assert result.count(Outcome.STOPPED) > 0, name
+
+
+# --------------------------------------------------------------------------------------------
+# The recorder
+
+
+@pytest.mark.slow
+def test_the_recorder_resumes_without_duplicates_and_refuses_to_mix(tmp_path):
+    grid = GRIDS["smoke"]
+    table = tmp_path / "smoke.parquet"
+    first = Recorder(grid, table, jobs=2, limit=2, log=lambda m: None).run()
+    assert len(first) == 2 and len(read_table(table)) == 2
+    again = Recorder(grid, table, jobs=2, log=lambda m: None).run()
+    rows = read_table(table)
+    assert len(again) == len(grid.points()) - 2 and len(rows) == len(grid.points())
+    assert sorted(r.key for r in rows) == sorted(row_key(p, s) for p, s in grid.points())
+    assert Recorder(grid, table, log=lambda m: None).run() == []  # nothing left: nothing trained
+
+    # Each row's command retrains it (the same seed and one thread: the same numbers).
+    row = rows.get(row_key(*grid.points()[-1]))
+    out = tmp_path / "again"
+    cmd = row.command.replace("--out OUT", f"--out {out}").split()
+    proc = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    final = json.loads((out / "checkpoint" / "metrics.json").read_text())
+    assert final["linear_acc"] == row.final["linear_acc"] and final["l0_density"] == row.final["l0_density"]
+
+    rows.rows[0].revision = C.TRAINING_REVISION + 1
+    rows.write(tmp_path / "old.parquet")
+    with pytest.raises(UsageError, match="training revision"):
+        Recorder(grid, tmp_path / "old.parquet", log=lambda m: None).prepare()
+    Recorder(grid, tmp_path / "old.parquet", mix=True, log=lambda m: None).prepare()
+    rows.rows[0].revision = C.TRAINING_REVISION
+    rows.rows[0].config["optim"]["lr"] = 0.5
+    rows.write(tmp_path / "other.parquet")
+    with pytest.raises(UsageError, match=r"another setting: grid smoke now gives lr=0.002 \(recorded: 0.5\)"):
+        Recorder(grid, tmp_path / "other.parquet", log=lambda m: None).prepare()
+
+
+# --------------------------------------------------------------------------------------------
+# Through the real driver
+
+
+@pytest.mark.slow
+def test_a_replayed_sweep_records_the_table_and_agrees_with_the_simulator(ray_cluster, tmp_path):
+    from test_sweep import client, load_study, parent_and_children, run_sweep
+
+    from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler
+
+    args = ("--replay", str(DIGITS), "--sampler", "random", "--seed", "7", "--scheduler", "moasha")
+    run = run_sweep(tmp_path, *args, "--num-samples", "8", "--max-concurrent", "1", address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    parent, children = parent_and_children(run)
+    assert len(children) == 8 and "RUNNING" not in {r.info.status for r in children}
+    replay = Replay.open(str(DIGITS), [])
+    c = client(run)
+    for r in children:
+        row = nearest_row(replay.table, {k: float(r.data.params[k]) for k in replay.table.param_names()})
+        steps = {m.step: m.value for m in c.get_metric_history(r.info.run_id, C.TRAIN_LOSS)}
+        assert steps == {h[C.EPOCH]: h[C.TRAIN_LOSS] for h in row.history[: len(steps)]}
+        if r.info.status == "FINISHED":
+            assert all(r.data.metrics[m] == row.final[m] for m in C.HEADLINE_METRICS)
+        elif r.info.status == "KILLED":
+            assert r.data.tags[C.STOPPED].startswith("rung ")
+    study = load_study(run, parent)
+    killed = sum(r.info.status == "KILLED" for r in children)
+    assert killed and sum(t.state.name == "PRUNED" for t in study.get_trials()) >= killed
+
+    # The simulator, with the same sampler, seed and one trial at a time, runs the same sweep.
+    searcher = JepaOptunaSearch(
+        space=replay.space(7),
+        metric=["linear_acc", "l0_density"],
+        mode=["max", "min"],
+        sampler=make_sampler("random", 7),
+    )
+    from jepa_ray.sweep.schedulers import create_scheduler
+
+    scheduler = create_scheduler("moasha", replay.base.optim.epochs, signals=METHODS_SIGNALS, min_epochs=0)
+    sim = simulate(replay.table, searcher, OBJECTIVES, scheduler=scheduler, settings=replay.settings, num_samples=8)
+    live = sorted((int(r.data.tags[C.OPTUNA_TRIAL]), r.info.status) for r in children)
+    simulated = [{"FINISHED": "FINISHED", "STOPPED": "KILLED"}.get(t.outcome.name, "FAILED") for t in sim.trials]
+    assert [s for _, s in live] == simulated
+    curve = c.get_metric_history(parent.info.run_id, "sweep/hypervolume")
+    assert max(curve, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(sim.hypervolume, rel=1e-12)
+
+
+METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
+
+
+@pytest.mark.slow
+def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path):
+    from test_sweep import client, parent_and_children, run_sweep
+
+    run = run_sweep(
+        tmp_path,
+        *("--replay", str(DIGITS), "--sampler", "random", "--seed", "3", "--num-samples", "12"),
+        address=ray_cluster,
+    )
+    assert run.returncode == 0, run.output()
+    parent, children = parent_and_children(run)
+
+    def whatif(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "jepa_ray.replay", "--tracking-uri", run.tracking_uri, *args]
+        return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    out = whatif("--sweep", parent.info.run_id, "--scheduler", "moasha", "--json")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    epochs = sum(len(client(run).get_metric_history(r.info.run_id, C.TRAIN_LOSS)) for r in children)
+    curve = client(run).get_metric_history(parent.info.run_id, "sweep/hypervolume")
+    assert s["trials"] == 12 and s["baseline_trial_epochs"] == epochs
+    assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
+    assert s["whatif_trial_epochs"] < epochs and s["stopped"] > 0 and s["seconds"] < 60
+    assert set(s["lost_front_runs"]) <= {r.info.run_id for r in children}
+    text = whatif("--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "3")
+    assert text.returncode == 0 and "trial-epochs" in text.stdout and "hypervolume" in text.stdout, text.stderr
+
+    bad = whatif("--sweep", "0123456789abcdef")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: --sweep '0123456789abcdef': no such run at {run.tracking_uri}"
+    ]
+    client(run).update_run(children[0].info.run_id, status="RUNNING")
+    unfinished = whatif("--sweep", parent.info.run_id)
+    assert unfinished.returncode == 2 and len(unfinished.stderr.strip().splitlines()) == 1
+    assert "is still RUNNING" in unfinished.stderr
