@@ -238,6 +238,8 @@ def main() -> None:
 
 
 def replay_main() -> None:
+    import optuna
+
     from jepa_ray import pareto
     from jepa_ray.sweep.methods import METHODS, attainable, run_method
     from jepa_ray.sweep.replay import Replay
@@ -253,6 +255,7 @@ def replay_main() -> None:
     p.add_argument("--plot", help="normalized regret against trial-epochs, median and IQR, to this PNG")
     p.add_argument("--curves", help="write every sweep's curve to this JSON")
     args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
     replay = Replay.open(args.replay, [])
     objectives = pareto.parse_objectives(args.objectives)
     methods = [METHODS[m] for m in args.methods.split(",")]

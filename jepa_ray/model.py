@@ -178,10 +178,17 @@ class Preprocess(nn.Module):
             "input": "uint8 0..255 or float 0..1, (B, C, H, W); shorter side resized, center crop",
         }
 
+    def extra_repr(self) -> str:
+        mean, std = ([round(v, 4) for v in t.flatten().tolist()] for t in (self.mean, self.std))
+        return (
+            f"takes (B, {self.channels}, H, W) uint8 0..255 or float 0..1; shorter side resized to "
+            f"{self.image_size}, center {self.image_size}x{self.image_size} crop; normalized: mean {mean}, std {std}"
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"images: expected (B, {self.channels}, H, W), got {tuple(x.shape)}")
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = self._unit_range(x)
         h, w = x.shape[-2:]
         if (h, w) != (self.image_size, self.image_size):
             if min(h, w) != self.image_size:
@@ -191,6 +198,25 @@ class Preprocess(nn.Module):
             top, left = (x.shape[-2] - self.image_size) // 2, (x.shape[-1] - self.image_size) // 2
             x = x[..., top : top + self.image_size, left : left + self.image_size]
         return (x - self.mean) / self.std
+
+    @staticmethod
+    def _unit_range(x: torch.Tensor) -> torch.Tensor:
+        """Images as floats in [0, 1]: integers are 0..255, floats already 0..1; anything else is a
+        ValueError naming the range (raw sklearn digits, 0..16, or normalized images would
+        otherwise be taken silently)."""
+        if x.numel() == 0:
+            return x.float()
+        low, high = float(x.min()), float(x.max())
+        if not x.is_floating_point():
+            if low < 0 or high > 255:
+                raise ValueError(f"images: integer values must lie in 0..255 (uint8 pixels), got {low:g}..{high:g}")
+            return x.float().div_(255.0)
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"images: float values must lie in [0, 1] (pixels / 255), got {low:.4g}..{high:.4g}; pass uint8 "
+                "0..255 or scale to [0, 1] (e.g. sklearn digits / 16)"
+            )
+        return x.float()
 
 
 class JEPAEncoder(nn.Module):

@@ -21,6 +21,8 @@ def run_bench(*args: str, positive: bool = True) -> list[dict]:
     assert rows, out.stdout[-2000:]
     for row in rows:
         assert REQUIRED <= set(row), row
+        if row["metric"] == "file":
+            continue
         assert isinstance(row["value"], (int, float)) and (row["value"] > 0 or not positive), row
         if "baseline" in row:
             assert row["ratio"] == pytest.approx(row["value"] / row["baseline"], rel=1e-2), row
@@ -84,3 +86,43 @@ def test_data_benchmark_quick():
     rows = run_bench("benchmarks/data.py", "--images", "600", "--steps", "3", "--large", "20", "--quick")
     cases = " ".join(r["case"] for r in rows)
     assert "stream" in cases and "224" in cases, cases
+
+
+DIGITS_TABLE = "benchmarks/curves/digits.parquet"
+
+
+def test_search_benchmark_on_replayed_curves(tmp_path):
+    """Simulated sweeps over the digits table: regret at three budgets per method, the baseline's
+    final regret reached or not, and the plot."""
+    rows = run_bench(
+        "benchmarks/search.py",
+        *("--replay", DIGITS_TABLE, "--methods", "tpe,moasha-tpe,ladder-tpe", "--seeds", "3", "--trials", "6"),
+        *("--plot", str(tmp_path / "regret.png"), "--curves", str(tmp_path / "curves.json")),
+        positive=False,
+    )
+    regrets = [r for r in rows if r["metric"] == "regret"]
+    assert len(regrets) == 3 * 3 and all(0 <= r["value"] <= 1 for r in regrets)
+    assert all(len(r["iqr"]) == 2 for r in regrets)
+    assert sum(r["metric"] == "trial_epochs" for r in rows) == 3
+    assert (tmp_path / "regret.png").stat().st_size > 10_000
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert set(curves["regret"]) == {"tpe", "moasha-tpe", "ladder-tpe"} and curves["budget"] == 6 * 12
+
+
+def test_table_benchmark_summarizes_a_curve_table(tmp_path):
+    rows = run_bench("benchmarks/table.py", DIGITS_TABLE, "--plot", str(tmp_path / "front.png"), positive=False)
+    cases = " ".join(r["case"] for r in rows)
+    assert "front point" in cases and "noise floor" in cases and "Spearman(train/l0_density at epoch 3" in cases
+    assert (tmp_path / "front.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_reproduce_retrains_a_row_to_its_recorded_metrics():
+    """The script retrains a row from its stored command; within 0.05 of what was recorded (exactly
+    the same on the machine and torch build that recorded it; another CPU may sum in another
+    order)."""
+    rows = run_bench(
+        "benchmarks/reproduce.py", DIGITS_TABLE, "--rows", "1", "--seed", "3", "--tolerance", "0.05", positive=False
+    )
+    assert rows[-1]["metric"] == "abs_diff" and rows[-1]["value"] <= 0.05
+    assert {r["metric"] for r in rows[:-1]} == {"linear_acc", "linear_acc_z", "knn_acc", "l0_density", "rank_me"}

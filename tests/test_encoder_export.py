@@ -89,3 +89,59 @@ def test_older_checkpoints_load_with_a_warning_naming_what_is_missing(trained, t
         current = jepa_ray.load_encoder(checkpoint)
     with torch.no_grad():
         torch.testing.assert_close(encoder(normalized)[1], current(splits.test_x[:16])[1], rtol=0, atol=0)
+
+
+def readme_encoder_snippet() -> str:
+    """README's `load_encoder` example: the python block of the how-to that loads an encoder."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_encoder" in b]
+    assert len(blocks) == 1, "README should hold one load_encoder example"
+    return blocks[0]
+
+
+@pytest.mark.slow
+def test_the_readme_encoder_example_runs_as_written_on_the_quickstarts_export(ray_cluster, tmp_path):
+    """The quickstart's sweep (smoke-sized, on digits), the README's export command, then the
+    README's snippet, unchanged, from the same folder: it loads a digits encoder and gets sparse z."""
+    import subprocess
+    import sys
+
+    from test_sweep import EXPERIMENT, run_sweep
+
+    run = run_sweep(tmp_path, "--smoke", address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    export = subprocess.run(
+        [sys.executable, "-m", "jepa_ray.pareto", "--experiment", EXPERIMENT, "--tracking-uri", run.tracking_uri]
+        + ["--out", "pareto/"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    snippet = subprocess.run(
+        [sys.executable, "-c", readme_encoder_snippet()], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert snippet.returncode == 0, snippet.stderr[-3000:]
+    assert "takes (B, 1, H, W) uint8 0..255 or float 0..1" in snippet.stdout
+    assert "torch.Size([16, " in snippet.stdout and "of z is exactly zero" in snippet.stdout
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.rand(2, 1, 8, 8) * 16, r"float values must lie in \[0, 1\]"),  # raw sklearn digits
+        (torch.randint(0, 300, (2, 1, 8, 8)), "integer values must lie in 0..255"),
+        (torch.randn(2, 1, 8, 8), r"float values must lie in \[0, 1\]"),  # already normalized
+        (torch.rand(2, 3, 8, 8), r"expected \(B, 1, H, W\)"),
+    ],
+)
+def test_images_outside_the_pixel_range_are_one_line_errors(trained, images, message):
+    _, _, checkpoint = trained
+    encoder = jepa_ray.load_encoder(checkpoint)
+    with pytest.raises(ValueError, match=message):
+        encoder(images)
+    assert "takes (B, 1, H, W) uint8 0..255 or float 0..1" in repr(encoder)

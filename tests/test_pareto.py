@@ -327,7 +327,7 @@ def store(tmp_path_factory):
         sweep_a,
         "missing_ckpt",
         checkpoint=root / "ckpt" / "does-not-exist",
-        params=params,
+        params={**params, "seed": 101},  # a trial of its own: not the same (config, seed) as another
         metrics={"linear_acc": 0.7, "l0_density": 0.1},
     )
     rng = np.random.default_rng(0)
@@ -338,13 +338,13 @@ def store(tmp_path_factory):
             sweep_a,
             f"synthetic{i}",
             metrics={"linear_acc": acc, "l0_density": l0},
-            params={**params, "mu": float(rng.normal())},
+            params={**params, "mu": float(rng.normal()), "seed": 200 + i},
         )
     written["runs"]["nan"] = run(
-        exp, sweep_a, "nan", metrics={"linear_acc": 0.99, "l0_density": float("nan")}, params=params
+        exp, sweep_a, "nan", metrics={"linear_acc": 0.99, "l0_density": float("nan")}, params={**params, "seed": 301}
     )
     written["runs"]["inf"] = run(
-        exp, sweep_a, "inf", metrics={"linear_acc": 0.99, "l0_density": float("inf")}, params=params
+        exp, sweep_a, "inf", metrics={"linear_acc": 0.99, "l0_density": float("inf")}, params={**params, "seed": 302}
     )
     # runs that must be ignored: FAILED, RUNNING, deleted, a sweep parent, another experiment
     ignored = [
@@ -372,7 +372,11 @@ def store(tmp_path_factory):
         metrics={"linear_acc": 0.95, "l0_density": 0.9, **base_metrics},
     )
     written["runs"]["dominated_b"] = run(
-        exp, sweep_b, "dominated_b", params=params_b, metrics={"linear_acc": 0.1, "l0_density": 0.95}
+        exp,
+        sweep_b,
+        "dominated_b",
+        params={**params_b, "seed": 401},
+        metrics={"linear_acc": 0.1, "l0_density": 0.95},
     )
     failed_exp = client.get_experiment_by_name("only-failed").experiment_id
     run(failed_exp, None, "f", status="FAILED", metrics={"linear_acc": 0.5, "l0_density": 0.5})
@@ -455,6 +459,7 @@ def test_cli_end_to_end(store, tmp_path, capsys):
             store["uri"],
             "--register",
             "jepa-pareto-test",
+            "--all-sweeps",  # both sweeps and the trials outside any, pooled
         ]
     )
     captured = capsys.readouterr()

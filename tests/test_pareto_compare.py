@@ -100,7 +100,7 @@ def test_experiments_compared_read_back_with_their_origin(seeds, tmp_path, capsy
     # each group's front and hypervolume are those of its experiment exported alone (same reference)
     groups = {g["label"]: g for g in summary["groups"]}
     for name in (SEEDED, BASELINE):
-        alone_meta, alone, _ = _export(seeds["uri"], tmp_path / name, "--experiment", name)
+        alone_meta, alone, _ = _export(seeds["uri"], tmp_path / name, "--experiment", name, "--all-sweeps")
         assert groups[name]["hypervolume"] == pytest.approx(alone_meta["jepa_ray.hypervolume"], rel=1e-12)
         assert set(front[front["group"] == name]["run_id"]) == set(alone["run_id"])
         assert alone_meta["jepa_ray.reference"] == meta["jepa_ray.reference"] == summary["reference"]
@@ -303,3 +303,49 @@ def test_an_export_tags_its_untagged_experiments_as_training_experiments(seeds, 
     _export(seeds["uri"], tmp_path / "out", "--experiment", SEEDED, "--experiment", BASELINE)
     for name in (SEEDED, BASELINE):
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+# --------------------------------------------------------------------------------------------
+# Which sweeps an export holds by default
+
+
+def test_an_export_without_sweep_holds_the_newest_sweep_and_all_sweeps_pools_without_repeats(tmp_path, capsys):
+    """Two sweeps of one experiment, the second a re-run with the same seed (its first trial the
+    same config and seed, bit-identical) plus a trial of its own: the default export is the newest
+    sweep and says so; --all-sweeps pools both and shows the repeated trial once."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rerun", artifact_location=str(tmp_path / "artifacts"))
+    trials = {
+        "first": ({"mu": "-1.0", "p": "1.0", "seed": "0"}, {"linear_acc": 0.9, "l0_density": 0.1}),
+        "second": ({"mu": "-2.0", "p": "1.0", "seed": "1"}, {"linear_acc": 0.8, "l0_density": 0.05}),
+    }
+    parents = []
+    for s, names in enumerate((["first"], ["first", "second"])):
+        parent = client.create_run(exp, run_name=f"sweep{s}", tags={"jepa_ray.role": "sweep"}).info.run_id
+        parents.append(parent)
+        for name in names:
+            params, metrics = trials[name]
+            tags = {"jepa_ray.role": "trial", "mlflow.parentRunId": parent, "jepa_ray.trial_id": f"{s}-{name}"}
+            run = client.create_run(exp, run_name=name, tags=tags).info.run_id
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run,
+                metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                params=[Param(k, v) for k, v in params.items()],
+            )
+            client.set_terminated(run, "FINISHED")
+        client.set_terminated(parent, "FINISHED")
+        time.sleep(0.01)  # distinct start times: the second sweep is the newest
+
+    _, newest, _ = _export(uri, tmp_path / "newest", "--experiment", "rerun")
+    assert f"exporting the newest sweep of rerun: sweep1 ({parents[1]})" in capsys.readouterr().out
+    assert set(newest["sweep_run_id"]) == {parents[1]} and len(newest) == 2
+    _, pooled, _ = _export(uri, tmp_path / "pooled", "--experiment", "rerun", "--all-sweeps")
+    assert sorted(pooled["trial_id"].str.split("-").str[1]) == ["first", "second"]  # the re-run shown once
+    both = ["--tracking-uri", uri, "--out", str(tmp_path / "x"), "--all-sweeps", "--sweep", parents[0]]
+    assert pareto.main(both) == 2
+    assert "--all-sweeps and --sweep exclude each other" in capsys.readouterr().err

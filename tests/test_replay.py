@@ -250,3 +250,14 @@ def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path):
     unfinished = whatif("--sweep", parent.info.run_id)
     assert unfinished.returncode == 2 and len(unfinished.stderr.strip().splitlines()) == 1
     assert "is still RUNNING" in unfinished.stderr
+
+
+def test_a_failed_row_serves_every_recorded_epoch_then_its_failure(replay):
+    from jepa_ray.curves.table import STATUS_FAILED, Row
+
+    row = replay.table.rows[3]
+    failed = Row(**{**row.__dict__, "status": STATUS_FAILED, "failure": "non-finite loss at epoch 4 step 40"})
+    failed.history = row.history[:4]
+    results = [r for r, _ in serve(failed, replay_config(failed, {"collapse_guard": False}))]
+    assert [r.get(C.EPOCH) for r in results] == [0, 1, 2, 3, None]
+    assert results[-1] == {"failure": "non-finite loss at epoch 4 step 40", "failure_kind": "failed"}

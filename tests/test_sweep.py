@@ -714,6 +714,8 @@ DDP_ARGS = (
     "1",
     "--max-concurrent",
     "1",
+    "--seed",
+    "0",
 )
 """One trial (the space's first starting point) of 5 epochs of 8 steps on 2 gloo workers with
 global-batch BatchNorm, a checkpoint every epoch: 2 workers with half the batch each then train

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only the trials of this sweep parent run (repeatable: one front per sweep, see --group-by)",
     )
     p.add_argument(
+        "--all-sweeps",
+        action="store_true",
+        help="pool every sweep of the experiment, a config trained twice with the same seed shown once "
+        "(default without --sweep: the newest sweep of one experiment; every sweep of several)",
+    )
+    p.add_argument(
         "--group-by",
         choices=GROUP_BY,
         default="auto",
@@ -102,14 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = parse_reference(args.reference, objectives)
         out = check_out_dir(args.out, args.overwrite)
         check_tracking_uri(args.tracking_uri, multi_node=False, existing=True)
+        if args.all_sweeps and args.sweep:
+            raise UsageError("--all-sweeps and --sweep exclude each other: pool every sweep, or name the ones")
+        pooled = args.all_sweeps or len(args.experiment or []) > 1  # several experiments: each one's every sweep
+        sweeps = args.sweep or ([] if pooled else newest_sweeps(args.tracking_uri, args.experiment))
         result = compare(
             args.tracking_uri,
             args.experiment,
-            args.sweep,
+            sweeps,
             group_by=args.group_by,
             objectives=objectives,
             filters=filters,
             reference=reference,
+            dedupe=pooled,
         )
         out = export(
             result,
@@ -135,6 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_log:
         _log_to_parents(result, args.tracking_uri, written)
     return 0
+
+
+def newest_sweeps(tracking_uri: str, experiments: list[str] | None) -> list[str]:
+    """The newest sweep's parent run of each experiment (said on stdout; --all-sweeps pools them
+    all). An experiment without sweeps: none (its trials are read as they are)."""
+    found = []
+    for name in experiments or [DEFAULT_EXPERIMENT]:
+        exp_id = tracking.find_experiment(tracking_uri, name)
+        parent = tracking.find_sweep_run(tracking_uri, exp_id) if exp_id else None
+        if parent is not None:
+            label = parent.data.tags.get(tracking.SWEEP_NAME, parent.info.run_name)
+            print(f"exporting the newest sweep of {name}: {label} ({parent.info.run_id}); --all-sweeps pools them all")
+            found.append(parent.info.run_id)
+    return found
 
 
 def _log_to_parents(result: Comparison, tracking_uri: str, files: list[Path]) -> None:

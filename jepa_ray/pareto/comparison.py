@@ -16,7 +16,7 @@ import pandas as pd
 from jepa_ray.contract import HEADLINE_METRICS, ROLE_TRIAL
 from jepa_ray.contract import ROLE as ROLE_TAG
 from jepa_ray.errors import UsageError
-from jepa_ray.pareto.columns import DEFAULT_EXPERIMENT
+from jepa_ray.pareto.columns import DEFAULT_EXPERIMENT, PARAM_PREFIX
 from jepa_ray.pareto.dominance import hypervolume, non_dominated
 from jepa_ray.pareto.front import ParetoResult, add_origin, compute_front, filter_list, objective_list, with_params
 from jepa_ray.pareto.objectives import Filter, Objective
@@ -188,6 +188,7 @@ def compare(
     filters: Sequence[Filter | str] | None = None,
     reference: Mapping[str, float] | Sequence[float] | None = None,
     reader: str = "auto",
+    dedupe: bool = False,
 ) -> Comparison:
     """Read the trials of the experiments (each restricted to its given sweeps, if any), pool
     them into one front, and split them into groups (auto: by experiment when several are
@@ -201,6 +202,8 @@ def compare(
     given_sweeps = list(dict.fromkeys(sweeps or []))
     objectives, filters = objective_list(objectives), filter_list(filters)
     trials = _read_all(tracking_uri, scope, objectives, filters, reader)
+    if dedupe:
+        trials = drop_repeats(trials, read_params(tracking_uri, trials["run_id"], reader=reader))
     group_by = _group_by(group_by, scope)
     trials["group"] = _labels(trials, group_by)
     names = list(scope)
@@ -213,6 +216,21 @@ def compare(
     for g in {id(g): g for g in [pooled, *groups.values()]}.values():
         g.front = with_params(g.front, params)
     return Comparison(pooled, groups, group_by, sweep_table(pooled.trials, pooled))
+
+
+def drop_repeats(trials: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
+    """The trials with one run per (config, seed): runs whose params (the whole resolved config,
+    the seed included) are equal are one trial trained twice (a sweep re-run with its seed); the
+    first read is kept. Runs without a `seed` param are kept as they are."""
+    seed = f"{PARAM_PREFIX}seed"
+    if seed not in params.columns:
+        return trials
+    columns = [c for c in params.columns if c != "run_id"]
+    table = params.set_index("run_id")
+    keys = table[columns].astype(str).agg("|".join, axis=1).where(table[seed].notna())
+    keyed = keys.loc[trials["run_id"]]
+    repeated = (keyed.duplicated() & keyed.notna()).to_numpy()
+    return trials[~repeated].reset_index(drop=True)
 
 
 def _read_all(

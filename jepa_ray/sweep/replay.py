@@ -13,16 +13,14 @@ sweep's config says (recordings run without it, so its stops are replayed from t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import EPOCH_S, EPOCH_WALL_S, FINAL_RESULT, RESULT_FAILURE, RESULT_FAILURE_KIND
+from jepa_ray.curves.serve import ReplayIndex, replay_trial
 from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.spaces import params_key
@@ -61,31 +59,23 @@ def row_value(row: Row, name: str) -> Any:
     return None
 
 
+def replay_index(table: CurveTable) -> ReplayIndex:
+    """The proposal -> row lookup of a table (kept with the table: built once)."""
+    index = getattr(table, "_replay_index", None)
+    if index is None:
+        entries = []
+        for row in table:
+            values = {k: v for section in row.config.values() if isinstance(section, dict) for k, v in section.items()}
+            entries.append((row.key, row.seed, row.params, {**values, **row.params}))
+        index = ReplayIndex(entries)
+        table._replay_index = index
+    return index
+
+
 def nearest_row(table: CurveTable, params: dict[str, Any]) -> Row:
-    """The row of `params` (its lowest seed), or the nearest recorded configuration: each param
-    placed by its rank among the table's values of it (a number between two values in between),
-    distances summed in squares."""
-    exact = sorted(table.seeds(params), key=lambda r: r.seed)
-    if exact:
-        return exact[0]
-    rows = sorted(table.rows, key=lambda r: (r.seed, r.key))
-    places = {name: _placer([row_value(r, name) for r in rows]) for name in params}
-
-    def distance(row: Row) -> float:
-        return sum((places[n](row_value(row, n)) - places[n](v)) ** 2 for n, v in params.items())
-
-    return min(rows, key=distance)
-
-
-def _placer(values: list[Any]):
-    """value -> its place in [0, 1] among `values` (numbers by interpolated rank; others equal
-    or not)."""
-    numbers = sorted({float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    if numbers and len(numbers) == len({v for v in values if v is not None}):
-        grid = np.linspace(0.0, 1.0, len(numbers)) if len(numbers) > 1 else np.zeros(1)
-        return lambda v: float(np.interp(float(v), numbers, grid)) if isinstance(v, (int, float)) else 2.0
-    labels = sorted({str(v) for v in values if v is not None})
-    return lambda v: labels.index(str(v)) / max(len(labels) - 1, 1) if str(v) in labels else 2.0
+    """The row of `params` (its lowest seed), or the nearest recorded configuration
+    (jepa_ray.curves.serve.ReplayIndex)."""
+    return table.get(replay_index(table).nearest(params))
 
 
 def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
@@ -104,10 +94,10 @@ def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
         except TrialFailure as err:
             yield {RESULT_FAILURE: str(err), RESULT_FAILURE_KIND: err.kind.value}, seconds
             return
-        if i < last:
-            yield dict(metrics), seconds
-        elif row.finished:
+        if i == last and row.finished:
             yield {**row.final, FINAL_RESULT: True}, seconds + row.eval_s
+        else:
+            yield dict(metrics), seconds
     if not row.finished:
         yield {RESULT_FAILURE: row.failure or "the recorded trial failed", RESULT_FAILURE_KIND: "failed"}, 0.0
 
@@ -115,27 +105,6 @@ def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
 def replay_config(row: Row, settings: dict[str, Any]) -> TrialConfig:
     """The row's trained config with the sweep's guard and run settings."""
     return config_lib.apply_overrides(config_lib.from_dict(row.config), settings)
-
-
-_TABLES: dict[str, CurveTable] = {}
-
-
-def _table(path: str) -> CurveTable:
-    if path not in _TABLES:
-        _TABLES[path] = read_table(path)
-    return _TABLES[path]
-
-
-def replay_main(trial: dict[str, Any], *, table_path: str, settings: dict[str, Any], speed: float = 0.0) -> None:
-    """A Tune function trial that serves one recorded row (see `serve`), sleeping each result's
-    recorded seconds divided by `speed` (0: not at all)."""
-    from ray import tune
-
-    row = nearest_row(_table(table_path), trial.get("overrides", {}))
-    for result, seconds in serve(row, replay_config(row, settings)):
-        if speed:
-            time.sleep(seconds / speed)
-        tune.report(result)
 
 
 @dataclass
@@ -191,10 +160,18 @@ class Replay:
         """What a trial's MLflow params record: the served row's config."""
         return replay_config(self.row(trial), self.settings)
 
+    def streams(self) -> dict[str, list[tuple[dict, float]]]:
+        """Every row's results with their seconds, as a trial of this sweep reports them."""
+        return {row.key: list(serve(row, replay_config(row, self.settings))) for row in self.table}
+
     def trainable(self):
+        """The Tune trial: jepa_ray.curves.serve.replay_trial over the rows' results computed
+        here once (trial actors import neither torch nor the table)."""
         from ray import tune
 
-        return tune.with_parameters(replay_main, table_path=self.path, settings=self.settings, speed=self.speed)
+        return tune.with_parameters(
+            replay_trial, streams=self.streams(), index=replay_index(self.table), speed=self.speed
+        )
 
     def front_rows(self) -> list[Row]:
         """The finished rows served at the lowest seed of each configuration."""

@@ -22,11 +22,12 @@ from jepa_ray.train.store import FINAL_DIR, TrialStore
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m jepa_ray.train",
         description="Train one Rectified LpJEPA / LpJEPA / LeJEPA trial: in this process "
         "with one worker, under a Ray Train TorchTrainer (DDP) with several.",
     )
-    p.add_argument("--preset", default="digits", help=f"one of: {', '.join(config_lib.PRESETS)}")
+    p.add_argument("--preset", default="digits", help=f"one of: {', '.join(config_lib.PRESETS)} (default: %(default)s)")
     p.add_argument(
         "--set",
         action="append",
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help="DDP workers (1: train in this process, no Ray)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (0: CPU)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (and its torch threads)")
     p.add_argument("--out", help="directory for the final checkpoint, OUT/checkpoint (required unless --list-keys)")
     p.add_argument(
         "--storage-path",
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             raise UsageError("--out is required: a directory for the final checkpoint")
         cfg = config_lib.build(
-            args.preset, args.set, {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker}
+            args.preset,
+            args.set,
+            {"workers": args.workers, "gpus_per_worker": args.gpus_per_worker, "cpus_per_worker": args.cpus_per_worker},
         )
         out = Path(args.out).resolve()
         store = TrialStore(args.storage_path or out)
