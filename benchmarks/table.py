@@ -102,9 +102,7 @@ def main() -> None:
     for objective, signals in SIGNALS.items():
         for signal in signals:
             for epoch in (int(e) for e in args.epochs.split(",")):
-                pairs = [
-                    (r.history[epoch - 1][signal], r.final[objective]) for r in rows if len(r.history) >= epoch
-                ]
+                pairs = [(r.history[epoch - 1][signal], r.final[objective]) for r in rows if len(r.history) >= epoch]
                 if len(pairs) >= 4:
                     rho = stats.spearmanr(*zip(*pairs)).statistic
                     emit(f"{name}: Spearman({signal} at epoch {epoch}, final {objective})", "spearman", round(rho, 3))
