@@ -605,7 +605,7 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
 
     key, stopped_key = sweep.params_key(interrupted.params), sweep.params_key(stopped.params)
     assert state.finished == 3
-    assert state.reuse_runs == {key: interrupted_run, stopped_key: stopped_run}
+    assert state.reuse_runs == {key: [interrupted_run], stopped_key: [stopped_run]}
     assert state.resume_map == {key: str(checkpoint)}
     trials = study.get_trials()
     TS = optuna.trial.TrialState

@@ -11,6 +11,7 @@ from typing import Any
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.describe import mlflow_ui_command
 from jepa_ray.sweep.driver import execute, plan
+from jepa_ray.sweep.failures import TrackingFailed
 from jepa_ray.sweep.options import ArgumentError, SweepOptions, parser
 
 RECTIFIED = dict(space="rectified", preset="digits-sweep", experiment="rectified-lpjepa")
@@ -38,6 +39,16 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrackingFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the trials that had not finished end unfinished in MLflow and Optuna; "
+            "--resume continues the sweep",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         if not ray_was_running:  # leave the caller's Ray session (a notebook, a test) alone
             _shutdown_ray()

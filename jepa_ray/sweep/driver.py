@@ -29,7 +29,14 @@ from jepa_ray.config import TrialConfig
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger
 from jepa_ray.sweep.describe import print_front, sweep_description
-from jepa_ray.sweep.failures import EpochBudget, FailureLimit, make_stopper, stop_reason
+from jepa_ray.sweep.failures import (
+    EpochBudget,
+    FailureLimit,
+    TrackingFailed,
+    make_stopper,
+    sigterm_as_interrupt,
+    stop_reason,
+)
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
 from jepa_ray.sweep.progress import STOP_COLUMN, make_progress_callback
 from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
@@ -38,6 +45,7 @@ from jepa_ray.sweep.schedulers import LedgerScheduler, create_scheduler
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
 from jepa_ray.sweep.spaces import DefineByRun, load_space, trial_config, validate_space
 from jepa_ray.sweep.trial import trial_dir, trial_main, trial_resources
+from jepa_ray.tracking.writer import MlflowWriter
 
 logger = logging.getLogger("jepa_ray.sweep")
 
@@ -66,6 +74,9 @@ class SweepPlan:
     fault: Any = None
     replay: Any = None
     """A jepa_ray.sweep.replay.Replay when the trials replay a curve table."""
+    instrument: Any = None
+    """callbacks -> callbacks: what a benchmark wraps around the driver's Tune callbacks (to time
+    them on Tune's event loop); None in a sweep."""
 
 
 def optuna_storage_url(opts: SweepOptions) -> str:
@@ -222,7 +233,8 @@ def execute(p: SweepPlan) -> dict[str, Any]:
     else:
         parent_id = p.parent.info.run_id
         c.update_run(parent_id, status="RUNNING")
-        resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id)
+        recover = p.replay.record_run if p.replay is not None else None
+        resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id, recover=recover)
     scheduler = LedgerScheduler(p.scheduler, ledger)
     if opts.resume and scheduler.signal_metrics:
         scheduler.restore_from_histories(
@@ -326,6 +338,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         )
     trainable = tune.with_resources(trainable, trial_resources(base))
     resolve_trial = p.replay.trial_config if p.replay is not None else (lambda trial: trial_config(base, trial))
+    writer = MlflowWriter(opts.tracking_uri)
     mlflow_cb = tracking.make_callback(
         opts.tracking_uri,
         exp_id,
@@ -334,6 +347,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         resume.reuse_runs,
         trial_dir=None if p.replay else (lambda trial: trial_dir(p.storage, p.name, trial.get("optuna_trial", 0))),
         ledger=ledger,
+        writer=writer,
     )
     progress_cb = make_progress_callback(
         opts.tracking_uri,
@@ -344,6 +358,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         points_before=resume.final_points(p.objectives),
         budget=opts.max_trial_epochs or opts.num_samples * base.optim.epochs,
         total_trials=opts.num_samples,
+        writer=writer,
     )
     # An in-process trial's actor is reused by the next trial: a fresh one costs a worker
     # process, importing torch/timm and the trainer (~10 s on a small CPU, more than a digits
@@ -367,7 +382,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         run_config=tune.RunConfig(
             name=f"{p.name}-tune-{attempt}",
             storage_path=p.storage,
-            callbacks=[mlflow_cb, progress_cb],
+            callbacks=p.instrument([mlflow_cb, progress_cb]) if p.instrument else [mlflow_cb, progress_cb],
             stop=make_stopper(limit, budget),
             failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
             progress_reporter=reporter,
@@ -375,17 +390,27 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         ),
     )
     try:
-        tuner.fit()
+        with sigterm_as_interrupt() as signalled:
+            tuner.fit()
     finally:
-        # Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C) end without a
-        # report: the ledger closes them, and Optuna and MLflow hear it from there.
+        # Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM) end
+        # without a report: the ledger closes them, and Optuna and MLflow hear it from there.
         closed = ledger.close(stop_reason(limit, budget), also=searcher.unended())
         for trial_id in closed:
             searcher.on_trial_complete(trial_id)
             mlflow_cb.write_end(trial_id, ledger.get(trial_id))
         if closed:
             logger.info("%d trials ended unfinished: %s", len(closed), ledger.get(closed[0]).reason)
-        tracking.fail_running_trials(opts.tracking_uri, exp_id, parent_id, stop_reason(limit, budget))
+        writer.flush()
+        if writer.error is None:
+            tracking.fail_running_trials(opts.tracking_uri, exp_id, parent_id, stop_reason(limit, budget))
+    if signalled:  # Tune may have taken the interrupt as a stop: the sweep still ends interrupted
+        raise KeyboardInterrupt("SIGTERM")
+    if writer.error is not None:
+        raise TrackingFailed(
+            f"{writer.error}; the sweep stopped. Every trial keeps its checkpoints in its store: once MLflow "
+            "answers again, --resume records what MLflow missed and trains what did not finish"
+        )
 
 
 def name_objectives(study, objectives) -> None:

@@ -1,8 +1,13 @@
 """When a sweep stops early: after too many failed trials (trials the collapse guard or a
 scheduler stopped do not count: they say the hyperparameters are bad, not that the sweep fails),
-or once its compute budget in trial-epochs is spent. Both read the outcome ledger."""
+once its compute budget in trial-epochs is spent (both read the outcome ledger), on SIGTERM, or
+when MLflow stops taking its writes."""
 
 from __future__ import annotations
+
+import contextlib
+import signal
+import threading
 
 from jepa_ray.contract import EPOCH
 from jepa_ray.outcome import Ledger, Outcome
@@ -87,3 +92,27 @@ def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None):
             return limit.reached or (budget is not None and budget.reached)
 
     return StopOnFailuresOrBudget()
+
+
+class TrackingFailed(RuntimeError):
+    """MLflow stopped taking the sweep's writes (the message is one line)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM ends the sweep as Ctrl-C does (Tune stops its trials, the ledger closes them, the
+    MLflow writer flushes) instead of killing the driver with writes queued."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def interrupt(signum, frame):
+        got.append(signum)
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)

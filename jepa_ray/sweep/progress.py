@@ -56,6 +56,7 @@ def make_progress_callback(
     budget: int = 0,
     total_trials: int = 0,
     every_s: float = SUMMARY_EVERY_S,
+    writer=None,
 ):
     """A Tune callback (driver process) for the lines and the hypervolume curve; a resumed
     sweep passes the trial-epochs and final points it already had. Every `every_s` seconds
@@ -63,7 +64,10 @@ def make_progress_callback(
     trial-epochs spent of `budget`, the hypervolume so far and an ETA."""
     from ray.tune import Callback
 
-    from jepa_ray import tracking
+    from jepa_ray.tracking.writer import MlflowWriter, RunRef
+
+    writer = writer if writer is not None else MlflowWriter(tracking_uri)
+    parent = RunRef(parent_id)
 
     class Progress(Callback):
         def __init__(self):
@@ -71,7 +75,6 @@ def make_progress_callback(
             self.points: list[tuple[float, ...]] = list(points_before or [])
             self.ended = 0
             self.started: dict[str, float] = {}
-            self.c = tracking.client(tracking_uri)
             self.t0 = time.time()
             self.last_summary = self.t0
             self.running = 0
@@ -116,7 +119,7 @@ def make_progress_callback(
         def _ended(self, trial, end: TrialEnd) -> None:
             self.ended += 1
             number = trial.config.get("optuna_trial", trial.trial_id)
-            took = time.time() - self.started.get(trial.trial_id, time.time())
+            took = time.time() - self.started.pop(trial.trial_id, time.time())
             if trial.last_result is not None:  # the progress table's "stop" column reads it
                 trial.last_result[STOP_COLUMN] = end.label
             logger.info(describe_end(number, end, objectives, took))
@@ -124,8 +127,8 @@ def make_progress_callback(
                 values = tuple(float(end.result[o.name]) for o in objectives)
                 self.points.append(values)
             spent = epochs_before + sum(self.epochs.values())
-            tracking.log_metrics(self.c, parent_id, {"sweep/hypervolume": self.hypervolume}, step=spent)
-            tracking.log_metrics(self.c, parent_id, {"sweep/trial_epochs": spent}, step=self.ended)
+            writer.log_metrics(parent, {"sweep/hypervolume": self.hypervolume}, step=spent)
+            writer.log_metrics(parent, {"sweep/trial_epochs": spent}, step=self.ended)
             if time.time() - self.last_summary >= every_s / 4:
                 logger.info(self.summary())
 

@@ -19,7 +19,15 @@ from typing import Any
 
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
-from jepa_ray.contract import EPOCH_S, EPOCH_WALL_S, FINAL_RESULT, RESULT_FAILURE, RESULT_FAILURE_KIND
+from jepa_ray.contract import (
+    DATA_SIZES,
+    EPOCH_S,
+    EPOCH_WALL_S,
+    FINAL_RESULT,
+    RESULT_FAILURE,
+    RESULT_FAILURE_KIND,
+    is_final,
+)
 from jepa_ray.curves.serve import ReplayIndex, replay_trial
 from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
 from jepa_ray.errors import UsageError
@@ -172,6 +180,30 @@ class Replay:
         return tune.with_parameters(
             replay_trial, streams=self.streams(), index=replay_index(self.table), speed=self.speed
         )
+
+    def record_run(self, c, run) -> bool:
+        """Record in a replayed trial's MLflow run what its row served (its epochs and final
+        metrics), for a trial whose end Optuna heard of but MLflow did not."""
+        from jepa_ray import tracking
+        from jepa_ray.contract import EPOCH, EPOCH_PROBE_METRIC
+
+        params = {}
+        for name in self.table.param_names():
+            raw = run.data.params.get(name)
+            try:
+                params[name] = float(raw)
+            except (TypeError, ValueError):
+                params[name] = raw
+        row = nearest_row(self.table, params)
+        results = [r for r, _ in serve(row, replay_config(row, self.settings))]
+        if not results or not is_final(results[-1]):
+            return False
+        logged = {m.step for m in c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)}
+        for result in results:
+            if result[EPOCH] not in logged or is_final(result):
+                metrics = {k: v for k, v in result.items() if k not in (EPOCH, *DATA_SIZES)}
+                tracking.log_metrics(c, run.info.run_id, metrics, result[EPOCH])
+        return True
 
     def front_rows(self) -> list[Row]:
         """The finished rows served at the lowest seed of each configuration."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from optuna.trial import TrialState
@@ -22,7 +23,7 @@ logger = logging.getLogger("jepa_ray.sweep")
 @dataclass
 class ResumeState:
     finished: int = 0
-    reuse_runs: dict[str, str] = field(default_factory=dict)  # params key -> MLflow run id
+    reuse_runs: dict[str, list[str]] = field(default_factory=dict)  # params key -> MLflow run ids to reuse
     resume_map: dict[str, str] = field(default_factory=dict)  # params key -> checkpoint URI
     trial_epochs: int = 0  # epochs the sweep's trials trained before (its compute so far)
     finished_metrics: list[dict] = field(default_factory=list)  # final metrics of its finished trials
@@ -47,29 +48,35 @@ def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics:
     return out
 
 
-def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) -> ResumeState:
+def prepare_resume(
+    study, tracking_uri: str, exp_id: str, parent_run_id: str, recover: Callable | None = None
+) -> ResumeState:
     """Make an interrupted sweep resumable: trials that were running (or that a stopped sweep
     stopped) are marked FAIL (interrupted) in Optuna and enqueued again with the same
     parameters; their MLflow runs are reused (no duplicates) and resume from their last
-    checkpoint."""
+    checkpoint. A trial whose end Optuna heard of but MLflow did not (the driver died with
+    MLflow's writes queued) is recorded in MLflow from `recover(client, run)` (a trial's store,
+    or a replayed sweep's table), else from its store's final checkpoint."""
     from jepa_ray import tracking
 
     state = ResumeState()
     runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
+    by_number = {r.data.tags.get(tracking.OPTUNA_TRIAL): r for r in runs}
     by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
+    recover = recover or _record_from_store
     c = tracking.client(tracking_uri)
     trials = study.get_trials(deepcopy=False)
     requeued = {t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
     for t in trials:
         key = params_key(t.params)
-        run = by_key.get(key)
+        run = by_number.get(str(t.number)) or by_key.get(key)
         stopped = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_STOPPED) and t.number not in requeued
         if t.state == TrialState.RUNNING or stopped:
             if t.state == TrialState.RUNNING:
                 mark_interrupted(study, t, ATTR_INTERRUPTED)
             study.enqueue_trial(t.params, user_attrs={ATTR_RESUMED_FROM: t.number}, skip_if_exists=False)
             if run is not None:
-                state.reuse_runs[key] = run.info.run_id
+                state.reuse_runs.setdefault(key, []).append(run.info.run_id)
                 where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
                 if where:
                     state.resume_map[key] = where
@@ -79,12 +86,13 @@ def prepare_resume(study, tracking_uri: str, exp_id: str, parent_run_id: str) ->
         ):
             state.finished += 1
             if run is not None and run.info.status == "RUNNING":
-                # Optuna heard of the end but the driver died before MLflow did.
-                finished = t.state == TrialState.COMPLETE and has_final_metrics(run.data.metrics)
+                # Optuna heard of the end but MLflow did not (the driver died, or MLflow stopped
+                # answering, before its writes): what the trial's store holds is recorded now.
+                finished = t.state == TrialState.COMPLETE and (has_final_metrics(run.data.metrics) or recover(c, run))
                 if not finished:
                     c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
                 c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
-    reused = set(state.reuse_runs.values())
+    reused = {run_id for ids in state.reuse_runs.values() for run_id in ids}
     for run in runs:  # what the ended trials cost and found (an interrupted one is counted when it ends)
         if run.info.run_id in reused:
             continue
@@ -114,6 +122,32 @@ def _log_missing_epochs(c, run_id: str, where: str) -> None:
     for metrics in history:
         if metrics["epoch"] not in logged:
             tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+
+
+def _record_from_store(c, run) -> bool:
+    """Log a finished trial's epochs, final metrics and checkpoint tag from its store's final
+    checkpoint into its run; False when the store holds no final checkpoint."""
+    from jepa_ray import tracking
+    from jepa_ray.train import checkpoint as ckpt_lib
+    from jepa_ray.train.store import TrialStore
+
+    where = run.data.tags.get(tracking.TRIAL_DIR)
+    try:
+        final = TrialStore(where).final() if where else None
+        if final is None:
+            return False
+        metrics = ckpt_lib.read_metrics(final)
+        history = ckpt_lib.read_history(final)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        logger.warning("could not read the final checkpoint of %s: %s", where, err)
+        return False
+    logged = {m.step for m in c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)}
+    for epoch in history:
+        if epoch["epoch"] not in logged:
+            tracking.log_metrics(c, run.info.run_id, {k: v for k, v in epoch.items() if k != "epoch"}, epoch["epoch"])
+    tracking.log_metrics(c, run.info.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, metrics["epoch"])
+    c.set_tag(run.info.run_id, tracking.CHECKPOINT, final)
+    return has_final_metrics(metrics)
 
 
 def recorded_base_config(parent_run, given: TrialConfig) -> TrialConfig:

@@ -82,28 +82,36 @@ class JepaOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         trials, done = searcher_trials(self), searcher_completed(self)
         if trial_id not in trials or trial_id in done:
-            return super().on_trial_complete(trial_id, result, error)
+            return
         end = self.ledger.get(trial_id) if self.ledger is not None else None
         if end is None:
             metrics = tuple(self.metric) if isinstance(self.metric, (list, tuple)) else (self.metric,)
             end = classify(result, error="the trial raised an error" if error else None, objectives=metrics)
+        ot_trial, attrs = trials[trial_id], {}
+        done.add(trial_id)
         if end.outcome is Outcome.FINISHED:
-            return super().on_trial_complete(trial_id, end.result or result, False)
-        ot_trial = trials[trial_id]
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            self._tell(ot_trial, [float((end.result or result)[m]) for m in metrics], TrialState.COMPLETE, attrs)
+            return
         proxies = [end.result.get(m) for m in self.rung_signals]
         if end.outcome is Outcome.STOPPED and proxies and all(_finite(v) for v in proxies):
-            ot_trial.set_user_attr(ATTR_RUNG_STOP, end.reason[:1000])
-            searcher_study(self).tell(ot_trial, [float(v) for v in proxies])
-            done.add(trial_id)
+            attrs[ATTR_RUNG_STOP] = end.reason[:1000]
+            self._tell(ot_trial, [float(v) for v in proxies], TrialState.COMPLETE, attrs)
             return
         if end.reason:
-            ot_trial.set_user_attr(ATTR_FAILURE, end.reason[:1000])
+            attrs[ATTR_FAILURE] = end.reason[:1000]
         if end.outcome is Outcome.STOPPED:
-            ot_trial.set_user_attr(ATTR_RUNG_STOP, end.reason[:1000])
+            attrs[ATTR_RUNG_STOP] = end.reason[:1000]
         if end.outcome is Outcome.UNFINISHED:
-            ot_trial.set_user_attr(ATTR_STOPPED, True)  # --resume runs it again
-        searcher_study(self).tell(ot_trial, state=TrialState[end.optuna_state])
-        done.add(trial_id)
+            attrs[ATTR_STOPPED] = True  # --resume runs it again
+        self._tell(ot_trial, None, TrialState[end.optuna_state], attrs)
+
+    def _tell(self, ot_trial, values, state: TrialState, attrs: dict) -> None:
+        """Optuna hears of the end now, in the event loop: a sampler's next proposal sees every
+        end before it (with one trial at a time, a seeded sweep proposes the same again)."""
+        for k, v in attrs.items():
+            ot_trial.set_user_attr(k, v)
+        searcher_study(self).tell(ot_trial, values, state=state)
 
 
 def make_searcher(

@@ -45,7 +45,8 @@ from jepa_ray.contract import (
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.plots import activation_plot
-from jepa_ray.tracking.store import client, log_dataset_input, log_metrics, log_params, source_tags
+from jepa_ray.tracking.store import client, log_dataset_input, log_params, source_tags
+from jepa_ray.tracking.writer import MlflowWriter, RunRef
 from jepa_ray.train import checkpoint as ckpt_lib
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ _TUNE_KEYS = frozenset(
 
 class MlflowSweepCallback:
     """Tune callback that mirrors every trial into MLflow (built lazily as a ray.tune.Callback
-    subclass by `make_callback` so this module imports without Ray)."""
+    subclass by `make_callback` so this module imports without Ray). It decides what to write
+    on Tune's event loop and leaves the writing to `writer` (jepa_ray.tracking.writer)."""
 
     def __init__(
         self,
@@ -85,21 +87,24 @@ class MlflowSweepCallback:
         reuse_runs: dict[str, str] | None = None,
         trial_dir: Callable[[dict], str] | None = None,
         ledger: Ledger | None = None,
+        writer: MlflowWriter | None = None,
     ):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
         self.ledger = ledger if ledger is not None else Ledger()  # how each trial ended
         self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
-        self.reuse_runs = dict(reuse_runs or {})  # params key -> run id of an interrupted trial
-        self.runs: dict[str, str] = {}  # tune trial id -> mlflow run id
+        self.reuse_runs = {k: list(v) for k, v in (reuse_runs or {}).items()}  # params key -> runs to reuse
+        self.runs: dict[str, RunRef] = {}  # tune trial id -> its mlflow run
         self.logs: dict[str, EpochLog] = {}  # tune trial id -> its epochs not yet written
         self.started: dict[str, float] = {}
         self.with_dataset: set[str] = set()  # tune trial ids whose run has its dataset input
         self.source = source_tags()
-        self.c = client(tracking_uri)
+        self.c = client(tracking_uri)  # reads only (a resumed trial's logged epochs)
+        self.w = writer if writer is not None else MlflowWriter(tracking_uri)
 
     # Tune callback hooks -------------------------------------------------------------------
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.w.check()
         if trial.trial_id in self.runs:
             return
         cfg = self.resolve_trial(trial.config)
@@ -114,104 +119,126 @@ class MlflowSweepCallback:
         }
         if self.trial_dir is not None:
             tags[TRIAL_DIR] = self.trial_dir(trial.config)
-        reused = self.reuse_runs.pop(key, None)
+        reused = self.reuse_runs.get(key, []).pop(0) if self.reuse_runs.get(key) else None
         committed = -1
         if reused:
-            run_id = reused
-            if FAILURE in self.c.get_run(run_id).data.tags:  # a trial the stopped sweep failed
-                self.c.delete_tag(run_id, FAILURE)
-            self.c.update_run(run_id, status="RUNNING")
-            self.c.set_tag(run_id, RESUMED, "true")
-            for k, v in tags.items():
-                if k != TRIAL_DIR:  # keep pointing at the store the trial resumes from
-                    self.c.set_tag(run_id, k, v)
-            committed = max((m.step for m in self.c.get_metric_history(run_id, EPOCH_PROBE_METRIC)), default=-1)
+            ref = RunRef(reused)
+            had_failure = FAILURE in self.c.get_run(reused).data.tags  # a trial the stopped sweep failed
+            committed = max((m.step for m in self.c.get_metric_history(reused, EPOCH_PROBE_METRIC)), default=-1)
+            kept = {k: v for k, v in tags.items() if k != TRIAL_DIR}  # keep pointing at the store it resumes from
+
+            def reopen(c, run_id=reused) -> None:
+                if had_failure:
+                    c.delete_tag(run_id, FAILURE)
+                c.update_run(run_id, status="RUNNING")
+                c.set_tag(run_id, RESUMED, "true")
+                for k, v in kept.items():
+                    c.set_tag(run_id, k, v)
+
+            self.w.call(reopen)
         else:
-            run = self.c.create_run(
-                self.exp_id, run_name=f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags=tags
+            ref = self.w.create_run(
+                RunRef(), self.exp_id, f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags
             )
-            run_id = run.info.run_id
-            log_params(self.c, run_id, config_lib.flatten(cfg))
-            self._log_config(run_id, cfg)
-        self.runs[trial.trial_id] = run_id
+            flat = config_lib.flatten(cfg)
+            self.w.call(lambda c: log_params(c, ref.run_id, flat))
+            self.w.call(lambda c: _log_config(c, ref.run_id, cfg))
+        self.runs[trial.trial_id] = ref
         self.logs[trial.trial_id] = EpochLog(committed)
         self.started[trial.trial_id] = time.time()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None or failure_kind(result) is not None or EPOCH not in result:
+        self.w.check()
+        ref = self.runs.get(trial.trial_id)
+        if ref is None or failure_kind(result) is not None or EPOCH not in result:
             return
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
-            log_dataset_input(self.c, run_id, self.resolve_trial(trial.config).data, *(result[k] for k in DATA_SIZES))
+            data, sizes = self.resolve_trial(trial.config).data, [result[k] for k in DATA_SIZES]
+            self.w.call(lambda c: log_dataset_input(c, ref.run_id, data, *sizes))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
         epoch = int(result[EPOCH])
         log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
         uri = result.get(CHECKPOINT_URI)
         if uri:
-            self.c.set_tag(run_id, LAST_CHECKPOINT, uri)
-            self._write_epochs(run_id, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
+            self.w.call(lambda c: c.set_tag(ref.run_id, LAST_CHECKPOINT, uri))
+            self._write_epochs(ref, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
 
-    def _write_epochs(self, run_id: str, epochs: list[tuple[int, dict]]) -> None:
+    def _write_epochs(self, ref: RunRef, epochs: list[tuple[int, dict]]) -> None:
         for epoch, metrics in epochs:
-            log_metrics(self.c, run_id, {k: v for k, v in metrics.items() if k not in DATA_SIZES}, step=epoch)
+            self.w.log_metrics(ref, {k: v for k, v in metrics.items() if k not in DATA_SIZES}, step=epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.write_end(trial.trial_id, self.ledger.end(trial.trial_id, trial.last_result))
+        self.w.check()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         end = self.ledger.end(trial.trial_id, trial.last_result, error=trial_error_text(trial))
         self.write_end(trial.trial_id, end)
+        self.w.check()
 
     def write_end(self, trial_id: str, end: TrialEnd) -> None:
         """The run of a trial that ended, as the ledger classified its end: FINISHED with its
         checkpoint and artifacts, KILLED with why a scheduler stopped it, or FAILED with why."""
-        run_id = self.runs.get(trial_id)
-        if run_id is None:
+        ref = self.runs.pop(trial_id, None)
+        if ref is None:
             return
-        self._write_epochs(run_id, self.logs[trial_id].flush())
+        self._write_epochs(ref, self.logs.pop(trial_id).flush())
+        tags: dict[str, str] = {}
+        uri = None
         if end.outcome is Outcome.FINISHED:
             uri = end.result.get(CHECKPOINT_URI)
             if uri:
-                self.c.set_tag(run_id, CHECKPOINT, uri)
-                self._log_checkpoint_artifacts(run_id, uri, end.result.get(TARGET_L0_DENSITY))
-            self.c.set_tag(run_id, WALL_S, f"{time.time() - self.started.get(trial_id, time.time()):.1f}")
+                tags[CHECKPOINT] = uri
+            tags[WALL_S] = f"{time.time() - self.started.pop(trial_id, time.time()):.1f}"
         elif end.outcome is Outcome.STOPPED:
-            self.c.set_tag(run_id, STOPPED, end.reason)
-            self.c.set_tag(run_id, FAILURE_KIND, FailureKind.STOPPED.value)
+            tags.update({STOPPED: end.reason, FAILURE_KIND: FailureKind.STOPPED.value})
         else:
-            self.c.set_tag(run_id, FAILURE, end.reason)
-            self.c.set_tag(run_id, FAILURE_KIND, end.failure_kind.value)
-        self.c.set_terminated(run_id, end.mlflow_status)
+            tags.update({FAILURE: end.reason, FAILURE_KIND: end.failure_kind.value})
+        target = end.result.get(TARGET_L0_DENSITY)
 
-    # ---------------------------------------------------------------------------------------
+        def finish(c) -> None:
+            for k, v in tags.items():
+                c.set_tag(ref.run_id, k, v)
+            if uri:
+                _log_checkpoint_artifacts(c, ref.run_id, uri, target)
+            c.set_terminated(ref.run_id, end.mlflow_status)
 
-    def _log_config(self, run_id: str, cfg: TrialConfig) -> None:
+        self.w.call(finish)
+
+    def run_id(self, trial_id: str) -> str | None:
+        """The MLflow run of a running trial, once the writer created it."""
+        ref = self.runs.get(trial_id)
+        return ref.run_id if ref is not None else None
+
+
+def _log_config(c, run_id: str, cfg: TrialConfig) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        config_lib.save_json(cfg, path)
+        c.log_artifact(run_id, str(path))
+
+
+def _log_checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None) -> None:
+    """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
+    metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
+    try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.json"
-            config_lib.save_json(cfg, path)
-            self.c.log_artifact(run_id, str(path))
-
-    def _log_checkpoint_artifacts(self, run_id: str, uri: str, target_density: float | None) -> None:
-        """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
-        metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
-                if copied:
-                    self.c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
-                rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
-                if rates is not None:
-                    png = activation_plot(
-                        json.loads(rates),
-                        Path(tmp) / "activation_rates.png",
-                        "activation rate of each z dimension (test split)",
-                        target_density=target_density,
-                    )
-                    self.c.log_artifact(run_id, str(png))
-        except Exception as err:  # artifacts are a convenience: never fail the sweep for them
-            logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
+            copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
+            if copied:
+                c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
+            rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
+            if rates is not None:
+                png = activation_plot(
+                    json.loads(rates),
+                    Path(tmp) / "activation_rates.png",
+                    "activation rate of each z dimension (test split)",
+                    target_density=target_density,
+                )
+                c.log_artifact(run_id, str(png))
+    except Exception as err:  # artifacts are a convenience: never fail the sweep for them
+        logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
 
 
 def make_callback(*args, **kwargs):

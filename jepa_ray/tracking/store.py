@@ -163,15 +163,21 @@ def _param_text(value: Any) -> str:
     return ("None" if value is None else str(value))[:6000]
 
 
-def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int) -> None:
-    """Numeric, finite metrics only (MLflow rejects NaN in some stores; strings are not metrics)."""
+def metric_entities(metrics: dict[str, Any], step: int) -> list:
+    """MLflow Metric entities of the numeric, finite values (MLflow rejects NaN in some stores;
+    strings and booleans are not metrics)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [
+    return [
         Metric(k, float(v), now, step)
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
     ]
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    """Numeric, finite metrics only, in batches."""
+    items = metric_entities(metrics, step)
     for i in range(0, len(items), 500):
         c.log_batch(run_id, metrics=items[i : i + 500])

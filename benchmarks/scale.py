@@ -1,0 +1,424 @@
+"""The sweep driver at cluster scale, by simulation: the real driver (searcher, scheduler, ledger,
+MLflow writer, progress) over replayed trials that report instantly, many at a time on
+over-subscribed logical CPUs, so the driver carries a cluster's load on one machine.
+
+Per case (trials x epochs, concurrent trials, MLflow on a sqlite store or a tracking server):
+- results per second the driver sustains, against the same Tune run with no callbacks (ratio);
+- per-result time the driver's callbacks spend on Tune's event loop (median, p99; a trial's end
+  included) and the number of Ray "may be a performance bottleneck" warnings;
+- driver RSS growth over the run;
+- what MLflow and Optuna hold: every trial one run, every epoch exactly once, none RUNNING,
+  every Optuna trial in its right state;
+and, with --kill, a driver killed with SIGKILL at half its trials then `--resume`d: the seconds to
+resume, trials and epochs lost or duplicated.
+
+    python benchmarks/scale.py                                   # 1,000 trials x 30 epochs, 64 at a time
+    python benchmarks/scale.py --trials 1000 --concurrency 64,128 --stores sqlite,server --kill
+    python benchmarks/scale.py --trials 40 --concurrency 4 --epochs 5   # quick
+
+Trials are synthetic curves in a curve table (the replay machinery serves any table). One JSON
+line per figure (docs/design.md format). Run it alone: it is the machine's whole CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def emit(case: str, metric: str, value, **extra) -> None:
+    row = {"bench": "scale", "case": case, "metric": metric, "value": value, "device": "cpu", **extra}
+    print(json.dumps(row), flush=True)
+
+
+def synthetic_table(path: Path, configs: int, epochs: int) -> Path:
+    """`configs` rows of smooth synthetic curves over a density x lambda grid (digits-sweep's
+    config, `epochs` epochs), written as a curve table."""
+    import numpy as np
+
+    from jepa_ray import config as config_lib
+    from jepa_ray.contract import TRAINING_REVISION
+    from jepa_ray.curves.table import STATUS_FINISHED, CurveTable, Row, row_key
+
+    rng = np.random.default_rng(0)
+    rows = []
+    densities = np.geomspace(0.01, 0.9, max(2, int(np.sqrt(configs))))
+    lambdas = np.linspace(0.1, 0.9, max(2, -(-configs // len(densities))))
+    for i in range(configs):
+        params = {"target_density": round(float(densities[i % len(densities)]), 4)}
+        params["lambd"] = round(float(lambdas[i // len(densities)]), 4)
+        cfg = config_lib.build("digits-sweep", overrides={**params, "epochs": epochs})
+        acc = 0.9 - 0.1 * np.exp(-params["target_density"] / 0.05) + rng.normal(0, 0.01)
+        history = []
+        for e in range(epochs):
+            frac = (e + 1) / epochs
+            history.append(
+                {
+                    "epoch": e,
+                    "train/loss": 1.0 / (1 + e),
+                    "train/invariance": 0.1,
+                    "train/regularizer": 0.2,
+                    "train/l0_density": params["target_density"] * (1 + 0.5 * (1 - frac)),
+                    "train/rank_me": 50.0,
+                    "online/linear_acc": acc * frac,
+                    "online/linear_acc_z": acc * frac * 0.9,
+                    "time/epoch_s": 0.01,
+                    "time/epoch_wall_s": 0.01,
+                    "data/train_images": 1437,
+                    "data/test_images": 360,
+                }
+            )
+        final = {**history[-1], "linear_acc": acc, "l0_density": params["target_density"], "knn_acc": acc}
+        final.update({"target_l0_density": params["target_density"], "linear_acc_z": acc * 0.9, "rank_me": 50.0})
+        rows.append(
+            Row(
+                key=row_key(params, 0),
+                grid="synthetic",
+                setting="",
+                revision=TRAINING_REVISION,
+                params=params,
+                seed=0,
+                status=STATUS_FINISHED,
+                config=config_lib.to_dict(cfg),
+                history=history,
+                final=final,
+                command="",
+            )
+        )
+    return CurveTable(rows).write(path)
+
+
+class CallbackTimer:
+    """A Tune callback in front of the driver's: times every hook the driver's callbacks run on
+    Tune's event loop (per result, and per trial end)."""
+
+    def __init__(self, inner: list):
+        from ray.tune import Callback
+
+        timer = self
+
+        class Timed(Callback):
+            def on_trial_start(self, **kw):
+                timer.time("start", inner, "on_trial_start", kw)
+
+            def on_trial_result(self, **kw):
+                timer.time("result", inner, "on_trial_result", kw)
+
+            def on_trial_complete(self, **kw):
+                timer.time("end", inner, "on_trial_complete", kw)
+
+            def on_trial_error(self, **kw):
+                timer.time("end", inner, "on_trial_error", kw)
+
+            def on_step_end(self, **kw):
+                timer.time("step", inner, "on_step_end", kw)
+
+        self.callback = Timed()
+        self.seconds: dict[str, list[float]] = {"start": [], "result": [], "end": [], "step": []}
+        self.first = self.last = None
+        self.rss_at_first_end: int | None = None
+
+    def time(self, what: str, inner: list, hook: str, kw: dict) -> None:
+        start = time.perf_counter()
+        for cb in inner:
+            getattr(cb, hook)(**kw)
+        end = time.perf_counter()
+        self.seconds[what].append(end - start)
+        if what in ("start", "result", "end"):
+            self.first = self.first or start
+            self.last = end
+        if what == "end" and self.rss_at_first_end is None:
+            import psutil
+
+            self.rss_at_first_end = psutil.Process().memory_info().rss
+
+
+class RssSampler:
+    def __init__(self, every_s: float = 0.5):
+        import psutil
+
+        self.proc, self.samples, self.stop = psutil.Process(), [], threading.Event()
+        threading.Thread(target=self._run, args=(every_s,), daemon=True).start()
+
+    def _run(self, every_s: float) -> None:
+        while not self.stop.is_set():
+            self.samples.append(self.proc.memory_info().rss)
+            time.sleep(every_s)
+
+
+class WarningCounter(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record) -> None:
+        if "performance bottleneck" in record.getMessage():
+            self.count += 1
+
+
+def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int]:
+    """The same Tune run with no callbacks but a time stamp (the replay trial, a random searcher):
+    seconds from the first trial's start to the last result, results."""
+    import optuna
+    from ray import tune
+
+    from jepa_ray import adapter
+    from jepa_ray.sweep.replay import Replay
+    from jepa_ray.sweep.search import JepaOptunaSearch
+
+    adapter.set_ray_switches()  # what the driver sets: per-epoch results lack the objectives
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    replay = Replay.open(str(table), [])
+    searcher = JepaOptunaSearch(  # the driver's searcher on the same RDB storage
+        space=replay.space(0),
+        metric=["linear_acc", "l0_density"],
+        mode=["max", "min"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{table.parent}/bare-{trials}-{concurrency}.db"),
+        study_name="bare",
+    )
+    stamps: list[float] = []
+    count = [0]
+
+    class Stamp(tune.Callback):
+        def on_trial_start(self, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_trial_result(self, **kw):
+            count[0] += 1
+            stamps.append(time.perf_counter())
+
+    tuner = tune.Tuner(
+        tune.with_resources(replay.trainable(), {"CPU": 1}),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=trials, max_concurrent_trials=concurrency, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(storage_path=str(table.parent / "bare"), verbose=0, callbacks=[Stamp()]),
+    )
+    tuner.fit()
+    return stamps[-1] - stamps[0], count[0]
+
+
+def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str) -> dict:
+    """The real driver in this process, its callbacks timed."""
+    from jepa_ray import sweep
+
+    opts = sweep.SweepOptions(
+        replay=str(table),
+        num_samples=trials,
+        max_concurrent=concurrency,
+        sampler="random",
+        seed=0,
+        tracking_uri=uri,
+        optuna_storage=f"sqlite:///{work}/optuna.db",
+        storage_path=str(work / "ray"),
+        experiment="scale",
+        max_failed_trials=0,
+        print_front=False,
+    )
+    plan = sweep.plan(opts)
+    timers: list[CallbackTimer] = []
+
+    def instrument(callbacks):
+        timers.append(CallbackTimer(callbacks))
+        return [timers[-1].callback]
+
+    plan.instrument = instrument
+    warnings = WarningCounter()
+    logging.getLogger("ray.tune").addHandler(warnings)
+    rss = RssSampler()
+    start = time.perf_counter()
+    summary = sweep.execute(plan)
+    seconds = time.perf_counter() - start
+    rss.stop.set()
+    logging.getLogger("ray.tune").removeHandler(warnings)
+    return {"summary": summary, "seconds": seconds, "timer": timers[0], "rss": rss.samples, "warnings": warnings.count}
+
+
+def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
+    """What MLflow and Optuna hold after a sweep."""
+    import optuna
+
+    from jepa_ray import tracking
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("scale")
+    runs = tracking.search_all_runs(c, [exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
+    keys = [r.data.tags.get("jepa_ray.optuna_trial") for r in runs]  # a resumed trial keeps its run
+    statuses = [r.info.status for r in runs]
+    bad_epochs = 0
+    for r in runs[:: max(1, len(runs) // 50)]:  # a sample of 50 runs' histories
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "train/loss")]
+        bad_epochs += steps != sorted(set(steps))
+    storage = optuna.storages.RDBStorage(optuna_url)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    states = [t.state.name for t in study.get_trials()]
+    return {
+        "runs": len(runs),
+        "finished_runs": statuses.count("FINISHED"),
+        "duplicate_runs": len(keys) - len(set(keys)),
+        "running": statuses.count("RUNNING"),
+        "runs_with_repeated_epochs_in_sample": bad_epochs,
+        "optuna_running": states.count("RUNNING"),
+        "optuna_complete": states.count("COMPLETE"),
+    }
+
+
+def quantile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.quantile(values, q)) if values else 0.0
+
+
+def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str, tmp: Path) -> None:
+    work = tmp / f"{store}-{concurrency}"
+    work.mkdir()
+    server = None
+    uri = f"sqlite:///{work}/mlflow.db"
+    if store == "server":
+        port = 5900 + concurrency % 97
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", uri]
+            + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        uri = f"http://127.0.0.1:{port}"
+        _wait_http(uri)
+    case = f"{trials} trials x {epochs} epochs, {concurrency} at a time, MLflow {store}"
+    try:
+        bare_s, bare_results = bare_run(table, trials, concurrency)
+        ours = driver_run(table, work, trials, concurrency, uri)
+        timer = ours["timer"]
+        results = len(timer.seconds["result"])
+        rate, bare_rate = results / (timer.last - timer.first), bare_results / bare_s
+        emit(case, "results_per_s", round(rate, 1), baseline=round(bare_rate, 1), ratio=round(rate / bare_rate, 3))
+        for what in ("result", "end"):
+            seconds = ours["timer"].seconds[what]
+            emit(
+                f"{case}: our callbacks on Tune's event loop per trial {what}",
+                "ms",
+                round(1000 * quantile(seconds, 0.5), 3),
+                p99_ms=round(1000 * quantile(seconds, 0.99), 3),
+                max_ms=round(1000 * max(seconds, default=0.0), 3),
+                count=len(seconds),
+                goal="median <= 10 ms, p99 <= 100 ms",
+            )
+        emit(f"{case}: Ray 'performance bottleneck' warnings", "count", ours["warnings"], goal=0)
+        rss = ours["rss"]
+        base = timer.rss_at_first_end or rss[0]  # after the imports and the first trial's writes
+        emit(
+            f"{case}: driver RSS growth from the first trial's end to the sweep's end",
+            "MB",
+            round((max(rss) - base) / 2**20, 1),
+            at_first_end_mb=round(base / 2**20, 1),
+            peak_mb=round(max(rss) / 2**20, 1),
+            goal="<= 200 MB",
+        )
+        records = check_records(uri, f"sqlite:///{work}/optuna.db", trials, epochs)
+        emit(f"{case}: MLflow and Optuna after the sweep", "runs", records["runs"], **records, expected=trials)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def kill_and_resume(table: Path, trials: int, concurrency: int, tmp: Path, address: str) -> None:
+    """The driver as a user runs it, SIGKILLed at half its trials, then --resume."""
+    work = tmp / "kill"
+    work.mkdir()
+    cmd = [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--replay", str(table), "--address", address]
+    cmd += ["--num-samples", str(trials), "--max-concurrent", str(concurrency), "--sampler", "random", "--seed", "0"]
+    cmd += [
+        "--experiment",
+        "scale",
+        "--tracking-uri",
+        f"sqlite:///{work}/mlflow.db",
+        "--storage-path",
+        str(work / "ray"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = work / "mlflow.db"
+    while proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(db) as con:
+                ended = con.execute(
+                    "SELECT COUNT(*) FROM runs WHERE status != 'RUNNING' AND name LIKE 'trial-%'"
+                ).fetchone()[0]
+            if ended >= trials // 2:
+                break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    start = time.perf_counter()
+    again = subprocess.run(cmd + ["--resume"], cwd=work, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    records = check_records(f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db", trials, 0)
+    emit(
+        f"kill -9 at half of {trials} trials, then --resume",
+        "resume_s",
+        round(seconds, 1),
+        exit_code=again.returncode,
+        lost_trials=trials - records["finished_runs"],
+        **records,
+    )
+
+
+def _wait_http(uri: str) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tracking server at {uri} did not start") from None
+            time.sleep(1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--configs", type=int, default=100, help="distinct configurations in the synthetic table")
+    p.add_argument("--concurrency", default="64", help="comma separated")
+    p.add_argument("--stores", default="sqlite", help="sqlite, server (comma separated)")
+    p.add_argument("--kill", action="store_true", help="also the kill -9 and --resume case")
+    args = p.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="jepa_ray_scale_") as tmp:
+        tmp = Path(tmp)
+        table = synthetic_table(tmp / "synthetic.parquet", args.configs, args.epochs)
+        ray.init(num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
+        try:
+            for concurrency in concurrencies:
+                for store in args.stores.split(","):
+                    run_case(table, args.trials, args.epochs, concurrency, store, tmp)
+            if args.kill:
+                kill_and_resume(table, args.trials, concurrencies[0], tmp, ray.get_runtime_context().gcs_address)
+        finally:
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
