@@ -21,6 +21,13 @@ from urllib.parse import urlsplit
 from jepa_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
+RAY_LOGGING_LEVEL = logging.INFO
+"""The level of Ray's own log lines in this driver (a sweep without --verbose raises it: Ray's
+start-up notices are not for its user)."""
+RAY_LOG_TO_DRIVER = True
+"""Whether the workers' output reaches this driver's console (a sweep without --verbose turns it
+off: a trial's failure reaches the user as one line through the outcome ledger, and the worker
+logs stay in Ray's session directory)."""
 
 SHARED_FS_ENV = "JEPA_RAY_SHARED_FS"
 """Set to 1 when a local-looking storage path is a shared mount (NFS, Lustre, EFS) that is
@@ -97,7 +104,13 @@ def connect(address: str | None, *, num_cpus: int | None = None, runtime_env: di
 def _start_local(num_cpus: int | None, runtime_env: dict | None) -> None:
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        runtime_env=runtime_env,
+        logging_level=RAY_LOGGING_LEVEL,
+        log_to_driver=RAY_LOG_TO_DRIVER,
+    )
     cpus = int(ray.cluster_resources().get("CPU", 0))
     logger.info("started a local Ray instance with %d CPUs (this process's own; it ends with it)", cpus)
 
@@ -107,7 +120,7 @@ def _connect_auto(runtime_env: dict | None) -> None:
 
     # "auto" (not the resolved HOST:PORT) so that Ray picks up ~/.ray/auth_token for a cluster
     # started with token authentication: Ray does so only for automatically found clusters.
-    ray.init(address="auto", runtime_env=runtime_env)
+    ray.init(address="auto", runtime_env=runtime_env, logging_level=RAY_LOGGING_LEVEL, log_to_driver=RAY_LOG_TO_DRIVER)
     _log_joined(ray.get_runtime_context().gcs_address)
 
 
@@ -134,7 +147,7 @@ def _connect_to(address: str, runtime_env: dict | None, *, source: str, num_cpus
             f"{CONNECT_TIMEOUT_S:g} s); start it (`ray up cluster.yaml`, `ray start --head`), check "
             "the address and port (6379 by default), or leave out --address to run locally"
         )
-    ray.init(address=address, runtime_env=runtime_env)
+    ray.init(address=address, runtime_env=runtime_env, logging_level=RAY_LOGGING_LEVEL, log_to_driver=RAY_LOG_TO_DRIVER)
     _log_joined(address)
 
 

@@ -24,10 +24,10 @@ class Outcome(str, enum.Enum):
     STOPPED = "stopped"
     """A scheduler stopped it early (at a rung); its curves are kept."""
     UNFINISHED = "unfinished"
-    """The sweep ended before it did (its compute budget, its failure limit, Ctrl-C): --resume
-    trains it again."""
+    """The sweep stopped it before its end (its compute budget, its failure limit, Ctrl-C,
+    SIGTERM): --resume trains it again."""
     FAILED = "failed"
-    """It raised, ran out of memory, reached a non-finite loss or ended without final metrics."""
+    """It raised, ran out of memory, reached a non-finite loss or reported another failure."""
 
 
 OPTUNA_STATE = {
@@ -98,8 +98,9 @@ def classify(
 ) -> TrialEnd:
     """How a trial ended, from its last result and what else is known of its end, in this
     order: an error; a failure it reported (the collapse guard's included); its final metrics
-    (all `objectives` finite); a scheduler's stop; the sweep's end; else a failure (it ended
-    without final metrics)."""
+    (all `objectives` finite); a scheduler's stop; else the sweep stopped it (a trial ends
+    without final metrics, a failure or an error only when Tune stops it: a trial that fails
+    says so in a failure report), with the sweep's reason when known."""
     result = dict(result or {})
     epochs = epochs_of(result)
     if error is not None:
@@ -118,9 +119,8 @@ def classify(
         return TrialEnd(Outcome.FINISHED, "", epochs, result)
     if scheduler_stop is not None:
         return TrialEnd(Outcome.STOPPED, one_line(scheduler_stop), epochs, result)
-    if sweep_stop is not None:
-        return TrialEnd(Outcome.UNFINISHED, one_line(sweep_stop), epochs, result)
-    return TrialEnd(Outcome.FAILED, "the trial ended without final metrics", epochs, result)
+    why = one_line(sweep_stop) if sweep_stop is not None else "stopped before its end: the sweep stopped it"
+    return TrialEnd(Outcome.UNFINISHED, why, epochs, result)
 
 
 def _finite(value: Any) -> bool:
@@ -163,6 +163,11 @@ class Ledger:
 
     def unended(self) -> list[str]:
         return [t for t in self.started if t not in self.ends]
+
+    def close_reason(self, why: str) -> None:
+        """Why the sweep is stopping (trials that end from now on without final metrics end
+        unfinished with it); the first reason stays."""
+        self.sweep_stop = self.sweep_stop or why
 
     def close(self, why: str, results: dict[str, dict] | None = None, also: list[str] = ()) -> list[str]:
         """End every started trial (and those of `also`) that has no end yet as UNFINISHED

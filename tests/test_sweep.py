@@ -650,7 +650,7 @@ def test_collapsed_trials_do_not_count_towards_the_failure_limit():
     ledger.end("a", {"failure": why, "failure_kind": FailureKind.COLLAPSED.value})
     ledger.end("b", {"failure": "non-finite loss at epoch 1 step 5"})
     assert (limit.failed, limit.collapsed, limit.reached) == (1, 1, False)
-    ledger.end("c", {"epoch": 4})  # the trial ended without final metrics
+    ledger.end("c", {"epoch": 4}, error="RuntimeError: CUDA out of memory")
     assert limit.reached and limit.reasons[0].startswith("non-finite")
 
 

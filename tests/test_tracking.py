@@ -128,6 +128,6 @@ def test_the_stop_column_says_why_each_trial_ended():
     assert ledger.end("t2", {"failure": "z collapsed", "failure_kind": "collapsed"}).label == "collapsed"
     assert ledger.end("t4", {"failure": "CUDA out of memory"}).label == "failed"
     assert ledger.end("t3", {"epoch": 2}).label == "rung 3"
-    # no final metrics, no failure, no scheduler's stop: a failure, said so
-    assert ledger.end("t5", {"epoch": 2}).label == "failed"
-    assert ledger.get("t5").reason == "the trial ended without final metrics"
+    # no final metrics, no failure, no scheduler's stop: Tune stopped it with the sweep
+    assert ledger.end("t5", {"epoch": 2}).label == "unfinished"
+    assert ledger.get("t5").reason == "stopped before its end: the sweep stopped it"

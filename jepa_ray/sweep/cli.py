@@ -30,8 +30,13 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     if opts.smoke and "--num-samples" not in (argv if argv is not None else sys.argv):
         opts.num_samples = 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not opts.verbose:  # Ray's and Tune's own chatter: what a user cannot act on
-        for name in ("ray", "ray.tune", "ray.train"):
+    if not opts.verbose:  # Ray's, Tune's and MLflow's own chatter: what a user cannot act on
+        import mlflow  # noqa: F401 (it sets its loggers' levels when imported: set ours after)
+
+        from jepa_ray import cluster
+
+        cluster.RAY_LOGGING_LEVEL, cluster.RAY_LOG_TO_DRIVER = logging.ERROR, False
+        for name in ("ray", "ray.tune", "ray.train", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
     ray_was_running = _ray_initialized()
     try:

@@ -28,7 +28,7 @@ from jepa_ray.cluster import is_local_path, sqlite_path
 from jepa_ray.config import TrialConfig
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger
-from jepa_ray.sweep.describe import print_front, sweep_description
+from jepa_ray.sweep.describe import print_front
 from jepa_ray.sweep.failures import (
     EpochBudget,
     FailureLimit,
@@ -39,6 +39,13 @@ from jepa_ray.sweep.failures import (
 )
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
 from jepa_ray.sweep.progress import STOP_COLUMN, make_progress_callback
+from jepa_ray.sweep.records import (
+    make_storage_dir,
+    name_objectives,
+    optuna_storage_url,
+    recreate_run,
+    start_parent,
+)
 from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
 from jepa_ray.sweep.scheduler import parse_signals
 from jepa_ray.sweep.schedulers import LedgerScheduler, create_scheduler
@@ -63,6 +70,7 @@ class SweepPlan:
     starting_points: list[dict]
     sampler_name: str
     sampler: Any
+    grid: dict | None
     seed: int
     storage: str
     storage_url: str
@@ -77,19 +85,6 @@ class SweepPlan:
     instrument: Any = None
     """callbacks -> callbacks: what a benchmark wraps around the driver's Tune callbacks (to time
     them on Tune's event loop); None in a sweep."""
-
-
-def optuna_storage_url(opts: SweepOptions) -> str:
-    """The study's RDB storage: optuna.db beside a sqlite MLflow store (so optuna-dashboard
-    opens it next to `mlflow ui`), else ~/.jepa_ray/optuna.db."""
-    if opts.optuna_storage:
-        return opts.optuna_storage
-    path = sqlite_path(opts.tracking_uri)
-    if path is not None:
-        return f"sqlite:///{path.resolve().with_name('optuna.db')}"
-    # A tracking server (cluster head): a stable path, not the working directory, which is a
-    # temporary copy inside a Ray job.
-    return f"sqlite:///{Path('~/.jepa_ray').expanduser() / 'optuna.db'}"
 
 
 def base_config(opts: SweepOptions) -> TrialConfig:
@@ -187,6 +182,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
         starting_points=starting_points,
         sampler_name=sampler_name,
         sampler=make_sampler(sampler_name, seed, grid),
+        grid=grid,
         seed=seed,
         storage=storage,
         storage_url=optuna_storage_url(opts),
@@ -219,13 +215,13 @@ def execute(p: SweepPlan) -> dict[str, Any]:
     exp_id = p.exp_id or tracking.experiment_id(opts.tracking_uri, opts.experiment)
     c = tracking.client(opts.tracking_uri)
     ledger = Ledger(tuple(o.name for o in p.objectives))
-    _make_storage_dir(p.storage_url)
+    make_storage_dir(p.storage_url)
     searcher = make_searcher(p.space, p.objectives, p.sampler, p.name, p.storage_url, ledger)
     if p.sampler_name == "tpe-rungs":
         searcher.rung_signals = tuple(s.metric for s in parse_signals(opts.scheduler_signals))
     study = study_of(searcher)
     if p.parent is None:
-        parent_id = _start_parent(p, exp_id)
+        parent_id = start_parent(p, exp_id)
         name_objectives(study, p.objectives)
         for point in p.starting_points[: opts.num_samples]:
             study.enqueue_trial(point)
@@ -234,7 +230,12 @@ def execute(p: SweepPlan) -> dict[str, Any]:
         parent_id = p.parent.info.run_id
         c.update_run(parent_id, status="RUNNING")
         recover = p.replay.record_run if p.replay is not None else None
-        resume = prepare_resume(study, opts.tracking_uri, exp_id, parent_id, recover=recover)
+        resume = prepare_resume(
+            study, opts.tracking_uri, exp_id, parent_id, recover=recover, recreate=recreate_run(p, exp_id, parent_id)
+        )
+        # The sampler goes on from where the study is, not from its first draws again (a seeded
+        # sampler restarted would propose the configurations the sweep already tried).
+        study.sampler = make_sampler(p.sampler_name, p.seed + len(study.trials), p.grid)
     scheduler = LedgerScheduler(p.scheduler, ledger)
     if opts.resume and scheduler.signal_metrics:
         scheduler.restore_from_histories(
@@ -276,46 +277,9 @@ def execute(p: SweepPlan) -> dict[str, Any]:
     return summary
 
 
-def _make_storage_dir(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
 def run_sweep(opts: SweepOptions) -> dict[str, Any]:
     """Plan and execute a sweep (UsageError before anything starts on bad input)."""
     return execute(plan(opts))
-
-
-def _start_parent(p: SweepPlan, exp_id: str) -> str:
-    from jepa_ray import tracking
-
-    opts = p.opts
-    tags = {
-        C.SWEEP_COMMIT: tracking.git_commit(Path(__file__).resolve().parent),
-        C.SWEEP_SAMPLER: p.sampler_name,
-        C.SWEEP_SAMPLER_SEED: str(p.seed),
-        C.SWEEP_SPACE: opts.space if p.replay is None else f"replay:{opts.replay}",
-        C.SWEEP_OPTUNA_STORAGE: p.storage_url,
-        C.SWEEP_STORAGE_PATH: p.storage,
-        C.SWEEP_OBJECTIVES: opts.objectives,
-        C.DESCRIPTION: sweep_description(opts, p.objectives, p.sampler_name),
-        **tracking.source_tags(),
-    }
-    if p.replay is not None:
-        tags[C.SWEEP_REPLAY] = str(Path(opts.replay).resolve())
-    return tracking.start_sweep_run(
-        opts.tracking_uri,
-        exp_id,
-        p.name,
-        tags=tags,
-        params={
-            "space": tags[C.SWEEP_SPACE],
-            "sampler": p.sampler_name,
-            "seed": p.seed,
-            "num_samples": opts.num_samples,
-            **{f"base.{k}": v for k, v in config_lib.flatten(p.base).items()},
-        },
-    )
 
 
 def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit, budget, remaining, concurrency):
@@ -383,15 +347,19 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
             name=f"{p.name}-tune-{attempt}",
             storage_path=p.storage,
             callbacks=p.instrument([mlflow_cb, progress_cb]) if p.instrument else [mlflow_cb, progress_cb],
-            stop=make_stopper(limit, budget),
+            stop=make_stopper(limit, budget, ledger),
             failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
             progress_reporter=reporter,
             verbose=1 if opts.verbose else 0,
         ),
     )
     try:
-        with sigterm_as_interrupt() as signalled:
+        on_term = lambda: ledger.close_reason("stopped before its end: the sweep got SIGTERM")  # noqa: E731
+        with sigterm_as_interrupt(on_term) as signalled:
             tuner.fit()
+    except Exception:
+        if writer.error is None:  # a callback's WriterFailed, wrapped by Tune: said below in one line
+            raise
     finally:
         # Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM) end
         # without a report: the ledger closes them, and Optuna and MLflow hear it from there.
@@ -411,13 +379,3 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
             f"{writer.error}; the sweep stopped. Every trial keeps its checkpoints in its store: once MLflow "
             "answers again, --resume records what MLflow missed and trains what did not finish"
         )
-
-
-def name_objectives(study, objectives) -> None:
-    """Name the study's objectives, so optuna-dashboard shows `linear_acc` rather than
-    'Objective 0' (an experimental Optuna call: its warning is not for the user)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        study.set_metric_names([o.name for o in objectives])

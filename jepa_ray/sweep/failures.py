@@ -78,8 +78,9 @@ def stop_reason(limit: FailureLimit, budget: EpochBudget) -> str:
     return "stopped before its end: the sweep ended first"
 
 
-def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None):
-    """Stop every trial when the failure limit or the compute budget is reached."""
+def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None, ledger: Ledger | None = None):
+    """Stop every trial when the failure limit or the compute budget is reached (and tell the
+    ledger why, so that the trials Tune stops then end unfinished with that reason)."""
     from ray.tune import Stopper
 
     class StopOnFailuresOrBudget(Stopper):
@@ -89,7 +90,10 @@ def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None):
             return False
 
         def stop_all(self):
-            return limit.reached or (budget is not None and budget.reached)
+            stop = limit.reached or (budget is not None and budget.reached)
+            if stop and ledger is not None:
+                ledger.close_reason(stop_reason(limit, budget or EpochBudget()))
+            return stop
 
     return StopOnFailuresOrBudget()
 
@@ -99,7 +103,7 @@ class TrackingFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
+def sigterm_as_interrupt(on_signal=lambda: None):
     """SIGTERM ends the sweep as Ctrl-C does (Tune stops its trials, the ledger closes them, the
     MLflow writer flushes) instead of killing the driver with writes queued."""
     got: list[int] = []
@@ -109,6 +113,7 @@ def sigterm_as_interrupt():
 
     def interrupt(signum, frame):
         got.append(signum)
+        on_signal()
         raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, interrupt)

@@ -80,6 +80,7 @@ def make_progress_callback(
             self.running = 0
 
         def on_step_end(self, iteration, trials, **info):
+            writer.check()  # a writer that stopped on a failing store stops the sweep promptly
             self.running = sum(t.status == "RUNNING" for t in trials)
             if time.time() - self.last_summary >= every_s:
                 logger.info(self.summary())

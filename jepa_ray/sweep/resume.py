@@ -49,14 +49,20 @@ def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics:
 
 
 def prepare_resume(
-    study, tracking_uri: str, exp_id: str, parent_run_id: str, recover: Callable | None = None
+    study,
+    tracking_uri: str,
+    exp_id: str,
+    parent_run_id: str,
+    recover: Callable | None = None,
+    recreate: Callable | None = None,
 ) -> ResumeState:
     """Make an interrupted sweep resumable: trials that were running (or that a stopped sweep
     stopped) are marked FAIL (interrupted) in Optuna and enqueued again with the same
     parameters; their MLflow runs are reused (no duplicates) and resume from their last
     checkpoint. A trial whose end Optuna heard of but MLflow did not (the driver died with
-    MLflow's writes queued) is recorded in MLflow from `recover(client, run)` (a trial's store,
-    or a replayed sweep's table), else from its store's final checkpoint."""
+    MLflow's writes queued, or MLflow stopped answering) is recorded in MLflow from
+    `recover(client, run)` (a replayed sweep's table; default: the trial's store), in the run
+    `recreate(optuna_trial)` makes when MLflow never got to create one."""
     from jepa_ray import tracking
 
     state = ResumeState()
@@ -85,6 +91,8 @@ def prepare_resume(
             t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_INTERRUPTED) and not t.user_attrs.get(ATTR_STOPPED)
         ):
             state.finished += 1
+            if run is None and t.state == TrialState.COMPLETE and recreate is not None:
+                run = recreate(t)
             if run is not None and run.info.status == "RUNNING":
                 # Optuna heard of the end but MLflow did not (the driver died, or MLflow stopped
                 # answering, before its writes): what the trial's store holds is recorded now.

@@ -11,6 +11,7 @@ trials' stores."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -53,12 +54,17 @@ class MlflowWriter:
         tracking_uri: str,
         *,
         maxsize: int = MAX_QUEUED,
-        retries: int = 4,
+        retries: int = 3,
         backoff_s: float = 0.5,
         client=None,
     ):
         from jepa_ray.tracking.store import client as make_client
 
+        if tracking_uri.startswith("http"):
+            # MLflow's own HTTP retries (7, backing off for minutes) would hide a server that went
+            # away behind this writer's: one short try per attempt here.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self.tracking_uri = tracking_uri
         self.c = client if client is not None else make_client(tracking_uri)
         self.retries, self.backoff_s = retries, backoff_s

@@ -135,7 +135,7 @@ def warmup_steps(cfg: TrialConfig, steps_per_epoch: int) -> int:
     Why not a fixed share of the schedule: the reference warms up for 10 epochs of 1000 (1%),
     and 1% of a 10-epoch CPU run on CIFAR-10 is 2 steps, after which the encoder ended worse than
     its random initialisation; 1, 2, 5 and 10 warmup epochs gained +1.6, +4.1, +7.8 and +11.8
-    linear-probe points (README, quality benchmark). Warmup steadies the first steps, whose
+    linear-probe points (docs/benchmarks.md, quality). Warmup steadies the first steps, whose
     number does not shrink with the schedule."""
     epochs = min(cfg.optim.warmup_epochs, cfg.optim.warmup_max_fraction * cfg.optim.epochs)
     return int(round(epochs * steps_per_epoch))

@@ -1,0 +1,107 @@
+"""The sweep's records in MLflow and Optuna: where the study lives, the parent run a new sweep
+starts, the run of a trial that MLflow never heard of (recreated on --resume), the objectives'
+names in the study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jepa_ray import config as config_lib
+from jepa_ray import contract as C
+from jepa_ray.cluster import sqlite_path
+from jepa_ray.sweep.describe import sweep_description
+from jepa_ray.sweep.options import SweepOptions
+from jepa_ray.sweep.spaces import trial_config
+from jepa_ray.sweep.trial import trial_dir
+
+if TYPE_CHECKING:
+    from jepa_ray.sweep.driver import SweepPlan
+
+
+def optuna_storage_url(opts: SweepOptions) -> str:
+    """The study's RDB storage: optuna.db beside a sqlite MLflow store (so optuna-dashboard
+    opens it next to `mlflow ui`), else ~/.jepa_ray/optuna.db."""
+    if opts.optuna_storage:
+        return opts.optuna_storage
+    path = sqlite_path(opts.tracking_uri)
+    if path is not None:
+        return f"sqlite:///{path.resolve().with_name('optuna.db')}"
+    # A tracking server (cluster head): a stable path, not the working directory, which is a
+    # temporary copy inside a Ray job.
+    return f"sqlite:///{Path('~/.jepa_ray').expanduser() / 'optuna.db'}"
+
+
+def start_parent(p: SweepPlan, exp_id: str) -> str:
+    from jepa_ray import tracking
+
+    opts = p.opts
+    tags = {
+        C.SWEEP_COMMIT: tracking.git_commit(Path(__file__).resolve().parent),
+        C.SWEEP_SAMPLER: p.sampler_name,
+        C.SWEEP_SAMPLER_SEED: str(p.seed),
+        C.SWEEP_SPACE: opts.space if p.replay is None else f"replay:{opts.replay}",
+        C.SWEEP_OPTUNA_STORAGE: p.storage_url,
+        C.SWEEP_STORAGE_PATH: p.storage,
+        C.SWEEP_OBJECTIVES: opts.objectives,
+        C.DESCRIPTION: sweep_description(opts, p.objectives, p.sampler_name),
+        **tracking.source_tags(),
+    }
+    if p.replay is not None:
+        tags[C.SWEEP_REPLAY] = str(Path(opts.replay).resolve())
+    return tracking.start_sweep_run(
+        opts.tracking_uri,
+        exp_id,
+        p.name,
+        tags=tags,
+        params={
+            "space": tags[C.SWEEP_SPACE],
+            "sampler": p.sampler_name,
+            "seed": p.seed,
+            "num_samples": opts.num_samples,
+            **{f"base.{k}": v for k, v in config_lib.flatten(p.base).items()},
+        },
+    )
+
+
+def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
+    """optuna trial -> the MLflow run the driver would have made for it (RUNNING, its params and
+    tags), for a trial Optuna knows and MLflow never heard of."""
+    from optuna.trial import FixedTrial
+
+    from jepa_ray import tracking
+
+    c = tracking.client(p.opts.tracking_uri)
+
+    def recreate(t):
+        trial = p.space(FixedTrial(t.params, t.number))
+        cfg = p.replay.trial_config(trial) if p.replay is not None else trial_config(p.base, trial)
+        tags = {
+            C.ROLE: C.ROLE_TRIAL,
+            C.PARENT: parent_id,
+            C.PARAMS_KEY: trial["params_key"],
+            C.OPTUNA_TRIAL: str(t.number),
+            **tracking.source_tags(),
+        }
+        if p.replay is None:
+            tags[C.TRIAL_DIR] = trial_dir(p.storage, p.name, t.number)
+        run_id = c.create_run(exp_id, run_name=f"trial-{t.number}", tags=tags).info.run_id
+        tracking.log_params(c, run_id, config_lib.flatten(cfg))
+        return c.get_run(run_id)
+
+    return recreate
+
+
+def make_storage_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def name_objectives(study, objectives) -> None:
+    """Name the study's objectives, so optuna-dashboard shows `linear_acc` rather than
+    'Objective 0' (an experimental Optuna call: its warning is not for the user)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names([o.name for o in objectives])
