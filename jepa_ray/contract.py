@@ -142,6 +142,9 @@ class FailureKind(str, enum.Enum):
     """The collapse guard stopped it: its hyperparameters are bad, not the run."""
     STOPPED = "stopped"
     """A scheduler stopped it early at a rung (its per-epoch curves are kept)."""
+    UNFINISHED = "unfinished"
+    """The sweep stopped it before its end (budget, failure limit, Ctrl-C, SIGTERM): --resume
+    trains it again."""
 
 
 def is_final(result: dict) -> bool:

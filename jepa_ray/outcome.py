@@ -47,7 +47,7 @@ MLFLOW_STATUS = {
 FAILURE_KINDS = {
     Outcome.COLLAPSED: FailureKind.COLLAPSED,
     Outcome.STOPPED: FailureKind.STOPPED,
-    Outcome.UNFINISHED: FailureKind.FAILED,
+    Outcome.UNFINISHED: FailureKind.UNFINISHED,
     Outcome.FAILED: FailureKind.FAILED,
 }
 

@@ -108,6 +108,29 @@ def test_a_misspelt_or_abbreviated_flag_says_what_was_meant(tmp_path, capsys, ar
     assert capsys.readouterr().err.strip().splitlines() == [line]
 
 
+def test_a_misspelt_objective_exits_2_before_ray(tmp_path, capsys):
+    assert (
+        sweep.main(["--objectives", "linear_acc:max,l0_densty:min", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'l0_densty' is not a final metric a trial reports; allowed: linear_acc" in err[0]
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_resume_opens_the_study_the_sweep_recorded(tmp_path):
+    """--resume without --optuna-storage finds the sweep's own study, not an empty one beside the
+    tracking store."""
+    from jepa_ray import contract, tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "rectified-lpjepa")
+    recorded = f"sqlite:///{tmp_path}/elsewhere/optuna.db"
+    tracking.start_sweep_run(uri, exp, "s", tags={contract.SWEEP_OPTUNA_STORAGE: recorded}, params={})
+    plan = sweep.plan(sweep.SweepOptions(preset="digits-sweep", tracking_uri=uri, resume=True))
+    assert plan.storage_url == recorded and plan.name == "s"
+
+
 def test_each_sweep_without_seed_searches_anew_and_a_seed_repeats_it(tmp_path):
     """A sweep without --seed draws a fresh sampler seed (recorded and printed): its trials train
     with other seeds and its sampled configurations differ; the same --seed proposes the same."""

@@ -49,7 +49,7 @@ def test_classify_reads_an_end_in_one_order():
     assert (cut.outcome, cut.optuna_state, cut.failure_kind) == (
         Outcome.UNFINISHED,
         "FAIL",
-        contract.FailureKind.FAILED,
+        contract.FailureKind.UNFINISHED,
     )
     assert classify({"epoch": 1}).outcome is Outcome.UNFINISHED  # only Tune stops a trial without a report
 

@@ -177,7 +177,7 @@ def test_samplers():
         assert sweep.make_sampler(name, 0, grid.GRID) is not None
     with pytest.raises(UsageError, match="needs a space with a GRID"):
         sweep.make_sampler("grid", 0, None)
-    with pytest.raises(UsageError, match="allowed: tpe, nsga2, gp, random, grid"):
+    with pytest.raises(UsageError, match="allowed: tpe, tpe-rungs, nsga2, gp, random, grid"):
         sweep.make_sampler("foo", 0)
 
 
@@ -316,7 +316,7 @@ def _closed_port() -> int:
 
 BAD_ARGS = [
     (["--num-samples", "0"], ["--num-samples 0 is not allowed; allowed: >= 1"]),
-    (["--sampler", "foo"], ["--sampler 'foo' is not allowed; allowed: tpe, nsga2, gp, random, grid"]),
+    (["--sampler", "foo"], ["--sampler 'foo' is not allowed; allowed: tpe, tpe-rungs, nsga2, gp, random, grid"]),
     (["--objectives", "linear_acc:up"], ["--objectives 'linear_acc:up'", "expected name:max or name:min"]),
     (["--data-dir", "/nonexistent"], ["--data-dir '/nonexistent' is not allowed; allowed: an existing directory"]),
     (["--space", "nosuch"], ["unknown search space 'nosuch'", "allowed: grid, lejepa, rectified"]),

@@ -121,6 +121,12 @@ def plan(opts: SweepOptions) -> SweepPlan:
         objectives = pareto.parse_objectives(opts.objectives)
     except ValueError as err:  # the message already names --objectives and what is allowed
         raise UsageError(str(err)) from err
+    unknown = [o.name for o in objectives if o.name not in C.FINAL_METRICS]
+    if unknown:  # a typo would fail every trial ("not a finite number") until the failure limit
+        raise UsageError(
+            f"--objectives {opts.objectives!r}: {unknown[0]!r} is not a final metric a trial reports; "
+            f"allowed: {', '.join(C.FINAL_METRICS)}"
+        )
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
     fault = faults.from_env()
     replay = None
@@ -185,7 +191,11 @@ def plan(opts: SweepOptions) -> SweepPlan:
         grid=grid,
         seed=seed,
         storage=storage,
-        storage_url=optuna_storage_url(opts),
+        # A resumed sweep opens the study it recorded (a --resume without --optuna-storage would
+        # otherwise open an empty one beside the tracking store and train everything again).
+        storage_url=opts.optuna_storage
+        or (parent.data.tags.get(C.SWEEP_OPTUNA_STORAGE) if parent is not None else None)
+        or optuna_storage_url(opts),
         name=name,
         exp_id=exp_id,
         parent=parent,

@@ -75,15 +75,16 @@ class SweepOptions:
     smoke: bool = False
     """A tiny sweep for tests: 2 trials of 1 epoch."""
     address: str | None = None
-    """Ray cluster HOST:PORT, 'auto' (one started on this machine) or 'local' (default: a
-    cluster started with ray start / ray up, else a local instance of this sweep's own)."""
+    """Ray cluster HOST:PORT, 'auto' (one started on this machine) or 'local' (default: $RAY_ADDRESS,
+    else a cluster started with ray start / ray up, else a local instance of this sweep's own)."""
     max_failed_trials: int = 5
     """Stop the sweep after this many failed trials (0: never)."""
     max_trial_epochs: int = 0
     """Compute budget: stop once the trials trained this many epochs in all (0: none)."""
     scheduler: str = "fifo"
-    """fifo (every trial runs to its end), moasha (multi-objective successive halving), asha
-    (Tune's, on the first signal), or package.module:factory."""
+    """fifo (every trial runs to its end), moasha (multi-objective successive halving), ladder
+    (successive halving on accuracy inside density bands), asha (Tune's, on the first signal),
+    or package.module:factory."""
     scheduler_eta: float = 3.0
     """Schedulers with rungs: a trial continues at a rung when in the top 1/eta of the trials that reached it."""
     scheduler_min_epochs: int = 0

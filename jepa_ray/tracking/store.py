@@ -16,6 +16,7 @@ from typing import Any
 from jepa_ray.contract import (
     EXPERIMENT_KIND,
     FAILURE,
+    FAILURE_KIND,
     PARENT,
     ROLE,
     ROLE_SWEEP,
@@ -147,6 +148,7 @@ def fail_running_trials(tracking_uri: str, exp_id: str, parent_run_id: str, why:
     running = [r for r in trial_runs(tracking_uri, exp_id, parent_run_id) if r.info.status == "RUNNING"]
     for run in running:
         c.set_tag(run.info.run_id, FAILURE, one_line(why))
+        c.set_tag(run.info.run_id, FAILURE_KIND, "unfinished")
         c.set_terminated(run.info.run_id, "FAILED")
     return len(running)
 
