@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -22,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--sweep", required=True, metavar="RUN_ID", help="the sweep's parent run id (mlflow ui shows it)")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI (default: %(default)s)")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
+    )
     p.add_argument("--scheduler", default="moasha", help="the scheduler to ask about (default: %(default)s)")
     p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung (default: 3)")
     p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung in epochs (0: a ninth)")

@@ -59,8 +59,9 @@ class SweepOptions:
     """Final metrics to optimize, metric:max|min, comma separated."""
     experiment: str = "rectified-lpjepa"
     """MLflow experiment."""
-    tracking_uri: str = "sqlite:///mlflow.db"
-    """MLflow tracking URI (sqlite:///PATH, or http://HOST:PORT of a tracking server)."""
+    tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    """MLflow tracking URI (sqlite:///PATH, or http://HOST:PORT of a tracking server; default
+    $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
     optuna_storage: str | None = None
     """Optuna RDB storage URL (default: optuna.db beside the MLflow sqlite store)."""
     storage_path: str = "ray_results"
