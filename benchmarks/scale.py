@@ -162,11 +162,14 @@ class RssSampler:
 class WarningCounter(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
-        self.count = 0
+        self.count, self.examples = 0, []
 
     def emit(self, record) -> None:
-        if "performance bottleneck" in record.getMessage():
+        message = record.getMessage()
+        if "performance bottleneck" in message:
             self.count += 1
+            if len(self.examples) < 3:
+                self.examples.append(message[:160])
 
 
 def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int]:
@@ -245,7 +248,7 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
     seconds = time.perf_counter() - start
     rss.stop.set()
     logging.getLogger("ray.tune").removeHandler(warnings)
-    return {"summary": summary, "seconds": seconds, "timer": timers[0], "rss": rss.samples, "warnings": warnings.count}
+    return {"summary": summary, "seconds": seconds, "timer": timers[0], "rss": rss.samples, "warnings": warnings}
 
 
 def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
@@ -319,7 +322,13 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
                 count=len(seconds),
                 goal="median <= 10 ms, p99 <= 100 ms",
             )
-        emit(f"{case}: Ray 'performance bottleneck' warnings", "count", ours["warnings"], goal=0)
+        emit(
+            f"{case}: Ray 'performance bottleneck' warnings",
+            "count",
+            ours["warnings"].count,
+            examples=ours["warnings"].examples,
+            goal=0,
+        )
         rss = ours["rss"]
         base = timer.rss_at_first_end or rss[0]  # after the imports and the first trial's writes
         emit(

@@ -57,7 +57,7 @@ def test_writes_happen_in_order_with_metrics_batched_and_flush_waits_for_them():
     ref = w.create_run(RunRef(), "0", "trial-0", {})
     for epoch in range(50):
         w.log_metrics(ref, {"train/loss": 1.0 / (epoch + 1), "online/linear_acc": 0.5, "label": "no"}, step=epoch)
-    w.call(lambda client: client.set_tag(ref.run_id, "done", "yes"))
+    w.do("set_tags", ref, {"done": "yes"})
     assert w.flush(timeout=30) and w.pending == 0
     assert c.calls[0] == ("create_run", "trial-0") and c.calls[-1] == ("set_tag", "run-1", "done", "yes")
     batches = [call for call in c.calls if call[0] == "log_batch"]
@@ -72,7 +72,7 @@ def test_queueing_does_not_wait_for_a_slow_store():
     start = time.perf_counter()
     for step in range(40):
         w.log_metrics(ref, {"m": float(step)}, step=step)
-        w.call(lambda client, s=step: client.set_tag("run-x", "step", str(s)))
+        w.do("set_tags", ref, {"step": str(step)})
     queued = time.perf_counter() - start
     assert queued < 0.5  # 80 writes at 50 ms each take 4 s on the writer's thread
     assert w.flush(timeout=60) and len(c.calls) >= 40
@@ -80,12 +80,12 @@ def test_queueing_does_not_wait_for_a_slow_store():
 
 def test_a_store_that_keeps_failing_stops_the_writer_with_one_line():
     w = MlflowWriter("http://127.0.0.1:9", client=FakeClient(fail=True), retries=2, backoff_s=0.01)
-    w.call(lambda client: client.set_tag("r", "k", "v"))
+    w.do("set_tags", RunRef("r"), {"k": "v"})
     assert not w.flush(timeout=30)
     assert w.error.startswith("MLflow at http://127.0.0.1:9 refused writes 3 times") and "\n" not in w.error
     with pytest.raises(WriterFailed, match="Connection refused"):
         w.check()
-    w.call(lambda client: client.set_tag("r", "k", "v"))  # queued after the failure: not attempted
+    w.do("set_tags", RunRef("r"), {"k": "v"})  # queued after the failure: not attempted
     assert not w.flush(timeout=5)
 
 
@@ -97,7 +97,7 @@ def test_a_bounded_queue_makes_a_fast_producer_wait_instead_of_growing():
 
     def produce():
         for step in range(30):
-            w.call(lambda client, s=step: client.set_tag("r", "s", str(s)))
+            w.do("set_tags", ref, {"s": str(step)})
         done.set()
 
     threading.Thread(target=produce).start()
@@ -106,7 +106,35 @@ def test_a_bounded_queue_makes_a_fast_producer_wait_instead_of_growing():
         peak = max(peak, w.pending)
         time.sleep(0.001)
     assert peak <= 5 and w.flush(timeout=30) and len(c.calls) == 30
-    del ref
+
+
+def test_the_driver_s_writer_is_a_process_that_writes_a_real_store(tmp_path):
+    """The default writer runs in a process of its own (no GIL shared with Tune's loop): runs it
+    creates, their params, config artifact, metrics, tags and status land in the store."""
+    from jepa_ray import config as config_lib
+    from jepa_ray import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "w")
+    w = MlflowWriter(uri)
+    assert w.process and w._worker.pid != os.getpid()
+    cfg = config_lib.resolve(config_lib.preset("smoke"))
+    refs = [w.create_run(RunRef(), exp, f"trial-{i}", {"jepa_ray.role": "trial"}) for i in range(3)]
+    for ref in refs:
+        w.do("log_params", ref, config_lib.flatten(cfg))
+        w.do("log_config", ref, config_lib.to_dict(cfg))
+        for epoch in range(4):
+            w.log_metrics(ref, {"train/loss": 1.0 / (epoch + 1)}, step=epoch)
+        w.do("finish", ref, {"jepa_ray.wall_s": "1.0"}, None, None, "FINISHED")
+    assert w.flush(timeout=120)
+    w.close()
+    c = tracking.client(uri)
+    runs = c.search_runs([exp])
+    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["lambd"] == str(cfg.loss.lambd)
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "train/loss")] == [0, 1, 2, 3]
+        assert [a.path for a in c.list_artifacts(r.info.run_id)] == ["config.json"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +158,9 @@ def _server(tmp_path: Path, port: int) -> subprocess.Popen:
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            # /health answers before the store is ready (a new database is still migrating: 503)
+            api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+            urllib.request.urlopen(api, timeout=5)
             return proc
         except OSError:
             assert time.monotonic() < deadline and proc.poll() is None, "mlflow server did not start"
@@ -143,16 +174,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_records_everything(ray_cluster, tmp_path):
+    import socket
+
     from test_sweep import sweep_env
 
-    port = 5871
+    with socket.socket() as sock:  # a free port (a fixed one could meet a server some other run left)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     server = _server(tmp_path, port)
     uri = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--address", ray_cluster, "--tracking-uri", uri]
     cmd += [
         "--smoke",
         "--num-samples",
-        "6",
+        "4",
+        "--epochs",
+        "10",  # trials of seconds, so that the server goes while the sweep still has writes to make
         "--max-concurrent",
         "1",
         "--seed",
@@ -161,25 +198,26 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
         str(tmp_path / "ray"),
     ]
     cmd += ["--optuna-storage", f"sqlite:///{tmp_path}/optuna.db", "--experiment", "writer"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    env = {**sweep_env(), "PYTHONUNBUFFERED": "1"}  # each line as the driver says it
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as errors:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True)
     try:
         from mlflow.tracking import MlflowClient
 
         c = MlflowClient(uri)
         deadline = time.monotonic() + 300
-        while True:  # let two trials finish, then take the server away
-            exp = c.get_experiment_by_name("writer")
-            if exp and len(c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")) >= 2:
-                break
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1][-3000:]
-            time.sleep(1)
-        _stop(server)
-        out, err = proc.communicate(timeout=300)
+        while "\ntrial 1 " not in log.read_text():  # the driver says so before MLflow has all of it
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        _stop(server)  # two trials still to train, and what the writer had not written yet
+        proc.wait(timeout=300)
+        err = log.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
+        if server.poll() is None:
+            _stop(server)
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert proc.returncode == 1 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith(f"error: MLflow at {uri} refused writes") and "--resume" in lines[0]
@@ -193,7 +231,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
         exp = c.get_experiment_by_name("writer")
         trials = c.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
         keys = [r.data.tags["jepa_ray.params_key"] for r in trials]
-        assert len(set(keys)) == 6 and len(keys) == 6, sorted(keys)  # each trial once
+        assert len(set(keys)) == 4 and len(keys) == 4, sorted(keys)  # each trial once
         assert {r.info.status for r in trials} == {"FINISHED"}
         assert all("linear_acc" in r.data.metrics for r in trials)
     finally:
@@ -204,31 +242,24 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
 def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cluster, tmp_path):
     from test_sweep import client, load_study, parent_and_children, sweep_command, sweep_env
 
-    args = ("--smoke", "--num-samples", "5", "--max-concurrent", "1", "--seed", "0")
-    proc = subprocess.Popen(
-        sweep_command(tmp_path, *args, address=ray_cluster),
-        cwd=tmp_path,
-        env=sweep_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args = ("--smoke", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1", "--seed", "0")
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as output:
+        proc = subprocess.Popen(
+            sweep_command(tmp_path, *args, address=ray_cluster),
+            cwd=tmp_path,
+            env={**sweep_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     deadline = time.monotonic() + 300
-    db = tmp_path / "mlflow.db"
-    while True:  # SIGTERM once two trials ended
-        if db.exists():
-            import sqlite3
-
-            with sqlite3.connect(db) as con:
-                ended = con.execute(
-                    "SELECT COUNT(*) FROM runs WHERE status = 'FINISHED' AND name LIKE 'trial-%'"
-                ).fetchone()[0]
-            if ended >= 2:
-                break
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.5)
+    while "\ntrial 1 " not in log.read_text():  # SIGTERM once two trials ended (the driver says so first)
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    out = log.read_text()
     assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
 
     from test_sweep import run_sweep
@@ -237,10 +268,10 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
     assert again.returncode == 0, again.output()
     parent, children = parent_and_children(again)
     keys = [r.data.tags["jepa_ray.params_key"] for r in children]
-    assert len(keys) == len(set(keys)) == 5 and {r.info.status for r in children} == {"FINISHED"}
+    assert len(keys) == len(set(keys)) == 4 and {r.info.status for r in children} == {"FINISHED"}
     c = client(again)
     for r in children:  # every epoch exactly once
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "train/loss")]
-        assert steps == [0], steps
+        assert steps == [0, 1, 2], steps
     study = load_study(again, parent)
-    assert sorted(t.state.name for t in study.get_trials() if t.state.name != "FAIL") == ["COMPLETE"] * 5
+    assert sorted(t.state.name for t in study.get_trials() if t.state.name != "FAIL") == ["COMPLETE"] * 4

@@ -99,8 +99,8 @@ def base_config(opts: SweepOptions) -> TrialConfig:
         gpus_per_worker=opts.gpus_per_worker,
         cpus_per_worker=opts.cpus_per_worker,
     )
-    if opts.smoke:
-        shortcuts.update(epochs=1, warmup_epochs=0.0)
+    if opts.smoke:  # one epoch unless --epochs says otherwise
+        shortcuts.update(epochs=opts.epochs or 1, warmup_epochs=0.0)
     name = "smoke" if opts.smoke and opts.preset in SMOKE_REPLACES else opts.preset
     return config_lib.build(name, opts.sets, shortcuts, resolved=False)
 
@@ -382,6 +382,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         writer.flush()
         if writer.error is None:
             tracking.fail_running_trials(opts.tracking_uri, exp_id, parent_id, stop_reason(limit, budget))
+        writer.close()
     if signalled:  # Tune may have taken the interrupt as a stop: the sweep still ends interrupted
         raise KeyboardInterrupt("SIGTERM")
     if writer.error is not None:

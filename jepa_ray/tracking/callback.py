@@ -10,11 +10,9 @@ never need the sqlite file or the tracking server.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from jepa_ray import config as config_lib
@@ -31,7 +29,6 @@ from jepa_ray.contract import (
     PARAMS_KEY,
     PARENT,
     RESULT_KEYS,
-    RESUMED,
     ROLE,
     ROLE_TRIAL,
     STOPPED,
@@ -44,8 +41,7 @@ from jepa_ray.contract import (
 )
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 from jepa_ray.tracking.epochs import EpochLog
-from jepa_ray.tracking.plots import activation_plot
-from jepa_ray.tracking.store import client, log_dataset_input, log_params, source_tags
+from jepa_ray.tracking.store import client, source_tags
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
 from jepa_ray.train import checkpoint as ckpt_lib
 
@@ -126,23 +122,13 @@ class MlflowSweepCallback:
             had_failure = FAILURE in self.c.get_run(reused).data.tags  # a trial the stopped sweep failed
             committed = max((m.step for m in self.c.get_metric_history(reused, EPOCH_PROBE_METRIC)), default=-1)
             kept = {k: v for k, v in tags.items() if k != TRIAL_DIR}  # keep pointing at the store it resumes from
-
-            def reopen(c, run_id=reused) -> None:
-                if had_failure:
-                    c.delete_tag(run_id, FAILURE)
-                c.update_run(run_id, status="RUNNING")
-                c.set_tag(run_id, RESUMED, "true")
-                for k, v in kept.items():
-                    c.set_tag(run_id, k, v)
-
-            self.w.call(reopen)
+            self.w.do("reopen", ref, had_failure, kept)
         else:
             ref = self.w.create_run(
                 RunRef(), self.exp_id, f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags
             )
-            flat = config_lib.flatten(cfg)
-            self.w.call(lambda c: log_params(c, ref.run_id, flat))
-            self.w.call(lambda c: _log_config(c, ref.run_id, cfg))
+            self.w.do("log_params", ref, config_lib.flatten(cfg))
+            self.w.do("log_config", ref, config_lib.to_dict(cfg))
         self.runs[trial.trial_id] = ref
         self.logs[trial.trial_id] = EpochLog(committed)
         self.started[trial.trial_id] = time.time()
@@ -154,15 +140,15 @@ class MlflowSweepCallback:
             return
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
-            data, sizes = self.resolve_trial(trial.config).data, [result[k] for k in DATA_SIZES]
-            self.w.call(lambda c: log_dataset_input(c, ref.run_id, data, *sizes))
+            data = dataclasses.asdict(self.resolve_trial(trial.config).data)
+            self.w.do("dataset_input", ref, data, *(result[k] for k in DATA_SIZES))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
         epoch = int(result[EPOCH])
         log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
         uri = result.get(CHECKPOINT_URI)
         if uri:
-            self.w.call(lambda c: c.set_tag(ref.run_id, LAST_CHECKPOINT, uri))
+            self.w.do("set_tags", ref, {LAST_CHECKPOINT: uri})
             self._write_epochs(ref, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
 
     def _write_epochs(self, ref: RunRef, epochs: list[tuple[int, dict]]) -> None:
@@ -196,49 +182,12 @@ class MlflowSweepCallback:
             tags.update({STOPPED: end.reason, FAILURE_KIND: FailureKind.STOPPED.value})
         else:
             tags.update({FAILURE: end.reason, FAILURE_KIND: end.failure_kind.value})
-        target = end.result.get(TARGET_L0_DENSITY)
-
-        def finish(c) -> None:
-            for k, v in tags.items():
-                c.set_tag(ref.run_id, k, v)
-            if uri:
-                _log_checkpoint_artifacts(c, ref.run_id, uri, target)
-            c.set_terminated(ref.run_id, end.mlflow_status)
-
-        self.w.call(finish)
+        self.w.do("finish", ref, tags, uri, end.result.get(TARGET_L0_DENSITY), end.mlflow_status)
 
     def run_id(self, trial_id: str) -> str | None:
         """The MLflow run of a running trial, once the writer created it."""
         ref = self.runs.get(trial_id)
         return ref.run_id if ref is not None else None
-
-
-def _log_config(c, run_id: str, cfg: TrialConfig) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        config_lib.save_json(cfg, path)
-        c.log_artifact(run_id, str(path))
-
-
-def _log_checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None) -> None:
-    """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
-    metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
-            if copied:
-                c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
-            rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
-            if rates is not None:
-                png = activation_plot(
-                    json.loads(rates),
-                    Path(tmp) / "activation_rates.png",
-                    "activation rate of each z dimension (test split)",
-                    target_density=target_density,
-                )
-                c.log_artifact(run_id, str(png))
-    except Exception as err:  # artifacts are a convenience: never fail the sweep for them
-        logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
 
 
 def make_callback(*args, **kwargs):

@@ -2,159 +2,81 @@
 which also schedules trials, saves its experiment state and talks to the searcher: a
 synchronous MLflow call there (a trial's final metrics, params, plots, artifacts: 0.5-0.9 s at a
 trial's end on a small CPU) stalls every trial's next result. Here the callbacks only queue
-operations; one thread writes them, in order, merging consecutive metric writes to one run into
-`log_batch` calls. The queue is bounded (a driver that outruns MLflow slows down instead of
-growing without limit), `flush()` waits for everything queued, and a write that keeps failing
-(a tracking server gone) stops the writer with `error` set (nothing after it is attempted), so
-that the driver stops the sweep with one line and `--resume` records what MLflow missed from the
-trials' stores."""
+named operations on plain data (jepa_ray.tracking.ops); a writer runs them, in order, merging
+consecutive metric writes to one run into `log_batch` calls. By default the writer is a process
+of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) is Python, and a
+thread would hold the driver's GIL while Tune's loop waits for it.
+
+The queue is bounded (a driver that outruns MLflow slows down instead of growing without limit),
+`flush()` waits for everything queued, and a write that keeps failing (a tracking server gone)
+stops the writer with `error` set (nothing after it is attempted), so that the driver stops the
+sweep with one line and `--resume` records what MLflow missed from the trials' stores."""
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing as mp
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from jepa_ray.errors import one_line
 
 MAX_QUEUED = 20_000
-BATCH_METRICS = 1000
-"""MLflow's log_batch limit on metrics per call."""
+MERGE = 256
+"""Operations a writer takes off the queue at once (consecutive metric writes among them merge)."""
 
 
 class RunRef:
-    """A run the writer creates (its id set by the writer's thread) or one that exists."""
+    """A run the writer creates (known by its handle until the writer's side has its id) or one
+    that exists (its id)."""
+
+    _handles = itertools.count()
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
+        self.handle = next(RunRef._handles)
 
     def __repr__(self) -> str:
-        return f"RunRef({self.run_id})"
-
-
-@dataclass
-class _Op:
-    call: Callable[[Any], None] | None = None
-    ref: RunRef | None = None
-    metrics: list = field(default_factory=list)
-    done: threading.Event | None = None
+        return f"RunRef({self.run_id or self.handle})"
 
 
 class WriterFailed(RuntimeError):
     """MLflow kept refusing the writer's writes; the message is one line."""
 
 
-class MlflowWriter:
-    def __init__(
-        self,
-        tracking_uri: str,
-        *,
-        maxsize: int = MAX_QUEUED,
-        retries: int = 3,
-        backoff_s: float = 0.5,
-        client=None,
-    ):
-        from jepa_ray.tracking.store import client as make_client
+def _merge(ops: list[tuple]) -> list[tuple]:
+    """Consecutive metric writes to one run become one write (order kept)."""
+    out: list[tuple] = []
+    for op in ops:
+        last = out[-1] if out else None
+        if op[0] == "log_batch" and last is not None and last[0] == "log_batch" and last[1:3] == op[1:3]:
+            out[-1] = (*last[:3], last[3] + op[3])
+        else:
+            out.append(op)
+    return out
 
-        if tracking_uri.startswith("http"):
-            # MLflow's own HTTP retries (7, backing off for minutes) would hide a server that went
-            # away behind this writer's: one short try per attempt here.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        self.tracking_uri = tracking_uri
-        self.c = client if client is not None else make_client(tracking_uri)
-        self.retries, self.backoff_s = retries, backoff_s
-        self.q: queue.Queue[_Op] = queue.Queue(maxsize=maxsize)
+
+class _Executor:
+    """Runs operations against a client (in the writer's thread or process): retries a failing
+    one, and after one that keeps failing, runs nothing more and reports the error."""
+
+    def __init__(self, tracking_uri: str, client, retries: int, backoff_s: float):
+        self.tracking_uri, self.c, self.retries, self.backoff_s = tracking_uri, client, retries, backoff_s
+        self.ids: dict[int, str] = {}  # RunRef handle -> run id
         self.error: str | None = None
-        self.written = 0
-        self.busy_s = 0.0
-        self._thread = threading.Thread(target=self._run, name="mlflow-writer", daemon=True)
-        self._thread.start()
 
-    def __reduce__(self):
-        # Tune pickles its callbacks with the experiment state: a copy is a new, empty writer.
-        return (MlflowWriter, (self.tracking_uri,), {"retries": self.retries, "backoff_s": self.backoff_s})
+    def run(self, op: tuple) -> None:
+        from jepa_ray.tracking.ops import OPS
 
-    def __setstate__(self, state: dict) -> None:
-        self.retries, self.backoff_s = state["retries"], state["backoff_s"]
-
-    # What the callbacks call (cheap: they only queue) ---------------------------------------
-
-    def call(self, fn: Callable[[Any], None]) -> None:
-        """Run fn(client) on the writer's thread, after everything queued before it."""
-        self._put(_Op(call=fn))
-
-    def log_metrics(self, ref: RunRef, metrics: dict[str, Any], step: int) -> None:
-        """Numeric, finite metrics at `step` (as tracking.store.log_metrics), batched."""
-        from jepa_ray.tracking.store import metric_entities
-
-        items = metric_entities(metrics, step)
-        if items:
-            self._put(_Op(ref=ref, metrics=items))
-
-    def create_run(self, ref: RunRef, exp_id: str, run_name: str, tags: dict[str, str]) -> RunRef:
-        def create(c) -> None:
-            ref.run_id = c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-
-        self.call(create)
-        return ref
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued before this call is written (or the writer failed);
-        True when it all was."""
-        if self.error is not None or not self._thread.is_alive():
-            return False
-        done = threading.Event()
-        self._put(_Op(done=done))
-        done.wait(timeout)
-        return done.is_set() and self.error is None
-
-    def check(self) -> None:
-        """WriterFailed when the writer stopped on a failing write."""
-        if self.error is not None:
-            raise WriterFailed(self.error)
-
-    @property
-    def pending(self) -> int:
-        return self.q.qsize()
-
-    def _put(self, op: _Op) -> None:
-        if self.error is None:
-            self.q.put(op)
-        elif op.done is not None:
-            op.done.set()
-
-    # The writer's thread --------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            ops = [self.q.get()]
-            while len(ops) < 256:
-                try:
-                    ops.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            start = time.perf_counter()
-            for batch in _merge(ops):
-                if self.error is None:
-                    self._write(batch)
-                if batch.done is not None:
-                    batch.done.set()
-            self.busy_s += time.perf_counter() - start
-
-    def _write(self, op: _Op) -> None:
+        name, handle, run_id, *args = op
         for attempt in range(self.retries + 1):
             try:
-                if op.call is not None:
-                    op.call(self.c)
-                else:
-                    for i in range(0, len(op.metrics), BATCH_METRICS):
-                        self.c.log_batch(op.ref.run_id, metrics=op.metrics[i : i + BATCH_METRICS])
-                self.written += 1
+                out = OPS[name](self.c, run_id or self.ids.get(handle), *args)
+                if name == "create_run":
+                    self.ids[handle] = out
                 return
             except Exception as err:  # noqa: BLE001 - MLflow, HTTP and database errors alike
                 if attempt == self.retries:
@@ -166,13 +88,184 @@ class MlflowWriter:
                 time.sleep(self.backoff_s * 2**attempt)
 
 
-def _merge(ops: list[_Op]) -> list[_Op]:
-    """Consecutive metric writes to one run become one write (order kept)."""
-    out: list[_Op] = []
-    for op in ops:
-        last = out[-1] if out else None
-        if op.metrics and last is not None and last.metrics and last.ref is op.ref and last.done is None:
-            last.metrics = last.metrics + op.metrics
+def _quiet_http(tracking_uri: str) -> None:
+    if tracking_uri.startswith("http"):
+        # MLflow's own HTTP retries (7, backing off for minutes) would hide a server that went
+        # away behind this writer's: one short try per attempt here (this writer's process only).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+def _serve(tracking_uri: str, inbox, outbox, retries: int, backoff_s: float) -> None:
+    """The writer process: operations from `inbox`, ("flushed", token) and ("error", line) to
+    `outbox`; ("stop",) ends it."""
+    _quiet_http(tracking_uri)
+    from jepa_ray.tracking.store import client
+
+    ex = _Executor(tracking_uri, client(tracking_uri), retries, backoff_s)
+    reported = False
+    while True:
+        ops = [inbox.get()]
+        while len(ops) < MERGE:
+            try:
+                ops.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        for op in _merge(ops):
+            if op[0] == "stop":
+                return
+            if op[0] == "flush":
+                outbox.put(("flushed", op[1]))
+            elif ex.error is None:
+                ex.run(op)
+            if ex.error is not None and not reported:
+                outbox.put(("error", ex.error))
+                reported = True
+
+
+class MlflowWriter:
+    """Runs the sweep's MLflow writes in order, off the caller's thread: in a process of its own
+    (`process=True`, the driver's) or a thread (`client` given: tests pass a fake one)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        maxsize: int = MAX_QUEUED,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        client=None,
+        process: bool | None = None,
+    ):
+        self.tracking_uri, self.retries, self.backoff_s = tracking_uri, retries, backoff_s
+        self.error: str | None = None
+        self.process = client is None if process is None else process
+        self._tokens = itertools.count()
+        self._flushed: set[int] = set()
+        if self.process:
+            ctx = mp.get_context("spawn")  # not fork: the driver holds Ray's and Tune's threads
+            self.q, self._out = ctx.Queue(maxsize=maxsize), ctx.Queue()
+            self._worker = ctx.Process(
+                target=_serve, args=(tracking_uri, self.q, self._out, retries, backoff_s), daemon=True
+            )
+            self._worker.start()
         else:
-            out.append(_Op(op.call, op.ref, list(op.metrics), op.done))
-    return out
+            _quiet_http(tracking_uri)
+            from jepa_ray.tracking.store import client as make_client
+
+            self._ex = _Executor(tracking_uri, client or make_client(tracking_uri), retries, backoff_s)
+            self.q = queue.Queue(maxsize=maxsize)
+            self._events: dict[int, threading.Event] = {}
+            self._worker = threading.Thread(target=self._thread, name="mlflow-writer", daemon=True)
+            self._worker.start()
+
+    def __reduce__(self):
+        # Tune pickles its callbacks with the experiment state: a copy is a new writer.
+        return (MlflowWriter, (self.tracking_uri,), {"retries": self.retries, "backoff_s": self.backoff_s})
+
+    def __setstate__(self, state: dict) -> None:
+        self.retries, self.backoff_s = state["retries"], state["backoff_s"]
+
+    # What the callbacks call (cheap: they only queue) ---------------------------------------
+
+    def do(self, name: str, ref: RunRef, *args: Any) -> None:
+        """Queue the operation `name` of jepa_ray.tracking.ops on the run `ref`."""
+        self._put((name, ref.handle, ref.run_id, *args))
+
+    def create_run(self, ref: RunRef, exp_id: str, run_name: str, tags: dict[str, str]) -> RunRef:
+        self.do("create_run", ref, exp_id, run_name, tags)
+        return ref
+
+    def log_metrics(self, ref: RunRef, metrics: dict[str, Any], step: int) -> None:
+        """Numeric, finite metrics at `step` (as tracking.store.log_metrics), batched."""
+        import math
+
+        now = int(time.time() * 1000)
+        items = [
+            (k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
+        if items:
+            self.do("log_batch", ref, items)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is written (or the writer failed);
+        True when it all was."""
+        if self._poll() is not None or not self._worker.is_alive():
+            return False
+        token = next(self._tokens)
+        if not self.process:
+            self._events[token] = threading.Event()
+        self._put(("flush", token))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while token not in self._flushed and self.error is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if self.process:
+                try:
+                    self._take(self._out.get(timeout=0.2 if left is None else min(left, 0.2)))
+                except queue.Empty:
+                    if not self._worker.is_alive():
+                        self.error = self.error or "the MLflow writer process died"
+            else:
+                self._events[token].wait(0.2 if left is None else min(left, 0.2))
+                self._poll()
+        return token in self._flushed and self.error is None
+
+    def check(self) -> None:
+        """WriterFailed when the writer stopped on a failing write."""
+        if self._poll() is not None:
+            raise WriterFailed(self.error)
+
+    def close(self) -> None:
+        """Flush and end the writer."""
+        self.flush()
+        if self.process and self._worker.is_alive():
+            self.q.put(("stop",))
+            self._worker.join(timeout=30)
+
+    @property
+    def pending(self) -> int:
+        try:
+            return self.q.qsize()
+        except NotImplementedError:  # multiprocessing queues on some platforms
+            return 0
+
+    def _put(self, op: tuple) -> None:
+        if self.error is None:
+            self.q.put(op)
+
+    def _take(self, message: tuple) -> None:
+        kind, value = message
+        if kind == "flushed":
+            self._flushed.add(value)
+        elif kind == "error":
+            self.error = self.error or value
+
+    def _poll(self) -> str | None:
+        if self.process:
+            while True:
+                try:
+                    self._take(self._out.get_nowait())
+                except queue.Empty:
+                    break
+        elif self._ex.error is not None:
+            self.error = self._ex.error
+        return self.error
+
+    def _thread(self) -> None:
+        while True:
+            ops = [self.q.get()]
+            while len(ops) < MERGE:
+                try:
+                    ops.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            for op in _merge(ops):
+                if op[0] == "flush":
+                    self._flushed.add(op[1])
+                    self._events.pop(op[1]).set()
+                elif self._ex.error is None:
+                    self._ex.run(op)

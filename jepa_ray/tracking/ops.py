@@ -1,0 +1,97 @@
+"""The MLflow writes of a sweep as named operations on plain data, so that the writer can run
+them in another thread or another process (jepa_ray.tracking.writer): each takes the client, the
+run's id and picklable arguments."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from jepa_ray.contract import FAILURE, RESUMED
+
+logger = logging.getLogger(__name__)
+
+
+def create_run(c, run_id, exp_id: str, run_name: str, tags: dict[str, str]) -> str:
+    return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+def log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from jepa_ray.tracking.store import log_params as log
+
+    log(c, run_id, params)
+
+
+def log_config(c, run_id: str, config: dict[str, Any]) -> None:
+    """The trial's resolved config as the artifact config.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        c.log_artifact(run_id, str(path))
+
+
+def dataset_input(c, run_id: str, data: dict[str, Any], train_images: int, test_images: int) -> None:
+    from jepa_ray.tracking.store import log_dataset_input
+
+    log_dataset_input(c, run_id, SimpleNamespace(**data), train_images, test_images)
+
+
+def set_tags(c, run_id: str, tags: dict[str, str]) -> None:
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+
+
+def reopen(c, run_id: str, had_failure: bool, tags: dict[str, str]) -> None:
+    """A resumed trial's run, RUNNING again under its new trial's tags."""
+    if had_failure:
+        c.delete_tag(run_id, FAILURE)
+    c.update_run(run_id, status="RUNNING")
+    set_tags(c, run_id, {RESUMED: "true", **tags})
+
+
+def finish(c, run_id: str, tags: dict[str, str], checkpoint: str | None, target: float | None, status: str) -> None:
+    """A trial's end: its tags, its checkpoint's artifacts, its status."""
+    set_tags(c, run_id, tags)
+    if checkpoint:
+        checkpoint_artifacts(c, run_id, checkpoint, target)
+    c.set_terminated(run_id, status)
+
+
+def checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None) -> None:
+    """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
+    metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
+    from jepa_ray.tracking.plots import activation_plot
+    from jepa_ray.train import checkpoint as ckpt_lib
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
+            if copied:
+                c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
+            rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
+            if rates is not None:
+                png = activation_plot(
+                    json.loads(rates),
+                    Path(tmp) / "activation_rates.png",
+                    "activation rate of each z dimension (test split)",
+                    target_density=target_density,
+                )
+                c.log_artifact(run_id, str(png))
+    except Exception as err:  # artifacts are a convenience: never fail the sweep for them
+        logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
+
+
+def log_batch(c, run_id: str, metrics: list[tuple[str, float, int, int]]) -> None:
+    """Metrics as (key, value, timestamp ms, step), in calls of MLflow's batch limit."""
+    from mlflow.entities import Metric
+
+    items = [Metric(k, v, t, s) for k, v, t, s in metrics]
+    for i in range(0, len(items), 1000):
+        c.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+OPS = {f.__name__: f for f in (create_run, log_params, log_config, dataset_input, set_tags, reopen, finish, log_batch)}
