@@ -26,3 +26,15 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_cluster, tmp_path_factory):
+    """One `--smoke --seed 0` sweep into a temporary MLflow store, shared by every test that
+    only reads what a finished sweep recorded (tests/test_sweep.py, test_ui.py, the README's
+    encoder example): each sweep costs half a minute of CI."""
+    from test_sweep import run_sweep
+
+    run = run_sweep(tmp_path_factory.mktemp("smoke"), "--smoke", "--seed", "0", address=ray_cluster)
+    assert run.returncode == 0, run.output()
+    return run

@@ -103,16 +103,15 @@ def readme_encoder_snippet() -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_encoder_example_runs_as_written_on_the_quickstarts_export(ray_cluster, tmp_path):
+def test_the_readme_encoder_example_runs_as_written_on_the_quickstarts_export(smoke_sweep, tmp_path):
     """The quickstart's sweep (smoke-sized, on digits), the README's export command, then the
     README's snippet, unchanged, from the same folder: it loads a digits encoder and gets sparse z."""
     import subprocess
     import sys
 
-    from test_sweep import EXPERIMENT, run_sweep
+    from test_sweep import EXPERIMENT
 
-    run = run_sweep(tmp_path, "--smoke", address=ray_cluster)
-    assert run.returncode == 0, run.output()
+    run = smoke_sweep
     export = subprocess.run(
         [sys.executable, "-m", "jepa_ray.pareto", "--experiment", EXPERIMENT, "--tracking-uri", run.tracking_uri]
         + ["--out", "pareto/"],

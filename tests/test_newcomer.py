@@ -21,26 +21,6 @@ from jepa_ray import sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(tmp_path: Path, *args: str) -> tuple[int, list[str], float]:
-    """The sweep's command line in a subprocess: (exit code, stderr lines, seconds)."""
-    start = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "sweeps" / "rectified.py"),
-            "--tracking-uri",
-            f"sqlite:///{tmp_path}/mlflow.db",
-            *args,
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-    )
-    return proc.returncode, proc.stderr.strip().splitlines(), time.monotonic() - start
-
-
 def _jpeg(path: Path, seed: int) -> None:
     from PIL import Image
 
@@ -86,11 +66,18 @@ def _bad_data(kind: str, root: Path) -> tuple[list[str], str]:
     "kind",
     ["no class folders", "an empty class folder", "no readable image", "a parquet without labels", "a missing split"],
 )
-def test_bad_data_exits_2_with_one_line_before_ray_and_writes_nothing(tmp_path, kind):
+def test_bad_data_exits_2_with_one_line_before_ray_and_writes_nothing(tmp_path, kind, monkeypatch, capsys):
+    import ray
+
     args, fragment = _bad_data(kind, tmp_path / "data")
-    code, err, seconds = run_main(tmp_path, "--smoke", *args)
+    started: list = []
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code = sweep.main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--smoke", *args])
+    err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
-    assert seconds < 60  # no Ray start, no trial: the check itself
+    assert not started  # the check itself, before Ray
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
     assert not (tmp_path / "ray_results").exists()
 

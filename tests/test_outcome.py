@@ -143,10 +143,12 @@ def test_an_unsupported_ray_version_exits_2_at_sweep_start(monkeypatch, capsys, 
     from jepa_ray import sweep
 
     monkeypatch.setattr(ray, "__version__", "2.99.0")
+    started: list = []
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(a or k))  # another test may have Ray up
     code = sweep.main(["--smoke", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: installed ray 2.99.0 is not supported")
-    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+    assert not started and not (tmp_path / "mlflow.db").exists()
 
 
 # --------------------------------------------------------------------------------------------

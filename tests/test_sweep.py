@@ -202,11 +202,9 @@ def head_commit() -> str:
 # --smoke: parent + 2 children in the docs/design.md layout, Optuna in agreement
 
 
-@pytest.fixture(scope="module")
-def smoke(ray_cluster, tmp_path_factory) -> Sweep:
-    run = run_sweep(tmp_path_factory.mktemp("smoke"), "--smoke", "--seed", "0", address=ray_cluster)
-    assert run.returncode == 0, run.output()
-    return run
+@pytest.fixture
+def smoke(smoke_sweep) -> Sweep:
+    return smoke_sweep  # conftest.py: one smoke sweep for every test that reads one
 
 
 @pytest.mark.slow
@@ -789,7 +787,7 @@ def test_ddp_trial_survives_an_injected_fault_and_a_kill_9_exactly(ddp, ray_clus
     workdir = tmp_path / "sweep"
     workdir.mkdir()
     proc = subprocess.Popen(
-        sweep_command(workdir, *DDP_ARGS, address=ray_cluster),
+        sweep_command(workdir, *DDP_ARGS, "--verbose", address=ray_cluster),  # Ray Train's restarts
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

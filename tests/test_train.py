@@ -382,7 +382,7 @@ def test_cli_trial_writes_loadable_checkpoint(cli_run):
 
     encoder = jepa_ray.load_encoder(path)
     assert not encoder.training
-    x = torch.randn(5, 1, 8, 8)
+    x = torch.rand(5, 1, 8, 8)  # pixels in [0, 1], as the exported encoder requires
     with torch.no_grad():
         h, z = encoder(x)
     assert h.shape[0] == 5 and z.shape == (5, 64)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_sweep import EXPERIMENT, Sweep, run_sweep
+from test_sweep import EXPERIMENT, Sweep
 
 from jepa_ray import contract, tracking
 
@@ -51,10 +51,8 @@ QUIET_ASSISTANT = (
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_cluster, tmp_path_factory) -> Sweep:
-    run = run_sweep(tmp_path_factory.mktemp("ui-smoke"), "--smoke", address=ray_cluster)
-    assert run.returncode == 0, run.output()
-    return run
+def smoke(smoke_sweep) -> Sweep:
+    return smoke_sweep  # conftest.py: one smoke sweep for every test that reads one
 
 
 def free_port() -> int:
