@@ -215,7 +215,7 @@ METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
 
 @pytest.mark.slow
-def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path):
+def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path, capsys):
     from test_sweep import client, parent_and_children, run_sweep
 
     run = run_sweep(
@@ -239,17 +239,19 @@ def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path):
     assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
     assert s["whatif_trial_epochs"] < epochs and s["stopped"] > 0 and s["seconds"] < 60
     assert set(s["lost_front_runs"]) <= {r.info.run_id for r in children}
-    text = whatif("--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "3")
+    text = whatif("--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "2")
     assert text.returncode == 0 and "trial-epochs" in text.stdout and "hypervolume" in text.stdout, text.stderr
 
-    bad = whatif("--sweep", "0123456789abcdef")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    from jepa_ray.replay.cli import main as whatif_main  # the refusals in-process: no subprocess start
+
+    assert whatif_main(["--tracking-uri", run.tracking_uri, "--sweep", "0123456789abcdef"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --sweep '0123456789abcdef': no such run at {run.tracking_uri}"
     ]
     client(run).update_run(children[0].info.run_id, status="RUNNING")
-    unfinished = whatif("--sweep", parent.info.run_id)
-    assert unfinished.returncode == 2 and len(unfinished.stderr.strip().splitlines()) == 1
-    assert "is still RUNNING" in unfinished.stderr
+    assert whatif_main(["--tracking-uri", run.tracking_uri, "--sweep", parent.info.run_id]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is still RUNNING" in err[0], err
 
 
 def test_a_failed_row_serves_every_recorded_epoch_then_its_failure(replay):

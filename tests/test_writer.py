@@ -187,9 +187,9 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
     cmd += [
         "--smoke",
         "--num-samples",
-        "4",
+        "3",
         "--epochs",
-        "10",  # trials of seconds, so that the server goes while the sweep still has writes to make
+        "6",  # trials of seconds, so that the server goes while the sweep still has writes to make
         "--max-concurrent",
         "1",
         "--seed",
@@ -210,7 +210,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
         while "\ntrial 1 " not in log.read_text():  # the driver says so before MLflow has all of it
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.2)
-        _stop(server)  # two trials still to train, and what the writer had not written yet
+        _stop(server)  # a trial still to train, and what the writer had not written yet
         proc.wait(timeout=300)
         err = log.read_text()
     finally:
@@ -231,7 +231,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
         exp = c.get_experiment_by_name("writer")
         trials = c.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
         keys = [r.data.tags["jepa_ray.params_key"] for r in trials]
-        assert len(set(keys)) == 4 and len(keys) == 4, sorted(keys)  # each trial once
+        assert len(set(keys)) == 3 and len(keys) == 3, sorted(keys)  # each trial once
         assert {r.info.status for r in trials} == {"FINISHED"}
         assert all("linear_acc" in r.data.metrics for r in trials)
     finally:
