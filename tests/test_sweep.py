@@ -852,4 +852,4 @@ def test_a_sweep_in_which_no_trial_finished_exits_non_zero(ray_cluster, tmp_path
     run = run_sweep(tmp_path, "--smoke", "--set", "batch_size=100000", "--max-failed-trials", "0", address=ray_cluster)
     assert run.returncode == 1, run.output()
     assert "2 trials launched, 0 already finished, 2 failed, 0 stopped by the collapse guard, 0 finished" in run.stdout
-    assert "no trial of this run finished" in run.stderr
+    assert "no trial of this sweep finished" in run.stderr

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     print(f"sampler seed {summary['seed']} (repeat this search with --seed {summary['seed']})")
     print(f"MLflow: {mlflow_ui_command(opts.tracking_uri, summary.get('experiment_id'))}")
     print(f"Optuna: optuna-dashboard {summary['optuna_storage']}")
-    if summary["launched"] and not summary["finished"]:
-        print("no trial of this run finished", file=sys.stderr)
+    if summary["launched"] and not (summary["finished"] or summary["already_finished"]):
+        # nothing to export; a resumed run whose new trials were all stopped at rungs still has a front
+        print("no trial of this sweep finished", file=sys.stderr)
         return 1
     return 1 if summary["stopped_on_failures"] else 0
 
