@@ -10,7 +10,6 @@ never need the sqlite file or the tracking server.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Callable
@@ -140,7 +139,7 @@ class MlflowSweepCallback:
             return
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
-            data = dataclasses.asdict(self.resolve_trial(trial.config).data)
+            data = self.resolve_trial(trial.config).data
             self.w.do("dataset_input", ref, data, *(result[k] for k in DATA_SIZES))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.

@@ -1,4 +1,4 @@
-"""The MLflow writes of a sweep as named operations on plain data, so that the writer can run
+"""The MLflow writes of a sweep as named operations on picklable data, so that the writer can run
 them in another thread or another process (jepa_ray.tracking.writer): each takes the client, the
 run's id and picklable arguments."""
 
@@ -8,10 +8,10 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from jepa_ray.contract import FAILURE, RESUMED
+from jepa_ray.tracking import store
 
 logger = logging.getLogger(__name__)
 
@@ -20,24 +20,12 @@ def create_run(c, run_id, exp_id: str, run_name: str, tags: dict[str, str]) -> s
     return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
-def log_params(c, run_id: str, params: dict[str, Any]) -> None:
-    from jepa_ray.tracking.store import log_params as log
-
-    log(c, run_id, params)
-
-
 def log_config(c, run_id: str, config: dict[str, Any]) -> None:
     """The trial's resolved config as the artifact config.json."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(json.dumps(config, indent=2, sort_keys=True))
         c.log_artifact(run_id, str(path))
-
-
-def dataset_input(c, run_id: str, data: dict[str, Any], train_images: int, test_images: int) -> None:
-    from jepa_ray.tracking.store import log_dataset_input
-
-    log_dataset_input(c, run_id, SimpleNamespace(**data), train_images, test_images)
 
 
 def set_tags(c, run_id: str, tags: dict[str, str]) -> None:
@@ -85,13 +73,9 @@ def checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None)
         logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
 
 
-def log_batch(c, run_id: str, metrics: list[tuple[str, float, int, int]]) -> None:
-    """Metrics as (key, value, timestamp ms, step), in calls of MLflow's batch limit."""
-    from mlflow.entities import Metric
-
-    items = [Metric(k, v, t, s) for k, v, t, s in metrics]
-    for i in range(0, len(items), 1000):
-        c.log_batch(run_id, metrics=items[i : i + 1000])
-
-
-OPS = {f.__name__: f for f in (create_run, log_params, log_config, dataset_input, set_tags, reopen, finish, log_batch)}
+OPS = {
+    **{f.__name__: f for f in (create_run, log_config, set_tags, reopen, finish)},
+    "log_params": store.log_params,
+    "dataset_input": store.log_dataset_input,
+    "log_batch": store.log_metric_entities,
+}

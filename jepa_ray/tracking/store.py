@@ -180,6 +180,10 @@ def metric_entities(metrics: dict[str, Any], step: int) -> list:
 
 def log_metrics(c, run_id: str, metrics: dict[str, Any], step: int) -> None:
     """Numeric, finite metrics only, in batches."""
-    items = metric_entities(metrics, step)
+    log_metric_entities(c, run_id, metric_entities(metrics, step))
+
+
+def log_metric_entities(c, run_id: str, items: list) -> None:
+    """Metric entities in calls under MLflow's log_batch limit."""
     for i in range(0, len(items), 500):
         c.log_batch(run_id, metrics=items[i : i + 500])

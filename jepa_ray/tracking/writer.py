@@ -2,7 +2,7 @@
 which also schedules trials, saves its experiment state and talks to the searcher: a
 synchronous MLflow call there (a trial's final metrics, params, plots, artifacts: 0.5-0.9 s at a
 trial's end on a small CPU) stalls every trial's next result. Here the callbacks only queue
-named operations on plain data (jepa_ray.tracking.ops); a writer runs them, in order, merging
+named operations on picklable data (jepa_ray.tracking.ops); a writer runs them, in order, merging
 consecutive metric writes to one run into `log_batch` calls. By default the writer is a process
 of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) is Python, and a
 thread would hold the driver's GIL while Tune's loop waits for it.
@@ -88,6 +88,17 @@ class _Executor:
                 time.sleep(self.backoff_s * 2**attempt)
 
 
+def _take_ops(q) -> list[tuple]:
+    """The next operation (waiting for it) and up to MERGE - 1 more already queued, merged."""
+    ops = [q.get()]
+    while len(ops) < MERGE:
+        try:
+            ops.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return _merge(ops)
+
+
 def _quiet_http(tracking_uri: str) -> None:
     if tracking_uri.startswith("http"):
         # MLflow's own HTTP retries (7, backing off for minutes) would hide a server that went
@@ -105,13 +116,7 @@ def _serve(tracking_uri: str, inbox, outbox, retries: int, backoff_s: float) -> 
     ex = _Executor(tracking_uri, client(tracking_uri), retries, backoff_s)
     reported = False
     while True:
-        ops = [inbox.get()]
-        while len(ops) < MERGE:
-            try:
-                ops.append(inbox.get_nowait())
-            except queue.Empty:
-                break
-        for op in _merge(ops):
+        for op in _take_ops(inbox):
             if op[0] == "stop":
                 return
             if op[0] == "flush":
@@ -178,14 +183,9 @@ class MlflowWriter:
 
     def log_metrics(self, ref: RunRef, metrics: dict[str, Any], step: int) -> None:
         """Numeric, finite metrics at `step` (as tracking.store.log_metrics), batched."""
-        import math
+        from jepa_ray.tracking.store import metric_entities
 
-        now = int(time.time() * 1000)
-        items = [
-            (k, float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-        ]
+        items = metric_entities(metrics, step)
         if items:
             self.do("log_batch", ref, items)
 
@@ -257,13 +257,7 @@ class MlflowWriter:
 
     def _thread(self) -> None:
         while True:
-            ops = [self.q.get()]
-            while len(ops) < MERGE:
-                try:
-                    ops.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            for op in _merge(ops):
+            for op in _take_ops(self.q):
                 if op[0] == "flush":
                     self._flushed.add(op[1])
                     self._events.pop(op[1]).set()
