@@ -122,6 +122,8 @@ ATTR_STOPPED = "stopped"
 ATTR_INTERRUPTED = "interrupted"
 """Left RUNNING by a driver that died (--resume marks it FAIL and runs it again)."""
 ATTR_RESUMED_FROM = "resumed_from_trial"
+ATTR_EPOCHS = "epochs"
+"""Epochs the trial trained, told at its end (what --resume records of it if MLflow missed it)."""
 
 # Keys of the results a trial reports to Tune besides its metrics.
 CHECKPOINT_URI = "checkpoint_uri"

@@ -558,43 +558,71 @@ def epoch_result(epoch: int) -> dict:
     return {"epoch": epoch, "train/loss": 1.0 / (epoch + 1), "train/l0_density": 0.5 - 0.1 * epoch}
 
 
-def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
-    from optuna.distributions import FloatDistribution
+@dataclass
+class HandMadeSweep:
+    """A sweep's parent run and Optuna study made by hand, for prepare_resume without Ray."""
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp_id = tracking.experiment_id(uri, "resume-unit")
-    parent = tracking.start_sweep_run(uri, exp_id, "unit", tags={}, params={})
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path}/optuna.db", study_name="unit", directions=["maximize", "minimize"]
-    )
-    space = {"mu": FloatDistribution(-3.0, 1.0)}
-    c = tracking.client(uri)
+    uri: str
+    exp_id: str
+    parent: str
+    study: optuna.Study
 
-    def trial_run(trial, status: str) -> str:
-        tags = {tracking.ROLE: "trial", tracking.PARENT: parent, tracking.PARAMS_KEY: sweep.params_key(trial.params)}
-        run_id = c.create_run(exp_id, tags=tags).info.run_id
+    @classmethod
+    def make(cls, tmp_path: Path) -> HandMadeSweep:
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        exp_id = tracking.experiment_id(uri, "resume-unit")
+        parent = tracking.start_sweep_run(uri, exp_id, "unit", tags={}, params={})
+        study = optuna.create_study(
+            storage=f"sqlite:///{tmp_path}/optuna.db", study_name="unit", directions=["maximize", "minimize"]
+        )
+        return cls(uri, exp_id, parent, study)
+
+    @property
+    def c(self):
+        return tracking.client(self.uri)
+
+    def ask(self):
+        from optuna.distributions import FloatDistribution
+
+        return self.study.ask({"mu": FloatDistribution(-3.0, 1.0)})
+
+    def trial_run(self, trial, status: str, **tags: str) -> str:
+        """The trial's MLflow run as the driver creates it, left `status`."""
+        tags = {
+            tracking.ROLE: "trial",
+            tracking.PARENT: self.parent,
+            tracking.PARAMS_KEY: sweep.params_key(trial.params),
+            tracking_contract.OPTUNA_TRIAL: str(trial.number),
+            **tags,
+        }
+        run_id = self.c.create_run(self.exp_id, tags=tags).info.run_id
         if status != "RUNNING":
-            c.set_terminated(run_id, status)
+            self.c.set_terminated(run_id, status)
         return run_id
 
-    finished = study.ask(space)  # done in both
+
+def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
+    hand = HandMadeSweep.make(tmp_path)
+    uri, exp_id, parent, study, c, trial_run = hand.uri, hand.exp_id, hand.parent, hand.study, hand.c, hand.trial_run
+
+    finished = hand.ask()  # done in both
     study.tell(finished, [0.8, 0.3])
     trial_run(finished, "FINISHED")
-    told = study.ask(space)  # Optuna heard of its end, the driver died before MLflow did
+    told = hand.ask()  # Optuna heard of its end, the driver died before MLflow did
     study.tell(told, [0.7, 0.2])
     told_run = trial_run(told, "RUNNING")
     tracking.log_metrics(c, told_run, {"linear_acc": 0.7, "l0_density": 0.2}, step=0)
-    interrupted = study.ask(space)  # running when the driver died, one epoch logged, two checkpointed
+    interrupted = hand.ask()  # running when the driver died, one epoch logged, two checkpointed
     interrupted_run = trial_run(interrupted, "RUNNING")
     tracking.log_metrics(c, interrupted_run, epoch_result(0), step=0)
     checkpoint = tmp_path / "trials" / "00002" / "checkpoint"
     checkpoint.mkdir(parents=True)
     torch.save({"history": json.dumps([epoch_result(0), epoch_result(1)])}, checkpoint / ckpt_lib.TRAIN_STATE_FILE)
     c.set_tag(interrupted_run, tracking.LAST_CHECKPOINT, str(checkpoint))
-    failed = study.ask(space)  # failed for good: not run again
+    failed = hand.ask()  # failed for good: not run again
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
     trial_run(failed, "FAILED")
-    stopped = study.ask(space)  # stopped by a sweep that stopped on failures: run again
+    stopped = hand.ask()  # stopped by a sweep that stopped on failures: run again
     stopped.set_user_attr("stopped", True)
     study.tell(stopped, state=optuna.trial.TrialState.FAIL)
     stopped_run = trial_run(stopped, "FAILED")
@@ -619,6 +647,58 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     history = sorted((m.step, m.value) for m in c.get_metric_history(interrupted_run, "train/loss"))
     assert history == [(0, 1.0), (1, 0.5)]  # the checkpointed epoch MLflow had missed
     assert c.get_run(interrupted_run).info.status == "RUNNING"
+
+
+def test_prepare_resume_records_the_ends_mlflow_missed_as_the_driver_would_have(tmp_path):
+    """Trials whose end Optuna heard of and MLflow did not (the driver killed, or the tracking
+    server gone, before its writes): a rung-stopped one is KILLED with why and the epochs its
+    store holds, a collapsed or failed one FAILED with why; a run MLflow never made is made."""
+    from jepa_ray.train.store import TrialStore
+
+    hand = HandMadeSweep.make(tmp_path)
+    c, TS, A = hand.c, optuna.trial.TrialState, tracking_contract
+    recreated: list[str] = []
+
+    def recreate(t):
+        recreated.append(hand.trial_run(t, "RUNNING"))
+        return c.get_run(recreated[-1])
+
+    def ended(state, values=None, **attrs):
+        trial = hand.ask()
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        hand.study.tell(trial, values, state=state)
+        return trial
+
+    stopped = ended(TS.PRUNED, **{A.ATTR_RUNG_STOP: "rung 1: dominated", A.ATTR_EPOCHS: 2})
+    store = tmp_path / "trials" / "00000"
+
+    def write(path: Path) -> Path:
+        path.mkdir(parents=True)
+        (path / ckpt_lib.HISTORY_FILE).write_text(json.dumps([epoch_result(0), epoch_result(1)]))
+        return path
+
+    TrialStore(store).save_epoch(2, write)
+    stopped_run = hand.trial_run(stopped, "RUNNING", **{tracking.TRIAL_DIR: str(store)})
+    tracking.log_metrics(c, stopped_run, epoch_result(0), step=0)  # epoch 1 was still queued
+    ended(TS.COMPLETE, [0.5, 0.4], **{A.ATTR_RUNG_STOP: "rung 1: dominated", A.ATTR_EPOCHS: 1})
+    collapsed = ended(TS.PRUNED, **{A.ATTR_FAILURE: "collapse at epoch 3: z is collapsing", A.ATTR_EPOCHS: 4})
+    collapsed_run = hand.trial_run(collapsed, "RUNNING")
+    ended(TS.FAIL, **{A.ATTR_FAILURE: "non-finite loss at epoch 2", A.ATTR_EPOCHS: 2})
+
+    state = sweep.prepare_resume(hand.study, hand.uri, hand.exp_id, hand.parent, recreate=recreate)
+
+    assert state.finished == 4 and not state.reuse_runs and len(recreated) == 2
+    runs = [c.get_run(r) for r in (stopped_run, recreated[0], collapsed_run, recreated[1])]
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED", "FAILED", "FAILED"]
+    assert [r.data.tags.get(A.FAILURE_KIND) for r in runs] == ["stopped", "stopped", "collapsed", "failed"]
+    assert runs[0].data.tags[A.STOPPED] == "rung 1: dominated" == runs[1].data.tags[A.STOPPED]
+    reasons = ["collapse at epoch 3: z is collapsing", "non-finite loss at epoch 2"]
+    assert [r.data.tags[A.FAILURE] for r in runs[2:]] == reasons
+    assert [m.step for m in c.get_metric_history(stopped_run, "train/loss")] == [0, 1]  # the store's epoch 1 too
+    assert not any(r.data.metrics.get("linear_acc") for r in runs)
+    again = sweep.prepare_resume(hand.study, hand.uri, hand.exp_id, hand.parent, recreate=recreate)
+    assert again.finished == 4 and len(recreated) == 2
 
 
 def test_resume_keeps_the_recorded_base_config():

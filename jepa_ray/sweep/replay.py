@@ -181,9 +181,10 @@ class Replay:
             replay_trial, streams=self.streams(), index=replay_index(self.table), speed=self.speed
         )
 
-    def record_run(self, c, run) -> bool:
-        """Record in a replayed trial's MLflow run what its row served (its epochs and final
-        metrics), for a trial whose end Optuna heard of but MLflow did not."""
+    def record_run(self, c, run, epochs: int | None) -> bool:
+        """Record in a replayed trial's MLflow run what its row served, for a trial whose end
+        Optuna heard of but MLflow did not: `epochs` None, its epochs and final metrics (False
+        when the row did not finish); else its first `epochs` epochs (a trial that stopped)."""
         from jepa_ray import tracking
         from jepa_ray.contract import EPOCH, EPOCH_PROBE_METRIC
 
@@ -196,14 +197,16 @@ class Replay:
                 params[name] = raw
         row = nearest_row(self.table, params)
         results = [r for r, _ in serve(row, replay_config(row, self.settings))]
-        if not results or not is_final(results[-1]):
+        if epochs is not None:
+            results = [r for r in results if EPOCH in r and r[EPOCH] < epochs and not is_final(r)]
+        elif not results or not is_final(results[-1]):
             return False
         logged = {m.step for m in c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)}
         for result in results:
             if result[EPOCH] not in logged or is_final(result):
                 metrics = {k: v for k, v in result.items() if k not in (EPOCH, *DATA_SIZES)}
                 tracking.log_metrics(c, run.info.run_id, metrics, result[EPOCH])
-        return True
+        return epochs is None
 
     def front_rows(self) -> list[Row]:
         """The finished rows served at the lowest seed of each configuration."""

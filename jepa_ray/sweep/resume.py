@@ -14,7 +14,16 @@ from optuna.trial import TrialState
 from jepa_ray import config as config_lib
 from jepa_ray.adapter import mark_interrupted
 from jepa_ray.config import TrialConfig
-from jepa_ray.contract import ATTR_INTERRUPTED, ATTR_RESUMED_FROM, ATTR_STOPPED, EPOCH_PROBE_METRIC, has_final_metrics
+from jepa_ray.contract import (
+    ATTR_EPOCHS,
+    ATTR_FAILURE,
+    ATTR_INTERRUPTED,
+    ATTR_RESUMED_FROM,
+    ATTR_RUNG_STOP,
+    ATTR_STOPPED,
+    EPOCH_PROBE_METRIC,
+    has_final_metrics,
+)
 from jepa_ray.sweep.spaces import params_key
 
 logger = logging.getLogger("jepa_ray.sweep")
@@ -61,8 +70,9 @@ def prepare_resume(
     parameters; their MLflow runs are reused (no duplicates) and resume from their last
     checkpoint. A trial whose end Optuna heard of but MLflow did not (the driver died with
     MLflow's writes queued, or MLflow stopped answering) is recorded in MLflow from
-    `recover(client, run)` (a replayed sweep's table; default: the trial's store), in the run
-    `recreate(optuna_trial)` makes when MLflow never got to create one."""
+    `recover(client, run, epochs)` (a replayed sweep's table; default: the trial's store), in the
+    run `recreate(optuna_trial)` makes when MLflow never got to create one; so is a stopped,
+    collapsed or failed trial's end, with the epochs it trained."""
     from jepa_ray import tracking
 
     state = ResumeState()
@@ -91,15 +101,12 @@ def prepare_resume(
             t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_INTERRUPTED) and not t.user_attrs.get(ATTR_STOPPED)
         ):
             state.finished += 1
-            if run is None and t.state == TrialState.COMPLETE and recreate is not None:
+            if run is None and recreate is not None:
                 run = recreate(t)
             if run is not None and run.info.status == "RUNNING":
                 # Optuna heard of the end but MLflow did not (the driver died, or MLflow stopped
                 # answering, before its writes): what the trial's store holds is recorded now.
-                finished = t.state == TrialState.COMPLETE and (has_final_metrics(run.data.metrics) or recover(c, run))
-                if not finished:
-                    c.set_tag(run.info.run_id, tracking.FAILURE, "interrupted before the trial's end was recorded")
-                c.set_terminated(run.info.run_id, "FINISHED" if finished else "FAILED")
+                _record_end(c, t, run, recover)
     reused = {run_id for ids in state.reuse_runs.values() for run_id in ids}
     for run in runs:  # what the ended trials cost and found (an interrupted one is counted when it ends)
         if run.info.run_id in reused:
@@ -108,6 +115,32 @@ def prepare_resume(
         if run.info.status == "FINISHED":
             state.finished_metrics.append(dict(run.data.metrics))
     return state
+
+
+def _record_end(c, t, run, recover: Callable) -> None:
+    """Record the end of an Optuna trial in its RUNNING MLflow run as the driver would have
+    (docs/design.md, "How a trial ends"): a finished trial's final metrics and checkpoint, or the
+    epochs a stopped, collapsed or failed one trained, with its status and tags."""
+    from jepa_ray import tracking
+    from jepa_ray.contract import FAILURE_KIND, STOPPED, FailureKind
+
+    run_id = run.info.run_id
+    stop = t.user_attrs.get(ATTR_RUNG_STOP)  # tpe-rungs tells a stopped trial COMPLETE
+    if t.state == TrialState.COMPLETE and not stop:
+        if has_final_metrics(run.data.metrics) or recover(c, run, None):
+            c.set_terminated(run_id, "FINISHED")
+            return
+        tags = {tracking.FAILURE: "interrupted before the trial's end was recorded"}
+    else:
+        recover(c, run, int(t.user_attrs.get(ATTR_EPOCHS, 0)))
+        if stop:
+            tags = {STOPPED: stop, FAILURE_KIND: FailureKind.STOPPED.value}
+        else:
+            kind = FailureKind.COLLAPSED if t.state == TrialState.PRUNED else FailureKind.FAILED
+            tags = {tracking.FAILURE: t.user_attrs.get(ATTR_FAILURE, kind.value), FAILURE_KIND: kind.value}
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+    c.set_terminated(run_id, "KILLED" if stop else "FAILED")
 
 
 def _log_missing_epochs(c, run_id: str, where: str) -> None:
@@ -132,14 +165,19 @@ def _log_missing_epochs(c, run_id: str, where: str) -> None:
             tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
 
 
-def _record_from_store(c, run) -> bool:
-    """Log a finished trial's epochs, final metrics and checkpoint tag from its store's final
-    checkpoint into its run; False when the store holds no final checkpoint."""
+def _record_from_store(c, run, epochs: int | None) -> bool:
+    """Log a trial's record from its store into its run. `epochs` None: a finished trial's
+    epochs, final metrics and checkpoint tag from its final checkpoint (False when the store
+    holds none); else the epochs an ended trial's newest checkpoint holds."""
     from jepa_ray import tracking
     from jepa_ray.train import checkpoint as ckpt_lib
     from jepa_ray.train.store import TrialStore
 
     where = run.data.tags.get(tracking.TRIAL_DIR)
+    if epochs is not None:
+        if where:
+            _log_missing_epochs(c, run.info.run_id, where)
+        return False
     try:
         final = TrialStore(where).final() if where else None
         if final is None:

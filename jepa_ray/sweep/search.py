@@ -17,7 +17,7 @@ from jepa_ray.adapter import (
     searcher_study,
     searcher_trials,
 )
-from jepa_ray.contract import ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
+from jepa_ray.contract import ATTR_EPOCHS, ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger, Outcome, classify
 from jepa_ray.sweep.options import SAMPLERS
@@ -87,7 +87,7 @@ class JepaOptunaSearch(OptunaSearch):
         if end is None:
             metrics = tuple(self.metric) if isinstance(self.metric, (list, tuple)) else (self.metric,)
             end = classify(result, error="the trial raised an error" if error else None, objectives=metrics)
-        ot_trial, attrs = trials[trial_id], {}
+        ot_trial, attrs = trials[trial_id], {ATTR_EPOCHS: end.epochs}
         done.add(trial_id)
         if end.outcome is Outcome.FINISHED:
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
