@@ -63,9 +63,9 @@ def test_search_benchmark_quick():
         "--seeds",
         "0",
         "--trials",
-        "2",
+        "1",
         "--epochs",
-        "3",
+        "2",
         "--preset",
         "smoke",
         positive=False,  # a hypervolume can be 0 (nothing finished within a small budget)

@@ -65,6 +65,27 @@ def test_replay_serves_every_recorded_epoch_and_the_final_metrics_exactly(replay
     assert results[-1][C.EPOCH] == row.history[-1][C.EPOCH]
 
 
+def test_a_replayed_trial_mlflow_missed_is_recorded_from_its_row(replay, tmp_path):
+    """--resume's record of a replayed trial whose end MLflow missed: a stopped one gets the
+    epochs it trained, a finished one every epoch and its final metrics."""
+    from jepa_ray import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c, exp_id = tracking.client(uri), tracking.experiment_id(uri, "record")
+    served = {row.key: [r for r, _ in serve(row, replay_config(row, replay.settings))] for row in replay.table}
+    row = next(r for r in replay.table if r.seed == 0 and C.is_final(served[r.key][-1]))  # the guard lets it finish
+    runs = []
+    for _ in range(2):
+        runs.append(c.create_run(exp_id).info.run_id)
+        tracking.log_params(c, runs[-1], row.params)
+    assert replay.record_run(c, c.get_run(runs[0]), 3) is False
+    assert replay.record_run(c, c.get_run(runs[1]), None) is True
+    stopped, finished = (c.get_run(r) for r in runs)
+    assert [m.step for m in c.get_metric_history(runs[0], C.TRAIN_LOSS)] == [0, 1, 2]
+    assert [m.step for m in c.get_metric_history(runs[1], C.TRAIN_LOSS)] == list(range(row.epochs))
+    assert "linear_acc" not in stopped.data.metrics and finished.data.metrics["linear_acc"] == row.final["linear_acc"]
+
+
 def test_the_guard_replays_a_collapse_where_the_recorded_curve_collapses(replay):
     """Recordings run without the guard; a replay with it stops a trial at the first epoch past
     the guard's warm-up where the curve is below a fifth of its target density."""
@@ -215,16 +236,41 @@ METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
 
 @pytest.mark.slow
-def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path, capsys):
-    from test_sweep import client, parent_and_children, run_sweep
+def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray_cluster, tmp_path, capsys):
+    """The driver at a small cluster's load (issue: the sweep at scale): 60 replayed trials, 16 at
+    a time, leave every trial one MLflow run with every epoch once and its Optuna trial COMPLETE
+    with the run's values; then the what-if over that finished sweep."""
+    from test_sweep import client, load_study, parent_and_children, run_sweep
 
+    trials = 60
     run = run_sweep(
         tmp_path,
-        *("--replay", str(DIGITS), "--sampler", "random", "--seed", "3", "--num-samples", "8"),
+        *("--replay", str(DIGITS), "--sampler", "random", "--seed", "3", "--num-samples", str(trials)),
+        *("--max-concurrent", "16", "--set", "cpus_per_worker=0.2"),  # 16 x 0.2 fit the session's 4 CPUs
         address=ray_cluster,
     )
     assert run.returncode == 0, run.output()
     parent, children = parent_and_children(run)
+    numbers = sorted(int(r.data.tags[C.OPTUNA_TRIAL]) for r in children)
+    assert numbers == list(range(trials)), "a trial has no run or two runs"
+    replay = Replay.open(str(DIGITS), [])
+    study = load_study(run, parent)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert len(by_number) == trials
+    trial_epochs = 0
+    for r in children:
+        row = nearest_row(replay.table, {k: float(r.data.params[k]) for k in replay.table.param_names()})
+        served = [res for res, _ in serve(row, replay_config(row, replay.settings))]
+        finished = C.is_final(served[-1])  # else the guard stopped it where the recorded curve collapsed
+        steps = [m.step for m in client(run).get_metric_history(r.info.run_id, C.TRAIN_LOSS)]
+        epochs = 1 + max(res[C.EPOCH] for res in served if C.EPOCH in res)
+        assert steps == list(range(epochs)), f"run {r.info.run_id}: epochs {steps}"
+        trial_epochs += epochs
+        trial = by_number[int(r.data.tags[C.OPTUNA_TRIAL])]
+        assert (r.info.status, trial.state.name) == (("FINISHED", "COMPLETE") if finished else ("FAILED", "PRUNED"))
+        if finished:
+            objectives = [row.final[m] for m in ("linear_acc", "l0_density")]
+            assert trial.values == [r.data.metrics["linear_acc"], r.data.metrics["l0_density"]] == objectives
 
     def whatif(*args: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "jepa_ray.replay", "--tracking-uri", run.tracking_uri, *args]
@@ -233,11 +279,10 @@ def test_the_what_if_of_a_finished_sweep(ray_cluster, tmp_path, capsys):
     out = whatif("--sweep", parent.info.run_id, "--scheduler", "moasha", "--json")
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
-    epochs = sum(len(client(run).get_metric_history(r.info.run_id, C.TRAIN_LOSS)) for r in children)
     curve = client(run).get_metric_history(parent.info.run_id, "sweep/hypervolume")
-    assert s["trials"] == 8 and s["baseline_trial_epochs"] == epochs
+    assert s["trials"] == trials and s["baseline_trial_epochs"] == trial_epochs
     assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
-    assert s["whatif_trial_epochs"] < epochs and s["stopped"] > 0 and s["seconds"] < 60
+    assert s["whatif_trial_epochs"] < trial_epochs and s["stopped"] > 0 and s["seconds"] < 60
     assert set(s["lost_front_runs"]) <= {r.info.run_id for r in children}
     text = whatif("--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "2")
     assert text.returncode == 0 and "trial-epochs" in text.stdout and "hypervolume" in text.stdout, text.stderr
