@@ -262,10 +262,11 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
     runs = tracking.search_all_runs(c, [exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
     keys = [r.data.tags.get("jepa_ray.optuna_trial") for r in runs]  # a resumed trial keeps its run
     statuses = [r.info.status for r in runs]
-    bad_epochs = 0
-    for r in runs[:: max(1, len(runs) // 50)]:  # a sample of 50 runs' histories
-        steps = [m.step for m in c.get_metric_history(r.info.run_id, "train/loss")]
-        bad_epochs += steps != sorted(set(steps))
+    repeated = missing = 0
+    for r in runs:  # every run's history: each epoch exactly once
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
+        repeated += steps != sorted(set(steps))
+        missing += r.info.status == "FINISHED" and set(steps) != set(range(epochs or len(set(steps))))
     storage = optuna.storages.RDBStorage(optuna_url)
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     states = [t.state.name for t in study.get_trials()]
@@ -274,7 +275,8 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
         "finished_runs": statuses.count("FINISHED"),
         "duplicate_runs": len(keys) - len(set(keys)),
         "running": statuses.count("RUNNING"),
-        "runs_with_repeated_epochs_in_sample": bad_epochs,
+        "runs_with_repeated_epochs": repeated,
+        "finished_runs_missing_epochs": missing,
         "optuna_running": states.count("RUNNING"),
         "optuna_complete": states.count("COMPLETE"),
     }
@@ -346,7 +348,7 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
             os.killpg(server.pid, signal.SIGKILL)
 
 
-def kill_and_resume(table: Path, trials: int, concurrency: int, tmp: Path, address: str) -> None:
+def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp: Path, address: str) -> None:
     """The driver as a user runs it, SIGKILLed at half its trials, then --resume."""
     work = tmp / "kill"
     work.mkdir()
@@ -377,7 +379,7 @@ def kill_and_resume(table: Path, trials: int, concurrency: int, tmp: Path, addre
     start = time.perf_counter()
     again = subprocess.run(cmd + ["--resume"], cwd=work, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    records = check_records(f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db", trials, 0)
+    records = check_records(f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db", trials, epochs)
     emit(
         f"kill -9 at half of {trials} trials, then --resume",
         "resume_s",
@@ -424,7 +426,8 @@ def main() -> None:
                 for store in args.stores.split(","):
                     run_case(table, args.trials, args.epochs, concurrency, store, tmp)
             if args.kill:
-                kill_and_resume(table, args.trials, concurrencies[0], tmp, ray.get_runtime_context().gcs_address)
+                address = ray.get_runtime_context().gcs_address
+                kill_and_resume(table, args.trials, args.epochs, concurrencies[0], tmp, address)
         finally:
             ray.shutdown()
 

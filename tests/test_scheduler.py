@@ -166,6 +166,8 @@ def test_sweep_with_the_scheduler_records_stopped_trials_and_resumes_their_rungs
         "1",
         "--sampler",
         "random",
+        "--seed",
+        "0",  # the same six configurations every run (one at a time: the same stops too)
         "--max-concurrent",
         "1",
         "--set",
