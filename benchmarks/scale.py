@@ -266,7 +266,7 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
     for r in runs:  # every run's history: each epoch exactly once
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
         repeated += steps != sorted(set(steps))
-        missing += r.info.status == "FINISHED" and set(steps) != set(range(epochs or len(set(steps))))
+        missing += r.info.status == "FINISHED" and set(steps) != set(range(epochs))
     storage = optuna.storages.RDBStorage(optuna_url)
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     states = [t.state.name for t in study.get_trials()]

@@ -236,10 +236,11 @@ METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
 
 @pytest.mark.slow
-def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray_cluster, tmp_path, capsys):
+def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(replay, ray_cluster, tmp_path, capsys):
     """The driver at a small cluster's load (issue: the sweep at scale): 60 replayed trials, 16 at
-    a time, leave every trial one MLflow run with every epoch once and its Optuna trial COMPLETE
-    with the run's values; then the what-if over that finished sweep."""
+    a time, leave every trial one MLflow run with every epoch once and its Optuna trial in its
+    state (COMPLETE with the run's values, or PRUNED where the guard stopped it); then the what-if
+    over that finished sweep."""
     from test_sweep import client, load_study, parent_and_children, run_sweep
 
     trials = 60
@@ -253,8 +254,7 @@ def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray
     parent, children = parent_and_children(run)
     numbers = sorted(int(r.data.tags[C.OPTUNA_TRIAL]) for r in children)
     assert numbers == list(range(trials)), "a trial has no run or two runs"
-    replay = Replay.open(str(DIGITS), [])
-    study = load_study(run, parent)
+    study, c = load_study(run, parent), client(run)
     by_number = {t.number: t for t in study.get_trials()}
     assert len(by_number) == trials
     trial_epochs = 0
@@ -262,7 +262,7 @@ def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray
         row = nearest_row(replay.table, {k: float(r.data.params[k]) for k in replay.table.param_names()})
         served = [res for res, _ in serve(row, replay_config(row, replay.settings))]
         finished = C.is_final(served[-1])  # else the guard stopped it where the recorded curve collapsed
-        steps = [m.step for m in client(run).get_metric_history(r.info.run_id, C.TRAIN_LOSS)]
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, C.TRAIN_LOSS)]
         epochs = 1 + max(res[C.EPOCH] for res in served if C.EPOCH in res)
         assert steps == list(range(epochs)), f"run {r.info.run_id}: epochs {steps}"
         trial_epochs += epochs
@@ -279,7 +279,7 @@ def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray
     out = whatif("--sweep", parent.info.run_id, "--scheduler", "moasha", "--json")
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
-    curve = client(run).get_metric_history(parent.info.run_id, "sweep/hypervolume")
+    curve = c.get_metric_history(parent.info.run_id, "sweep/hypervolume")
     assert s["trials"] == trials and s["baseline_trial_epochs"] == trial_epochs
     assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
     assert s["whatif_trial_epochs"] < trial_epochs and s["stopped"] > 0 and s["seconds"] < 60
@@ -293,7 +293,7 @@ def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(ray
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --sweep '0123456789abcdef': no such run at {run.tracking_uri}"
     ]
-    client(run).update_run(children[0].info.run_id, status="RUNNING")
+    c.update_run(children[0].info.run_id, status="RUNNING")
     assert whatif_main(["--tracking-uri", run.tracking_uri, "--sweep", parent.info.run_id]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is still RUNNING" in err[0], err

@@ -22,6 +22,10 @@ from jepa_ray.contract import (
     ATTR_RUNG_STOP,
     ATTR_STOPPED,
     EPOCH_PROBE_METRIC,
+    FAILURE,
+    FAILURE_KIND,
+    STOPPED,
+    FailureKind,
     has_final_metrics,
 )
 from jepa_ray.sweep.spaces import params_key
@@ -121,23 +125,20 @@ def _record_end(c, t, run, recover: Callable) -> None:
     """Record the end of an Optuna trial in its RUNNING MLflow run as the driver would have
     (docs/design.md, "How a trial ends"): a finished trial's final metrics and checkpoint, or the
     epochs a stopped, collapsed or failed one trained, with its status and tags."""
-    from jepa_ray import tracking
-    from jepa_ray.contract import FAILURE_KIND, STOPPED, FailureKind
-
     run_id = run.info.run_id
     stop = t.user_attrs.get(ATTR_RUNG_STOP)  # tpe-rungs tells a stopped trial COMPLETE
     if t.state == TrialState.COMPLETE and not stop:
         if has_final_metrics(run.data.metrics) or recover(c, run, None):
             c.set_terminated(run_id, "FINISHED")
             return
-        tags = {tracking.FAILURE: "interrupted before the trial's end was recorded"}
+        tags = {FAILURE: "interrupted before the trial's end was recorded"}
     else:
         recover(c, run, int(t.user_attrs.get(ATTR_EPOCHS, 0)))
         if stop:
             tags = {STOPPED: stop, FAILURE_KIND: FailureKind.STOPPED.value}
         else:
             kind = FailureKind.COLLAPSED if t.state == TrialState.PRUNED else FailureKind.FAILED
-            tags = {tracking.FAILURE: t.user_attrs.get(ATTR_FAILURE, kind.value), FAILURE_KIND: kind.value}
+            tags = {FAILURE: t.user_attrs.get(ATTR_FAILURE, kind.value), FAILURE_KIND: kind.value}
     for key, value in tags.items():
         c.set_tag(run_id, key, value)
     c.set_terminated(run_id, "KILLED" if stop else "FAILED")
