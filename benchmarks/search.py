@@ -252,6 +252,8 @@ def replay_main() -> None:
     p.add_argument("--concurrency", type=int, default=4, help="trials at once")
     p.add_argument("--objectives", default="linear_acc:max,l0_density:min")
     p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
+    p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung (0: a ninth of the epochs)")
+    p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung")
     p.add_argument("--plot", help="normalized regret against trial-epochs, median and IQR, to this PNG")
     p.add_argument("--curves", help="write every sweep's curve to this JSON")
     args = p.parse_args()
@@ -273,7 +275,16 @@ def replay_main() -> None:
     for method in methods:
         start = time.perf_counter()
         runs = [
-            run_method(replay, method, objectives, seed=seed, budget=budget, max_concurrent=args.concurrency)
+            run_method(
+                replay,
+                method,
+                objectives,
+                seed=seed,
+                budget=budget,
+                max_concurrent=args.concurrency,
+                min_epochs=args.scheduler_min_epochs,
+                eta=args.scheduler_eta,
+            )
             for seed in range(args.seeds)
         ]
         curves[method.name] = [[1.0 - r.hypervolume_at(t) / best for t in grid] for r in runs]

@@ -185,6 +185,51 @@ def test_the_recorder_resumes_without_duplicates_and_refuses_to_mix(tmp_path):
         Recorder(grid, tmp_path / "other.parquet", log=lambda m: None).prepare()
 
 
+def _record_then_interrupt(tmp_path: Path, interrupts: int) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """Start `python -m jepa_ray.curves record` on the smoke grid, one row at a time, and press
+    Ctrl-C `interrupts` times (SIGINT to its whole process group, as a terminal does) while the
+    first row trains."""
+    import os
+    import signal
+    import time
+
+    table, work = tmp_path / "smoke.parquet", tmp_path / "work"
+    cmd = [sys.executable, "-m", "jepa_ray.curves", "record", "--grid", "smoke", "--table", str(table)]
+    proc = subprocess.Popen(
+        [*cmd, "--jobs", "1", "--work-dir", str(work)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(work.glob("*.log")):  # the first row's trainer is starting
+        assert proc.poll() is None and time.monotonic() < deadline, "the first row never started"
+        time.sleep(0.1)
+    for _ in range(interrupts):
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), table, work
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_row_in_flight_and_a_second_stops_at_once(tmp_path):
+    done, table, _ = _record_then_interrupt(tmp_path / "drain", 1)
+    assert done.returncode == 130, done.stderr
+    assert "finishing the 1 row(s) in flight" in done.stdout
+    assert "stopped after the rows in flight" in done.stderr
+    rows = read_table(table)
+    assert len(rows) == 1 and rows.rows[0].finished  # the row in flight, and no other started
+
+    killed, table, work = _record_then_interrupt(tmp_path / "stop", 2)
+    assert killed.returncode == 130 and "stopped: the rows recorded so far" in killed.stderr, killed.stderr
+    assert not table.exists() or len(read_table(table)) == 0
+    trainers = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True).stdout.split()
+    assert trainers == []  # the trainer in flight was killed, not orphaned
+
+
 # --------------------------------------------------------------------------------------------
 # Through the real driver
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from jepa_ray.errors import UsageError
@@ -60,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop_now)
     try:
         recorder.run()
-    except KeyboardInterrupt:
-        print("interrupted: the rows recorded so far are in the table; run again to resume", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        print("stopped: the rows recorded so far are in the table; run again to resume", file=sys.stderr)
+        return 130
+    if recorder.drained:
+        print("stopped after the rows in flight: they are in the table; run again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _stop_now(signum: int, frame) -> None:
+    """SIGTERM stops at once, as a second Ctrl-C does: the trainers in flight are killed."""
+    raise SystemExit(128 + signum)

@@ -145,6 +145,8 @@ class Recorder:
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._stopping = False
+        self.drained = False
+        """True when an interrupt stopped the recording after the rows in flight were written."""
 
     def prepare(self) -> tuple[CurveTable, list[tuple[dict, int]]]:
         """Every check before any training: the grid resolves, the table (when it exists) is of
@@ -169,29 +171,54 @@ class Recorder:
             f"-> {self.table_path}"
         )
         work = Path(self.work_dir or tempfile.mkdtemp(prefix="jepa-curves-"))
+        work.mkdir(parents=True, exist_ok=True)
         added: list[Row] = []
         start = time.monotonic()
+        pool = ThreadPoolExecutor(max_workers=self.jobs)
         try:
-            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-                pending: set[Future] = {pool.submit(self._train, p, s, work) for p, s in todo}
-                while pending:
+            pending: set[Future] = {pool.submit(self._train, p, s, work) for p, s in todo}
+            while pending:
+                try:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        row = fut.result()
-                        with self._lock:
-                            table.add(row)
-                            table.write()
-                        added.append(row)
-                        self._log_row(row, len(added), len(todo), time.monotonic() - start)
+                except KeyboardInterrupt:
+                    if self.drained:
+                        raise
+                    pending = self._drain(pending)
+                    continue
+                for fut in done:
+                    row = fut.result()
+                    if row is None:  # not started: the recording is draining
+                        continue
+                    with self._lock:
+                        table.add(row)
+                        table.write()
+                    added.append(row)
+                    self._log_row(row, len(added), len(todo), time.monotonic() - start)
         except BaseException:
-            self._stopping = True
-            for proc in list(self._procs):
+            with self._lock:
+                self._stopping = True
+                procs = list(self._procs)
+            for proc in procs:  # before the pool's shutdown, which waits for their threads
                 proc.kill()
             raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             if self.work_dir is None:
                 shutil.rmtree(work, ignore_errors=True)
         return added
+
+    def _drain(self, pending: set[Future]) -> set[Future]:
+        """The first interrupt: start no more rows, let the ones in flight finish and be written
+        (each is minutes of training); a second interrupt stops at once."""
+        self.drained = True
+        for fut in pending:
+            fut.cancel()
+        running = {fut for fut in pending if not fut.cancelled()}
+        self.log(
+            f"interrupted: finishing the {len(running)} row(s) in flight, starting no more; "
+            "interrupt again to stop now (rows in flight are then lost)"
+        )
+        return running
 
     def _log_row(self, row: Row, n: int, total: int, elapsed: float) -> None:
         nan = float("nan")
@@ -206,9 +233,11 @@ class Recorder:
             f"elapsed {elapsed / 60:.0f} min, about {eta / 60:.0f} min left)"
         )
 
-    def _train(self, params: dict[str, Any], seed: int, work: Path) -> Row:
+    def _train(self, params: dict[str, Any], seed: int, work: Path) -> Row | None:
         if self._stopping:
             raise RuntimeError("recording stopped")
+        if self.drained:
+            return None
         key = row_key(params, seed)
         out = work / key
         shutil.rmtree(out, ignore_errors=True)
@@ -217,14 +246,25 @@ class Recorder:
         log_path = work / f"{key}.log"
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
+            # Its own process group: a Ctrl-C at the terminal reaches the recorder only, which
+            # lets the row finish (drain) or kills it (a second Ctrl-C).
             proc = subprocess.Popen(
-                [sys.executable, *argv[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+                [sys.executable, *argv[1:]],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                process_group=0,
             )
-            self._procs.add(proc)
+            with self._lock:
+                self._procs.add(proc)
+                if self._stopping:  # started as the recording stopped
+                    proc.kill()
             try:
                 code = proc.wait()
             finally:
-                self._procs.discard(proc)
+                with self._lock:
+                    self._procs.discard(proc)
         wall = time.perf_counter() - t0
         if code not in (0, 1) or self._stopping:
             raise RuntimeError(f"{shlex.join(argv)} exited {code}: {_failure_line(log_path)}")
