@@ -173,6 +173,7 @@ def main() -> None:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more sweep arguments")
     args = p.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
+    check_methods(p, methods, METHODS)
     budget = args.trials * args.epochs
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
@@ -260,6 +261,7 @@ def replay_main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
     replay = Replay.open(args.replay, [])
     objectives = pareto.parse_objectives(args.objectives)
+    check_methods(p, args.methods.split(","), METHODS)
     methods = [METHODS[m] for m in args.methods.split(",")]
     epochs = replay.base.optim.epochs
     budget = args.trials * epochs
@@ -316,6 +318,12 @@ def replay_main() -> None:
         Path(args.curves).write_text(json.dumps({"budget": budget, "grid": grid, "regret": curves}))
     if args.plot:
         plot_regret(curves, grid, budget, args.plot, Path(args.replay).name)
+
+
+def check_methods(p: argparse.ArgumentParser, names: list[str], known) -> None:
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        p.error(f"--methods {','.join(unknown)} not allowed; allowed: {', '.join(known)}")
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:

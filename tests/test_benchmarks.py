@@ -108,6 +108,26 @@ def test_search_benchmark_on_replayed_curves(tmp_path):
     curves = json.loads((tmp_path / "curves.json").read_text())
     assert set(curves["regret"]) == {"tpe", "moasha-tpe", "ladder-tpe"} and curves["budget"] == 6 * 12
 
+    # The scheduler's rungs are the benchmark's to set: one rung at epoch 11 stops trials later
+    # than the default 1, 3, 9, so the same budget ends fewer trials.
+    def ended(rows: list[dict]) -> float:
+        return next(r["trials_ended"] for r in rows if r["case"].startswith("moasha-tpe: normalized regret at 1.00"))
+
+    late = run_bench(
+        "benchmarks/search.py",
+        *("--replay", DIGITS_TABLE, "--methods", "moasha-tpe", "--seeds", "3", "--trials", "6"),
+        *("--scheduler-min-epochs", "11"),
+        positive=False,
+    )
+    assert ended(late) < ended(rows)
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/search.py", "--replay", DIGITS_TABLE, "--methods", "tpe,bogus"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--methods bogus not allowed; allowed: random, tpe" in bad.stderr
+
 
 def test_table_benchmark_summarizes_a_curve_table(tmp_path):
     rows = run_bench("benchmarks/table.py", DIGITS_TABLE, "--plot", str(tmp_path / "front.png"), positive=False)

@@ -34,6 +34,7 @@ METHODS = {
         Method("random", "random", doc="random search, every trial to its end"),
         Method("tpe", "tpe", axis="mu", doc="TPE over mu (the default space's axis), every trial to its end"),
         Method("tpe-density", "tpe", doc="TPE over the target density, every trial to its end"),
+        Method("gp", "gp", doc="Gaussian-process Bayesian optimization (Optuna's GPSampler), every trial to its end"),
         Method("moasha-random", "random", "moasha", doc="MOASHA with random proposals (MOASHA's baseline)"),
         Method("moasha-tpe", "tpe", "moasha", doc="MOASHA with TPE proposals over the target density"),
         Method(
