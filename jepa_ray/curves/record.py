@@ -193,7 +193,7 @@ class Recorder:
                         table.add(row)
                         table.write()
                     added.append(row)
-                    self._log_row(row, len(added), len(todo), time.monotonic() - start)
+                    self._log_row(row, added, len(todo), time.monotonic() - start)
         except BaseException:
             with self._lock:
                 self._stopping = True
@@ -220,14 +220,15 @@ class Recorder:
         )
         return running
 
-    def _log_row(self, row: Row, n: int, total: int, elapsed: float) -> None:
+    def _log_row(self, row: Row, added: list[Row], total: int, elapsed: float) -> None:
         nan = float("nan")
         what = (
             f"linear_acc {row.final.get('linear_acc', nan):.4f} l0 {row.final.get('l0_density', nan):.3f}"
             if row.finished
             else f"failed: {row.failure}"
         )
-        eta = elapsed / n * (total - n)
+        n = len(added)
+        eta = sum(r.wall_s for r in added) / n * (total - n) / self.jobs  # rows run `jobs` at a time
         self.log(
             f"[{n}/{total}] {json.dumps(row.params)} seed {row.seed}: {what} ({row.wall_s:.0f} s; "
             f"elapsed {elapsed / 60:.0f} min, about {eta / 60:.0f} min left)"
