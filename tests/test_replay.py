@@ -185,13 +185,18 @@ def test_the_recorder_resumes_without_duplicates_and_refuses_to_mix(tmp_path):
         Recorder(grid, tmp_path / "other.parquet", log=lambda m: None).prepare()
 
 
-def _record_then_interrupt(tmp_path: Path, interrupts: int) -> tuple[subprocess.CompletedProcess, Path, Path]:
+def _record_then_interrupt(
+    tmp_path: Path, interrupts: int, background: bool = False
+) -> tuple[subprocess.CompletedProcess, Path, Path]:
     """Start `python -m jepa_ray.curves record` on the smoke grid, one row at a time, and press
     Ctrl-C `interrupts` times (SIGINT to its whole process group, as a terminal does) while the
-    first row trains."""
+    first row trains. `background`: started as `cmd &` is, with SIGINT ignored."""
     import os
     import signal
     import time
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     table, work = tmp_path / "smoke.parquet", tmp_path / "work"
     cmd = [sys.executable, "-m", "jepa_ray.curves", "record", "--grid", "smoke", "--table", str(table)]
@@ -202,6 +207,7 @@ def _record_then_interrupt(tmp_path: Path, interrupts: int) -> tuple[subprocess.
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=ignore_sigint if background else None,
     )
     deadline = time.monotonic() + 120
     while not any(work.glob("*.log")):  # the first row's trainer is starting
@@ -215,8 +221,8 @@ def _record_then_interrupt(tmp_path: Path, interrupts: int) -> tuple[subprocess.
 
 
 @pytest.mark.slow
-def test_ctrl_c_finishes_the_row_in_flight_and_a_second_stops_at_once(tmp_path):
-    done, table, _ = _record_then_interrupt(tmp_path / "drain", 1)
+def test_sigint_finishes_the_row_in_flight_even_in_the_background_and_a_second_stops_at_once(tmp_path):
+    done, table, _ = _record_then_interrupt(tmp_path / "drain", 1, background=True)
     assert done.returncode == 130, done.stderr
     assert "finishing the 1 row(s) in flight" in done.stdout
     assert "stopped after the rows in flight" in done.stderr

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _stop_now)
+    # A job started in the background (`cmd &`) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: `kill -INT` would do nothing instead of draining.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         recorder.run()
     except (KeyboardInterrupt, SystemExit):
