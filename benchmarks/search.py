@@ -258,11 +258,12 @@ def replay_main() -> None:
     p.add_argument("--plot", help="normalized regret against trial-epochs, median and IQR, to this PNG")
     p.add_argument("--curves", help="write every sweep's curve to this JSON")
     args = p.parse_args()
+    names = args.methods.split(",")
+    check_methods(p, names, METHODS)
+    methods = [METHODS[m] for m in names]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
     replay = Replay.open(args.replay, [])
     objectives = pareto.parse_objectives(args.objectives)
-    check_methods(p, args.methods.split(","), METHODS)
-    methods = [METHODS[m] for m in args.methods.split(",")]
     epochs = replay.base.optim.epochs
     budget = args.trials * epochs
     points, best = attainable(replay, objectives)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -191,9 +194,6 @@ def _record_then_interrupt(
     """Start `python -m jepa_ray.curves record` on the smoke grid, one row at a time, and press
     Ctrl-C `interrupts` times (SIGINT to its whole process group, as a terminal does) while the
     first row trains. `background`: started as `cmd &` is, with SIGINT ignored."""
-    import os
-    import signal
-    import time
 
     def ignore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
