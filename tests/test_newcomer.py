@@ -147,6 +147,17 @@ def test_each_sweep_without_seed_searches_anew_and_a_seed_repeats_it(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Whose Ray instance a sweep uses
 
+# Two trials replayed from the digits table: the same driver and Ray start as a training sweep,
+# without the training (which these tests do not look at) and its minute of CPU.
+REPLAYED_SWEEP = (
+    "--replay",
+    str(ROOT / "benchmarks" / "curves" / "digits.parquet"),
+    "--num-samples",
+    "2",
+    "--seed",
+    "0",
+)
+
 
 @pytest.mark.slow
 def test_two_sweeps_at_once_each_start_their_own_ray_and_both_finish(tmp_path):
@@ -156,7 +167,7 @@ def test_two_sweeps_at_once_each_start_their_own_ray_and_both_finish(tmp_path):
         work.mkdir()
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--smoke", "--seed", "0"],
+                [sys.executable, str(ROOT / "sweeps" / "rectified.py"), *REPLAYED_SWEEP],
                 cwd=work,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -191,7 +202,7 @@ def test_a_sweep_joins_a_cluster_started_for_sharing(tmp_path):
             assert time.monotonic() < deadline and head.poll() is None, "ray start did not come up"
             time.sleep(1)
         out = subprocess.run(
-            [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--smoke", "--seed", "0"],
+            [sys.executable, str(ROOT / "sweeps" / "rectified.py"), *REPLAYED_SWEEP],
             cwd=tmp_path,
             capture_output=True,
             text=True,
