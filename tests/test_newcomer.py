@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -219,3 +220,33 @@ def test_a_sweep_joins_a_cluster_started_for_sharing(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         reset_ray_address()
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping a sweep started in the background
+
+
+def test_a_sweep_started_in_the_background_stops_on_sigint(tmp_path):
+    """`nohup sweep &` inherits SIGINT ignored; `kill -INT` must still stop it (exit 130). The
+    sweep is held in its preflight by a tracking server that accepts and never answers."""
+    hang = socket.create_server(("127.0.0.1", 0))
+    hang.settimeout(120)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--seed", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{hang.getsockname()[1]}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # what `cmd &` does
+    )
+    try:
+        conn, _ = hang.accept()  # the sweep is in its preflight, past its start
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        hang.close()
+    conn.close()
+    assert proc.returncode == 130, out + err
+    assert "interrupted:" in err

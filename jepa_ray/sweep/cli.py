@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 from typing import Any
 
 from jepa_ray.errors import UsageError
@@ -38,6 +40,10 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         cluster.RAY_LOGGING_LEVEL, cluster.RAY_LOG_TO_DRIVER = logging.ERROR, False
         for name in ("ray", "ray.tune", "ray.train", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    if threading.current_thread() is threading.main_thread():
+        # A sweep started in the background (`nohup ... &`) inherits SIGINT ignored: `kill -INT`
+        # would then do nothing before Tune's own handler is set, and a second one nothing after.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     ray_was_running = _ray_initialized()
     try:
         summary = execute(plan(opts))
