@@ -30,6 +30,9 @@ regret, 1 - HV / HV*, HV* the hypervolume of every configuration the table holds
     python benchmarks/search.py --replay benchmarks/curves/cifar10-cpu.parquet --seeds 20 \
         --trials 24 --concurrency 4 --plot docs/img/search-cifar10.png
 
+`--warm-start OTHER_TABLE` makes every method propose OTHER's front first (a sweep that starts
+from an earlier one on a cheap proxy, e.g. the digits table for CIFAR-10).
+
 Prints one JSON object per line (docs/design.md format).
 """
 
@@ -242,7 +245,7 @@ def replay_main() -> None:
     import optuna
 
     from jepa_ray import pareto
-    from jepa_ray.sweep.methods import METHODS, attainable, run_method
+    from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
     from jepa_ray.sweep.replay import Replay
 
     p = argparse.ArgumentParser(description="search methods compared on a curve table, in simulated time")
@@ -255,11 +258,20 @@ def replay_main() -> None:
     p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
     p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung (0: a ninth of the epochs)")
     p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung")
+    p.add_argument(
+        "--warm-start",
+        metavar="TABLE",
+        help="every method first proposes this table's front, each point as its nearest configuration here",
+    )
     p.add_argument("--plot", help="normalized regret against trial-epochs, median and IQR, to this PNG")
     p.add_argument("--curves", help="write every sweep's curve to this JSON")
     args = p.parse_args()
     names = args.methods.split(",")
     check_methods(p, names, METHODS)
+    for name in ("replay", "warm_start"):
+        path = getattr(args, name)
+        if path is not None and not Path(path).is_file():
+            p.exit(2, f"error: --{name.replace('_', '-')} {path}: no such file; allowed: a curve table (.parquet)\n")
     methods = [METHODS[m] for m in names]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
     replay = Replay.open(args.replay, [])
@@ -273,6 +285,14 @@ def replay_main() -> None:
         best,
         configurations=len(replay.front_rows()),
     )
+    warm = warm_start_rows(Replay.open(args.warm_start, []), replay, objectives) if args.warm_start else []
+    if warm:
+        emit(
+            f"warm start: the front of {Path(args.warm_start).name} as {len(warm)} configurations of this table",
+            "configurations",
+            len(warm),
+            params=[r.params for r in warm],
+        )
     grid = list(range(0, budget + 1))
     curves: dict[str, list[list[float]]] = {}
     for method in methods:
@@ -287,6 +307,7 @@ def replay_main() -> None:
                 max_concurrent=args.concurrency,
                 min_epochs=args.scheduler_min_epochs,
                 eta=args.scheduler_eta,
+                starting_points=warm,
             )
             for seed in range(args.seeds)
         ]

@@ -120,6 +120,27 @@ def test_search_benchmark_on_replayed_curves(tmp_path):
         positive=False,
     )
     assert ended(late) < ended(rows)
+
+    # Started from its own front (4 configurations), TPE holds the table's whole hypervolume once
+    # those 4 trials end, near 2/3 of 6 trials' budget (a cold start has 46 configurations to
+    # find them among).
+    warm = run_bench(
+        "benchmarks/search.py",
+        *("--replay", DIGITS_TABLE, "--methods", "tpe", "--seeds", "2", "--trials", "6"),
+        *("--warm-start", DIGITS_TABLE),
+        positive=False,
+    )
+    assert next(r for r in warm if r["case"].startswith("warm start"))["value"] == 4
+    regret = [r["value"] for r in warm if r["metric"] == "regret"]
+    assert regret[0] == 1.0 and regret[1] < 0.01 and regret[2] == 0.0
+    for flag in ("--replay", "--warm-start"):
+        argv = ["--replay", DIGITS_TABLE, "--warm-start", DIGITS_TABLE]
+        argv[argv.index(flag) + 1] = "missing.parquet"
+        gone = subprocess.run([sys.executable, "benchmarks/search.py", *argv], cwd=ROOT, capture_output=True, text=True)
+        assert (
+            gone.returncode == 2
+            and gone.stderr == f"error: {flag} missing.parquet: no such file; allowed: a curve table (.parquet)\n"
+        )
     bad = subprocess.run(
         [sys.executable, "benchmarks/search.py", "--replay", DIGITS_TABLE, "--methods", "tpe,bogus"],
         cwd=ROOT,

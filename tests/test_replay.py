@@ -5,6 +5,7 @@ into MLflow and Optuna as a live sweep records, and the what-if over a finished 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from jepa_ray.curves import GRIDS, read_table, row_key
 from jepa_ray.curves.record import Recorder
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Outcome
-from jepa_ray.sweep.methods import METHODS, attainable, run_method
+from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
 from jepa_ray.sweep.replay import Replay, nearest_row, replay_config, serve
 from jepa_ray.sweep.simulate import simulate
 
@@ -149,6 +150,33 @@ def test_no_search_beats_the_table_and_moasha_stops_trials(replay):
         assert 0 < result.hypervolume <= best + 1e-12, name
         if name != "tpe":
             assert result.count(Outcome.STOPPED) > 0, name
+
+
+def test_a_warm_start_proposes_the_other_tables_front_first(replay):
+    points, _ = attainable(replay, OBJECTIVES)
+    front = [  # brute force: no other point at least as good in both and better in one
+        row
+        for row, (acc, l0) in points
+        if not any(a >= acc and d <= l0 and (a, d) != (acc, l0) for _, (a, d) in points)
+    ]
+    warm = warm_start_rows(replay, replay, OBJECTIVES)
+    assert sorted(r.key for r in warm) == sorted(r.key for r in front) and len(warm) >= 3
+    assert [r.final["l0_density"] for r in warm] == sorted(r.final["l0_density"] for r in warm)
+    for name in ("tpe", "moasha-tpe"):  # over mu and over the target density: the same rows first
+        result = run_method(
+            replay, METHODS[name], OBJECTIVES, seed=0, num_samples=len(warm) + 2, max_concurrent=1, starting_points=warm
+        )
+        assert [t.row_key for t in result.trials[: len(warm)]] == [r.key for r in warm], name
+
+    # Another table's front (here this one's with lambd off the grid) lands on this table's
+    # nearest configurations.
+    shifted = [
+        dataclasses.replace(r, key=f"shifted-{r.key}", params={**r.params, "lambd": r.params["lambd"] * 1.1})
+        for r in replay.table
+    ]
+    other = dataclasses.replace(replay, table=type(replay.table)(shifted))
+    moved = warm_start_rows(other, replay, OBJECTIVES)
+    assert [r.key for r in moved] == [r.key for r in warm]
 
 
 # --------------------------------------------------------------------------------------------

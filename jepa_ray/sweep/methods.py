@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jepa_ray.sweep.replay import Replay, TableSpace, row_value
+from jepa_ray.curves.table import Row
+from jepa_ray.sweep.replay import Replay, TableSpace, nearest_row, row_value
 from jepa_ray.sweep.schedulers import create_scheduler
-from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler
+from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler, study_of
 from jepa_ray.sweep.simulate import SimResult, simulate
 from jepa_ray.sweep.spaces import params_key
 
@@ -93,9 +94,11 @@ def run_method(
     eta: float = 3.0,
     min_epochs: int = 0,
     searcher=None,
+    starting_points: list[Row] = (),
 ) -> SimResult:
     """One simulated sweep of `method` over the replay's table (`searcher`: another proposer,
-    e.g. a finished sweep's own order, in place of the method's sampler)."""
+    e.g. a finished sweep's own order, in place of the method's sampler; `starting_points`: rows
+    of the table the method's sampler proposes first, e.g. from `warm_start_rows`)."""
     if searcher is None:
         searcher = JepaOptunaSearch(
             space=make_space(replay, method.axis, seed),
@@ -103,6 +106,8 @@ def run_method(
             mode=[o.direction for o in objectives],
             sampler=make_sampler(method.sampler, seed),
         )
+        for row in starting_points:
+            study_of(searcher).enqueue_trial(_proposal(row, method.axis, replay))
         if method.sampler == "tpe-rungs":
             from jepa_ray.sweep.scheduler import parse_signals
 
@@ -137,3 +142,32 @@ def attainable(replay: Replay, objectives: list) -> tuple[list, float]:
         if last is not None and is_final(last):
             points.append((row, tuple(float(last[o.name]) for o in objectives)))
     return points, sweep_hypervolume([v for _, v in points], objectives)
+
+
+def warm_start_rows(source: Replay, target: Replay, objectives: list) -> list[Row]:
+    """The front of `source`'s table (the configurations a sweep finishes that no other
+    dominates), each as its nearest configuration in `target`'s table, without repeats, in the
+    order of the last objective (sparsest first for the default ones): what a sweep that starts
+    from an earlier sweep's front (a cheap proxy dataset, a smaller model) would try first."""
+    import numpy as np
+
+    from jepa_ray.pareto import non_dominated
+
+    points, _ = attainable(source, objectives)
+    keep = non_dominated(np.array([v for _, v in points]), objectives)
+    rows: dict[int, Row] = {}
+    for (row, _), on_front in sorted(zip(points, keep), key=lambda x: tuple(x[0][1][::-1])):
+        if on_front:
+            near = nearest_row(target.table, row.params)
+            rows.setdefault(id(near), near)
+    return list(rows.values())
+
+
+def _proposal(row: Row, axis: str, replay: Replay) -> dict[str, Any]:
+    """A row's params as the method's space names them (mu in place of target_density on the mu
+    axis)."""
+    params = dict(row.params)
+    if axis == "mu" and "target_density" in params and "target_density" in replay.table.param_names():
+        del params["target_density"]
+        params["mu"] = float(row_value(row, "mu"))
+    return params
