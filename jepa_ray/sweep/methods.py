@@ -155,11 +155,11 @@ def warm_start_rows(source: Replay, target: Replay, objectives: list) -> list[Ro
 
     points, _ = attainable(source, objectives)
     keep = non_dominated(np.array([v for _, v in points]), objectives)
-    rows: dict[int, Row] = {}
+    rows: dict[str, Row] = {}
     for (row, _), on_front in sorted(zip(points, keep), key=lambda x: tuple(x[0][1][::-1])):
         if on_front:
             near = nearest_row(target.table, row.params)
-            rows.setdefault(id(near), near)
+            rows.setdefault(near.key, near)
     return list(rows.values())
 
 
