@@ -242,11 +242,11 @@ def test_a_sweep_started_in_the_background_stops_on_sigint(tmp_path):
     )
     try:
         conn, _ = hang.accept()  # the sweep is in its preflight, past its start
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         hang.close()
-    conn.close()
     assert proc.returncode == 130, out + err
     assert "interrupted:" in err

@@ -73,6 +73,10 @@ class MuTableSpace(TableSpace):
             "params_key": params_key(trial.params),
         }
 
+    def proposal(self, row: Row) -> dict[str, Any]:
+        params = {k: v for k, v in row.params.items() if k != "target_density"}
+        return {"mu": float(row_value(row, "mu")), **params}
+
 
 def make_space(replay: Replay, axis: str, seed: int) -> TableSpace:
     if axis == "mu" and "target_density" in replay.table.param_names():
@@ -100,14 +104,16 @@ def run_method(
     e.g. a finished sweep's own order, in place of the method's sampler; `starting_points`: rows
     of the table the method's sampler proposes first, e.g. from `warm_start_rows`)."""
     if searcher is None:
+        space = make_space(replay, method.axis, seed)
         searcher = JepaOptunaSearch(
-            space=make_space(replay, method.axis, seed),
+            space=space,
             metric=[o.name for o in objectives],
             mode=[o.direction for o in objectives],
             sampler=make_sampler(method.sampler, seed),
         )
+        study = study_of(searcher)
         for row in starting_points:
-            study_of(searcher).enqueue_trial(_proposal(row, method.axis, replay))
+            study.enqueue_trial(space.proposal(row))
         if method.sampler == "tpe-rungs":
             from jepa_ray.sweep.scheduler import parse_signals
 
@@ -155,19 +161,9 @@ def warm_start_rows(source: Replay, target: Replay, objectives: list) -> list[Ro
 
     points, _ = attainable(source, objectives)
     keep = non_dominated(np.array([v for _, v in points]), objectives)
+    front = [point for point, on_front in zip(points, keep) if on_front]
     rows: dict[str, Row] = {}
-    for (row, _), on_front in sorted(zip(points, keep), key=lambda x: tuple(x[0][1][::-1])):
-        if on_front:
-            near = nearest_row(target.table, row.params)
-            rows.setdefault(near.key, near)
+    for row, _ in sorted(front, key=lambda point: point[1][::-1]):
+        near = nearest_row(target.table, row.params)
+        rows.setdefault(near.key, near)
     return list(rows.values())
-
-
-def _proposal(row: Row, axis: str, replay: Replay) -> dict[str, Any]:
-    """A row's params as the method's space names them (mu in place of target_density on the mu
-    axis)."""
-    params = dict(row.params)
-    if axis == "mu" and "target_density" in params and "target_density" in replay.table.param_names():
-        del params["target_density"]
-        params["mu"] = float(row_value(row, "mu"))
-    return params

@@ -56,6 +56,10 @@ class TableSpace:
             "params_key": params_key(trial.params),
         }
 
+    def proposal(self, row: Row) -> dict[str, Any]:
+        """A row's params as this space suggests them (to enqueue the row as a trial)."""
+        return dict(row.params)
+
 
 def row_value(row: Row, name: str) -> Any:
     """A searched param of a row, else the value its trained config has for that key."""
