@@ -101,6 +101,17 @@ def synthetic_table(path: Path, configs: int, epochs: int) -> Path:
     return CurveTable(rows).write(path)
 
 
+def rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; elsewhere the peak, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 class CallbackTimer:
     """A Tune callback in front of the driver's: times every hook the driver's callbacks run on
     Tune's event loop (per result, and per trial end)."""
@@ -141,21 +152,17 @@ class CallbackTimer:
             self.first = self.first or start
             self.last = end
         if what == "end" and self.rss_at_first_end is None:
-            import psutil
-
-            self.rss_at_first_end = psutil.Process().memory_info().rss
+            self.rss_at_first_end = rss_bytes()
 
 
 class RssSampler:
     def __init__(self, every_s: float = 0.5):
-        import psutil
-
-        self.proc, self.samples, self.stop = psutil.Process(), [], threading.Event()
+        self.samples, self.stop = [], threading.Event()
         threading.Thread(target=self._run, args=(every_s,), daemon=True).start()
 
     def _run(self, every_s: float) -> None:
         while not self.stop.is_set():
-            self.samples.append(self.proc.memory_info().rss)
+            self.samples.append(rss_bytes())
             time.sleep(every_s)
 
 
@@ -312,7 +319,7 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
         timer = ours["timer"]
         results = len(timer.seconds["result"])
         rate, bare_rate = results / (timer.last - timer.first), bare_results / bare_s
-        emit(case, "results_per_s", round(rate, 1), baseline=round(bare_rate, 1), ratio=round(rate / bare_rate, 3))
+        emit(case, "results_per_s", round(rate, 2), baseline=round(bare_rate, 2), ratio=round(rate / bare_rate, 3))
         for what in ("result", "end"):
             seconds = ours["timer"].seconds[what]
             emit(

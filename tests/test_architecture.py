@@ -1,6 +1,7 @@
-"""The package's shape: no import cycle between its modules (function-level imports included,
-`if TYPE_CHECKING:` blocks excepted), a config that imports without torch, entry points that
-run, the private-API adapter's version check, and files of a readable size."""
+"""The package's shape: no import cycle between its modules (function-level imports and the
+lazy exports of jepa_ray.lazy included, `if TYPE_CHECKING:` blocks excepted), a config, a sweep
+driver and a Pareto export that import without torch, entry points that run, the private-API
+adapter's version check, and files of a readable size."""
 
 from __future__ import annotations
 
@@ -25,8 +26,13 @@ def is_type_checking(node: ast.If) -> bool:
     return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
+def is_lazy_exports(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "exports"
+
+
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The package modules `path` imports, at module or function level (not for type checking)."""
+    """The package modules `path` imports, at module or function level (not for type checking),
+    or exports lazily (the modules named in `lazy.exports(...)`)."""
     tree = ast.parse(path.read_text())
     here = module_name(path)
     found: set[str] = set()
@@ -42,6 +48,10 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
                 found.add(sub if sub in modules else node.module)
+        elif is_lazy_exports(node):
+            for arg in node.args:
+                if isinstance(arg, ast.Dict):
+                    found.update(k.value for k in arg.keys if isinstance(k, ast.Constant) and k.value in modules)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -105,11 +115,32 @@ def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
         assert not bad, f"{module} imports {bad}"
 
 
-def test_importing_the_config_does_not_import_torch():
-    code = "import sys, jepa_ray.config; print('torch' in sys.modules, 'timm' in sys.modules)"
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "jepa_ray.config",
+        # the sweep driver and what it starts (the MLflow writer process, the Pareto export, the
+        # data preflight, checkpoint files): seconds per process start, hundreds of MB each at scale
+        "jepa_ray.sweep, jepa_ray.tracking.writer, jepa_ray.tracking.ops, jepa_ray.pareto, "
+        "jepa_ray.train.checkpoint, jepa_ray.data.preflight",
+    ],
+)
+def test_importing_the_config_and_the_driver_does_not_import_torch(imports):
+    code = f"import sys, {imports}; print('torch' in sys.modules, 'timm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_lazy_exports_resolve_every_name_and_refuse_unknown_ones():
+    import jepa_ray.data
+    import jepa_ray.train
+
+    for package in (jepa_ray.data, jepa_ray.train):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
+    with pytest.raises(AttributeError, match="'jepa_ray.train' has no attribute 'nope'"):
+        jepa_ray.train.nope  # noqa: B018
 
 
 @pytest.mark.parametrize("module", ["jepa_ray.sweep", "jepa_ray.train", "jepa_ray.pareto"])

@@ -88,6 +88,23 @@ def test_data_benchmark_quick():
     assert "stream" in cases and "224" in cases, cases
 
 
+@pytest.mark.slow
+def test_scale_benchmark_quick():
+    """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
+    figure printed, and MLflow and Optuna hold every trial exactly once."""
+    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4")
+    rows = run_bench("benchmarks/scale.py", *quick, positive=False)
+    by_metric = {r["metric"]: r for r in rows}
+    assert set(by_metric) == {"results_per_s", "ms", "count", "MB", "runs"}, rows
+    assert by_metric["results_per_s"]["value"] > 0 and by_metric["results_per_s"]["baseline"] > 0
+    ends = next(r for r in rows if r["metric"] == "ms" and r["case"].endswith("per trial end"))
+    assert ends["count"] == 8 and 0 < ends["value"] <= ends["p99_ms"] <= ends["max_ms"]
+    records = by_metric["runs"]
+    assert records["value"] == records["finished_runs"] == records["optuna_complete"] == 8, records
+    for lost_or_twice in ("duplicate_runs", "running", "runs_with_repeated_epochs", "finished_runs_missing_epochs"):
+        assert records[lost_or_twice] == 0, records
+
+
 DIGITS_TABLE = "benchmarks/curves/digits.parquet"
 
 

@@ -22,12 +22,17 @@ import tempfile
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config import TrialConfig, from_dict, save_json
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported where tensors are read or written: the sweep driver, its MLflow writer and the
+# Pareto export read checkpoints' JSON files only, and stay free of torch (seconds per start,
+# hundreds of MB per process).
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -52,7 +57,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, torch.Tensor):
+        if hasattr(v, "item") and not isinstance(v, (int, float)):  # a 0-d tensor or numpy scalar
             v = v.item()
         if isinstance(v, float) and not math.isfinite(v):
             v = None
@@ -76,6 +81,8 @@ def save_checkpoint(
     extra_state: more state dicts stored in model.pt beside `model` (e.g. the online probes).
     train_state: what resuming needs (optimizer state, epoch, step); kept out of model.pt.
     history: every epoch's metrics so far. extra_files: more small text files (name -> text)."""
+    import torch
+
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
@@ -175,6 +182,8 @@ def copy_files(path_or_uri: str | os.PathLike, dest: Path, names: tuple[str, ...
 
 def load_state(path: str | os.PathLike, name: str = MODEL_FILE, map_location: str | torch.device = "cpu") -> dict:
     """A state file of a checkpoint, loaded with weights_only=True (no pickled code runs)."""
+    import torch
+
     if is_remote(path):
         return torch.load(io.BytesIO(read_bytes(path, name)), map_location=map_location, weights_only=True)
     file = local_dir(path) / name
