@@ -15,6 +15,7 @@ resume, trials and epochs lost or duplicated.
     python benchmarks/scale.py                                   # 1,000 trials x 30 epochs, 64 at a time
     python benchmarks/scale.py --trials 1000 --concurrency 64,128 --stores sqlite,server --kill
     python benchmarks/scale.py --trials 40 --concurrency 4 --epochs 5   # quick
+    python benchmarks/scale.py --trials 300 --epochs 10 --stores none --kill   # the kill case alone
 
 Trials are synthetic curves in a curve table (the replay machinery serves any table). One JSON
 line per figure (docs/design.md format). Run it alone: it is the machine's whole CPU.
@@ -112,6 +113,16 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0.0 where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class CallbackTimer:
     """A Tune callback in front of the driver's: times every hook the driver's callbacks run on
     Tune's event loop (per result, and per trial end)."""
@@ -156,13 +167,20 @@ class CallbackTimer:
 
 
 class RssSampler:
+    """The driver's RSS, and the CPU seconds of the MLflow writer process once it is known (its
+    last reading before it exits)."""
+
     def __init__(self, every_s: float = 0.5):
         self.samples, self.stop = [], threading.Event()
+        self.writer_pid: int | None = None
+        self.writer_cpu_s = 0.0
         threading.Thread(target=self._run, args=(every_s,), daemon=True).start()
 
     def _run(self, every_s: float) -> None:
         while not self.stop.is_set():
             self.samples.append(rss_bytes())
+            if self.writer_pid is not None:
+                self.writer_cpu_s = max(self.writer_cpu_s, cpu_seconds(self.writer_pid))
             time.sleep(every_s)
 
 
@@ -179,9 +197,10 @@ class WarningCounter(logging.Handler):
                 self.examples.append(message[:160])
 
 
-def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int]:
+def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int, float]:
     """The same Tune run with no callbacks but a time stamp (the replay trial, a random searcher):
-    seconds from the first trial's start to the last result, results."""
+    seconds from the first trial's start to the last result, results, and this process's CPU
+    seconds over the run."""
     import optuna
     from ray import tune
 
@@ -218,8 +237,9 @@ def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int]:
         ),
         run_config=tune.RunConfig(storage_path=str(table.parent / "bare"), verbose=0, callbacks=[Stamp()]),
     )
+    cpu = cpu_seconds()
     tuner.fit()
-    return stamps[-1] - stamps[0], count[0]
+    return stamps[-1] - stamps[0], count[0], cpu_seconds() - cpu
 
 
 def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str) -> dict:
@@ -242,20 +262,31 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
     plan = sweep.plan(opts)
     timers: list[CallbackTimer] = []
 
+    rss = RssSampler()
+
     def instrument(callbacks):
         timers.append(CallbackTimer(callbacks))
+        writers = [cb.w for cb in callbacks if getattr(getattr(cb, "w", None), "process", False)]
+        rss.writer_pid = writers[0]._worker.pid if writers else None
         return [timers[-1].callback]
 
     plan.instrument = instrument
     warnings = WarningCounter()
     logging.getLogger("ray.tune").addHandler(warnings)
-    rss = RssSampler()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     summary = sweep.execute(plan)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     rss.stop.set()
     logging.getLogger("ray.tune").removeHandler(warnings)
-    return {"summary": summary, "seconds": seconds, "timer": timers[0], "rss": rss.samples, "warnings": warnings}
+    return {
+        "summary": summary,
+        "seconds": seconds,
+        "timer": timers[0],
+        "rss": rss.samples,
+        "warnings": warnings,
+        "cpu_s": cpu,
+        "writer_cpu_s": rss.writer_cpu_s,
+    }
 
 
 def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
@@ -314,12 +345,28 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
         _wait_http(uri)
     case = f"{trials} trials x {epochs} epochs, {concurrency} at a time, MLflow {store}"
     try:
-        bare_s, bare_results = bare_run(table, trials, concurrency)
+        bare_s, bare_results, bare_cpu_s = bare_run(table, trials, concurrency)
         ours = driver_run(table, work, trials, concurrency, uri)
         timer = ours["timer"]
         results = len(timer.seconds["result"])
         rate, bare_rate = results / (timer.last - timer.first), bare_results / bare_s
         emit(case, "results_per_s", round(rate, 2), baseline=round(bare_rate, 2), ratio=round(rate / bare_rate, 3))
+        # What the driver costs in CPU, whatever the machine: where the writer has a core of its
+        # own (a cluster's head node), the loop's rate is bounded by the driver process's CPU per
+        # result, and the writer keeps up while its CPU per result is below the interval.
+        emit(
+            f"{case}: CPU per result, driver process (Tune's loop, searcher, our callbacks)",
+            "ms",
+            round(1000 * ours["cpu_s"] / results, 3),
+            baseline=round(1000 * bare_cpu_s / bare_results, 3),
+            ratio=round(ours["cpu_s"] / results / (bare_cpu_s / bare_results), 3),
+        )
+        emit(
+            f"{case}: CPU per result, MLflow writer process",
+            "ms",
+            round(1000 * ours["writer_cpu_s"] / results, 3),
+            results_per_s_one_core=round(results / ours["writer_cpu_s"], 1) if ours["writer_cpu_s"] else None,
+        )
         for what in ("result", "end"):
             seconds = ours["timer"].seconds[what]
             emit(
@@ -370,7 +417,8 @@ def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp
         str(work / "ray"),
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (work / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     db = work / "mlflow.db"
     while proc.poll() is None:
         if db.exists():
@@ -386,6 +434,8 @@ def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp
     start = time.perf_counter()
     again = subprocess.run(cmd + ["--resume"], cwd=work, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    log.close()
+    output = (work / "first.log").read_text(errors="replace") + again.stdout + again.stderr
     records = check_records(f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db", trials, epochs)
     emit(
         f"kill -9 at half of {trials} trials, then --resume",
@@ -393,6 +443,9 @@ def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp
         round(seconds, 1),
         exit_code=again.returncode,
         lost_trials=trials - records["finished_runs"],
+        database_locked=output.count("database is locked"),
+        bottleneck_warnings=output.count("performance bottleneck"),
+        console_lines=output.count("\n"),
         **records,
     )
 
@@ -417,8 +470,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--configs", type=int, default=100, help="distinct configurations in the synthetic table")
     p.add_argument("--concurrency", default="64", help="comma separated")
-    p.add_argument("--stores", default="sqlite", help="sqlite, server (comma separated)")
+    p.add_argument("--stores", default="sqlite", help="sqlite, server (comma separated); none: only --kill")
     p.add_argument("--kill", action="store_true", help="also the kill -9 and --resume case")
+    p.add_argument("--address", help="join this Ray cluster (default: a local one with enough logical CPUs)")
     args = p.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
 
@@ -427,10 +481,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jepa_ray_scale_") as tmp:
         tmp = Path(tmp)
         table = synthetic_table(tmp / "synthetic.parquet", args.configs, args.epochs)
-        ray.init(num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
+        if args.address:  # a cluster with at least max(--concurrency) + 1 CPUs
+            ray.init(address=args.address, log_to_driver=False)
+        else:  # logical CPUs over-subscribed: replayed trials take no CPU of their own
+            ray.init(num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
         try:
+            stores = [s for s in args.stores.split(",") if s != "none"]
             for concurrency in concurrencies:
-                for store in args.stores.split(","):
+                for store in stores:
                     run_case(table, args.trials, args.epochs, concurrency, store, tmp)
             if args.kill:
                 address = ray.get_runtime_context().gcs_address

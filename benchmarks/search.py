@@ -173,6 +173,7 @@ def main() -> None:
     p.add_argument("--plot", help="write the mean hypervolume curves to this PNG")
     p.add_argument("--curves", help="write every sweep's (trial-epochs, hypervolume, seconds) curve to this JSON")
     p.add_argument("--replot", metavar="CURVES_JSON", help="only redraw --plot from a --curves file")
+    p.add_argument("--address", help="the live sweeps join this Ray cluster (default: one started here)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more sweep arguments")
     args = p.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
@@ -184,10 +185,12 @@ def main() -> None:
         plot(curves, saved["budget"], args.plot)
         return
 
-    import ray
+    address = args.address
+    if address is None:  # a local instance for the sweeps to join
+        import ray
 
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
-    address = ray.get_runtime_context().gcs_address
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        address = ray.get_runtime_context().gcs_address
     results: dict[str, list[list[tuple[int, float, float]]]] = {m: [] for m in methods}
     correlations: dict[tuple[str, str, int], list[float]] = {}
     from jepa_ray.sweep.scheduler import rung_levels
@@ -211,7 +214,8 @@ def main() -> None:
                 if not method.startswith("moasha"):
                     for key, rho in signal_correlations(uri, rungs).items():
                         correlations.setdefault(key, []).append(rho)
-    ray.shutdown()
+    if args.address is None:
+        ray.shutdown()
 
     for fraction in (1 / 3, 2 / 3, 1.0):
         for method in methods:

@@ -55,7 +55,7 @@ def test_quality_benchmark_default_case_and_mu_curve():
 
 
 @pytest.mark.slow
-def test_search_benchmark_quick():
+def test_search_benchmark_quick(ray_cluster):
     rows = run_bench(
         "benchmarks/search.py",
         "--methods",
@@ -68,6 +68,8 @@ def test_search_benchmark_quick():
         "2",
         "--preset",
         "smoke",
+        "--address",
+        ray_cluster,
         positive=False,  # a hypervolume can be 0 (nothing finished within a small budget)
     )
     per_method = [r for r in rows if r["case"].endswith("mean over seeds [0]")]
@@ -89,16 +91,19 @@ def test_data_benchmark_quick():
 
 
 @pytest.mark.slow
-def test_scale_benchmark_quick():
+def test_scale_benchmark_quick(ray_cluster):
     """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
     figure printed, and MLflow and Optuna hold every trial exactly once."""
-    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4")
+    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4", "--address", ray_cluster)
     rows = run_bench("benchmarks/scale.py", *quick, positive=False)
     by_metric = {r["metric"]: r for r in rows}
     assert set(by_metric) == {"results_per_s", "ms", "count", "MB", "runs"}, rows
     assert by_metric["results_per_s"]["value"] > 0 and by_metric["results_per_s"]["baseline"] > 0
     ends = next(r for r in rows if r["metric"] == "ms" and r["case"].endswith("per trial end"))
     assert ends["count"] == 8 and 0 < ends["value"] <= ends["p99_ms"] <= ends["max_ms"]
+    cpu = {r["case"].split("CPU per result, ")[1]: r for r in rows if "CPU per result" in r["case"]}
+    assert set(cpu) == {"driver process (Tune's loop, searcher, our callbacks)", "MLflow writer process"}, cpu
+    assert all(r["value"] > 0 for r in cpu.values()) and cpu["MLflow writer process"]["results_per_s_one_core"] > 0
     records = by_metric["runs"]
     assert records["value"] == records["finished_runs"] == records["optuna_complete"] == 8, records
     for lost_or_twice in ("duplicate_runs", "running", "runs_with_repeated_epochs", "finished_runs_missing_epochs"):

@@ -363,10 +363,13 @@ def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(rep
     assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
     assert s["whatif_trial_epochs"] < trial_epochs and s["stopped"] > 0 and s["seconds"] < 60
     assert set(s["lost_front_runs"]) <= {r.info.run_id for r in children}
-    text = whatif("--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "2")
-    assert text.returncode == 0 and "trial-epochs" in text.stdout and "hypervolume" in text.stdout, text.stderr
+    from jepa_ray.replay.cli import main as whatif_main  # in-process from here: no subprocess start
 
-    from jepa_ray.replay.cli import main as whatif_main  # the refusals in-process: no subprocess start
+    capsys.readouterr()
+    tpe = ["--tracking-uri", run.tracking_uri, "--sweep", parent.info.run_id, "--searcher", "tpe", "--seeds", "2"]
+    assert whatif_main(tpe) == 0
+    text = capsys.readouterr().out
+    assert "trial-epochs" in text and "hypervolume" in text, text
 
     assert whatif_main(["--tracking-uri", run.tracking_uri, "--sweep", "0123456789abcdef"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [

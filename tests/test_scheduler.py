@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -156,10 +157,8 @@ def test_sweep_with_the_scheduler_records_stopped_trials_and_resumes_their_rungs
     from test_sweep import client, load_study, parent_and_children, run_sweep
 
     args = (
-        "--preset",
-        "smoke",
-        "--epochs",
-        "4",
+        "--replay",  # recorded digits curves: the scheduler, MLflow and --resume run as for trained trials
+        str(Path(__file__).resolve().parents[1] / "benchmarks" / "curves" / "digits.parquet"),
         "--scheduler",
         "moasha",
         "--scheduler-min-epochs",

@@ -701,6 +701,40 @@ def test_prepare_resume_records_the_ends_mlflow_missed_as_the_driver_would_have(
     assert again.finished == 4 and len(recreated) == 2
 
 
+def test_prepare_resume_recreates_a_missing_run_even_when_another_trial_had_the_same_params(tmp_path):
+    """Found by benchmarks/scale.py's kill -9 case (53 of 300 trials without a run): a trial whose
+    run MLflow never created, proposed with the same params as a recorded one (a categorical
+    space, a replayed table), gets its own run; a re-queued trial still finds the run it reuses."""
+    hand = HandMadeSweep.make(tmp_path)
+    c, study = hand.c, hand.study
+    recreated: list[str] = []
+
+    def recreate(t):
+        recreated.append(hand.trial_run(t, "RUNNING"))
+        return c.get_run(recreated[-1])
+
+    first = hand.ask()
+    study.tell(first, [0.8, 0.3])
+    first_run = hand.trial_run(first, "FINISHED")
+    study.enqueue_trial(first.params)
+    twin = hand.ask()  # the same configuration again; the driver died before MLflow heard of it
+    assert twin.params == first.params
+    study.tell(twin, [0.8, 0.3])
+    interrupted = hand.ask()
+    interrupted_run = hand.trial_run(interrupted, "RUNNING")
+    interrupted.set_user_attr("interrupted", True)  # as an earlier --resume marked and re-queued it
+    study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(interrupted.params, user_attrs={"resumed_from_trial": interrupted.number})
+    rerun = hand.ask()  # it ended; the driver died before MLflow retagged the run it reused
+    study.tell(rerun, [0.6, 0.2])
+
+    state = sweep.prepare_resume(study, hand.uri, hand.exp_id, hand.parent, recreate=recreate)
+
+    assert len(recreated) == 1 and c.get_run(recreated[0]).data.tags[tracking_contract.OPTUNA_TRIAL] == "1"
+    assert c.get_run(first_run).info.status == "FINISHED" and state.finished == 3
+    assert c.get_run(interrupted_run).info.status != "RUNNING"  # the re-run's end, in the run it reused
+
+
 def test_resume_keeps_the_recorded_base_config():
     """A resumed sweep trains like its first trials even if --preset/--set differ now."""
     from types import SimpleNamespace

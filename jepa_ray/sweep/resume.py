@@ -81,15 +81,14 @@ def prepare_resume(
 
     state = ResumeState()
     runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
-    by_number = {r.data.tags.get(tracking.OPTUNA_TRIAL): r for r in runs}
-    by_key = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs}
     recover = recover or _record_from_store
     c = tracking.client(tracking_uri)
     trials = study.get_trials(deepcopy=False)
     requeued = {t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
+    run_of = _run_finder(runs, trials)
     for t in trials:
         key = params_key(t.params)
-        run = by_number.get(str(t.number)) or by_key.get(key)
+        run = run_of(t)
         stopped = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_STOPPED) and t.number not in requeued
         if t.state == TrialState.RUNNING or stopped:
             if t.state == TrialState.RUNNING:
@@ -119,6 +118,31 @@ def prepare_resume(
         if run.info.status == "FINISHED":
             state.finished_metrics.append(dict(run.data.metrics))
     return state
+
+
+def _run_finder(runs: list, trials: list) -> Callable:
+    """Optuna trial -> its MLflow run, or None when MLflow never got to create one. A run is
+    found by the trial number it is tagged with, else by the trial it resumes (a run reopened for a
+    re-queued trial still carries the first number until the driver retags it); by params only
+    for runs without a trial number. Never by params alone otherwise: two trials may propose the
+    same configuration (a categorical space, a grid, a replayed table), and a trial whose run is
+    missing would borrow the other's instead of being recreated."""
+    from jepa_ray import tracking
+
+    by_number = {r.data.tags.get(tracking.OPTUNA_TRIAL): r for r in runs if r.data.tags.get(tracking.OPTUNA_TRIAL)}
+    untagged = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs if not r.data.tags.get(tracking.OPTUNA_TRIAL)}
+    resumed_from = {t.number: t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
+
+    def run_of(t):
+        number, seen = t.number, set()
+        while number is not None and number not in seen:
+            seen.add(number)
+            if str(number) in by_number:
+                return by_number[str(number)]
+            number = resumed_from.get(number)
+        return untagged.get(params_key(t.params))
+
+    return run_of
 
 
 def _record_end(c, t, run, recover: Callable) -> None:
