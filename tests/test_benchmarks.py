@@ -55,7 +55,8 @@ def test_quality_benchmark_default_case_and_mu_curve():
 
 
 @pytest.mark.slow
-def test_search_benchmark_quick(ray_cluster):
+def test_search_benchmark_quick():
+    # Its own Ray, not the session's: tests/test_cluster_config.py needs this process without Ray.
     rows = run_bench(
         "benchmarks/search.py",
         "--methods",
@@ -68,8 +69,6 @@ def test_search_benchmark_quick(ray_cluster):
         "2",
         "--preset",
         "smoke",
-        "--address",
-        ray_cluster,
         positive=False,  # a hypervolume can be 0 (nothing finished within a small budget)
     )
     per_method = [r for r in rows if r["case"].endswith("mean over seeds [0]")]
@@ -91,10 +90,10 @@ def test_data_benchmark_quick():
 
 
 @pytest.mark.slow
-def test_scale_benchmark_quick(ray_cluster):
+def test_scale_benchmark_quick():
     """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
     figure printed, and MLflow and Optuna hold every trial exactly once."""
-    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4", "--address", ray_cluster)
+    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4")
     rows = run_bench("benchmarks/scale.py", *quick, positive=False)
     by_metric = {r["metric"]: r for r in rows}
     assert set(by_metric) == {"results_per_s", "ms", "count", "MB", "runs"}, rows
