@@ -42,6 +42,7 @@ from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.store import client, source_tags
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
+from jepa_ray.train import checkpoint as ckpt_lib
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -147,7 +148,7 @@ class MlflowSweepCallback:
         uri = result.get(CHECKPOINT_URI)
         if uri:
             self.w.do("set_tags", ref, {LAST_CHECKPOINT: uri})
-            self._write_epochs(ref, log.commit(epoch, lambda: _read_history(uri)))
+            self._write_epochs(ref, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
 
     def _write_epochs(self, ref: RunRef, epochs: list[tuple[int, dict]]) -> None:
         for epoch, metrics in epochs:
@@ -194,11 +195,3 @@ def make_callback(*args, **kwargs):
 
     cls = type("MlflowTuneCallback", (MlflowSweepCallback, Callback), {})
     return cls(*args, **kwargs)
-
-
-def _read_history(uri: str) -> list[dict]:
-    # Imported here: jepa_ray.train brings torch and timm, which the driver and its writer
-    # process otherwise never load (seconds per sweep start, hundreds of MB of RSS at scale).
-    from jepa_ray.train import checkpoint as ckpt_lib
-
-    return ckpt_lib.read_history(uri)
