@@ -197,10 +197,10 @@ class WarningCounter(logging.Handler):
                 self.examples.append(message[:160])
 
 
-def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int, float]:
+def bare_run(table: Path, trials: int, concurrency: int) -> dict:
     """The same Tune run with no callbacks but a time stamp (the replay trial, a random searcher):
-    seconds from the first trial's start to the last result, results, and this process's CPU
-    seconds over the run."""
+    seconds from the first trial's start to the last result, results, this process's CPU seconds,
+    RSS and Ray's bottleneck warnings over the run, measured as for the driver."""
     import optuna
     from ray import tune
 
@@ -221,6 +221,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int, fl
     )
     stamps: list[float] = []
     count = [0]
+    rss, at_first_end = RssSampler(), []
 
     class Stamp(tune.Callback):
         def on_trial_start(self, **kw):
@@ -230,6 +231,10 @@ def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int, fl
             count[0] += 1
             stamps.append(time.perf_counter())
 
+        def on_trial_complete(self, **kw):
+            if not at_first_end:
+                at_first_end.append(rss_bytes())
+
     tuner = tune.Tuner(
         tune.with_resources(replay.trainable(), {"CPU": 1}),
         tune_config=tune.TuneConfig(
@@ -237,9 +242,21 @@ def bare_run(table: Path, trials: int, concurrency: int) -> tuple[float, int, fl
         ),
         run_config=tune.RunConfig(storage_path=str(table.parent / "bare"), verbose=0, callbacks=[Stamp()]),
     )
+    warnings = WarningCounter()
+    logging.getLogger("ray.tune").addHandler(warnings)
     cpu = cpu_seconds()
     tuner.fit()
-    return stamps[-1] - stamps[0], count[0], cpu_seconds() - cpu
+    cpu = cpu_seconds() - cpu
+    rss.stop.set()
+    logging.getLogger("ray.tune").removeHandler(warnings)
+    return {
+        "seconds": stamps[-1] - stamps[0],
+        "results": count[0],
+        "cpu_s": cpu,
+        "rss": rss.samples,
+        "rss_at_first_end": at_first_end[0] if at_first_end else rss.samples[0],
+        "warnings": warnings,
+    }
 
 
 def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str) -> dict:
@@ -345,11 +362,12 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
         _wait_http(uri)
     case = f"{trials} trials x {epochs} epochs, {concurrency} at a time, MLflow {store}"
     try:
-        bare_s, bare_results, bare_cpu_s = bare_run(table, trials, concurrency)
+        bare = bare_run(table, trials, concurrency)
+        bare_results, bare_cpu_s = bare["results"], bare["cpu_s"]
         ours = driver_run(table, work, trials, concurrency, uri)
         timer = ours["timer"]
         results = len(timer.seconds["result"])
-        rate, bare_rate = results / (timer.last - timer.first), bare_results / bare_s
+        rate, bare_rate = results / (timer.last - timer.first), bare_results / bare["seconds"]
         emit(case, "results_per_s", round(rate, 2), baseline=round(bare_rate, 2), ratio=round(rate / bare_rate, 3))
         # What the driver costs in CPU, whatever the machine: where the writer has a core of its
         # own (a cluster's head node), the loop's rate is bounded by the driver process's CPU per
@@ -382,17 +400,19 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
             f"{case}: Ray 'performance bottleneck' warnings",
             "count",
             ours["warnings"].count,
+            baseline=bare["warnings"].count,  # Tune's own: the bare run has none of our callbacks
             examples=ours["warnings"].examples,
             goal=0,
         )
-        rss = ours["rss"]
-        base = timer.rss_at_first_end or rss[0]  # after the imports and the first trial's writes
+        base = timer.rss_at_first_end or ours["rss"][0]  # after the imports and the first trial's writes
+        bare_growth = max(bare["rss"]) - bare["rss_at_first_end"]
         emit(
             f"{case}: driver RSS growth from the first trial's end to the sweep's end",
             "MB",
-            round((max(rss) - base) / 2**20, 1),
+            round((max(ours["rss"]) - base) / 2**20, 1),
+            baseline=round(bare_growth / 2**20, 1),
             at_first_end_mb=round(base / 2**20, 1),
-            peak_mb=round(max(rss) / 2**20, 1),
+            peak_mb=round(max(ours["rss"]) / 2**20, 1),
             goal="<= 200 MB",
         )
         records = check_records(uri, f"sqlite:///{work}/optuna.db", trials, epochs)

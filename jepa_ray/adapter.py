@@ -23,6 +23,10 @@ RAY_SWITCHES = {
     # The objectives are final metrics: per-epoch results and failure reports lack them, and
     # Tune's strict check would end the whole sweep at the first such result.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Tune's CSV, JSON and TensorBoard loggers write every result into each trial's directory
+    # again, on Tune's event loop (three files open per running trial); MLflow records them all.
+    # A user who wants those files sets it to 0.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
 
 
@@ -50,6 +54,7 @@ def set_ray_switches() -> None:
     """Set the Ray environment switches the driver relies on (see RAY_SWITCHES)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", RAY_SWITCHES["RAY_AIR_NEW_OUTPUT"])
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = RAY_SWITCHES["TUNE_DISABLE_STRICT_METRIC_CHECKING"]
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", RAY_SWITCHES["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"])
 
 
 # Ray ----------------------------------------------------------------------------------------

@@ -135,12 +135,11 @@ class Ledger:
         self.objectives = tuple(objectives)
         self.ends: dict[str, TrialEnd] = {}
         self.stops: dict[str, str] = {}  # trial id -> why a scheduler stopped it
-        self.started: list[str] = []
+        self.started: dict[str, None] = {}  # an ordered set: the trials' start order
         self.sweep_stop: str | None = None
 
     def start(self, trial_id: str) -> None:
-        if trial_id not in self.started:
-            self.started.append(trial_id)
+        self.started.setdefault(trial_id, None)
 
     def note_stop(self, trial_id: str, why: str) -> None:
         """A scheduler decided to stop the trial (before Tune ends it)."""

@@ -228,6 +228,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
             cmd + ["--resume"], cwd=tmp_path, env=sweep_env(), capture_output=True, text=True, timeout=600
         )
         assert again.returncode == 0, again.stderr[-3000:]
+        assert "View run" not in again.stdout + again.stderr  # MLflow's two lines per run end: not at scale
         exp = c.get_experiment_by_name("writer")
         trials = c.search_runs([exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
         keys = [r.data.tags["jepa_ray.params_key"] for r in trials]

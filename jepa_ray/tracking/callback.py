@@ -170,13 +170,15 @@ class MlflowSweepCallback:
         if ref is None:
             return
         self._write_epochs(ref, self.logs.pop(trial_id).flush())
+        started = self.started.pop(trial_id, time.time())
+        self.with_dataset.discard(trial_id)
         tags: dict[str, str] = {}
         uri = None
         if end.outcome is Outcome.FINISHED:
             uri = end.result.get(CHECKPOINT_URI)
             if uri:
                 tags[CHECKPOINT] = uri
-            tags[WALL_S] = f"{time.time() - self.started.pop(trial_id, time.time()):.1f}"
+            tags[WALL_S] = f"{time.time() - started:.1f}"
         elif end.outcome is Outcome.STOPPED:
             tags.update({STOPPED: end.reason, FAILURE_KIND: FailureKind.STOPPED.value})
         else:

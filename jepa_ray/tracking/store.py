@@ -34,6 +34,10 @@ SEARCH_PAGE_SIZE = 1000
 def client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
+    # Against a tracking server MLflow prints "View run ... / View experiment ..." (two lines and a
+    # get_run request) whenever a run ends: 2,000 lines in a 1,000-trial sweep, whose console has
+    # a line per trial and the experiment's address already.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
