@@ -103,6 +103,7 @@ def test_scale_benchmark_quick():
     cpu = {r["case"].split("CPU per result, ")[1]: r for r in rows if "CPU per result" in r["case"]}
     assert set(cpu) == {"driver process (Tune's loop, searcher, our callbacks)", "MLflow writer process"}, cpu
     assert all(r["value"] > 0 for r in cpu.values()) and cpu["MLflow writer process"]["results_per_s_one_core"] > 0
+    assert "bare" in by_metric["count"] and "bare_mb" in by_metric["MB"]  # Tune's own share, measured alike
     records = by_metric["runs"]
     assert records["value"] == records["finished_runs"] == records["optuna_complete"] == 8, records
     for lost_or_twice in ("duplicate_runs", "running", "runs_with_repeated_epochs", "finished_runs_missing_epochs"):
