@@ -24,6 +24,7 @@ line per figure (docs/design.md format). Run it alone: it is the machine's whole
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -174,6 +175,8 @@ class RssSampler:
         self.samples, self.stop = [], threading.Event()
         self.writer_pid: int | None = None
         self.writer_cpu_s = 0.0
+        self.cpu_s = 0.0  # this process's, over a watched() block
+        self.warnings: WarningCounter | None = None  # Ray's, over a watched() block
         threading.Thread(target=self._run, args=(every_s,), daemon=True).start()
 
     def _run(self, every_s: float) -> None:
@@ -195,6 +198,21 @@ class WarningCounter(logging.Handler):
             self.count += 1
             if len(self.examples) < 3:
                 self.examples.append(message[:160])
+
+
+@contextlib.contextmanager
+def watched():
+    """What both runs measure in this process, the same way: RSS samples, Ray's bottleneck
+    warnings and the CPU seconds spent inside the block (`watch.cpu_s`, set on exit)."""
+    rss, warnings = RssSampler(), WarningCounter()
+    logging.getLogger("ray.tune").addHandler(warnings)
+    rss.warnings, start = warnings, cpu_seconds()
+    try:
+        yield rss
+    finally:
+        rss.cpu_s = cpu_seconds() - start
+        rss.stop.set()
+        logging.getLogger("ray.tune").removeHandler(warnings)
 
 
 def bare_run(table: Path, trials: int, concurrency: int) -> dict:
@@ -221,7 +239,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
     )
     stamps: list[float] = []
     count = [0]
-    rss, at_first_end = RssSampler(), []
+    at_first_end: list[int] = []
 
     class Stamp(tune.Callback):
         def on_trial_start(self, **kw):
@@ -242,20 +260,15 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
         ),
         run_config=tune.RunConfig(storage_path=str(table.parent / "bare"), verbose=0, callbacks=[Stamp()]),
     )
-    warnings = WarningCounter()
-    logging.getLogger("ray.tune").addHandler(warnings)
-    cpu = cpu_seconds()
-    tuner.fit()
-    cpu = cpu_seconds() - cpu
-    rss.stop.set()
-    logging.getLogger("ray.tune").removeHandler(warnings)
+    with watched() as watch:
+        tuner.fit()
     return {
         "seconds": stamps[-1] - stamps[0],
         "results": count[0],
-        "cpu_s": cpu,
-        "rss": rss.samples,
-        "rss_at_first_end": at_first_end[0] if at_first_end else rss.samples[0],
-        "warnings": warnings,
+        "cpu_s": watch.cpu_s,
+        "rss": watch.samples,
+        "rss_at_first_end": at_first_end[0] if at_first_end else watch.samples[0],
+        "warnings": watch.warnings,
     }
 
 
@@ -278,31 +291,25 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
     )
     plan = sweep.plan(opts)
     timers: list[CallbackTimer] = []
+    start = time.perf_counter()
+    with watched() as watch:
 
-    rss = RssSampler()
+        def instrument(callbacks):
+            timers.append(CallbackTimer(callbacks))
+            writers = [cb.w for cb in callbacks if getattr(getattr(cb, "w", None), "process", False)]
+            watch.writer_pid = writers[0]._worker.pid if writers else None
+            return [timers[-1].callback]
 
-    def instrument(callbacks):
-        timers.append(CallbackTimer(callbacks))
-        writers = [cb.w for cb in callbacks if getattr(getattr(cb, "w", None), "process", False)]
-        rss.writer_pid = writers[0]._worker.pid if writers else None
-        return [timers[-1].callback]
-
-    plan.instrument = instrument
-    warnings = WarningCounter()
-    logging.getLogger("ray.tune").addHandler(warnings)
-    start, cpu = time.perf_counter(), cpu_seconds()
-    summary = sweep.execute(plan)
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    rss.stop.set()
-    logging.getLogger("ray.tune").removeHandler(warnings)
+        plan.instrument = instrument
+        summary = sweep.execute(plan)
     return {
         "summary": summary,
-        "seconds": seconds,
+        "seconds": time.perf_counter() - start,
         "timer": timers[0],
-        "rss": rss.samples,
-        "warnings": warnings,
-        "cpu_s": cpu,
-        "writer_cpu_s": rss.writer_cpu_s,
+        "rss": watch.samples,
+        "warnings": watch.warnings,
+        "cpu_s": watch.cpu_s,
+        "writer_cpu_s": watch.writer_cpu_s,
     }
 
 
