@@ -131,3 +131,26 @@ def test_the_stop_column_says_why_each_trial_ended():
     # no final metrics, no failure, no scheduler's stop: Tune stopped it with the sweep
     assert ledger.end("t5", {"epoch": 2}).label == "unfinished"
     assert ledger.get("t5").reason == "stopped before its end: the sweep stopped it"
+
+
+def test_only_the_sweeps_running_trials_are_failed_at_its_end(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(uri, "e")
+    parent, other = (c.create_run(exp).info.run_id for _ in range(2))
+
+    def child(of: str, status: str) -> str:
+        run_id = c.create_run(exp, tags={contract.PARENT: of}).info.run_id
+        if status != "RUNNING":
+            c.set_terminated(run_id, status)
+        return run_id
+
+    running, finished, killed = child(parent, "RUNNING"), child(parent, "FINISHED"), child(parent, "KILLED")
+    elsewhere = child(other, "RUNNING")  # another sweep's trial, still training
+    assert tracking.fail_running_trials(uri, exp, parent, "stopped by the budget") == 1
+    run = c.get_run(running)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[contract.FAILURE] == "stopped by the budget"
+    assert run.data.tags[contract.FAILURE_KIND] == "unfinished"
+    assert [c.get_run(r).info.status for r in (finished, killed, elsewhere)] == ["FINISHED", "KILLED", "RUNNING"]
+    assert tracking.fail_running_trials(uri, exp, parent, "again") == 0
