@@ -323,6 +323,7 @@ BAD_ARGS = [
     (["--max-concurrent", "-1"], ["--max-concurrent -1 is not allowed"]),
     (["--workers-per-trial", "0"], ["--workers-per-trial 0 is not allowed; allowed: >= 1"]),
     (["--max-failed-trials", "-1"], ["--max-failed-trials -1 is not allowed"]),
+    (["--tracking-patience", "0"], ["--tracking-patience 0.0 is not allowed; allowed: > 0 seconds"]),
     (["--set", "p=-1"], ["config field 'p' = -1.0 is not allowed; allowed: p > 0"]),
     (["--set", "lamda=0.5"], ["unknown config key 'lamda'"]),
     (["--backbone", "nosuchnet"], ["config field 'backbone' = 'nosuchnet'"]),

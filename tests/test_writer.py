@@ -79,14 +79,66 @@ def test_queueing_does_not_wait_for_a_slow_store():
 
 
 def test_a_store_that_keeps_failing_stops_the_writer_with_one_line():
-    w = MlflowWriter("http://127.0.0.1:9", client=FakeClient(fail=True), retries=2, backoff_s=0.01)
+    w = MlflowWriter("http://127.0.0.1:9", client=FakeClient(fail=True), patience_s=0.3, backoff_s=0.01)
+    start = time.monotonic()
     w.do("set_tags", RunRef("r"), {"k": "v"})
     assert not w.flush(timeout=30)
-    assert w.error.startswith("MLflow at http://127.0.0.1:9 refused writes 3 times") and "\n" not in w.error
+    assert 0.3 <= time.monotonic() - start < 10  # tried again for its patience, then gave up
+    assert w.error.startswith("MLflow at http://127.0.0.1:9 refused writes for 0 s (") and "\n" not in w.error
     with pytest.raises(WriterFailed, match="Connection refused"):
         w.check()
     w.do("set_tags", RunRef("r"), {"k": "v"})  # queued after the failure: not attempted
     assert not w.flush(timeout=5)
+
+
+class SlowServer(FakeClient):
+    """A busy tracking server: its first `lost` requests time out on the client's side although
+    the server carries them out; search_runs finds the runs it made."""
+
+    def __init__(self, lost: int):
+        super().__init__()
+        self.lost, self.made = lost, []
+
+    def _call(self, *what):
+        self.calls.append(what)
+        if self.lost > 0:
+            self.lost -= 1
+            raise TimeoutError("Read timed out. (read timeout=15)")
+
+    def create_run(self, exp_id, run_name, tags):
+        self.made.append(tags)
+        run_id = f"run-{len(self.made)}"
+        self._call("create_run", run_name)
+
+        class Run:
+            class info:
+                pass
+
+        Run.info.run_id = run_id
+        return Run
+
+    def search_runs(self, exp_ids, query, max_results):
+        hits = [f"run-{i + 1}" for i, tags in enumerate(self.made) if all(f"'{v}'" in query for v in tags.values())]
+
+        class Run:
+            class info:
+                run_id = hits[0] if hits else None
+
+        return [Run] if hits else []
+
+
+def test_a_busy_store_is_waited_for_and_a_run_whose_reply_was_lost_is_not_made_twice():
+    from jepa_ray.contract import PARENT, TRIAL_ID
+
+    c = SlowServer(lost=3)  # create_run, then the first metric write twice
+    w = MlflowWriter("http://busy", client=c, patience_s=30, backoff_s=0.01)
+    ref = w.create_run(RunRef(), "0", "trial-0", {PARENT: "p", TRIAL_ID: "t_00000"})
+    w.log_metrics(ref, {"m": 1.0}, step=0)
+    w.do("set_tags", ref, {"done": "yes"})
+    assert w.flush(timeout=30) and w.error is None
+    assert len(c.made) == 1  # the server made the run; the writer's second try found it
+    assert c.calls[-1] == ("set_tag", "run-1", "done", "yes")
+    assert [call for call in c.calls if call[0] == "log_batch"] == [("log_batch", "run-1", 1)] * 3
 
 
 def test_a_bounded_queue_makes_a_fast_producer_wait_instead_of_growing():
@@ -196,6 +248,8 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
         "0",
         "--storage-path",
         str(tmp_path / "ray"),
+        "--tracking-patience",
+        "4",  # a gone server: the sweep stops after 4 s of tries, not the default 120
     ]
     cmd += ["--optuna-storage", f"sqlite:///{tmp_path}/optuna.db", "--experiment", "writer"]
     env = {**sweep_env(), "PYTHONUNBUFFERED": "1"}  # each line as the driver says it
@@ -276,3 +330,18 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
         assert steps == [0, 1, 2], steps
     study = load_study(again, parent)
     assert sorted(t.state.name for t in study.get_trials() if t.state.name != "FAIL") == ["COMPLETE"] * 4
+
+
+def test_a_run_made_by_a_lost_try_is_found_in_a_real_store_by_its_sweep_and_trial(tmp_path):
+    from jepa_ray import tracking
+    from jepa_ray.contract import PARENT, TRIAL_ID
+    from jepa_ray.tracking import ops
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp, c = tracking.experiment_id(uri, "lost"), tracking.client(uri)
+    tags = {PARENT: "sweep-a", TRIAL_ID: "abc_00001", "jepa_ray.role": "trial"}
+    made = ops.create_run(c, None, exp, "trial-1", tags)
+    assert ops.created_run(c, exp, "trial-1", tags) == made
+    assert ops.created_run(c, exp, "trial-1", {**tags, TRIAL_ID: "abc_00002"}) is None
+    assert ops.created_run(c, exp, "trial-1", {**tags, PARENT: "sweep-b"}) is None
+    assert ops.created_run(c, exp, "trial-1", {"jepa_ray.role": "trial"}) is None  # no identity: made anew

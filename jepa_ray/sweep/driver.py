@@ -312,7 +312,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         )
     trainable = tune.with_resources(trainable, trial_resources(base))
     resolve_trial = p.replay.trial_config if p.replay is not None else (lambda trial: trial_config(base, trial))
-    writer = MlflowWriter(opts.tracking_uri)
+    writer = MlflowWriter(opts.tracking_uri, patience_s=opts.tracking_patience)
     mlflow_cb = tracking.make_callback(
         opts.tracking_uri,
         exp_id,

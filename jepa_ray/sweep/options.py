@@ -62,6 +62,10 @@ class SweepOptions:
     tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     """MLflow tracking URI (sqlite:///PATH, or http://HOST:PORT of a tracking server; default
     $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
+    tracking_patience: float = 120.0
+    """Seconds a failing MLflow write is tried again (backing off) before the sweep stops with one
+    line; --resume then records what MLflow missed. A tracking server on a busy head can take
+    longer than one request's timeout to answer."""
     optuna_storage: str | None = None
     """Optuna RDB storage URL (default: optuna.db beside the MLflow sqlite store)."""
     storage_path: str = "ray_results"
@@ -124,6 +128,8 @@ def validate_options(opts: SweepOptions) -> None:
         bad("--sampler", opts.sampler, ", ".join(SAMPLERS))
     if opts.max_failed_trials < 0:
         bad("--max-failed-trials", opts.max_failed_trials, ">= 0 (0: never stop)")
+    if not opts.tracking_patience > 0:
+        bad("--tracking-patience", opts.tracking_patience, "> 0 seconds")
     if opts.max_trial_epochs < 0:
         bad("--max-trial-epochs", opts.max_trial_epochs, ">= 0 (0: no budget)")
     if opts.data_dir and not os.path.isdir(opts.data_dir):

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jepa_ray.contract import FAILURE, RESUMED
+from jepa_ray.contract import FAILURE, PARENT, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,16 @@ logger = logging.getLogger(__name__)
 
 def create_run(c, run_id, exp_id: str, run_name: str, tags: dict[str, str]) -> str:
     return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+def created_run(c, exp_id: str, run_name: str, tags: dict[str, str]) -> str | None:
+    """The run an earlier try of create_run made with these tags (its reply lost), found by its
+    sweep's and its Tune trial's ids; None if there is none or the tags name neither."""
+    if PARENT not in tags or TRIAL_ID not in tags:
+        return None
+    query = f"tags.`{PARENT}` = '{tags[PARENT]}' AND tags.`{TRIAL_ID}` = '{tags[TRIAL_ID]}'"
+    runs = c.search_runs([exp_id], query, max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def log_config(c, run_id: str, config: dict[str, Any]) -> None:

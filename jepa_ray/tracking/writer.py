@@ -8,9 +8,11 @@ of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) i
 thread would hold the driver's GIL while Tune's loop waits for it.
 
 The queue is bounded (a driver that outruns MLflow slows down instead of growing without limit),
-`flush()` waits for everything queued, and a write that keeps failing (a tracking server gone)
-stops the writer with `error` set (nothing after it is attempted), so that the driver stops the
-sweep with one line and `--resume` records what MLflow missed from the trials' stores."""
+`flush()` waits for everything queued, and a failing write is tried again, backing off, for
+`patience_s` seconds (a tracking server on a busy head can take longer than a request's timeout
+to answer); one that still fails (a server gone) stops the writer with `error` set (nothing
+after it is attempted), so that the driver stops the sweep with one line and `--resume` records
+what MLflow missed from the trials' stores."""
 
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from typing import Any
 from jepa_ray.errors import one_line
 
 MAX_QUEUED = 20_000
+PATIENCE_S = 120.0
+"""Seconds a failing write is tried again before the writer gives up (the sweep's default)."""
+MAX_BACKOFF_S = 10.0
 MERGE = 256
 """Operations a writer takes off the queue at once (consecutive metric writes among them merge)."""
 
@@ -60,32 +65,40 @@ def _merge(ops: list[tuple]) -> list[tuple]:
 
 
 class _Executor:
-    """Runs operations against a client (in the writer's thread or process): retries a failing
-    one, and after one that keeps failing, runs nothing more and reports the error."""
+    """Runs operations against a client (in the writer's thread or process): tries a failing one
+    again for `patience_s` seconds, backing off, and after one that still fails, runs nothing
+    more and reports the error."""
 
-    def __init__(self, tracking_uri: str, client, retries: int, backoff_s: float):
-        self.tracking_uri, self.c, self.retries, self.backoff_s = tracking_uri, client, retries, backoff_s
+    def __init__(self, tracking_uri: str, client, patience_s: float, backoff_s: float):
+        self.tracking_uri, self.c, self.patience_s, self.backoff_s = tracking_uri, client, patience_s, backoff_s
         self.ids: dict[int, str] = {}  # RunRef handle -> run id
         self.error: str | None = None
 
     def run(self, op: tuple) -> None:
-        from jepa_ray.tracking.ops import OPS
+        from jepa_ray.tracking.ops import OPS, created_run
 
         name, handle, run_id, *args = op
-        for attempt in range(self.retries + 1):
+        first_failure = None
+        for attempt in itertools.count():
             try:
-                out = OPS[name](self.c, run_id or self.ids.get(handle), *args)
+                # A request that timed out may still have been carried out: a run made by an
+                # earlier try is taken, not made twice (metric, param and tag writes repeat safely).
+                made = created_run(self.c, *args) if attempt and name == "create_run" else None
+                out = made or OPS[name](self.c, run_id or self.ids.get(handle), *args)
                 if name == "create_run":
                     self.ids[handle] = out
                 return
             except Exception as err:  # noqa: BLE001 - MLflow, HTTP and database errors alike
-                if attempt == self.retries:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                left = first_failure + self.patience_s - now
+                if left <= 0:
                     self.error = (
-                        f"MLflow at {self.tracking_uri} refused writes {self.retries + 1} times over "
-                        f"{self.backoff_s * (2**self.retries - 1):.0f} s: {one_line(err, 300)}"
+                        f"MLflow at {self.tracking_uri} refused writes for {now - first_failure:.0f} s "
+                        f"({attempt + 1} tries): {one_line(err, 300)}"
                     )
                     return
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S, left))
 
 
 def _take_ops(q) -> list[tuple]:
@@ -107,13 +120,13 @@ def _quiet_http(tracking_uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
-def _serve(tracking_uri: str, inbox, outbox, retries: int, backoff_s: float) -> None:
+def _serve(tracking_uri: str, inbox, outbox, patience_s: float, backoff_s: float) -> None:
     """The writer process: operations from `inbox`, ("flushed", token) and ("error", line) to
     `outbox`; ("stop",) ends it."""
     _quiet_http(tracking_uri)
     from jepa_ray.tracking.store import client
 
-    ex = _Executor(tracking_uri, client(tracking_uri), retries, backoff_s)
+    ex = _Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s)
     reported = False
     while True:
         for op in _take_ops(inbox):
@@ -137,12 +150,12 @@ class MlflowWriter:
         tracking_uri: str,
         *,
         maxsize: int = MAX_QUEUED,
-        retries: int = 3,
+        patience_s: float = PATIENCE_S,
         backoff_s: float = 0.5,
         client=None,
         process: bool | None = None,
     ):
-        self.tracking_uri, self.retries, self.backoff_s = tracking_uri, retries, backoff_s
+        self.tracking_uri, self.patience_s, self.backoff_s = tracking_uri, patience_s, backoff_s
         self.error: str | None = None
         self.process = client is None if process is None else process
         self._tokens = itertools.count()
@@ -151,14 +164,14 @@ class MlflowWriter:
             ctx = mp.get_context("spawn")  # not fork: the driver holds Ray's and Tune's threads
             self.q, self._out = ctx.Queue(maxsize=maxsize), ctx.Queue()
             self._worker = ctx.Process(
-                target=_serve, args=(tracking_uri, self.q, self._out, retries, backoff_s), daemon=True
+                target=_serve, args=(tracking_uri, self.q, self._out, patience_s, backoff_s), daemon=True
             )
             self._worker.start()
         else:
             _quiet_http(tracking_uri)
             from jepa_ray.tracking.store import client as make_client
 
-            self._ex = _Executor(tracking_uri, client or make_client(tracking_uri), retries, backoff_s)
+            self._ex = _Executor(tracking_uri, client or make_client(tracking_uri), patience_s, backoff_s)
             self.q = queue.Queue(maxsize=maxsize)
             self._events: dict[int, threading.Event] = {}
             self._worker = threading.Thread(target=self._thread, name="mlflow-writer", daemon=True)
@@ -166,10 +179,10 @@ class MlflowWriter:
 
     def __reduce__(self):
         # Tune pickles its callbacks with the experiment state: a copy is a new writer.
-        return (MlflowWriter, (self.tracking_uri,), {"retries": self.retries, "backoff_s": self.backoff_s})
+        return (MlflowWriter, (self.tracking_uri,), {"patience_s": self.patience_s, "backoff_s": self.backoff_s})
 
     def __setstate__(self, state: dict) -> None:
-        self.retries, self.backoff_s = state["retries"], state["backoff_s"]
+        self.patience_s, self.backoff_s = state["patience_s"], state["backoff_s"]
 
     # What the callbacks call (cheap: they only queue) ---------------------------------------
 
