@@ -114,6 +114,18 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+def mem_available() -> int | None:
+    """The machine's available memory in bytes (Linux /proc/meminfo; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU seconds of a process so far (Linux /proc; 0.0 where unreadable)."""
     try:
@@ -173,6 +185,7 @@ class RssSampler:
 
     def __init__(self, every_s: float = 0.5):
         self.samples, self.stop = [], threading.Event()
+        self.min_available = None  # the machine's MemAvailable, bytes (Linux)
         self.writer_pid: int | None = None
         self.writer_cpu_s = 0.0
         self.cpu_s = 0.0  # this process's, over a watched() block
@@ -182,6 +195,9 @@ class RssSampler:
     def _run(self, every_s: float) -> None:
         while not self.stop.is_set():
             self.samples.append(rss_bytes())
+            available = mem_available()
+            if available is not None:
+                self.min_available = min(available, self.min_available or available)
             if self.writer_pid is not None:
                 self.writer_cpu_s = max(self.writer_cpu_s, cpu_seconds(self.writer_pid))
             time.sleep(every_s)
@@ -307,6 +323,7 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
         "seconds": time.perf_counter() - start,
         "timer": timers[0],
         "rss": watch.samples,
+        "min_available": watch.min_available,
         "warnings": watch.warnings,
         "cpu_s": watch.cpu_s,
         "writer_cpu_s": watch.writer_cpu_s,
@@ -361,8 +378,8 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
             [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", uri]
             + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
             cwd=work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=(work / "server.log").open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         uri = f"http://127.0.0.1:{port}"
@@ -371,7 +388,14 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
     try:
         bare = bare_run(table, trials, concurrency)
         bare_results, bare_cpu_s = bare["results"], bare["cpu_s"]
-        ours = driver_run(table, work, trials, concurrency, uri)
+        try:
+            ours = driver_run(table, work, trials, concurrency, uri)
+        except Exception:
+            if server is not None:  # why the server stopped answering, while its log still exists
+                alive = "running" if server.poll() is None else f"exited {server.returncode}"
+                tail = (work / "server.log").read_text(errors="replace").splitlines()[-40:]
+                print(f"tracking server {alive}; its log's end:", *tail, sep="\n", file=sys.stderr)
+            raise
         timer = ours["timer"]
         results = len(timer.seconds["result"])
         rate, bare_rate = results / (timer.last - timer.first), bare_results / bare["seconds"]
@@ -420,6 +444,7 @@ def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str
             bare_mb=round(bare_growth / 2**20, 1),
             at_first_end_mb=round(base / 2**20, 1),
             peak_mb=round(max(ours["rss"]) / 2**20, 1),
+            machine_min_available_mb=round(ours["min_available"] / 2**20) if ours["min_available"] else None,
             goal="<= 200 MB",
         )
         records = check_records(uri, f"sqlite:///{work}/optuna.db", trials, epochs)

@@ -634,3 +634,13 @@ def test_node_types_of_unknown_size_get_the_benefit_of_the_doubt():
     cap = placement.launchable_capacity([placement.NodeShape(0, 0, "head")], config)
     assert cap.unknown == ["gpu"]
     placement.check_trial_fits(placement.trial_demand(_cfg(workers=8, gpus_per_worker=1), in_tune=True), cap)
+
+
+def test_the_tracking_server_runs_without_mlflow_s_job_runner_unless_asked(monkeypatch):
+    """MLflow 3's job runner and Huey consumers (2 GB on the head) stay off; a user's setting wins."""
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    env = serve_mlflow.server_env("sqlite:///mlflow.db")
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert env[serve_mlflow.BACKEND_URI_ENV] == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert serve_mlflow.server_env("sqlite:///mlflow.db")["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
