@@ -78,7 +78,7 @@ def test_queueing_does_not_wait_for_a_slow_store():
     assert w.flush(timeout=60) and len(c.calls) >= 40
 
 
-def test_a_store_that_keeps_failing_stops_the_writer_with_one_line():
+def test_a_store_that_keeps_failing_stops_the_writer_with_one_line(capsys):
     w = MlflowWriter("http://127.0.0.1:9", client=FakeClient(fail=True), patience_s=0.3, backoff_s=0.01)
     start = time.monotonic()
     w.do("set_tags", RunRef("r"), {"k": "v"})
@@ -89,6 +89,11 @@ def test_a_store_that_keeps_failing_stops_the_writer_with_one_line():
         w.check()
     w.do("set_tags", RunRef("r"), {"k": "v"})  # queued after the failure: not attempted
     assert not w.flush(timeout=5)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        "warning: MLflow at http://127.0.0.1:9 did not take a write (Connection refused); "
+        "trying again for up to 0 s (--tracking-patience)"
+    ]
 
 
 class SlowServer(FakeClient):
@@ -127,7 +132,7 @@ class SlowServer(FakeClient):
         return [Run] if hits else []
 
 
-def test_a_busy_store_is_waited_for_and_a_run_whose_reply_was_lost_is_not_made_twice():
+def test_a_busy_store_is_waited_for_and_a_run_whose_reply_was_lost_is_not_made_twice(capsys):
     from jepa_ray.contract import PARENT, TRIAL_ID
 
     c = SlowServer(lost=3)  # create_run, then the first metric write twice
@@ -139,6 +144,30 @@ def test_a_busy_store_is_waited_for_and_a_run_whose_reply_was_lost_is_not_made_t
     assert len(c.made) == 1  # the server made the run; the writer's second try found it
     assert c.calls[-1] == ("set_tag", "run-1", "done", "yes")
     assert [call for call in c.calls if call[0] == "log_batch"] == [("log_batch", "run-1", 1)] * 3
+    said = capsys.readouterr().err.splitlines()  # the user sees the wait begin and end, once each
+    assert len(said) == 2
+    assert said[0].startswith("warning: MLflow at http://busy did not take a write (Read timed out.")
+    assert said[0].endswith("trying again for up to 30 s (--tracking-patience)")
+    assert said[1].startswith("MLflow at http://busy takes writes again (after ")
+
+
+def test_a_server_that_keeps_hiccuping_is_announced_once_a_minute_not_per_hiccup():
+    from jepa_ray.tracking.writer import WARN_EVERY_S, _Executor
+
+    said: list[str] = []
+    c = SlowServer(lost=0)
+    ex = _Executor("http://busy", c, patience_s=30, backoff_s=0.01, say=said.append)
+
+    def hiccup() -> None:
+        c.lost = 1
+        ex.run(("set_tags", 0, "run-1", {"k": "v"}))
+
+    hiccup()
+    hiccup()  # within the minute: not announced again
+    assert len(said) == 2 and said[0].startswith("warning:") and said[1].startswith("MLflow at http://busy takes")
+    ex.warned_at -= WARN_EVERY_S  # a minute later
+    hiccup()
+    assert ex.error is None and len(said) == 4 and said[2].startswith("warning:")
 
 
 def test_a_bounded_queue_makes_a_fast_producer_wait_instead_of_growing():
@@ -275,6 +304,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert proc.returncode == 1 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith(f"error: MLflow at {uri} refused writes") and "--resume" in lines[0]
+    assert f"warning: MLflow at {uri} did not take a write" in err  # the writer process said so at once
 
     server = _server(tmp_path, port)
     try:

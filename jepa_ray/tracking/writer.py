@@ -20,9 +20,10 @@ import itertools
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from jepa_ray.errors import one_line
 
@@ -30,6 +31,9 @@ MAX_QUEUED = 20_000
 PATIENCE_S = 120.0
 """Seconds a failing write is tried again before the writer gives up (the sweep's default)."""
 MAX_BACKOFF_S = 10.0
+WARN_EVERY_S = 60.0
+"""At most one "MLflow did not take a write" line per this many seconds (a server that keeps
+timing out now and then would otherwise print two lines per hiccup)."""
 MERGE = 256
 """Operations a writer takes off the queue at once (consecutive metric writes among them merge)."""
 
@@ -64,15 +68,44 @@ def _merge(ops: list[tuple]) -> list[tuple]:
     return out
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class _Executor:
     """Runs operations against a client (in the writer's thread or process): tries a failing one
     again for `patience_s` seconds, backing off, and after one that still fails, runs nothing
-    more and reports the error."""
+    more and reports the error. While it waits for a store it says so (one line when the store
+    stops taking writes, one when it takes them again), since the sweep only slows meanwhile."""
 
-    def __init__(self, tracking_uri: str, client, patience_s: float, backoff_s: float):
+    def __init__(
+        self, tracking_uri: str, client, patience_s: float, backoff_s: float, say: Callable[[str], None] = _say
+    ):
         self.tracking_uri, self.c, self.patience_s, self.backoff_s = tracking_uri, client, patience_s, backoff_s
         self.ids: dict[int, str] = {}  # RunRef handle -> run id
         self.error: str | None = None
+        self.say = say
+        self.waiting_since: float | None = None  # first failure of the store's current bad spell
+        self.warned_at = -WARN_EVERY_S
+        self.warned = False  # this spell was announced
+
+    def _failing(self, err: Exception, now: float) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = now
+            if now - self.warned_at >= WARN_EVERY_S:
+                self.warned_at, self.warned = now, True
+                self.say(
+                    f"warning: MLflow at {self.tracking_uri} did not take a write ({one_line(err, 200)}); "
+                    f"trying again for up to {self.patience_s:.0f} s (--tracking-patience)"
+                )
+
+    def _recovered(self) -> None:
+        if self.waiting_since is not None and self.warned:
+            self.say(
+                f"MLflow at {self.tracking_uri} takes writes again "
+                f"(after {time.monotonic() - self.waiting_since:.0f} s)"
+            )
+        self.waiting_since, self.warned = None, False
 
     def run(self, op: tuple) -> None:
         from jepa_ray.tracking.ops import OPS, created_run
@@ -87,10 +120,12 @@ class _Executor:
                 out = made or OPS[name](self.c, run_id or self.ids.get(handle), *args)
                 if name == "create_run":
                     self.ids[handle] = out
+                self._recovered()
                 return
             except Exception as err:  # noqa: BLE001 - MLflow, HTTP and database errors alike
                 now = time.monotonic()
                 first_failure = first_failure or now
+                self._failing(err, now)
                 left = first_failure + self.patience_s - now
                 if left <= 0:
                     self.error = (
