@@ -65,6 +65,53 @@ def test_writes_happen_in_order_with_metrics_batched_and_flush_waits_for_them():
     assert all(run == "run-1" for _, run, _ in batches)
 
 
+def test_metric_writes_to_one_run_merge_across_other_runs_but_each_run_keeps_its_order():
+    from jepa_ray.tracking.writer import _merge
+
+    create = ("create_run", 0, None, "0", "trial-0", {})
+    finish = ("finish", 1, "r1", {}, None, None, "FINISHED")
+    ops = [
+        create,
+        ("log_batch", 0, None, ["a0"]),
+        ("log_batch", 1, "r1", ["b0"]),
+        ("log_batch", 0, None, ["a1"]),  # joins a0, past r1's write
+        finish,
+        ("log_batch", 1, "r1", ["b1"]),  # after r1's finish: stays after it
+        ("log_batch", 2, "r1", ["b2"]),  # the same run through another reference: joins b1
+        ("flush", 7),
+        ("log_batch", 0, None, ["a2"]),  # after a flush: a write of its own
+    ]
+    assert _merge(ops) == [
+        create,
+        ("log_batch", 0, None, ["a0", "a1"]),
+        ("log_batch", 1, "r1", ["b0"]),
+        finish,
+        ("log_batch", 1, "r1", ["b1", "b2"]),
+        ("flush", 7),
+        ("log_batch", 0, None, ["a2"]),
+    ]
+
+
+def test_a_backed_up_writer_makes_one_request_per_run_not_per_result():
+    gate = threading.Event()
+
+    class Held(FakeClient):  # the store stalls on the first run's creation while trials report
+        def create_run(self, exp_id, run_name, tags):
+            gate.wait(30)
+            return super().create_run(exp_id, run_name, tags)
+
+    c = Held()
+    w = MlflowWriter("fake://", client=c)
+    refs = [w.create_run(RunRef(), "0", f"trial-{i}", {}) for i in range(4)]
+    for epoch in range(30):  # four trials reporting in turn
+        for ref in refs:
+            w.log_metrics(ref, {"m": float(epoch)}, step=epoch)
+    gate.set()
+    assert w.flush(timeout=30)
+    batches = [call for call in c.calls if call[0] == "log_batch"]
+    assert sum(n for _, _, n in batches) == 120 and len(batches) <= 8  # 120 results, at most 2 takes x 4 runs
+
+
 def test_queueing_does_not_wait_for_a_slow_store():
     c = FakeClient(delay=0.05)
     w = MlflowWriter("fake://", client=c)

@@ -34,8 +34,9 @@ MAX_BACKOFF_S = 10.0
 WARN_EVERY_S = 60.0
 """At most one "MLflow did not take a write" line per this many seconds (a server that keeps
 timing out now and then would otherwise print two lines per hiccup)."""
-MERGE = 256
-"""Operations a writer takes off the queue at once (consecutive metric writes among them merge)."""
+MERGE = 4096
+"""Operations a writer takes off the queue at once (metric writes to one run among them merge):
+with 128 trials reporting, a backed-up queue's 4,096 operations are about 130 requests."""
 
 
 class RunRef:
@@ -57,14 +58,27 @@ class WriterFailed(RuntimeError):
 
 
 def _merge(ops: list[tuple]) -> list[tuple]:
-    """Consecutive metric writes to one run become one write (order kept)."""
+    """Metric writes to one run become one write, where the first of them was. Trials report
+    interleaved, so the writes to one run are rarely consecutive: a later one moves up past other
+    runs' operations (independent of it), never past one on its own run (its create, reopen or
+    finish) or a flush, so each run's operations keep their order."""
     out: list[tuple] = []
+    batch_at: dict[Any, int] = {}  # run -> index in `out` of its metric write later ones may join
     for op in ops:
-        last = out[-1] if out else None
-        if op[0] == "log_batch" and last is not None and last[0] == "log_batch" and last[1:3] == op[1:3]:
-            out[-1] = (*last[:3], last[3] + op[3])
-        else:
+        if op[0] in ("flush", "stop"):
+            batch_at.clear()
             out.append(op)
+            continue
+        run = op[2] or ("handle", op[1])  # a run the writer creates is known by its handle only
+        if op[0] == "log_batch" and run in batch_at:
+            first = out[batch_at[run]]
+            out[batch_at[run]] = (*first[:3], first[3] + op[3])
+            continue
+        if op[0] == "log_batch":
+            batch_at[run] = len(out)
+        else:
+            batch_at.pop(run, None)
+        out.append(op)
     return out
 
 
