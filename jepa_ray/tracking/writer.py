@@ -2,8 +2,8 @@
 which also schedules trials, saves its experiment state and talks to the searcher: a
 synchronous MLflow call there (a trial's final metrics, params, plots, artifacts: 0.5-0.9 s at a
 trial's end on a small CPU) stalls every trial's next result. Here the callbacks only queue
-named operations on picklable data (jepa_ray.tracking.ops); a writer runs them, in order, merging
-consecutive metric writes to one run into `log_batch` calls. By default the writer is a process
+named operations on picklable data (jepa_ray.tracking.ops); a writer runs each run's operations in
+order, merging a run's queued metric writes into `log_batch` calls. By default the writer is a process
 of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) is Python, and a
 thread would hold the driver's GIL while Tune's loop waits for it.
 
