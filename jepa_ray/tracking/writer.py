@@ -70,14 +70,14 @@ def _merge(ops: list[tuple]) -> list[tuple]:
             out.append(op)
             continue
         run = op[2] or ("handle", op[1])  # a run the writer creates is known by its handle only
-        if op[0] == "log_batch" and run in batch_at:
+        if op[0] != "log_batch":
+            batch_at.pop(run, None)
+        elif run in batch_at:
             first = out[batch_at[run]]
             out[batch_at[run]] = (*first[:3], first[3] + op[3])
             continue
-        if op[0] == "log_batch":
-            batch_at[run] = len(out)
         else:
-            batch_at.pop(run, None)
+            batch_at[run] = len(out)
         out.append(op)
     return out
 
@@ -100,26 +100,25 @@ class _Executor:
         self.error: str | None = None
         self.say = say
         self.waiting_since: float | None = None  # first failure of the store's current bad spell
-        self.warned_at = -WARN_EVERY_S
-        self.warned = False  # this spell was announced
+        self.warned_at = -WARN_EVERY_S  # when the last announced spell began
 
     def _failing(self, err: Exception, now: float) -> None:
         if self.waiting_since is None:
             self.waiting_since = now
             if now - self.warned_at >= WARN_EVERY_S:
-                self.warned_at, self.warned = now, True
+                self.warned_at = now
                 self.say(
                     f"warning: MLflow at {self.tracking_uri} did not take a write ({one_line(err, 200)}); "
                     f"trying again for up to {self.patience_s:.0f} s (--tracking-patience)"
                 )
 
     def _recovered(self) -> None:
-        if self.waiting_since is not None and self.warned:
+        if self.waiting_since is not None and self.waiting_since == self.warned_at:  # this spell was announced
             self.say(
                 f"MLflow at {self.tracking_uri} takes writes again "
                 f"(after {time.monotonic() - self.waiting_since:.0f} s)"
             )
-        self.waiting_since, self.warned = None, False
+        self.waiting_since = None
 
     def run(self, op: tuple) -> None:
         from jepa_ray.tracking.ops import OPS, created_run
