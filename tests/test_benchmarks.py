@@ -4,6 +4,7 @@ output, never in tests)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"bench", "case", "metric", "value", "device"}
 
 
-def run_bench(*args: str, positive: bool = True) -> list[dict]:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run_bench(*args: str, positive: bool = True, env: dict[str, str] | None = None) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env and {**os.environ, **env},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert rows, out.stdout[-2000:]
@@ -179,13 +187,28 @@ def test_table_benchmark_summarizes_a_curve_table(tmp_path):
     assert (tmp_path / "front.png").stat().st_size > 10_000
 
 
+# torch, oneDNN and MKL capped at AVX2 kernels: the run sums in another order than on the AVX-512
+# machine that recorded the table, as it would on another CPU.
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 @pytest.mark.slow
-def test_reproduce_retrains_a_row_to_its_recorded_metrics():
-    """The script retrains a row from its stored command; within 0.05 of what was recorded (exactly
-    the same on the machine and torch build that recorded it; another CPU may sum in another
-    order)."""
+def test_reproduce_retrains_a_row_within_the_tables_seed_spread_on_other_kernels(monkeypatch):
+    """A row re-trained from its stored command on another CPU's kernels lands within the table's
+    seed spread of its record, per metric (relative for RankMe); the tolerances are the table's."""
+    from jepa_ray.curves import read_table
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from reproduce import seed_spread
+
     rows = run_bench(
-        "benchmarks/reproduce.py", DIGITS_TABLE, "--rows", "1", "--seed", "3", "--tolerance", "0.05", positive=False
+        "benchmarks/reproduce.py", DIGITS_TABLE, "--rows", "1", "--seed", "3", positive=False, env=OTHER_CPU
     )
-    assert rows[-1]["metric"] == "abs_diff" and rows[-1]["value"] <= 0.05
-    assert {r["metric"] for r in rows[:-1]} == {"linear_acc", "linear_acc_z", "knn_acc", "l0_density", "rank_me"}
+    *metrics, summary = rows
+    assert summary["metric"] == "outside" and summary["value"] == 0
+    assert {r["metric"] for r in metrics} == {"linear_acc", "linear_acc_z", "knn_acc", "l0_density", "rank_me"}
+    spread = seed_spread(read_table(ROOT / DIGITS_TABLE))
+    for r in metrics:
+        assert r["tolerance"] == pytest.approx(spread[r["metric"]], abs=1e-6) and 0 < r["tolerance"] < 0.5
+        assert r["relative"] == (r["metric"] == "rank_me")
+        assert r["difference"] <= r["tolerance"]
