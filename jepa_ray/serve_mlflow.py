@@ -14,6 +14,8 @@ Why a wrapper around `mlflow server`:
   credentials for the artifact store.
 - `--daemon` detaches the server (pid and log files) and returns only once `/health` answers, so
   the head node's start commands can chain on it; starting it again while it answers is a no-op.
+- `--stop-with-ray HOST:PORT` ties the server to the head's Ray: it stops once Ray's GCS there
+  stops answering (`ray down` runs only `ray stop` on the head, and would leave it running).
 - A database password never comes from the repository or the command line (where `ps` shows it):
   the backend URI is read from `MLFLOW_BACKEND_STORE_URI` when no `--backend-store-uri` is given,
   passwords come from `PGPASSWORD` / `~/.pgpass` otherwise, and the URI reaches `mlflow server`
@@ -29,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -250,6 +253,58 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def parse_ray_address(address: str) -> tuple[str, int]:
+    """HOST:PORT of `--stop-with-ray` as (host, port)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--stop-with-ray {address!r}: allowed HOST:PORT, e.g. 127.0.0.1:6379")
+    return host.strip("[]"), int(port)
+
+
+def answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when a TCP connection to host:port is accepted."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def supervise(cmd: list[str], env: dict[str, str], ray: tuple[str, int], interval: float = 2.0, misses: int = 3) -> int:
+    """Run the server until it exits, or stop it once Ray at `ray` has refused `misses` probes in
+    a row. Returns the server's exit status (0 when Ray's end stopped it)."""
+    server = subprocess.Popen(cmd, env=env)
+    if threading.current_thread() is threading.main_thread():  # a lone SIGTERM reaches the server too
+        signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    down = 0
+    while server.poll() is None:
+        time.sleep(interval)
+        down = 0 if answers(*ray) else down + 1
+        if down >= misses and server.poll() is None:
+            print(f"Ray at {ray[0]}:{ray[1]} stopped answering; stopping the MLflow server", flush=True)
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            return 0
+    return server.returncode
+
+
+def supervisor_command(args: argparse.Namespace) -> list[str]:
+    """This module's own command line that runs the server in the foreground under `supervise`
+    (the backend URI travels in the environment, as for the server)."""
+    cmd = [sys.executable, "-m", "jepa_ray.serve_mlflow", "--host", args.host, "--port", str(args.port)]
+    cmd += ["--stop-with-ray", args.stop_with_ray]
+    if args.artifacts_destination:
+        cmd += ["--artifacts-destination", args.artifacts_destination]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    if args.allow_public:
+        cmd += ["--allow-public"]
+    return cmd
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -293,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="only report whether a server answers at --host/--port (exit 0 yes, 1 no)"
     )
     mode.add_argument("--stop", action="store_true", help="stop the server recorded in --pid-file")
+    p.add_argument(
+        "--stop-with-ray",
+        metavar="HOST:PORT",
+        default=None,
+        help="stop the server once the Ray head's GCS at HOST:PORT stops answering (so `ray down` stops it)",
+    )
     p.add_argument("--pid-file", type=Path, default=Path(DEFAULT_PID_FILE), help="daemon pid file")
     p.add_argument("--log-file", type=Path, default=Path(DEFAULT_LOG_FILE), help="daemon log file")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds --daemon waits for /health (default 120)")
@@ -315,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--port {args.port}: allowed 1-65535")
         check_host(args.host, args.allow_public)
         backend = resolve_backend_store_uri(args.backend_store_uri)
+        ray = parse_ray_address(args.stop_with_ray) if args.stop_with_ray else None
+        if ray and not answers(*ray):
+            raise UsageError(
+                f"--stop-with-ray {args.stop_with_ray}: nothing answers there; allowed: a running Ray head"
+            )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -336,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     where = f"backend {redact(backend)}, artifacts {args.artifacts_destination or './mlartifacts'}"
     if not args.daemon:
         print(f"MLflow server on http://{args.host}:{args.port} ({where})", flush=True)
+        if ray:
+            return supervise(cmd, env, ray)
         os.execve(cmd[0], cmd, env)
+    if ray:
+        cmd = supervisor_command(args)
+        where += f", stops with Ray at {args.stop_with_ray}"
     try:
         pid = start_daemon(cmd, env, args.pid_file, args.log_file, url, args.timeout)
     except RuntimeError as err:

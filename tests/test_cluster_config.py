@@ -8,6 +8,7 @@ import fnmatch
 import http.server
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -644,3 +645,86 @@ def test_the_tracking_server_runs_without_mlflow_s_job_runner_unless_asked(monke
     assert env[serve_mlflow.BACKEND_URI_ENV] == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
     assert serve_mlflow.server_env("sqlite:///mlflow.db")["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"
+
+
+def test_the_server_stops_when_ray_stops_answering(tmp_path):
+    """`--stop-with-ray`: the server runs while the head's GCS accepts connections and is stopped
+    a few probes after it stops (what `ray down`, which only runs `ray stop`, needs)."""
+    gcs = socket.socket()
+    gcs.bind(("127.0.0.1", 0))
+    gcs.listen()
+    ray = gcs.getsockname()
+    marker = tmp_path / "started"
+    server_cmd = [sys.executable, "-c", f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(120)"]
+    result = {}
+    supervisor = threading.Thread(
+        target=lambda: result.setdefault("rc", serve_mlflow.supervise(server_cmd, dict(os.environ), ray, interval=0.1))
+    )
+    supervisor.start()
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    time.sleep(1.0)
+    assert supervisor.is_alive(), "the server was stopped while Ray answered"
+    gcs.close()
+    supervisor.join(timeout=30)
+    assert not supervisor.is_alive() and result["rc"] == 0
+
+
+def test_stop_with_ray_refuses_an_address_where_nothing_answers(capsys):
+    assert (
+        serve_mlflow.main(["--daemon", "--stop-with-ray", f"127.0.0.1:{free_port()}", "--port", str(free_port())]) == 2
+    )
+    assert "--stop-with-ray 127.0.0.1:" in capsys.readouterr().err
+    assert serve_mlflow.main(["--stop-with-ray", "nohostport"]) == 2
+
+
+COMMAND_KEYS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+)
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_every_command_is_valid_bash_after_yaml_parsing(name):
+    """What `ray up` hands to bash is the command as YAML parsed it: a ` #` in a plain scalar
+    starts a YAML comment and a `: ` a mapping, either of which silently cuts a command."""
+    config = load(name)
+    for key in COMMAND_KEYS:
+        for command in config.get(key) or []:
+            assert isinstance(command, str), f"{name} {key}: {command!r} is not one command line"
+            check = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+            assert check.returncode == 0, f"{name} {key}: {command!r}: {check.stderr.strip()}"
+
+
+def test_a_yaml_cut_command_is_caught():
+    cut = yaml.safe_load("""- echo 'export PATH="$HOME/venv/bin:$PATH"  # marker' >> ~/.bashrc""")[0]
+    assert subprocess.run(["bash", "-n", "-c", cut], capture_output=True).returncode != 0
+
+
+def repository_packages() -> set[str]:
+    """Every directory of the repository a cluster needs: Python packages and the entry points."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    files = [f for f in tracked.splitlines() if f.endswith((".py", "pyproject.toml"))]
+    return {str(Path(f).parent) for f in files if not f.startswith(("tests/", "benchmarks/"))}
+
+
+@pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed")
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_the_synced_tree_holds_every_package(name, tmp_path):
+    """The repository copied to the head as `ray up` copies it (rsync with the file's
+    rsync_exclude and rsync_filter, Ray's own argument builder) holds every package."""
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    config = load(name)
+    filters = SSHCommandRunner._create_rsync_filter_args(None, config)
+    subprocess.run(["rsync", "-a", *filters, f"{ROOT}/", f"{tmp_path}/"], check=True, capture_output=True)
+    copied = {str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    missing = sorted(repository_packages() - copied)
+    assert not missing, f"{name}: rsync_exclude/rsync_filter drop {missing}"
+    assert (tmp_path / "jepa_ray" / "pareto" / "__init__.py").exists()
