@@ -215,6 +215,25 @@ def max_node_count(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> in
     return max(alive, 1 + int(config.get("max_workers", 0)))
 
 
+LAUNCHER_FILES = {"local": "cluster-onprem.yaml", "aws": "cluster.yaml"}  # Ray provider type -> our file
+
+
+def attach_hint(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> str:
+    """`ray attach FILE -p 5000` with the repository's cluster file that launched this head (Ray
+    keeps the provider in ~/ray_bootstrap_config.yaml); both files where this is no head."""
+    path = Path(bootstrap_config).expanduser()
+    provider = ""
+    if path.is_file():
+        import yaml
+
+        try:
+            provider = ((yaml.safe_load(path.read_text()) or {}).get("provider") or {}).get("type", "")
+        except (OSError, yaml.YAMLError):
+            provider = ""
+    name = LAUNCHER_FILES.get(provider, "cluster.yaml or cluster-onprem.yaml")
+    return f"ray attach {name} -p 5000"
+
+
 def is_local_path(path: str) -> bool:
     """True for a plain path or a file:// URI (as opposed to s3://, gs://, hdfs://, ...)."""
     scheme = urlsplit(path).scheme
@@ -289,7 +308,7 @@ def _check_http_tracking(uri: str) -> None:
     raise UsageError(
         f"tracking URI {uri} unreachable: {reason}; start the server "
         "(`python -m jepa_ray.serve_mlflow --daemon`) or forward its port "
-        "(`ray attach cluster.yaml -p 5000`)"
+        f"(`{attach_hint()}`)"
     )
 
 

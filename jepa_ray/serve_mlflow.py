@@ -8,7 +8,7 @@ Why a wrapper around `mlflow server`:
 
 - The server has no authentication: binding it to anything but loopback has to be a deliberate
   choice (`--allow-public`); users reach it through an SSH port-forward
-  (`ray attach cluster.yaml -p 5000`).
+  (`ray attach CLUSTER_FILE -p 5000`).
 - Artifacts are always proxied (`--serve-artifacts`): clients upload through HTTP and only the
   server touches the store (a local directory, S3), so no other node needs the database file or
   credentials for the artifact store.
@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from jepa_ray.cluster import check_sqlite_directory
+from jepa_ray.cluster import attach_hint, check_sqlite_directory
 from jepa_ray.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -68,7 +68,7 @@ def check_host(host: str, allow_public: bool) -> None:
         return
     raise UsageError(
         f"--host {host}: refusing to bind the MLflow server (no authentication) to a non-loopback "
-        "address; use 127.0.0.1 with an SSH port-forward (`ray attach cluster.yaml -p 5000`), "
+        f"address; use 127.0.0.1 with an SSH port-forward (`{attach_hint()}`), "
         "or pass --allow-public behind a firewall"
     )
 

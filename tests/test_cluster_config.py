@@ -728,3 +728,14 @@ def test_the_synced_tree_holds_every_package(name, tmp_path):
     missing = sorted(repository_packages() - copied)
     assert not missing, f"{name}: rsync_exclude/rsync_filter drop {missing}"
     assert (tmp_path / "jepa_ray" / "pareto" / "__init__.py").exists()
+
+
+@pytest.mark.parametrize(
+    "provider, name",
+    [("local", "cluster-onprem.yaml"), ("aws", "cluster.yaml"), (None, "cluster.yaml or cluster-onprem.yaml")],
+)
+def test_hints_name_the_cluster_file_that_launched_the_head(provider, name, tmp_path):
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    if provider:
+        bootstrap.write_text(yaml.safe_dump({"cluster_name": "x", "provider": {"type": provider}}))
+    assert cluster.attach_hint(bootstrap) == f"ray attach {name} -p 5000"

@@ -109,6 +109,25 @@ def test_the_dataset_input_names_the_data_its_split_sizes_and_a_digest_of_the_se
     assert inputs[2][0].dataset.digest != first.digest
 
 
+def test_a_finished_run_records_the_precision_its_checkpoint_trained_at(tmp_path):
+    """The `precision` param is what was asked (maybe auto); the checkpoint's config says what
+    trained: the run gets it as a tag and as checkpoint/config.json."""
+    from jepa_ray import config as config_lib
+    from jepa_ray.tracking import ops
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = tracking.client(uri)
+    run = c.create_run(tracking.experiment_id(uri, "e")).info.run_id
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    trained = config_lib.resolve(config_lib.apply_overrides(config_lib.preset("smoke"), {"precision": "bf16"}))
+    config_lib.save_json(trained, checkpoint / "config.json")
+    (checkpoint / "metrics.json").write_text(json.dumps({"linear_acc": 0.5}))
+    ops.checkpoint_artifacts(c, run, str(checkpoint), None)
+    assert c.get_run(run).data.tags[contract.PRECISION] == "bf16"
+    assert sorted(a.path for a in c.list_artifacts(run, "checkpoint")) == ["checkpoint/config.json", "checkpoint/metrics.json"]
+
+
 def test_source_tags_name_the_entry_point_in_the_checkout_and_its_commit(monkeypatch, tmp_path):
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setattr(sys, "argv", [str(root / "sweeps" / "rectified.py")])
@@ -154,3 +173,14 @@ def test_only_the_sweeps_running_trials_are_failed_at_its_end(tmp_path):
     assert run.data.tags[contract.FAILURE_KIND] == "unfinished"
     assert [c.get_run(r).info.status for r in (finished, killed, elsewhere)] == ["FINISHED", "KILLED", "RUNNING"]
     assert tracking.fail_running_trials(uri, exp, parent, "again") == 0
+
+
+def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch):
+    """A job-submitted sweep runs in a working dir without .git: the commit the submitter passes."""
+    from jepa_ray.tracking.store import git_commit
+
+    monkeypatch.delenv("JEPA_RAY_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) == "unknown"
+    monkeypatch.setenv("JEPA_RAY_GIT_COMMIT", "abc123")
+    assert git_commit(tmp_path) == "abc123"
+    assert git_commit(Path(__file__).parent) not in ("abc123", "unknown")  # a checkout's own commit wins

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from jepa_ray.cluster import sqlite_path
+from jepa_ray.cluster import attach_hint, sqlite_path
 from jepa_ray.sweep.options import SweepOptions
 
 logger = logging.getLogger("jepa_ray.sweep")
@@ -57,7 +57,7 @@ def mlflow_ui_command(tracking_uri: str, exp_id: str | None = None) -> str:
     otherwise (whatever the experiment's tags), and `workflowType=machine_learning` says so."""
     runs = f"#/experiments/{exp_id}/runs?workflowType=machine_learning" if exp_id else ""
     if tracking_uri.startswith("http"):
-        return f"open {tracking_uri.rstrip('/')}/{runs} (or: ray attach cluster.yaml -p 5000)"
+        return f"open {tracking_uri.rstrip('/')}/{runs} (or: {attach_hint()})"
     path = sqlite_path(tracking_uri)
     if path is not None:  # absolute: the command works from any directory
         tracking_uri = f"sqlite:///{path.resolve()}"

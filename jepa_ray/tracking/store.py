@@ -94,8 +94,13 @@ def log_dataset_input(c, run_id: str, data, train_images: int, test_images: int)
     c.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])])
 
 
+COMMIT_ENV = "JEPA_RAY_GIT_COMMIT"
+
+
 def git_commit(path: str | os.PathLike = ".") -> str:
-    """The commit of the checkout that runs the sweep ('unknown' outside git)."""
+    """The commit of the checkout that runs the sweep; outside git (a `ray job submit` working
+    dir, a tree `ray up` synced without .git) `$JEPA_RAY_GIT_COMMIT`, else 'unknown'."""
+    fallback = os.environ.get(COMMIT_ENV, "").strip() or "unknown"
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
         commit = out.stdout.strip()
@@ -106,9 +111,9 @@ def git_commit(path: str | os.PathLike = ".") -> str:
             text=True,
             timeout=5,
         ).stdout.strip()
-        return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+        return (commit + ("-dirty" if dirty else "")) if commit else fallback
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def find_sweep_run(tracking_uri: str, exp_id: str, sweep_name: str | None = None):
