@@ -114,6 +114,9 @@ SWEEP_OPTUNA_STORAGE, SWEEP_STORAGE_PATH = "jepa_ray.optuna_storage", "jepa_ray.
 SWEEP_MAX_CONCURRENT, SWEEP_REPLAY = "jepa_ray.max_concurrent", "jepa_ray.replay"
 # A trial's run.
 RESUMED, WALL_S = "jepa_ray.resumed", "jepa_ray.wall_s"
+PRECISION = "jepa_ray.precision"
+"""What a finished trial trained at, from its checkpoint's config (the `precision` param is what
+was asked for: maybe auto)."""
 
 # Optuna user attributes of a trial.
 ATTR_TUNE_TRIAL, ATTR_FAILURE, ATTR_RUNG_STOP = "tune_trial_id", "failure", "rung_stop"

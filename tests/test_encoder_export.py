@@ -24,7 +24,8 @@ from jepa_ray.train import checkpoint as ckpt_lib
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset("smoke"), {"epochs": 2}))
+    # fp32: the loaded encoder runs in fp32, a bf16 trial evaluates under autocast (other features).
+    cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset("smoke"), {"epochs": 2, "precision": "fp32"}))
     final = fit(cfg, LocalReporter(out))
     return cfg, final, out / "checkpoint"
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from pathlib import Path
 import optuna
 import pytest
 
+from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray import pareto
 from jepa_ray.curves import GRIDS, read_table, row_key
-from jepa_ray.curves.record import Recorder
+from jepa_ray.curves.record import Recorder, command_for, setting_digest, trial_config
+from jepa_ray.curves.table import STATUS_FINISHED, CurveTable, Row
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Outcome
 from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
@@ -214,6 +217,61 @@ def test_the_recorder_resumes_without_duplicates_and_refuses_to_mix(tmp_path):
     rows.write(tmp_path / "other.parquet")
     with pytest.raises(UsageError, match=r"another setting: grid smoke now gives lr=0.002 \(recorded: 0.5\)"):
         Recorder(grid, tmp_path / "other.parquet", log=lambda m: None).prepare()
+
+
+def _legacy_table(path: Path, grid) -> Path:
+    """A table as recorded before trials resolved precision=auto: rows whose config says auto."""
+    rows = []
+    for params, seed in grid.points()[:2]:
+        cfg = trial_config(grid, params, seed, None)
+        assert cfg.system.precision == "auto"
+        rows.append(
+            Row(
+                key=row_key(params, seed),
+                grid=grid.name,
+                setting=setting_digest(grid, None),
+                revision=C.TRAINING_REVISION,
+                params=params,
+                seed=seed,
+                status=STATUS_FINISHED,
+                config=config_lib.to_dict(cfg),
+                history=[],
+                final={},
+                command=shlex.join(command_for(grid, params, seed, None)),
+            )
+        )
+    return CurveTable(rows).write(path)
+
+
+def test_rows_recorded_before_precision_was_resolved_read_as_fp32_and_retrain_so(tmp_path):
+    """Recorded auto meant fp32 on a CPU: the row says so, and its command pins it (on a CPU where
+    auto is bf16 now, the stored command would otherwise retrain another row)."""
+    for row in read_table(_legacy_table(tmp_path / "old.parquet", GRIDS["smoke"])).rows + read_table(DIGITS).rows:
+        assert row.config["system"]["precision"] == "fp32"
+        assert row.command.endswith(" --set precision=fp32 --out OUT") and row.command.count("precision=") == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_recorder_pins_its_precision_in_every_row_s_command(monkeypatch, tmp_path, native):
+    """A new table records at what auto gives here, an old table goes on at the precision its rows
+    trained at (fp32: recorded auto); a grid asking for another precision is another setting."""
+    from jepa_ray.train import step
+
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
+    grid = GRIDS["smoke"]
+    params, seed = grid.points()[-1]
+    new = Recorder(grid, tmp_path / "new.parquet", log=lambda m: None)
+    new.prepare()
+    here = "bf16" if native else "fp32"
+    assert f" --set precision={here} " in shlex.join(command_for(new.pinned, params, seed, None))
+    assert trial_config(new.pinned, params, seed, None).system.precision == here
+
+    old = Recorder(grid, _legacy_table(tmp_path / "old.parquet", grid), log=lambda m: None)
+    assert len(old.prepare()[1]) == len(grid.points()) - 2  # accepted: resumes where it stopped
+    assert " --set precision=fp32 " in shlex.join(command_for(old.pinned, params, seed, None))
+    bf16 = dataclasses.replace(grid, base={**grid.base, "precision": "bf16"})
+    with pytest.raises(UsageError, match=r"another setting: grid smoke now gives precision=bf16 \(recorded: fp32\)"):
+        Recorder(bf16, tmp_path / "old.parquet", log=lambda m: None).prepare()
 
 
 def _record_then_interrupt(

@@ -311,6 +311,10 @@ def test_smoke_sweep_checkpoint_tag_is_loadable(smoke):
         assert bool((z >= 0).all())  # rgg: the projector ends in a ReLU
         artifacts = {a.path for a in client(smoke).list_artifacts(run.info.run_id)}
         assert {"config.json", "activation_rates.png", "checkpoint"} <= artifacts
+        # The param is what was asked (auto), the checkpoint's config and the tag what trained.
+        assert run.data.params["precision"] == "auto" and cfg.system.precision in ("fp32", "bf16")
+        assert run.data.tags[tracking_contract.PRECISION] == cfg.system.precision
+        assert "checkpoint/config.json" in {a.path for a in client(smoke).list_artifacts(run.info.run_id, "checkpoint")}
 
 
 @pytest.mark.slow

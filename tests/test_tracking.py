@@ -125,7 +125,8 @@ def test_a_finished_run_records_the_precision_its_checkpoint_trained_at(tmp_path
     (checkpoint / "metrics.json").write_text(json.dumps({"linear_acc": 0.5}))
     ops.checkpoint_artifacts(c, run, str(checkpoint), None)
     assert c.get_run(run).data.tags[contract.PRECISION] == "bf16"
-    assert sorted(a.path for a in c.list_artifacts(run, "checkpoint")) == ["checkpoint/config.json", "checkpoint/metrics.json"]
+    logged = sorted(a.path for a in c.list_artifacts(run, "checkpoint"))
+    assert logged == ["checkpoint/config.json", "checkpoint/metrics.json"]
 
 
 def test_source_tags_name_the_entry_point_in_the_checkout_and_its_commit(monkeypatch, tmp_path):

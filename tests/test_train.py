@@ -37,6 +37,7 @@ from jepa_ray.train import (
     fit,
     loop,
     run_trial,
+    step,
 )
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.store import TrialStore
@@ -206,6 +207,99 @@ def test_collapse_reason_accepts_healthy_and_dense_targets():
     # A Gaussian target is dense: z that is never zero is what it asks for.
     gaussian = smoke(target="gaussian", regularizer="sigreg")
     assert collapse_reason(gaussian, epoch_metrics(10, density=1.0)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Precision
+
+
+@pytest.mark.parametrize(
+    "caps, native",
+    [
+        ({"architecture": "x86_64", "avx512_f": True, "amx_bf16": True}, True),
+        ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True}, True),
+        ({"architecture": "arm64", "neon": True, "bf16": True}, True),
+        ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, False),
+        ({"architecture": "x86_64", "avx2": True}, False),
+    ],
+)
+def test_native_bf16_is_read_from_torch_s_cpu_capabilities(monkeypatch, caps, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert step.cpu_has_native_bf16() is native
+    # Kernels capped at AVX2 (ATEN_CPU_CAPABILITY=avx2, as another CPU) do not use AVX-512 or AMX.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert step.cpu_has_native_bf16() is (native and caps["architecture"] == "arm64")
+
+
+@pytest.mark.parametrize(
+    "requested, device, native, want",
+    [
+        ("auto", "cpu", True, "bf16"),
+        ("auto", "cpu", False, "fp32"),
+        ("auto", "cuda", False, "bf16"),
+        ("fp32", "cpu", True, "fp32"),
+        ("bf16", "cpu", False, "bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_where_the_device_multiplies_bf16_natively(monkeypatch, requested, device, native, want):
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
+    assert step.resolve_precision(requested, torch.device(device))[0] == want
+
+
+@pytest.mark.parametrize(
+    "requested, native, want, why",
+    [
+        ("auto", True, "bf16", "auto: the CPU has native bf16 matrix support"),
+        ("auto", False, "fp32", "auto: no native bf16 matrix support"),
+        ("fp32", True, "fp32", "set"),
+        ("bf16", False, "bf16", "set"),
+    ],
+)
+def test_a_trial_trains_prints_and_records_its_precision(monkeypatch, capsys, tmp_path, requested, native, want, why):
+    """`python -m jepa_ray.train` (in process): the precision it resolved is printed, used for
+    every step and recorded in the checkpoint's config."""
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
+    used: set = set()
+    real = loop.train_step
+
+    def spy(*args, **kwargs):
+        used.add(args[7] if len(args) > 7 else kwargs.get("autocast_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    sets = ["--set", "epochs=1", "--set", f"precision={requested}"]
+    assert cli.main(["--preset", "smoke", *sets, "--out", str(tmp_path)]) == 0
+    assert f"[jepa_ray] device cpu, precision {want} ({why}" in capsys.readouterr().err
+    assert used == {torch.bfloat16 if want == "bf16" else None}
+    assert ckpt_lib.read_config(tmp_path / "checkpoint").system.precision == want
+
+
+@pytest.mark.parametrize("started, native_now, want", [("bf16", False, "bf16"), ("auto", True, "fp32")])
+def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path, started, native_now, want):
+    """auto on resume continues at the checkpoint's precision; a checkpoint recorded before trials
+    resolved auto says "auto", which meant fp32 on a CPU. An explicit other precision is refused."""
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: started == "bf16")
+    resume = {"epochs": 2, "checkpoint_every": 1, "warmup_epochs": 0.0}  # a float, as config.json reads back
+    cfg = smoke(**resume)
+
+    def crash(metrics: dict) -> None:
+        raise SimulatedCrash  # after the epoch-1 checkpoint
+
+    with pytest.raises(SimulatedCrash):
+        run_trial(cfg, str(tmp_path), report=crash)
+    latest = Path(TrialStore(tmp_path).latest())
+    if started == "auto":  # as written before trials resolved it
+        saved = json.loads((latest / ckpt_lib.CONFIG_FILE).read_text())
+        saved["system"]["precision"] = "auto"
+        (latest / ckpt_lib.CONFIG_FILE).write_text(json.dumps(saved))
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native_now)
+    assert cli.check_resumable(TrialStore(tmp_path), cfg, resume=True) == str(latest)
+    other = "fp32" if want == "bf16" else "bf16"
+    with pytest.raises(UsageError, match=f"precision={other} \\(recorded: {started}\\)"):
+        cli.check_resumable(TrialStore(tmp_path), smoke(**resume, precision=other), resume=True)
+    run_trial(cfg, str(tmp_path))
+    assert ckpt_lib.read_config(tmp_path / "checkpoint").system.precision == want
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from jepa_ray.config.schema import (
     proj_dims_list,
     save_json,
     to_dict,
+    trained_precision,
 )
 from jepa_ray.errors import ConfigError
 
@@ -70,5 +71,6 @@ __all__ = [
     "resolve",
     "save_json",
     "to_dict",
+    "trained_precision",
     "validate",
 ]

@@ -202,7 +202,8 @@ class SystemConfig:
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker."""
     precision: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."""
+    """auto (bf16 on CUDA and on CPUs with native bf16 matrix support, else fp32), fp32 or bf16
+    (autocast); a trial records what it trained at."""
     channels_last: bool = True
     """Use channels_last memory format on CUDA."""
     seed: int = 0
@@ -376,6 +377,14 @@ def save_json(cfg: TrialConfig, path: str | os.PathLike) -> None:
 def load_json(path: str | os.PathLike) -> TrialConfig:
     with open(path) as f:
         return from_dict(json.load(f))
+
+
+def trained_precision(precision: str, on_cuda: bool) -> str:
+    """The precision a recorded config trained at. Configs recorded before trials resolved `auto`
+    (checkpoints, curve rows) say "auto", which then meant bf16 on CUDA and fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16" if on_cuda else "fp32"
 
 
 def proj_dims_list(cfg: TrialConfig) -> list[int]:

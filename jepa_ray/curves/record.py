@@ -5,6 +5,7 @@ already in the table are skipped). Each row's `command` retrains it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -64,6 +65,21 @@ def command_for(grid: Grid, params: dict[str, Any], seed: int, data_dir: str | N
     for k, v in sets.items():
         argv += ["--set", f"{k}={_text(v)}"]
     return argv + ["--out", out]
+
+
+def recording_precision(table: CurveTable, grid: Grid, data_dir: str | None) -> str:
+    """The precision a recording trains at, pinned in its rows' commands (a row's command retrains
+    it as recorded on any machine): what the grid sets, else (auto) that of the rows the table
+    holds (a table is one recording), else what auto gives on this machine."""
+    cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
+    if cfg.system.precision != "auto":
+        return cfg.system.precision
+    for row in table.rows[:1]:
+        if "system" in row.config:
+            return row.config["system"]["precision"]  # never auto: read_table resolves old rows'
+    from jepa_ray.train.step import default_device, resolve_precision
+
+    return resolve_precision("auto", default_device(cfg))[0]
 
 
 def _text(value: Any) -> str:
@@ -150,7 +166,8 @@ class Recorder:
 
     def prepare(self) -> tuple[CurveTable, list[tuple[dict, int]]]:
         """Every check before any training: the grid resolves, the table (when it exists) is of
-        this recording. Returns the table and the (params, seed) still to record."""
+        this recording; the recording's precision is pinned (`pinned`: the grid with it).
+        Returns the table and the (params, seed) still to record."""
         if self.jobs < 1:
             raise UsageError(f"--jobs {self.jobs} is not allowed; allowed: 1 or more")
         if self.grid.needs_data_dir and not self.data_dir:
@@ -159,7 +176,9 @@ class Recorder:
         for params, seed in self.grid.points()[:1]:
             trial_config(self.grid, params, seed, self.data_dir)  # a bad factor value fails here
         table = read_table(self.table_path) if self.table_path.exists() else CurveTable(path=self.table_path)
-        check_table(table, self.grid, self.data_dir, self.mix)
+        precision = recording_precision(table, self.grid, self.data_dir)
+        self.pinned = dataclasses.replace(self.grid, base={**self.grid.base, "precision": precision})
+        check_table(table, self.pinned, self.data_dir, self.mix)
         todo = [(p, s) for p, s in self.grid.points() if row_key(p, s) not in table]
         self.setting = setting
         return table, todo[: self.limit] if self.limit is not None else todo
@@ -168,7 +187,7 @@ class Recorder:
         table, todo = self.prepare()
         self.log(
             f"grid {self.grid.name}: {len(table)} rows recorded, {len(todo)} to record, {self.jobs} at a time "
-            f"-> {self.table_path}"
+            f"at precision {self.pinned.base['precision']} -> {self.table_path}"
         )
         work = Path(self.work_dir or tempfile.mkdtemp(prefix="jepa-curves-"))
         work.mkdir(parents=True, exist_ok=True)
@@ -242,7 +261,7 @@ class Recorder:
         key = row_key(params, seed)
         out = work / key
         shutil.rmtree(out, ignore_errors=True)
-        argv = command_for(self.grid, params, seed, self.data_dir, str(out))
+        argv = command_for(self.pinned, params, seed, self.data_dir, str(out))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         log_path = work / f"{key}.log"
         t0 = time.perf_counter()
@@ -270,7 +289,7 @@ class Recorder:
         if code not in (0, 1) or self._stopping:
             raise RuntimeError(f"{shlex.join(argv)} exited {code}: {_failure_line(log_path)}")
         ckpt = out / "checkpoint"
-        config = trial_config(self.grid, params, seed, self.data_dir)
+        config = trial_config(self.pinned, params, seed, self.data_dir)
         history: list[dict] = []
         final: dict = {}
         failure = None
@@ -296,7 +315,7 @@ class Recorder:
             config=config_json,
             history=history,
             final=final,
-            command=shlex.join(command_for(self.grid, params, seed, self.data_dir)),
+            command=shlex.join(command_for(self.pinned, params, seed, self.data_dir)),
             setup_s=max(wall - epoch_s - eval_s, 0.0),
             eval_s=eval_s,
             wall_s=wall,

@@ -15,12 +15,14 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jepa_ray.config import trained_precision
 from jepa_ray.errors import UsageError
 
 STATUS_FINISHED, STATUS_FAILED = "finished", "failed"
@@ -151,6 +153,7 @@ class Row:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Row:
+        config, command = _trained_precision(json.loads(rec["config"]), rec["command"])
         return cls(
             key=rec["key"],
             grid=rec["grid"],
@@ -160,15 +163,36 @@ class Row:
             seed=int(rec["seed"]),
             status=rec["status"],
             failure=rec.get("failure"),
-            config=json.loads(rec["config"]),
+            config=config,
             history=json.loads(rec["history"]),
             final=json.loads(rec["final"]),
-            command=rec["command"],
+            command=command,
             setup_s=float(rec.get("setup_s") or 0.0),
             eval_s=float(rec.get("eval_s") or 0.0),
             wall_s=float(rec.get("wall_s") or 0.0),
             provenance={k: rec.get(k) or "" for k in PROVENANCE},
         )
+
+
+def _trained_precision(config: dict[str, Any], command: str) -> tuple[dict[str, Any], str]:
+    """A row recorded before trials resolved precision=auto (its config says "auto": fp32 on a CPU)
+    read as what it trained at: that precision in its config, and pinned in its command so that
+    the command retrains the row as recorded wherever `auto` means another precision now."""
+    system = config.get("system")
+    if not isinstance(system, dict) or system.get("precision", "auto") != "auto":
+        return config, command
+    precision = trained_precision("auto", float(system.get("gpus_per_worker") or 0) > 0)
+    config = {**config, "system": {**system, "precision": precision}}
+    argv: list[str] = []
+    for arg in shlex.split(command):
+        if arg == "precision=auto" and argv[-1:] == ["--set"]:
+            argv.pop()
+        else:
+            argv.append(arg)
+    if "jepa_ray.train" in argv and "--out" in argv:
+        at = argv.index("--out")
+        command = shlex.join([*argv[:at], "--set", f"precision={precision}", *argv[at:]])
+    return config, command
 
 
 PROVENANCE = ("jepa_ray_version", "git_commit", "torch_version", "machine", "recorded_at")

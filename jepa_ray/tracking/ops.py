@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jepa_ray.contract import FAILURE, PARENT, RESUMED, TRIAL_ID
+from jepa_ray.contract import FAILURE, PARENT, PRECISION, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
 
 logger = logging.getLogger(__name__)
@@ -60,16 +60,19 @@ def finish(c, run_id: str, tags: dict[str, str], checkpoint: str | None, target:
 
 
 def checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None) -> None:
-    """The activation-rate plot (from the checkpoint's metrics) and the checkpoint's
-    metrics.json; the weights stay in Ray storage, referenced by the checkpoint tag."""
+    """The activation-rate plot (from the checkpoint's metrics), the checkpoint's metrics.json and
+    config.json (what trained: the precision `auto` resolved to, also tagged); the weights stay
+    in Ray storage, referenced by the checkpoint tag."""
     from jepa_ray.tracking.plots import activation_plot
     from jepa_ray.train import checkpoint as ckpt_lib
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            copied = ckpt_lib.copy_files(uri, Path(tmp) / "checkpoint", (ckpt_lib.METRICS_FILE,))
-            if copied:
-                c.log_artifact(run_id, str(Path(tmp) / "checkpoint" / ckpt_lib.METRICS_FILE), "checkpoint")
+            local = Path(tmp) / "checkpoint"
+            for name in ckpt_lib.copy_files(uri, local, (ckpt_lib.METRICS_FILE, ckpt_lib.CONFIG_FILE)):
+                c.log_artifact(run_id, str(local / name), "checkpoint")
+                if name == ckpt_lib.CONFIG_FILE:
+                    c.set_tag(run_id, PRECISION, json.loads((local / name).read_text())["system"]["precision"])
             rates = ckpt_lib.read_text(uri, ckpt_lib.ACTIVATION_FILE)
             if rates is not None:
                 png = activation_plot(

@@ -70,7 +70,7 @@ def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | 
     """The checkpoint a run into `store` resumes from (None: a fresh run). ConfigError when the
     store already holds a run and --resume was not given (it would be overwritten), when
     --resume finds nothing to resume, or when the config differs from the recorded one in
-    what it trains."""
+    what it trains (precision=auto matches the recorded precision)."""
     latest, final = store.latest(), store.final()
     if not resume:
         if final or latest:
@@ -86,6 +86,8 @@ def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | 
         raise UsageError(f"--resume: no checkpoint to resume in {store.uri}; run without --resume")
     recorded = config_lib.flatten(ckpt_lib.read_config(latest))
     given = config_lib.flatten(cfg)
+    if given["precision"] == "auto":  # the resumed run keeps the precision it recorded (fit)
+        given["precision"] = recorded["precision"]
     changed = sorted(k for k in given if k not in RUNTIME_KEYS and str(given[k]) != str(recorded.get(k)))
     if changed:
         diff = ", ".join(f"{k}={given[k]} (recorded: {recorded.get(k)})" for k in changed)

@@ -10,7 +10,9 @@ an epoch checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
+import copy
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,11 +113,21 @@ def fit(
 ) -> dict[str, Any]:
     """Train one worker's share of a trial and return its final metrics.
 
-    Call inside an initialized process group for several workers (Ray Train does that).
+    Prints (rank 0) its device and precision (`auto` resolved), which its checkpoints' config
+    records. Call inside an initialized process group for several workers (Ray Train does that).
     Raises TrialFailure on a non-finite loss or a collapse. `fault` is the tests' hook that
     kills this worker at a global step (jepa_ray.train.faults)."""
     set_threads(cfg)
-    rt = runtime(cfg, device)
+    restored = reporter.restore_point()
+    rt = runtime(cfg, device, resumed=ckpt_lib.read_config(restored).system.precision if restored else None)
+    cfg = copy.deepcopy(cfg)
+    cfg.system.precision = rt.precision  # checkpoints record what trained, not "auto"
+    if rt.is_main:
+        print(
+            f"[jepa_ray] device {rt.device}, precision {rt.precision} ({rt.precision_reason})",
+            file=sys.stderr,
+            flush=True,
+        )
     torch.manual_seed(cfg.system.seed)  # identical initial weights on every rank
 
     feed, views = open_feed(cfg, rt, lambda mean, std, size, channels: ViewMaker(cfg.views, size, mean, std, channels))
@@ -140,7 +152,6 @@ def fit(
     warmup = optim_lib.warmup_steps(cfg, steps_per_epoch)
 
     start_epoch, step, history = 0, 0, []
-    restored = reporter.restore_point()
     if restored is not None:
         start_epoch, step, history = _restore(restored, model, optimizer, rt.device)
 

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from jepa_ray import distributed as dist_lib
+from jepa_ray.config import trained_precision
 from jepa_ray.regularizers import invariance, total_loss
 from jepa_ray.train.checkpoint import unwrap
 
@@ -24,23 +25,62 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
-    autocast_dtype: torch.dtype | None
+    precision: str
+    """What the trial trains at, "fp32" or "bf16" (autocast): `system.precision` resolved."""
+    precision_reason: str = ""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
 
-def runtime(cfg: TrialConfig, device: torch.device | None = None) -> Runtime:
-    if device is None:
-        device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available() and cfg.system.gpus_per_worker > 0
-            else torch.device("cpu")
-        )
-    precision = cfg.system.precision
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return Runtime(dist_lib.rank(), dist_lib.world_size(), device, torch.bfloat16 if bf16 else None)
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX-BF16 or AVX512-BF16 on x86, BF16
+    on Arm), as torch detects it: there bf16 autocast trains faster than fp32; elsewhere torch
+    emulates bf16 and it is slower. x86 kernels capped below AVX-512 (ATEN_CPU_CAPABILITY) count
+    as without."""
+    if hasattr(torch.cpu, "get_capabilities"):
+        caps = torch.cpu.get_capabilities()
+        x86, arm = caps.get("amx_bf16") or caps.get("avx512_bf16"), caps.get("bf16")
+    else:  # torch before 2.14
+        x86, arm = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)(), False
+    if x86:
+        return torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return bool(arm)
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """The precision a trial asking for `requested` trains at on `device`, and why: fp32 and bf16
+    as given; auto is bf16 on CUDA and on a CPU with native bf16 matrix support, else fp32."""
+    if requested != "auto":
+        return requested, "set"
+    if device.type == "cuda":
+        return "bf16", "auto: CUDA"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "auto: the CPU has native bf16 matrix support"
+    return "fp32", f"auto: no native bf16 matrix support on {device.type}"
+
+
+def default_device(cfg: TrialConfig) -> torch.device:
+    """This process's GPU when the trial asks for GPUs and one is visible, else the CPU."""
+    if torch.cuda.is_available() and cfg.system.gpus_per_worker > 0:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def runtime(cfg: TrialConfig, device: torch.device | None = None, *, resumed: str | None = None) -> Runtime:
+    """Rank, world size, device and precision of this worker. `resumed`: the precision recorded by
+    the checkpoint a run resumes from, which `auto` keeps (a run does not change precision midway)."""
+    device = device if device is not None else default_device(cfg)
+    if cfg.system.precision == "auto" and resumed is not None:
+        precision, why = trained_precision(resumed, device.type == "cuda"), "auto: the resumed run's"
+    else:
+        precision, why = resolve_precision(cfg.system.precision, device)
+    return Runtime(dist_lib.rank(), dist_lib.world_size(), device, precision, why)
 
 
 def set_threads(cfg: TrialConfig) -> None:
