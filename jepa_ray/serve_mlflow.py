@@ -292,17 +292,12 @@ def supervise(cmd: list[str], env: dict[str, str], ray: tuple[str, int], interva
 
 
 def supervisor_command(args: argparse.Namespace) -> list[str]:
-    """This module's own command line that runs the server in the foreground under `supervise`
-    (the backend URI travels in the environment, as for the server)."""
+    """This module's command line that runs the server under `supervise` in the foreground (the
+    backend URI travels in the environment, as for the server)."""
     cmd = [sys.executable, "-m", "jepa_ray.serve_mlflow", "--host", args.host, "--port", str(args.port)]
-    cmd += ["--stop-with-ray", args.stop_with_ray]
-    if args.artifacts_destination:
-        cmd += ["--artifacts-destination", args.artifacts_destination]
-    if args.workers:
-        cmd += ["--workers", str(args.workers)]
-    if args.allow_public:
-        cmd += ["--allow-public"]
-    return cmd
+    cmd += ["--stop-with-ray", args.stop_with_ray] + (["--allow-public"] if args.allow_public else [])
+    cmd += ["--artifacts-destination", args.artifacts_destination] if args.artifacts_destination else []
+    return cmd + (["--workers", str(args.workers)] if args.workers else [])
 
 
 def _tail(path: Path, lines: int = 20) -> str:
