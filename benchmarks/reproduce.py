@@ -10,6 +10,12 @@ relative to the mean for RankMe, whose scale is the number of dimensions).
 
     python benchmarks/reproduce.py benchmarks/curves/cifar10-cpu.parquet --rows 2 --seed 0   # ~20 min on 2 cores
     python benchmarks/reproduce.py benchmarks/curves/digits.parquet --rows 2 --exact
+    python benchmarks/reproduce.py benchmarks/curves/cifar10-cpu.parquet --repeated 2 --set precision=bf16
+
+`--set KEY=VALUE` re-trains the rows with a change (like for like: same rows, seeds and setting);
+`--repeated N` takes every seed of N configurations the table recorded at several seeds and also
+compares each configuration's mean over its seeds, re-trained against recorded, with the table's
+noise floor (the mean range over seeds).
 
 Prints one JSON line per metric per row (docs/design.md format): value = the re-trained metric,
 baseline = the recorded one, with the difference and its tolerance; exits 1 when one is outside.
@@ -21,6 +27,7 @@ import argparse
 import json
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,14 +73,59 @@ def seed_spread(table) -> dict[str, float]:
     return spread
 
 
-def retrain(row) -> dict:
-    """The final metrics of `row` re-trained from its stored command."""
+def noise_floor(table) -> dict[str, float]:
+    """Per metric, the mean range over seeds of the configurations recorded at several seeds."""
+    ranges: dict[str, list[float]] = {m: [] for m in METRICS}
+    for rows in repeated_configurations(table):
+        for metric in METRICS:
+            values = [r.final[metric] for r in rows]
+            ranges[metric].append(difference(metric, max(values), min(values)))
+    return {m: statistics.mean(v) for m, v in ranges.items() if v}
+
+
+def repeated_configurations(table) -> list[list]:
+    """The finished rows of each configuration recorded at several seeds, in a fixed order."""
+    from jepa_ray.curves.table import canonical
+
+    by_config = {canonical(r.params): r.params for r in table}
+    groups = [[r for r in table.seeds(by_config[key]) if r.finished] for key in sorted(by_config)]
+    return [rows for rows in groups if len(rows) > 1]
+
+
+def retrain_argv(command: str, overrides: list[str], out: str) -> list[str]:
+    """A row's stored command with `--set` overrides after its own (the last --set of a key wins)."""
+    extra = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return shlex.split(command.replace("--out OUT", f"{extra} --out {shlex.quote(out)}"))
+
+
+def retrain(row, overrides: list[str]) -> dict:
+    """The final metrics of `row` re-trained from its stored command, with `--set` overrides."""
     with tempfile.TemporaryDirectory() as tmp:
-        argv = shlex.split(row.command.replace("--out OUT", f"--out {tmp}/out"))
+        argv = retrain_argv(row.command, overrides, f"{tmp}/out")
         proc = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"row {row.key} failed to re-train:\n{proc.stderr[-3000:]}")
         return json.loads((Path(tmp) / "out" / "checkpoint" / "metrics.json").read_text())
+
+
+def compare_means(groups: list[list], retrained: dict, floor: dict[str, float], overrides: list[str]) -> None:
+    """Each configuration's mean over its seeds, re-trained (with `overrides`) against recorded."""
+    for rows in groups:
+        for metric in METRICS:
+            new = statistics.mean(retrained[r.key][metric] for r in rows)
+            old = statistics.mean(r.final[metric] for r in rows)
+            emit(
+                f"{json.dumps(rows[0].params)} over seeds {[r.seed for r in rows]}: mean {metric}, "
+                f"re-trained {' '.join(overrides) or 'as recorded'} vs recorded",
+                metric,
+                round(new, 6),
+                round(old, 6),
+                difference=round(difference(metric, new, old), 6),
+                relative=metric in RELATIVE,
+                noise_floor=round(floor[metric], 6),
+                per_seed=[round(retrained[r.key][metric], 4) for r in rows],
+                per_seed_recorded=[round(r.final[metric], 4) for r in rows],
+            )
 
 
 def main() -> None:
@@ -86,14 +138,20 @@ def main() -> None:
     p.add_argument(
         "--exact", action="store_true", help="allow no difference (the machine and torch build that recorded the rows)"
     )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="re-train with this change")
+    p.add_argument("--repeated", type=int, default=0, help="instead of --rows: every seed of N repeated configurations")
     args = p.parse_args()
     table = read_table(args.table)
     tolerance = dict.fromkeys(METRICS, 0.0) if args.exact else seed_spread(table)
-    rows = random.Random(args.seed).sample([r for r in table if r.finished], args.rows)
-    outside = []
+    if args.repeated:
+        groups = random.Random(args.seed).sample(repeated_configurations(table), args.repeated)
+        rows = [r for g in groups for r in g]
+    else:
+        rows = random.Random(args.seed).sample([r for r in table if r.finished], args.rows)
+    outside, retrained = [], {}
     for row in rows:
         start = time.perf_counter()
-        final = retrain(row)
+        final = retrained[row.key] = retrain(row, args.set)
         for metric in METRICS:
             diff = difference(metric, final[metric], row.final[metric])
             if diff > tolerance[metric]:
@@ -110,6 +168,8 @@ def main() -> None:
                 recorded_on=row.provenance.get("machine"),
                 recorded_commit=row.provenance.get("git_commit"),
             )
+    if args.repeated:
+        compare_means(groups, retrained, noise_floor(table), args.set)
     emit(f"metrics outside their tolerance over {len(rows)} rows", "outside", len(outside), exact=args.exact)
     if outside:
         raise SystemExit("re-trained metrics outside their tolerance: " + "; ".join(outside))

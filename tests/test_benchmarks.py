@@ -212,3 +212,27 @@ def test_reproduce_retrains_a_row_within_the_tables_seed_spread_on_other_kernels
         assert r["tolerance"] == pytest.approx(spread[r["metric"]], abs=1e-6) and 0 < r["tolerance"] < 0.5
         assert r["relative"] == (r["metric"] == "rank_me")
         assert r["difference"] <= r["tolerance"]
+
+
+def test_reproduce_retrains_with_changes_and_compares_means_with_the_noise_floor(monkeypatch):
+    """`--set` lands after a row's own settings (so it wins); `--repeated` groups every seed of a
+    configuration; the noise floor is the mean range over seeds that benchmarks/table.py reports."""
+    from jepa_ray import config as config_lib
+    from jepa_ray.curves import read_table
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from reproduce import noise_floor, repeated_configurations, retrain_argv
+
+    table = read_table(ROOT / DIGITS_TABLE)
+    row = next(r for r in table if r.finished)
+    argv = retrain_argv(row.command, ["precision=bf16"], "/tmp/x y")
+    assert argv[-2:] == ["--out", "/tmp/x y"] and argv[-4:-2] == ["--set", "precision=bf16"]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    preset = argv[argv.index("--preset") + 1]
+    assert config_lib.build(preset, sets, {}).system.precision == "bf16"
+    groups = repeated_configurations(table)
+    assert len(groups) == 6 and all(len({r.seed for r in g}) == 3 and len({r.key for r in g}) == 3 for g in groups)
+    floor = noise_floor(table)
+    assert floor["linear_acc"] == pytest.approx(0.0171, abs=5e-4) and floor["l0_density"] == pytest.approx(
+        0.0179, abs=5e-4
+    )
