@@ -451,3 +451,33 @@ def test_a_failed_row_serves_every_recorded_epoch_then_its_failure(replay):
     results = [r for r, _ in serve(failed, replay_config(failed, {"collapse_guard": False}))]
     assert [r.get(C.EPOCH) for r in results] == [0, 1, 2, 3, None]
     assert results[-1] == {"failure": "non-finite loss at epoch 4 step 40", "failure_kind": "failed"}
+
+
+def test_the_long_grid_is_a_latin_hypercube_over_the_default_spaces_ranges():
+    """cifar10-long: 96 configurations that fill the search space's own ranges (each choice used
+    equally often, each range's strata once), in the users' regime (warmup 10% of 30 epochs), the
+    first 6 at three seeds; the same points every time."""
+    from jepa_ray.curves.grids import grid
+    from search_spaces import _projector, rectified, rectified_density
+
+    g = grid("cifar10-long")
+    configs = g.configurations()
+    assert len(configs) == 96 and configs == grid("cifar10-long").configurations()
+    assert g.base["warmup_epochs"] / g.base["epochs"] <= 0.1 and g.base["epochs"] >= 24
+    for name, (low, high) in (
+        ("lambd", rectified.LAMBD),
+        ("p", rectified.P),
+        ("target_density", rectified_density.DENSITY),
+    ):
+        values = sorted(c[name] for c in configs)
+        assert low <= values[0] and values[-1] <= high
+        # one point per stratum of the log range (4 significant digits of rounding aside)
+        strata = [int(96 * math.log(v / low) / math.log(high / low) - 1e-3) for v in values]
+        assert sorted(strata) == list(range(96)), name
+    counts = {s: sum(c["num_slices"] == s for c in configs) for s in rectified.SLICES}
+    assert set(counts.values()) == {16}
+    for c in configs:
+        *hidden, out = (int(w) for w in c["proj_dims"].split("-"))
+        assert out in _projector.OUTPUT and len(hidden) <= 2 and all(h in _projector.HIDDEN for h in hidden)
+    points = g.points()
+    assert len(points) == 96 + 6 * 2 and {s for _, s in points[:18]} == {0, 1, 2}
