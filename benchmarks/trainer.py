@@ -7,6 +7,8 @@ data, views and loss in the same run.
     python benchmarks/trainer.py --threads 2           # every core of a 2-core machine
     python benchmarks/trainer.py --workers 2           # 2 gloo DDP workers under Ray Train
     python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
+    python benchmarks/trainer.py --cifar DIR --backbone jepa_convnet_tiny --batch 256 --no-cifar-stem \
+        --max-train 5000 --compare-precision    # CPU: our loop in bf16 against fp32 (goal >= 2x)
 
 Prints one JSON line per case (docs/design.md format).
 """
@@ -47,7 +49,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float:
+def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int, bf16: bool) -> float:
     """The reference approach written plainly: augment, one forward per view (as the reference
     and our loop), invariance + regularizer, backward, AdamW step; nothing else (no probes, no
     metrics, no reporting)."""
@@ -60,7 +62,6 @@ def plain_loop_img_per_s(cfg, splits, device: torch.device, steps: int) -> float
     views = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
     x = splits.train_x.to(device)
     batch = cfg.optim.batch_size
-    bf16 = device.type == "cuda"
     times = []
     for s in range(steps + 3):
         sync(device)
@@ -122,6 +123,11 @@ def main() -> None:
         help="torch threads of both loops (default 1: the one CPU a sweep trial's worker gets; "
         "with every core busy, Ray's own processes take time from the training threads)",
     )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="of both loops")
+    p.add_argument("--no-cifar-stem", action="store_true", help="with --cifar: the backbone's own stem")
+    p.add_argument(
+        "--compare-precision", action="store_true", help="also our loop at fp32 and at bf16, and their ratio"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -141,7 +147,7 @@ def main() -> None:
             data_dir=args.cifar,
             recipe="cifar",
             backbone="resnet18",
-            cifar_stem=True,
+            cifar_stem=not args.no_cifar_stem,
             proj_dims="512-512-512",
             num_slices=1024,
             batch_size=512,
@@ -150,24 +156,26 @@ def main() -> None:
         overrides["backbone"] = args.backbone
     if args.batch:
         overrides["batch_size"] = args.batch
+    overrides["precision"] = args.precision
     cfg = config_lib.resolve(config_lib.apply_overrides(config_lib.preset("digits"), overrides))
+    from jepa_ray.train.step import resolve_precision
+
+    precision, _ = resolve_precision(args.precision, device)
     splits = load_dataset(cfg.data)
     if not cfg.data.image_size:
         cfg.data.image_size = splits.image_size
-    label = (
+    shape = (
         f"{cfg.data.dataset} {cfg.model.backbone} B={cfg.optim.batch_size} V={cfg.views.num_views} "
         f"{cfg.data.image_size}px"
     )
-    if device.type == "cuda":
-        label += " bf16"
-    else:
-        label += f" {args.threads} thread{'s' if args.threads > 1 else ''}"
+    threads = "" if device.type == "cuda" else f" {args.threads} thread{'s' if args.threads > 1 else ''}"
+    label = f"{shape} {precision}{threads}"
 
     maker = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
     vps = measure_views_per_second(maker, splits.train_x.to(device), cfg.optim.batch_size, repeats=args.steps)
     emit(f"input pipeline {label}", "views_per_s", vps, device.type)
 
-    plain = plain_loop_img_per_s(cfg, splits, device, args.steps)
+    plain = plain_loop_img_per_s(cfg, splits, device, args.steps, bf16=precision == "bf16")
     emit(f"plain loop {label}", "img_per_s", plain, device.type, views_per_s=round(plain * cfg.views.num_views, 1))
 
     ours = fit_img_per_s(cfg)
@@ -180,6 +188,18 @@ def main() -> None:
         baseline=plain,
         views_per_s=round(ours * cfg.views.num_views, 1),
     )
+    if args.compare_precision:
+        rates = {}
+        for variant in ("fp32", "bf16"):
+            cfg.system.precision = variant
+            rates[variant] = fit_img_per_s(cfg)
+        emit(
+            f"jepa_ray fit bf16 vs fp32 {shape}{threads}",
+            "img_per_s",
+            rates["bf16"],
+            device.type,
+            baseline=rates["fp32"],
+        )
 
 
 if __name__ == "__main__":
