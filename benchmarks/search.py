@@ -25,7 +25,11 @@ On recorded curves (`--replay TABLE`, a table of `python -m jepa_ray.curves reco
 sweep runs in simulated time (jepa_ray.sweep.simulate: the sweep's own searcher, scheduler,
 collapse guard and outcome ledger, no training), so ten or more seeds per method take minutes;
 the methods are jepa_ray.sweep.methods' and the anytime hypervolume is read as normalized
-regret, 1 - HV / HV*, HV* the hypervolume of every configuration the table holds:
+regret, 1 - HV / HV*, HV* the hypervolume of every configuration the table holds; beside it the
+accuracy regret per density band (jepa_ray.pareto.bands: every band of the table's front counts,
+not only the point that holds most of HV*). `--first-seed N` runs sampler seeds N.. (check a
+figure on seeds nobody tuned on); `python benchmarks/search.py --replay TABLE --help` lists the
+replay mode's flags:
 
     python benchmarks/search.py --replay benchmarks/curves/cifar10-cpu.parquet --seeds 20 \
         --trials 24 --concurrency 4 --plot docs/img/search-cifar10.png
@@ -163,7 +167,13 @@ def main() -> None:
     if "--replay" in sys.argv:
         replay_main()
         return
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Replay mode: --replay TABLE --help.")
+    p.add_argument(
+        "--replay",
+        metavar="TABLE",
+        help="instead: every method in simulated time on a curve table, with its own flags "
+        "(--seeds, --first-seed, --trials, --concurrency, --warm-start, ...: --replay TABLE --help)",
+    )
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--preset", default="digits-sweep")
@@ -249,13 +259,16 @@ def replay_main() -> None:
     import optuna
 
     from jepa_ray import pareto
+    from jepa_ray.curves.table import canonical
+    from jepa_ray.pareto.bands import band_regret
     from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
     from jepa_ray.sweep.replay import Replay
 
     p = argparse.ArgumentParser(description="search methods compared on a curve table, in simulated time")
     p.add_argument("--replay", required=True, metavar="TABLE")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", type=int, default=10, help="sweeps per method (sampler seeds 0..N-1)")
+    p.add_argument("--seeds", type=int, default=10, help="sweeps per method (sampler seeds from --first-seed)")
+    p.add_argument("--first-seed", type=int, default=0, help="the first sampler seed (default 0)")
     p.add_argument("--trials", type=int, default=24, help="full trials the budget buys")
     p.add_argument("--concurrency", type=int, default=4, help="trials at once")
     p.add_argument("--objectives", default="linear_acc:max,l0_density:min")
@@ -283,6 +296,8 @@ def replay_main() -> None:
     epochs = replay.base.optim.epochs
     budget = args.trials * epochs
     points, best = attainable(replay, objectives)
+    reference = [values for _, values in points]
+    config_of = {row.key: canonical(row.params) for row in replay.table}
     emit(
         f"table {Path(args.replay).name}: {len(replay.table)} rows, {len(points)} configurations a sweep finishes",
         "hypervolume",
@@ -298,6 +313,7 @@ def replay_main() -> None:
             params=[r.params for r in warm],
         )
     grid = list(range(0, budget + 1))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     curves: dict[str, list[list[float]]] = {}
     for method in methods:
         start = time.perf_counter()
@@ -313,21 +329,26 @@ def replay_main() -> None:
                 eta=args.scheduler_eta,
                 starting_points=warm,
             )
-            for seed in range(args.seeds)
+            for seed in seeds
         ]
         curves[method.name] = [[1.0 - r.hypervolume_at(t) / best for t in grid] for r in runs]
         for fraction in (1 / 3, 2 / 3, 1.0):
-            regrets = [c[round(fraction * budget)] for c in curves[method.name]]
-            q1, med, q3 = quartiles(regrets)
-            emit(
-                f"{method.name}: normalized regret at {fraction:.2f} of {budget} trial-epochs, {args.seeds} seeds",
-                "regret",
-                med,
-                iqr=[round(q1, 5), round(q3, 5)],
-                trials_ended=statistics.median(len(r.trials) for r in runs),
-                finished=statistics.median(len(r.finished) for r in runs),
-                seconds=round(time.perf_counter() - start, 1),
-            )
+            spent = round(fraction * budget)
+            regrets = [c[spent] for c in curves[method.name]]
+            bands = [band_regret([t.values for t in r.finished if t.trial_epochs <= spent], reference) for r in runs]
+            for metric, values in (("regret", regrets), ("band_regret", bands)):
+                q1, med, q3 = quartiles(values)
+                what = "normalized regret" if metric == "regret" else "accuracy regret per density band"
+                emit(
+                    f"{method.name}: {what} at {fraction:.2f} of {budget} trial-epochs, seeds {seeds[0]}-{seeds[-1]}",
+                    metric,
+                    med,
+                    iqr=[round(q1, 5), round(q3, 5)],
+                    trials_ended=statistics.median(len(r.trials) for r in runs),
+                    finished=statistics.median(len(r.finished) for r in runs),
+                    repeated_proposals=statistics.median(repeats(r, config_of) for r in runs),
+                    seconds=round(time.perf_counter() - start, 1),
+                )
     if args.baseline in curves:
         target = median_curve(curves[args.baseline])[-1]
         for name, cs in curves.items():
@@ -344,6 +365,12 @@ def replay_main() -> None:
         Path(args.curves).write_text(json.dumps({"budget": budget, "grid": grid, "regret": curves}))
     if args.plot:
         plot_regret(curves, grid, budget, args.plot, Path(args.replay).name)
+
+
+def repeats(result, config_of: dict[str, str]) -> int:
+    """How many of a simulated sweep's trials proposed a configuration an earlier trial had."""
+    configs = [config_of.get(t.row_key, t.row_key) for t in result.trials]
+    return len(configs) - len(set(configs))
 
 
 def check_methods(p: argparse.ArgumentParser, names: list[str], known) -> None:

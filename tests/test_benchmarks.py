@@ -133,6 +133,9 @@ def test_search_benchmark_on_replayed_curves(tmp_path):
     regrets = [r for r in rows if r["metric"] == "regret"]
     assert len(regrets) == 3 * 3 and all(0 <= r["value"] <= 1 for r in regrets)
     assert all(len(r["iqr"]) == 2 for r in regrets)
+    bands = [r for r in rows if r["metric"] == "band_regret"]
+    assert len(bands) == 3 * 3 and all(0 <= r["value"] <= 1 for r in bands)
+    assert all(r["repeated_proposals"] >= 0 for r in regrets) and all("seeds 0-2" in r["case"] for r in regrets)
     assert sum(r["metric"] == "trial_epochs" for r in rows) == 3
     assert (tmp_path / "regret.png").stat().st_size > 10_000
     curves = json.loads((tmp_path / "curves.json").read_text())
@@ -163,6 +166,20 @@ def test_search_benchmark_on_replayed_curves(tmp_path):
     assert next(r for r in warm if r["case"].startswith("warm start"))["value"] == 4
     regret = [r["value"] for r in warm if r["metric"] == "regret"]
     assert regret[0] == 1.0 and regret[1] < 0.01 and regret[2] == 0.0
+    assert [r["value"] for r in warm if r["metric"] == "band_regret"][2] == 0.0  # the whole front found
+
+    # Seeds nobody tuned on: --first-seed; both modes' flags in --help.
+    later = run_bench(
+        "benchmarks/search.py",
+        *("--replay", DIGITS_TABLE, "--methods", "tpe", "--seeds", "2", "--first-seed", "100", "--trials", "3"),
+        positive=False,
+    )
+    assert all("seeds 100-101" in r["case"] for r in later if r["metric"] == "regret")
+    helps = [
+        subprocess.run([sys.executable, "benchmarks/search.py", *a, "--help"], cwd=ROOT, capture_output=True, text=True)
+        for a in ([], ["--replay", DIGITS_TABLE])
+    ]
+    assert "--replay TABLE" in helps[0].stdout and "--first-seed" in helps[1].stdout
     for flag in ("--replay", "--warm-start"):
         argv = ["--replay", DIGITS_TABLE, "--warm-start", DIGITS_TABLE]
         argv[argv.index(flag) + 1] = "missing.parquet"

@@ -609,3 +609,31 @@ def test_module_entry_point_reports_errors(store, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown experiment 'nope'") and proc.stderr.count("\n") == 1
+
+
+def test_band_regret_against_brute_force():
+    """Bands a factor 2 wide; at each covered band's upper edge the best accuracy found below it
+    against the reference's best below it; averaged over the covered bands."""
+    import itertools
+    import random as random_lib
+
+    from jepa_ray.pareto.bands import band_regret
+
+    reference = [(0.40, 0.011), (0.45, 0.03), (0.50, 0.2), (0.48, 0.9)]
+    # covered bands: [2^-7, 2^-6) ∋ 0.011, [2^-6, 2^-5) ∋ 0.03, [2^-3, 2^-2) ∋ 0.2, [2^-1, 1) ∋ 0.9
+    assert band_regret(reference, reference) == 0.0
+    found = [(0.30, 0.012), (0.50, 0.25)]  # bests below the edges 2^-6, 2^-5, 2^-2 (0.25 is not), 1
+    assert band_regret(found, reference) == pytest.approx(((0.40 - 0.30) + (0.45 - 0.30) + (0.50 - 0.30) + 0.0) / 4)
+    assert band_regret([], reference) == pytest.approx((0.40 + 0.45 + 0.50 + 0.50) / 4)
+    rng = random_lib.Random(0)
+    for _ in range(50):  # brute force over edges on random sets
+        ref = [(rng.random(), 10 ** rng.uniform(-3, 0)) for _ in range(8)]
+        got = [(rng.random(), 10 ** rng.uniform(-3, 0)) for _ in range(5)]
+        edges = sorted({2.0 ** (math.floor(math.log2(d)) + 1) for _, d in ref})
+        expected = []
+        for e in edges:
+            best = max(a for a, d in ref if d < e)
+            mine = max([a for a, d in got if d < e] + [0.0])
+            expected.append(max(0.0, best - mine))
+        assert band_regret(got, ref) == pytest.approx(sum(expected) / len(expected))
+        assert band_regret(list(itertools.chain(got, ref)), ref) == 0.0
