@@ -107,6 +107,23 @@ class Grid:
 
 
 _REFERENCE_LAMBD = 5.0 / 7.0
+# CIFAR-10 at CPU scale: a fixed stratified 5,000 train / 2,000 test images, jepa_convnet_tiny,
+# the reference recipe, one thread per trial.
+_CIFAR_CPU = {
+    "dataset": "parquet",
+    "backbone": "jepa_convnet_tiny",
+    "cifar_stem": False,
+    "max_train_samples": 5000,
+    "max_test_samples": 2000,
+    "epochs": 12,
+    "batch_size": 256,
+    "sync_bn": False,
+    "target": "rgg",
+    "regularizer": "rdmreg",
+    "collapse_guard": False,
+    "checkpoint_every": 0,
+    "threads_per_worker": 1,
+}
 
 GRIDS: dict[str, Grid] = {
     g.name: g
@@ -117,21 +134,7 @@ GRIDS: dict[str, Grid] = {
             doc="CIFAR-10 at CPU scale, the quality benchmark's setting: the reference recipe (LARS, "
             "loss scale 350) on a fixed stratified 5,000 train / 2,000 test images with "
             "jepa_convnet_tiny, batch 256, 12 epochs (6 of warmup), one thread per trial.",
-            base={
-                "dataset": "parquet",
-                "backbone": "jepa_convnet_tiny",
-                "cifar_stem": False,
-                "max_train_samples": 5000,
-                "max_test_samples": 2000,
-                "epochs": 12,
-                "batch_size": 256,
-                "sync_bn": False,
-                "target": "rgg",
-                "regularizer": "rdmreg",
-                "collapse_guard": False,
-                "checkpoint_every": 0,
-                "threads_per_worker": 1,
-            },
+            base=_CIFAR_CPU,
             factors={
                 "target_density": (0.01, 0.05, 0.25, 0.9),
                 "p": (0.5, 1.0, 2.0),
@@ -155,23 +158,7 @@ GRIDS: dict[str, Grid] = {
             "for 30 epochs with 3 of warmup (10%), bf16, over 96 configurations of a Latin hypercube "
             "design on the default search space's ranges (lambda, p, target density, slices, "
             "projector), the first 6 at seeds 0, 1, 2.",
-            base={
-                "dataset": "parquet",
-                "backbone": "jepa_convnet_tiny",
-                "cifar_stem": False,
-                "max_train_samples": 5000,
-                "max_test_samples": 2000,
-                "epochs": 30,
-                "warmup_epochs": 3,
-                "batch_size": 256,
-                "sync_bn": False,
-                "target": "rgg",
-                "regularizer": "rdmreg",
-                "collapse_guard": False,
-                "checkpoint_every": 0,
-                "threads_per_worker": 1,
-                "precision": "bf16",
-            },
+            base={**_CIFAR_CPU, "epochs": 30, "warmup_epochs": 3, "precision": "bf16"},
             design=Design(
                 dims=(
                     Dim("lambd", *rectified.LAMBD, log=True),
