@@ -343,15 +343,12 @@ def run_cli(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedP
 
 
 def test_cli_rejects_bad_config_before_starting_ray(tmp_path):
-    start = time.monotonic()
     proc = run_cli(["--set", "p=-1", "--out", str(tmp_path / "out")], tmp_path, timeout=120)
-    elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "config field 'p'" in lines[0] and "allowed: p > 0" in lines[0], proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr  # e.g. "Started a local Ray instance"
     assert not (tmp_path / "out").exists()
-    assert elapsed < 20
 
 
 def test_cli_rejects_an_unreachable_address_with_one_line(tmp_path):

@@ -113,15 +113,21 @@ def test_a_backed_up_writer_makes_one_request_per_run_not_per_result():
 
 
 def test_queueing_does_not_wait_for_a_slow_store():
-    c = FakeClient(delay=0.05)
+    gate = threading.Event()
+
+    class Stalled(FakeClient):
+        def _call(self, *what):
+            gate.wait(60)  # the store answers nothing until the writes are queued
+            super()._call(*what)
+
+    c = Stalled()
     w = MlflowWriter("fake://", client=c)
     ref = RunRef("run-x")
-    start = time.perf_counter()
     for step in range(40):
         w.log_metrics(ref, {"m": float(step)}, step=step)
         w.do("set_tags", ref, {"step": str(step)})
-    queued = time.perf_counter() - start
-    assert queued < 0.5  # 80 writes at 50 ms each take 4 s on the writer's thread
+    assert c.calls == []  # all 80 writes queued while the store had taken none
+    gate.set()
     assert w.flush(timeout=60) and len(c.calls) >= 40
 
 
@@ -130,7 +136,7 @@ def test_a_store_that_keeps_failing_stops_the_writer_with_one_line(capsys):
     start = time.monotonic()
     w.do("set_tags", RunRef("r"), {"k": "v"})
     assert not w.flush(timeout=30)
-    assert 0.3 <= time.monotonic() - start < 10  # tried again for its patience, then gave up
+    assert time.monotonic() - start >= 0.3  # tried again for its patience, then gave up
     assert w.error.startswith("MLflow at http://127.0.0.1:9 refused writes for 0 s (") and "\n" not in w.error
     with pytest.raises(WriterFailed, match="Connection refused"):
         w.check()
