@@ -57,14 +57,10 @@ def difference(metric: str, value: float, recorded: float) -> float:
 def seed_spread(table) -> dict[str, float]:
     """Per metric, the largest difference (as `difference` measures it) between two seeds of one
     configuration in the table: how far a row may drift on other kernels."""
-    from jepa_ray.curves.table import canonical
-
     spread = dict.fromkeys(METRICS, 0.0)
-    configurations = {canonical(r.params): r.params for r in table}.values()
-    for params in configurations:
-        seeds = [r for r in table.seeds(params) if r.finished]
+    for rows in repeated_configurations(table):
         for metric in METRICS:
-            values = [r.final[metric] for r in seeds]
+            values = [r.final[metric] for r in rows]
             for i, a in enumerate(values):
                 for b in values[i + 1 :]:
                     spread[metric] = max(spread[metric], difference(metric, a, b))

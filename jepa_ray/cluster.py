@@ -199,37 +199,38 @@ def node_count() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def max_node_count(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> int:
+def bootstrap_config(path: str | os.PathLike = BOOTSTRAP_CONFIG) -> dict | None:
+    """The resolved launcher config `ray up` keeps on a head (~/ray_bootstrap_config.yaml), or
+    None where this is no such head (or the file cannot be read)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def max_node_count(bootstrap: str | os.PathLike = BOOTSTRAP_CONFIG) -> int:
     """The most nodes the connected cluster can have: on a head launched by `ray up` (which
     keeps the resolved launcher config in ~/ray_bootstrap_config.yaml) 1 + its max_workers,
     else the alive nodes. An autoscaling cluster may be just its head when the sweep starts
     and have GPU workers a minute later, so checks about sharing must not count only the
     nodes alive now."""
     alive = node_count()
-    path = Path(bootstrap_config).expanduser()
-    if not path.is_file():
-        return alive
-    import yaml
-
-    config = yaml.safe_load(path.read_text()) or {}
-    return max(alive, 1 + int(config.get("max_workers", 0)))
+    config = bootstrap_config(bootstrap)
+    return alive if config is None else max(alive, 1 + int(config.get("max_workers", 0)))
 
 
 LAUNCHER_FILES = {"local": "cluster-onprem.yaml", "aws": "cluster.yaml"}  # Ray provider type -> our file
 
 
-def attach_hint(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> str:
+def attach_hint(bootstrap: str | os.PathLike = BOOTSTRAP_CONFIG) -> str:
     """`ray attach FILE -p 5000` with the repository's cluster file that launched this head (Ray
     keeps the provider in ~/ray_bootstrap_config.yaml); both files where this is no head."""
-    path = Path(bootstrap_config).expanduser()
-    provider = ""
-    if path.is_file():
-        import yaml
-
-        try:
-            provider = ((yaml.safe_load(path.read_text()) or {}).get("provider") or {}).get("type", "")
-        except (OSError, yaml.YAMLError):
-            provider = ""
+    provider = ((bootstrap_config(bootstrap) or {}).get("provider") or {}).get("type", "")
     name = LAUNCHER_FILES.get(provider, "cluster.yaml or cluster-onprem.yaml")
     return f"ray attach {name} -p 5000"
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from jepa_ray.cluster import BOOTSTRAP_CONFIG
+from jepa_ray.cluster import BOOTSTRAP_CONFIG, bootstrap_config
 from jepa_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def trial_demand(cfg, *, in_tune: bool) -> list[Bundle]:
     return actor + [Bundle(s.cpus_per_worker, s.gpus_per_worker, f"worker {i}") for i in range(s.workers)]
 
 
-def capacity(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> Capacity:
+def capacity(bootstrap: str | os.PathLike = BOOTSTRAP_CONFIG) -> Capacity:
     """The connected cluster's alive nodes plus, on a head launched by `ray up`, the worker
     nodes its autoscaler can still launch (from the resolved launcher config)."""
     import ray
@@ -85,12 +84,8 @@ def capacity(bootstrap_config: str | os.PathLike = BOOTSTRAP_CONFIG) -> Capacity
         for n in ray.nodes()
         if n.get("Alive")
     ]
-    path = Path(bootstrap_config).expanduser()
-    if not path.is_file():
-        return Capacity(alive)
-    import yaml
-
-    return launchable_capacity(alive, yaml.safe_load(path.read_text()) or {})
+    config = bootstrap_config(bootstrap)
+    return Capacity(alive) if config is None else launchable_capacity(alive, config)
 
 
 def launchable_capacity(alive: list[NodeShape], config: dict) -> Capacity:
