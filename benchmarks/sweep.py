@@ -87,20 +87,14 @@ def run_default_sweep(workdir: Path, extra: list[str]) -> tuple[float, float, su
 
 
 def trial_timeline(run, epochs: list, optuna_trial) -> dict[str, float]:
-    """Where a finished trial's wall time went, from its Optuna trial's start and end and the
-    driver's metric timestamps (`epochs`: its `time/epoch_s` history, in epoch order; each
-    epoch's metrics are logged when its result arrives)."""
+    """Where a finished trial's wall time went, from its Optuna trial's start and end and its
+    `time/epoch_s` history. Not split further by phase: epochs are written to MLflow once a
+    checkpoint covers them (together, at the end of a trial without epoch checkpoints), so their
+    timestamps are not when the epochs ended."""
     loop = sum(m.value for m in epochs)
     asked, told = optuna_trial.datetime_start.timestamp(), optuna_trial.datetime_complete.timestamp()
     start = run.info.start_time / 1000
-    out = {"wall": told - asked, "loop": loop, "overhead": told - asked - loop, "actor_start": start - asked}
-    if len(epochs) >= 2:
-        stamps = [m.timestamp / 1000 for m in epochs]
-        out["setup"] = stamps[0] - start - epochs[0].value
-        out["between_epochs"] = sum(stamps[k] - stamps[k - 1] - epochs[k].value for k in range(1, len(epochs) - 1))
-        out["final_evaluation"] = stamps[-1] - stamps[-2] - epochs[-1].value
-        out["after_final"] = run.info.end_time / 1000 - stamps[-1]
-    return out
+    return {"wall": told - asked, "loop": loop, "overhead": told - asked - loop, "actor_start": start - asked}
 
 
 def sweep_case(args) -> None:
@@ -148,8 +142,7 @@ def sweep_case(args) -> None:
     emit(case, "efficiency_with_ray_start", loop_total / (wall * concurrency))
     emit(case, "efficiency_finished_trials_only", loop_finished / (sweep_wall * concurrency))
     emit(case, "trial_overhead_median_s", median([t["overhead"] for t in timelines]))
-    for part in ("actor_start", "setup", "between_epochs", "final_evaluation", "after_final"):
-        emit(case, f"overhead_{part}_median_s", median([t[part] for t in timelines if part in t]))
+    emit(case, "overhead_actor_start_median_s", median([t["actor_start"] for t in timelines]))
     emit(case, "trial_wall_median_s", median([t["wall"] for t in timelines]))
     emit(case, "trial_loop_median_s", median([t["loop"] for t in timelines]))
     emit(case, "sweep_wall_s", sweep_wall)

@@ -9,6 +9,8 @@ data, views and loss in the same run.
     python benchmarks/trainer.py --cifar DIR --device cuda --backbone resnet18 --batch 512
     python benchmarks/trainer.py --cifar DIR --backbone jepa_convnet_tiny --batch 256 --no-cifar-stem \
         --max-train 5000 --compare-precision    # CPU: our loop in bf16 against fp32 (goal >= 2x)
+    python benchmarks/trainer.py --cifar DIR --backbone jepa_convnet_tiny --batch 256 --no-cifar-stem \
+        --max-train 5000 --breakdown            # where a step of our loop goes, phase by phase
 
 Prints one JSON line per case (docs/design.md format).
 """
@@ -106,6 +108,74 @@ def fit_img_per_s(cfg) -> float:
     return statistics.median(rates)
 
 
+def step_breakdown(cfg, steps: int) -> dict[str, float]:
+    """Median milliseconds per phase of our loop's step, built as `fit` builds it (feed, views,
+    TrainModule with its probes, regularizer, optimizer) and timed phase by phase: the batch from
+    the feed, the augmentations, the forward (encoder and the probes), invariance + regularizer,
+    backward, optimizer step; and the regularizer alone (forward + backward on a copy of z: its
+    projections, sorts and target draws, the part of `backward` that is the regularizer's).
+    The per-epoch online test evaluation is timed once over the whole test shard."""
+    from jepa_ray.model import Preprocess
+    from jepa_ray.seeding import STREAM_AUGMENT
+    from jepa_ray.train import optim as optim_lib
+    from jepa_ray.train.feed import open_feed
+    from jepa_ray.train.loop import _online_test_accuracy
+    from jepa_ray.train.step import TrainModule, runtime
+
+    rt = runtime(cfg)
+    torch.manual_seed(0)
+    feed, views = open_feed(cfg, rt, lambda mean, std, size, ch: ViewMaker(cfg.views, size, mean, std, ch))
+    model = TrainModule(create_model(cfg), feed.num_classes, cfg.model.joint_view_forward).to(rt.device)
+    reg = create_regularizer(cfg)
+    opt = optim_lib.create_optimizer(cfg, model.encoder, torch.nn.ModuleList([model.probe_h, model.probe_z]))
+    num_global = cfg.views.num_views
+    phases: dict[str, list[float]] = {
+        k: [] for k in ("data", "views", "forward", "loss", "backward", "optimizer", "regularizer alone")
+    }
+    device, dtype = rt.device, rt.autocast_dtype
+    batches = iter(())
+    epoch = 0
+
+    def mark(name: str, t: float) -> float:
+        sync(device)
+        now = time.perf_counter()
+        phases[name].append(now - t)
+        return now
+
+    for s in range(steps + 3):
+        sync(device)
+        t = time.perf_counter()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches, epoch = iter(feed.epoch(epoch)), epoch + 1
+            x, y = next(batches)
+        t = mark("data", t)
+        vs = views(x, step_generator(device, 0, s, STREAM_AUGMENT))
+        t = mark("views", t)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model(vs, y, num_global)
+        t = mark("forward", t)
+        loss = total_loss(invariance(out.z.float(), num_global), reg(out.z[:num_global], s), cfg.loss.lambd, 1.0)
+        t = mark("loss", t)
+        opt.zero_grad(set_to_none=True)
+        (loss + out.probe_loss).backward()
+        t = mark("backward", t)
+        opt.step()
+        t = mark("optimizer", t)
+        z = out.z[:num_global].detach().clone().requires_grad_(True)
+        reg(z, s).backward()
+        mark("regularizer alone", t)
+    result = {k: 1e3 * statistics.median(v[3:]) for k, v in phases.items()}
+    preprocess = Preprocess(feed.mean, feed.std, feed.image_size, feed.num_channels).to(device)
+    t = time.perf_counter()
+    _online_test_accuracy(model, feed, preprocess, rt, cfg.optim.batch_size * 2)
+    result["online test eval per epoch"] = 1e3 * (time.perf_counter() - t)
+    result["steps per epoch"] = len(feed.batches)
+    feed.close()
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +198,7 @@ def main() -> None:
     p.add_argument(
         "--compare-precision", action="store_true", help="also our loop at fp32 and at bf16, and their ratio"
     )
+    p.add_argument("--breakdown", action="store_true", help="only: milliseconds per phase of one step of our loop")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -170,6 +241,16 @@ def main() -> None:
     )
     threads = "" if device.type == "cuda" else f" {args.threads} thread{'s' if args.threads > 1 else ''}"
     label = f"{shape} {precision}{threads}"
+
+    if args.breakdown:
+        parts = step_breakdown(cfg, args.steps)
+        step_ms = sum(v for k, v in parts.items() if k in ("data", "views", "forward", "loss", "backward", "optimizer"))
+        for name, ms in parts.items():
+            if name == "steps per epoch":
+                continue
+            emit(f"step breakdown {label}: {name}", "ms", ms, device.type, share_of_step=round(ms / step_ms, 3))
+        emit(f"step breakdown {label}: step", "ms", step_ms, device.type, steps_per_epoch=parts["steps per epoch"])
+        return
 
     maker = ViewMaker(cfg.views, cfg.data.image_size, splits.mean, splits.std, splits.num_channels)
     vps = measure_views_per_second(maker, splits.train_x.to(device), cfg.optim.batch_size, repeats=args.steps)
