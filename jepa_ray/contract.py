@@ -96,6 +96,9 @@ ROLE, SWEEP_NAME, TRIAL_ID, CHECKPOINT, FAILURE = (
     "jepa_ray.failure",
 )
 OPTUNA_TRIAL, PARAMS_KEY, LAST_CHECKPOINT = "jepa_ray.optuna_trial", "jepa_ray.params_key", "jepa_ray.last_checkpoint"
+TRIAL_KEY = "jepa_ray.trial_key"
+"""The trial's identity across --resume (ATTR_FIRST_TRIAL): one per trial, even when two trials
+propose the same parameters (a repeat trains with its own seed and is judged as its own trial)."""
 TRIAL_DIR = "jepa_ray.trial_dir"
 """The trial's checkpoint store: where an interrupted trial resumes from."""
 FAILURE_KIND = "jepa_ray.failure_kind"
@@ -125,6 +128,9 @@ ATTR_STOPPED = "stopped"
 ATTR_INTERRUPTED = "interrupted"
 """Left RUNNING by a driver that died (--resume marks it FAIL and runs it again)."""
 ATTR_RESUMED_FROM = "resumed_from_trial"
+ATTR_FIRST_TRIAL = "first_trial"
+"""The number of the trial a re-queued trial continues (through any number of --resume): the
+trial's identity, which its seed, its scheduler rungs and its checkpoint follow."""
 ATTR_EPOCHS = "epochs"
 """Epochs the trial trained, told at its end (what --resume records of it if MLflow missed it)."""
 

@@ -192,6 +192,21 @@ def test_define_by_run_carries_overrides_seed_and_key():
     assert a["params_key"] != b["params_key"]
     cfg = sweep.trial_config(config_lib.preset("digits"), a)
     assert cfg.system.seed == 100 and cfg.target.mu == first.params["mu"]
+    assert (a["trial_key"], b["trial_key"]) == ("0", "1")
+
+
+def test_a_requeued_trial_keeps_the_identity_and_seed_of_the_trial_it_continues():
+    """--resume re-queues an interrupted trial (a new Optuna number); it trains on with the seed
+    and is judged under the key of the first trial of its chain."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = sweep.DefineByRun("rectified", sweep_seed=100)
+    first = study.ask()
+    fn(first)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(first.params, user_attrs={"resumed_from_trial": 0, "first_trial": 0})
+    again = fn(study.ask())
+    assert (again["optuna_trial"], again["trial_key"], again["seed"]) == (1, "0", 100)
+    assert again["params_key"] == sweep.params_key(first.params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -633,7 +633,7 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
 
     state = sweep.prepare_resume(study, uri, exp_id, parent)
 
-    key, stopped_key = sweep.params_key(interrupted.params), sweep.params_key(stopped.params)
+    key, stopped_key = str(interrupted.number), str(stopped.number)  # a trial's identity: its first number
     assert state.finished == 3
     assert state.reuse_runs == {key: [interrupted_run], stopped_key: [stopped_run]}
     assert state.resume_map == {key: str(checkpoint)}
@@ -644,6 +644,7 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     # Enqueued again with the same parameters, in order.
     assert [t.system_attrs["fixed_params"] for t in trials[5:]] == [interrupted.params, stopped.params]
     assert [t.user_attrs["resumed_from_trial"] for t in trials[5:]] == [2, 4]
+    assert [t.user_attrs["first_trial"] for t in trials[5:]] == [2, 4]
     # A second resume neither re-enqueues nor counts the requeued trials again.
     again = sweep.prepare_resume(study, uri, exp_id, parent)
     assert again.finished == 3 and len(study.get_trials()) == 7

@@ -74,12 +74,16 @@ def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
     c = tracking.client(p.opts.tracking_uri)
 
     def recreate(t):
-        trial = p.space(FixedTrial(t.params, t.number))
+        fixed = FixedTrial(t.params, t.number)
+        if C.ATTR_FIRST_TRIAL in t.user_attrs:
+            fixed.set_user_attr(C.ATTR_FIRST_TRIAL, t.user_attrs[C.ATTR_FIRST_TRIAL])
+        trial = p.space(fixed)
         cfg = p.replay.trial_config(trial) if p.replay is not None else trial_config(p.base, trial)
         tags = {
             C.ROLE: C.ROLE_TRIAL,
             C.PARENT: parent_id,
             C.PARAMS_KEY: trial["params_key"],
+            C.TRIAL_KEY: trial["trial_key"],
             C.OPTUNA_TRIAL: str(t.number),
             **tracking.source_tags(),
         }

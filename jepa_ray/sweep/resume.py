@@ -17,6 +17,7 @@ from jepa_ray.config import TrialConfig
 from jepa_ray.contract import (
     ATTR_EPOCHS,
     ATTR_FAILURE,
+    ATTR_FIRST_TRIAL,
     ATTR_INTERRUPTED,
     ATTR_RESUMED_FROM,
     ATTR_RUNG_STOP,
@@ -36,8 +37,8 @@ logger = logging.getLogger("jepa_ray.sweep")
 @dataclass
 class ResumeState:
     finished: int = 0
-    reuse_runs: dict[str, list[str]] = field(default_factory=dict)  # params key -> MLflow run ids to reuse
-    resume_map: dict[str, str] = field(default_factory=dict)  # params key -> checkpoint URI
+    reuse_runs: dict[str, list[str]] = field(default_factory=dict)  # trial key -> MLflow run ids to reuse
+    resume_map: dict[str, str] = field(default_factory=dict)  # trial key -> checkpoint URI
     trial_epochs: int = 0  # epochs the sweep's trials trained before (its compute so far)
     finished_metrics: list[dict] = field(default_factory=list)  # final metrics of its finished trials
 
@@ -48,13 +49,16 @@ class ResumeState:
 
 
 def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics: list[str]) -> dict[str, dict]:
-    """params key -> {epoch: {metric: value}} of the sweep's trial runs (a scheduler's rungs)."""
+    """trial key -> {epoch: {metric: value}} of the sweep's trial runs (a scheduler's rungs); a
+    run recorded before trial keys were tagged is keyed by its Optuna trial number (the key of a
+    trial never re-queued)."""
     from jepa_ray import tracking
 
     c = tracking.client(tracking_uri)
     out: dict[str, dict[int, dict]] = {}
     for run in tracking.trial_runs(tracking_uri, exp_id, parent_run_id):
-        epochs = out.setdefault(run.data.tags.get(tracking.PARAMS_KEY, run.info.run_id), {})
+        tags = run.data.tags
+        epochs = out.setdefault(tags.get(tracking.TRIAL_KEY) or tags.get(tracking.OPTUNA_TRIAL) or run.info.run_id, {})
         for name in metrics:
             for m in c.get_metric_history(run.info.run_id, name):
                 epochs.setdefault(m.step, {})[name] = m.value
@@ -86,14 +90,19 @@ def prepare_resume(
     trials = study.get_trials(deepcopy=False)
     requeued = {t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
     run_of = _run_finder(runs, trials)
+    first_of = _first_trials(trials)
     for t in trials:
-        key = params_key(t.params)
+        key = str(first_of(t))
         run = run_of(t)
         stopped = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_STOPPED) and t.number not in requeued
         if t.state == TrialState.RUNNING or stopped:
             if t.state == TrialState.RUNNING:
                 mark_interrupted(study, t, ATTR_INTERRUPTED)
-            study.enqueue_trial(t.params, user_attrs={ATTR_RESUMED_FROM: t.number}, skip_if_exists=False)
+            study.enqueue_trial(
+                t.params,
+                user_attrs={ATTR_RESUMED_FROM: t.number, ATTR_FIRST_TRIAL: first_of(t)},
+                skip_if_exists=False,
+            )
             if run is not None:
                 state.reuse_runs.setdefault(key, []).append(run.info.run_id)
                 where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
@@ -118,6 +127,24 @@ def prepare_resume(
         if run.info.status == "FINISHED":
             state.finished_metrics.append(dict(run.data.metrics))
     return state
+
+
+def _first_trials(trials: list) -> Callable:
+    """Optuna trial -> the number of the first trial of its chain of re-queues (its identity): its
+    own attribute, else followed back through `resumed_from` (studies resumed before the
+    attribute existed)."""
+    resumed_from = {t.number: t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
+
+    def first_of(t) -> int:
+        if ATTR_FIRST_TRIAL in t.user_attrs:
+            return int(t.user_attrs[ATTR_FIRST_TRIAL])
+        number, seen = t.number, set()
+        while resumed_from.get(number) is not None and number not in seen:
+            seen.add(number)
+            number = int(resumed_from[number])
+        return number
+
+    return first_of
 
 
 def _run_finder(runs: list, trials: list) -> Callable:

@@ -13,6 +13,7 @@ from typing import Any
 
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
+from jepa_ray.contract import ATTR_FIRST_TRIAL
 from jepa_ray.errors import UsageError
 
 
@@ -40,6 +41,25 @@ def params_key(params: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def first_trial(trial) -> int:
+    """The Optuna number of the trial a re-queued trial continues (its own number otherwise)."""
+    return int(trial.user_attrs.get(ATTR_FIRST_TRIAL, trial.number))
+
+
+def trial_spec(trial, overrides: dict[str, Any], sweep_seed: int) -> dict[str, Any]:
+    """What a Tune trial's config carries: the config overrides, the Optuna trial number, the
+    trial's identity across --resume (`trial_key`: the first trial of its chain, whose seed it
+    keeps) and the params key (which configuration it is; two trials may share one)."""
+    first = first_trial(trial)
+    return {
+        "overrides": overrides,
+        "optuna_trial": trial.number,
+        "trial_key": str(first),
+        "seed": sweep_seed + first,
+        "params_key": params_key(trial.params),
+    }
+
+
 class DefineByRun:
     """A space wrapped for OptunaSearch (picklable: Tune saves the searcher): the trial config
     carries the config overrides, the Optuna trial number, the per-trial seed and the params
@@ -49,13 +69,7 @@ class DefineByRun:
         self.space, self.sweep_seed = space, sweep_seed
 
     def __call__(self, trial) -> dict[str, Any]:
-        overrides = dict(load_space(self.space).space(trial) or {})
-        return {
-            "overrides": overrides,
-            "optuna_trial": trial.number,
-            "seed": self.sweep_seed + trial.number,
-            "params_key": params_key(trial.params),
-        }
+        return trial_spec(trial, dict(load_space(self.space).space(trial) or {}), self.sweep_seed)
 
 
 def trial_config(base: TrialConfig, trial: dict[str, Any]) -> TrialConfig:

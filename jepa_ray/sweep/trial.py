@@ -37,7 +37,7 @@ def trial_main(
         run_trial(
             cfg,
             trial_dir(storage, sweep, trial.get("optuna_trial", 0)),
-            resume_from=resume_map.get(trial.get("params_key", "")),
+            resume_from=resume_map.get(trial.get("trial_key", "")),
             report=tune.report,
             fault=fault,
             ray_callbacks=callbacks,

@@ -19,6 +19,7 @@ from jepa_ray.contract import (
     SWEEP_NAME,
     TRIAL_DIR,
     TRIAL_ID,
+    TRIAL_KEY,
     is_final,
 )
 from jepa_ray.errors import one_line
@@ -59,6 +60,7 @@ __all__ = [
     "ROLE",
     "SWEEP_NAME",
     "TRIAL_DIR",
+    "TRIAL_KEY",
     "TRIAL_ID",
     "activation_plot",
     "client",

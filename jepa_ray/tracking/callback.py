@@ -34,6 +34,7 @@ from jepa_ray.contract import (
     TARGET_L0_DENSITY,
     TRIAL_DIR,
     TRIAL_ID,
+    TRIAL_KEY,
     WALL_S,
     FailureKind,
     failure_kind,
@@ -87,7 +88,7 @@ class MlflowSweepCallback:
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
         self.ledger = ledger if ledger is not None else Ledger()  # how each trial ended
         self.resolve_trial, self.trial_dir = resolve_trial, trial_dir
-        self.reuse_runs = {k: list(v) for k, v in (reuse_runs or {}).items()}  # params key -> runs to reuse
+        self.reuse_runs = {k: list(v) for k, v in (reuse_runs or {}).items()}  # trial key -> runs to reuse
         self.runs: dict[str, RunRef] = {}  # tune trial id -> its mlflow run
         self.logs: dict[str, EpochLog] = {}  # tune trial id -> its epochs not yet written
         self.started: dict[str, float] = {}
@@ -103,12 +104,13 @@ class MlflowSweepCallback:
         if trial.trial_id in self.runs:
             return
         cfg = self.resolve_trial(trial.config)
-        key = trial.config.get("params_key", "")
+        key = str(trial.config.get("trial_key", ""))
         tags = {
             ROLE: ROLE_TRIAL,
             PARENT: self.parent,
             TRIAL_ID: trial.trial_id,
-            PARAMS_KEY: key,
+            PARAMS_KEY: trial.config.get("params_key", ""),
+            TRIAL_KEY: key,
             OPTUNA_TRIAL: str(trial.config.get("optuna_trial", "")),
             **self.source,
         }
