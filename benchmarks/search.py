@@ -54,6 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))  # external baselines' schedulers (syne_moasha)
 
 METHODS = {
     "tpe": ["--sampler", "tpe"],
@@ -255,7 +256,21 @@ def main() -> None:
 # On recorded curves, in simulated time
 
 
+def external_methods() -> dict:
+    """Baselines from outside the project, run by the same simulator: Syne Tune's MOASHA
+    (benchmarks/syne_moasha.py, the bench extra) with random proposals."""
+    from jepa_ray.sweep.methods import Method
+
+    return {
+        "syne-moasha-random": Method(
+            "syne-moasha-random", "random", "syne_moasha:create", doc="Syne Tune's MOASHA, random proposals"
+        )
+    }
+
+
 def replay_main() -> None:
+    import importlib.util
+
     import optuna
 
     from jepa_ray import pareto
@@ -264,9 +279,15 @@ def replay_main() -> None:
     from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
     from jepa_ray.sweep.replay import Replay
 
+    known = {**METHODS, **external_methods()}
+
     p = argparse.ArgumentParser(description="search methods compared on a curve table, in simulated time")
     p.add_argument("--replay", required=True, metavar="TABLE")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument(
+        "--methods",
+        default=",".join(known),
+        help=f"comma separated, of: {', '.join(known)} (syne-moasha-random needs the bench extra: syne-tune)",
+    )
     p.add_argument("--seeds", type=int, default=10, help="sweeps per method (sampler seeds from --first-seed)")
     p.add_argument("--first-seed", type=int, default=0, help="the first sampler seed (default 0)")
     p.add_argument("--trials", type=int, default=24, help="full trials the budget buys")
@@ -275,6 +296,7 @@ def replay_main() -> None:
     p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
     p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung (0: a ninth of the epochs)")
     p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung")
+    p.add_argument("--scheduler-top-k", type=int, default=4, help="topk methods: keep the top k at the rung")
     p.add_argument(
         "--warm-start",
         metavar="TABLE",
@@ -284,12 +306,14 @@ def replay_main() -> None:
     p.add_argument("--curves", help="write every sweep's curve to this JSON")
     args = p.parse_args()
     names = args.methods.split(",")
-    check_methods(p, names, METHODS)
+    check_methods(p, names, known)
+    if "syne-moasha-random" in names and importlib.util.find_spec("syne_tune") is None:
+        p.error("--methods syne-moasha-random needs syne-tune; allowed: pip install -e '.[bench]', or leave it out")
     for name in ("replay", "warm_start"):
         path = getattr(args, name)
         if path is not None and not Path(path).is_file():
             p.exit(2, f"error: --{name.replace('_', '-')} {path}: no such file; allowed: a curve table (.parquet)\n")
-    methods = [METHODS[m] for m in names]
+    methods = [known[m] for m in names]
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
     replay = Replay.open(args.replay, [])
     objectives = pareto.parse_objectives(args.objectives)
@@ -327,6 +351,7 @@ def replay_main() -> None:
                 max_concurrent=args.concurrency,
                 min_epochs=args.scheduler_min_epochs,
                 eta=args.scheduler_eta,
+                top_k=args.scheduler_top_k,
                 starting_points=warm,
             )
             for seed in seeds

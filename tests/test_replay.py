@@ -481,3 +481,95 @@ def test_the_long_grid_is_a_latin_hypercube_over_the_default_spaces_ranges():
         assert out in _projector.OUTPUT and len(hidden) <= 2 and all(h in _projector.HIDDEN for h in hidden)
     points = g.points()
     assert len(points) == 96 + 6 * 2 and {s for _, s in points[:18]} == {0, 1, 2}
+
+
+# --------------------------------------------------------------------------------------------
+# A table recorded from a space-filling design
+
+
+def _design_table(path: Path) -> Path:
+    """cifar10-long's points with made-up curves (no training): accuracy grows with lambd and the
+    projector's output width and saturates over the epochs; the density follows the target."""
+    grid = GRIDS["cifar10-long"]
+    data_dir = str(path.parent)  # any directory: the rows' configs are checked, never read
+    rows = []
+    for params, seed in grid.points():
+        cfg = trial_config(grid, params, seed, data_dir)
+        quality = 0.3 + 0.2 * params["lambd"] + 0.05 * math.log2(int(params["proj_dims"].split("-")[-1])) / 10
+        quality += 0.01 * seed
+        density = params["target_density"]
+        history = []
+        for epoch in range(grid.base["epochs"]):
+            acc = quality * (1 - math.exp(-(epoch + 1) / 6))
+            history.append(
+                {
+                    C.EPOCH: epoch,
+                    "online/linear_acc": acc,
+                    "online/linear_acc_z": acc * 0.9,
+                    "train/l0_density": density,
+                    "train/rank_me": 50.0,
+                    C.EPOCH_S: 10.0,
+                }
+            )
+        final = {m: 0.5 for m in C.HEADLINE_METRICS}
+        final.update({C.EPOCH: grid.base["epochs"] - 1, "linear_acc": quality, "l0_density": density})
+        rows.append(
+            Row(
+                key=row_key(params, seed),
+                grid=grid.name,
+                setting=setting_digest(grid, data_dir),
+                revision=C.TRAINING_REVISION,
+                params=params,
+                seed=seed,
+                status=STATUS_FINISHED,
+                config=config_lib.to_dict(cfg),
+                history=history,
+                final=final,
+                command=shlex.join(command_for(grid, params, seed, data_dir)),
+            )
+        )
+    return CurveTable(rows).write(path)
+
+
+def test_a_design_table_is_searched_in_the_designs_own_space(tmp_path):
+    """Every method proposes on the design's axes (floats over their ranges, never the recorded
+    values), each proposal served by its nearest row; a row's own point serves that row; the
+    projector is matched on its depth and widths; --sampler grid is refused."""
+    from jepa_ray.sweep.methods import make_space
+    from jepa_ray.sweep.replay import DesignSpace
+
+    replay = Replay.open(str(_design_table(tmp_path / "design.parquet")), [])
+    assert replay.design is GRIDS["cifar10-long"].design and replay.grid() is None
+    space = replay.space(0)
+    assert isinstance(space, DesignSpace)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    recorded = {float(v) for v in replay.table.values("lambd")}
+    for _ in range(20):
+        trial = space(study.ask())
+        proposal = trial["overrides"]
+        assert set(proposal) >= {"lambd", "p", "target_density", "num_slices", "proj_depth", "proj_out"}
+        assert ("proj_hidden" in proposal) == (proposal["proj_depth"] > 1)
+        assert proposal["lambd"] not in recorded  # a float of the range, not a recorded value
+        row = replay.row(trial)
+        assert row.seed == 0 and row.key in replay.table
+    for row in replay.front_rows()[:20]:
+        assert nearest_row(replay.table, space.proposal(row)).key == row.key
+    mu_space = make_space(replay, "mu", 0)
+    assert [d.name for d in mu_space.dims][:3] == ["lambd", "p", "mu"]
+
+
+def test_every_method_runs_on_a_design_table_and_a_grid_sampler_is_refused(tmp_path):
+    from jepa_ray import sweep
+
+    path = _design_table(tmp_path / "design.parquet")
+    replay = Replay.open(str(path), [])
+    _, best = attainable(replay, OBJECTIVES)
+    for name, method in METHODS.items():
+        result = run_method(replay, method, OBJECTIVES, seed=0, budget=300, max_concurrent=2, min_epochs=3)
+        assert 0 < result.hypervolume <= best + 1e-12, name
+    with pytest.raises(UsageError, match="--sampler grid: --replay .* holds a space-filling design"):
+        sweep.plan(
+            sweep.SweepOptions(
+                space="rectified", replay=str(path), sampler="grid", tracking_uri=f"sqlite:///{tmp_path}/m.db"
+            )
+        )

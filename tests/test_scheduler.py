@@ -94,6 +94,76 @@ def test_judge_follows_the_moasha_rule():
     assert s.judge("f", {"epoch": 0, "acc": float("nan"), "density": 0.1}) == (False, "")
 
 
+def test_a_repeated_configuration_is_judged_as_a_trial_of_its_own():
+    """Two trials of the same parameters (a repeat trains with a new seed) are each judged at a
+    rung; a trial re-run after --resume (same trial key, new Tune trial) is judged once."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class Trial:
+        def __init__(self, trial_id: str, key: str):
+            self.trial_id, self.config = trial_id, {"params_key": "same", "trial_key": key}
+
+    s = MultiObjectiveASHA(SIGNALS, max_epochs=10, min_epochs=1, eta=3)
+    result = lambda acc: {"epoch": 0, "acc": acc, "density": 0.5}  # noqa: E731
+    assert s.on_trial_result(None, Trial("t0", "0"), result(0.9)) == TrialScheduler.CONTINUE
+    assert s.on_trial_result(None, Trial("t1", "1"), result(0.1)) == TrialScheduler.STOP
+    assert s.on_trial_result(None, Trial("t2", "1"), result(0.0)) == TrialScheduler.CONTINUE
+    assert list(s.stopped) == ["t1"]
+
+
+def test_top_k_after_the_first_rung_keeps_a_fixed_number_not_a_fraction():
+    """One rung; a trial goes on when fewer than k recorded there rank ahead of it, so the first
+    k always go on and later ones only by beating the k-th best seen."""
+    from jepa_ray.sweep.scheduler import TopKAfterFirstRung
+
+    s = TopKAfterFirstRung(SIGNALS, max_epochs=10, min_epochs=2, k=2)
+    assert s.rungs == [2]
+    at = lambda acc, epoch=1: {"epoch": epoch, "acc": acc, "density": 0.5}  # noqa: E731
+    decisions = [s.judge(str(i), at(acc))[0] for i, acc in enumerate((0.5, 0.4, 0.3, 0.6, 0.45, 0.7))]
+    assert decisions == [False, False, True, False, True, False]
+    assert s.judge("x", at(0.0, epoch=5)) == (False, "")  # no later rung
+    assert s.judge("y", at(0.1)) == (True, "rung 2: 6 of 6 ranked ahead (kept: the top 2)")
+    with pytest.raises(UsageError, match="--scheduler-top-k 0 is not allowed"):
+        TopKAfterFirstRung(SIGNALS, 10, k=0)
+
+
+def test_syne_tunes_moasha_decides_as_ours_on_one_signal_and_judges_every_trial():
+    """benchmarks/syne_moasha.py: Syne Tune's MOASHA behind the sweep's scheduler interface. On one
+    signal without ties both rules are ASHA's, so the decisions must agree trial by trial, two
+    trials of one configuration included (each judged)."""
+    pytest.importorskip("syne_tune")
+    import random
+    import sys
+
+    from ray.tune.schedulers import TrialScheduler
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from syne_moasha import SyneMOASHA
+
+    class Trial:
+        def __init__(self, trial_id: str):
+            self.trial_id, self.config = trial_id, {"params_key": "same", "trial_key": trial_id}
+
+    signals = [Signal("acc", "max")]
+    ours, theirs = MultiObjectiveASHA(signals, 27, min_epochs=1, eta=3), SyneMOASHA(signals, 27, 1, 3)
+    rng = random.Random(0)
+    trials = [Trial(f"t{i}") for i in range(40)]
+    quality = {t.trial_id: rng.random() for t in trials}
+    alive = {t.trial_id: True for t in trials}
+    for t in trials:
+        ours.on_trial_add(None, t)
+        theirs.on_trial_add(None, t)
+    for epoch in range(27):
+        for t in trials:
+            if not alive[t.trial_id]:
+                continue
+            result = {"epoch": epoch, "acc": quality[t.trial_id] * (epoch + 1) + 1e-9 * rng.random()}
+            a, b = ours.on_trial_result(None, t, result), theirs.on_trial_result(None, t, result)
+            assert a == b, (t.trial_id, epoch)
+            alive[t.trial_id] = a == TrialScheduler.CONTINUE
+    assert 0 < sum(alive.values()) < len(trials) and set(theirs.stopped) == set(ours.stopped)
+
+
 # --------------------------------------------------------------------------------------------
 # Tune runs of synthetic curves
 

@@ -136,6 +136,11 @@ def plan(opts: SweepOptions) -> SweepPlan:
         replay = Replay.open(opts.replay, opts.sets, speed=opts.replay_speed)
         base = replay.base
         module, starting_points, grid, default_sampler = None, [], replay.grid(), "tpe"
+        if opts.sampler == "grid" and grid is None:
+            raise UsageError(
+                f"--sampler grid: --replay {opts.replay} holds a space-filling design, not a factorial "
+                "grid; allowed there: tpe, tpe-rungs, nsga2, gp, random"
+            )
     else:
         base = base_config(opts)
         module = load_space(opts.space)
@@ -149,6 +154,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
         signals=opts.scheduler_signals,
         min_epochs=opts.scheduler_min_epochs,
         eta=opts.scheduler_eta,
+        top_k=opts.scheduler_top_k,
     )
     storage = opts.storage_path.removeprefix("file://")  # trials treat any local path alike
     if is_local_path(storage):

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from jepa_ray.curves.table import Row
-from jepa_ray.sweep.replay import Replay, TableSpace, nearest_row, row_value
+from jepa_ray.sweep.replay import DesignSpace, Replay, TableSpace, nearest_row, row_value
 from jepa_ray.sweep.schedulers import create_scheduler
 from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler, study_of
 from jepa_ray.sweep.simulate import SimResult, simulate
-from jepa_ray.sweep.spaces import params_key
+from jepa_ray.sweep.spaces import trial_spec
 
 DEFAULT_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
@@ -44,6 +44,8 @@ METHODS = {
             "moasha",
             doc="MOASHA with TPE that also learns from trials stopped at rungs (BOHB-style)",
         ),
+        Method("topk-random", "random", "topk", doc="random proposals, only the top k after the first rung go on"),
+        Method("topk-tpe", "tpe", "topk", doc="TPE proposals, only the top k after the first rung go on"),
         Method("ladder-tpe", "tpe", "ladder", doc="successive halving on accuracy inside density bands, TPE proposals"),
         Method(
             "ladder-tpe-rungs",
@@ -66,12 +68,7 @@ class MuTableSpace(TableSpace):
     def __call__(self, trial) -> dict[str, Any]:
         params = {"mu": trial.suggest_float("mu", *self.mu_range)}
         params.update({name: trial.suggest_categorical(name, list(c)) for name, c in self.values.items()})
-        return {
-            "overrides": params,
-            "optuna_trial": trial.number,
-            "seed": self.sweep_seed + trial.number,
-            "params_key": params_key(trial.params),
-        }
+        return trial_spec(trial, params, self.sweep_seed)
 
     def proposal(self, row: Row) -> dict[str, Any]:
         params = {k: v for k, v in row.params.items() if k != "target_density"}
@@ -79,8 +76,15 @@ class MuTableSpace(TableSpace):
 
 
 def make_space(replay: Replay, axis: str, seed: int) -> TableSpace:
+    """The replay's space, its density knob as mu (over the recorded range of mu) for axis 'mu'."""
     if axis == "mu" and "target_density" in replay.table.param_names():
         mus = [float(row_value(r, "mu")) for r in replay.table]
+        design = replay.design
+        if design is not None:
+            from jepa_ray.curves.grids import Dim
+
+            dims = [Dim("mu", min(mus), max(mus)) if d.name == "target_density" else d for d in design.dims]
+            return DesignSpace(dims, seed)
         return MuTableSpace(replay.values(), seed, (min(mus), max(mus)))
     return replay.space(seed)
 
@@ -96,6 +100,7 @@ def run_method(
     max_concurrent: int = 4,
     signals: str = DEFAULT_SIGNALS,
     eta: float = 3.0,
+    top_k: int = 4,
     min_epochs: int = 0,
     searcher=None,
     starting_points: list[Row] = (),
@@ -119,7 +124,7 @@ def run_method(
 
             searcher.rung_signals = tuple(s.metric for s in parse_signals(signals))
     scheduler = create_scheduler(
-        method.scheduler, replay.base.optim.epochs, signals=signals, min_epochs=min_epochs, eta=eta
+        method.scheduler, replay.base.optim.epochs, signals=signals, min_epochs=min_epochs, eta=eta, top_k=top_k
     )
     return simulate(
         replay.table,

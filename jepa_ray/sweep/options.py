@@ -88,12 +88,14 @@ class SweepOptions:
     """Compute budget: stop once the trials trained this many epochs in all (0: none)."""
     scheduler: str = "fifo"
     """fifo (every trial runs to its end), moasha (multi-objective successive halving), ladder
-    (successive halving on accuracy inside density bands), asha (Tune's, on the first signal),
-    or package.module:factory."""
+    (successive halving on accuracy inside density bands), topk (one rung; only the top k seen
+    there go on), asha (Tune's, on the first signal), or package.module:factory."""
     scheduler_eta: float = 3.0
     """Schedulers with rungs: a trial continues at a rung when in the top 1/eta of the trials that reached it."""
     scheduler_min_epochs: int = 0
     """Schedulers with rungs: the first rung, in epochs (0: a ninth of the epochs, at least 1); then x eta."""
+    scheduler_top_k: int = 4
+    """--scheduler topk: a trial goes on past the rung when fewer than this many ranked ahead there."""
     scheduler_signals: str = "online/linear_acc:max,train/l0_density:min"
     """Schedulers: the per-epoch metrics a rung ranks on, metric:max|min (they predict the objectives)."""
     replay: str | None = None

@@ -3,10 +3,14 @@ one row of a curve table (jepa_ray.curves) epoch by epoch instead of training, o
 sleeping its recorded epoch times divided by `--replay-speed`, so the searcher, the schedulers,
 the collapse guard, MLflow, --resume and the Pareto export run unchanged at no GPU cost.
 
-The search space becomes the table's: one categorical parameter per searched param, over the
-values the table holds (for a factorial table every proposal is a recorded configuration; `--sampler
-grid` walks it). A proposal the table lacks is served by its nearest recorded configuration (in
-the rank of each param's values). A configuration recorded with several seeds is served at its
+The search space becomes the table's. A factorial table: one categorical parameter per searched
+param, over the values the table holds (every proposal is a recorded configuration; `--sampler
+grid` walks it). A table recorded from a space-filling design (jepa_ray.curves.grids.Design): the
+design's own axes, as a live sweep searches them (floats over their ranges, log-uniform where the
+design draws them so; choices categorical; the projector as depth, hidden and output width), the
+same space for every method, none of which sees the recorded points. A proposal the table lacks
+is served by its nearest recorded configuration (each axis placed by its rank among the recorded
+values, so a design's points sit evenly along every axis). A configuration recorded with several seeds is served at its
 lowest seed. The trial's config is the row's (what trained), with the collapse guard as the
 sweep's config says (recordings run without it, so its stops are replayed from the curves).
 """
@@ -31,7 +35,7 @@ from jepa_ray.contract import (
 from jepa_ray.curves.serve import ReplayIndex, replay_trial
 from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
 from jepa_ray.errors import UsageError
-from jepa_ray.sweep.spaces import params_key
+from jepa_ray.sweep.spaces import trial_spec
 
 GUARD_KEYS = ("collapse_guard", "collapse_warmup_epochs", "collapse_min_rank", "collapse_min_density_ratio")
 RUN_KEYS = ("cpus_per_worker", "gpus_per_worker", "threads_per_worker", "max_failures")
@@ -49,26 +53,74 @@ class TableSpace:
 
     def __call__(self, trial) -> dict[str, Any]:
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in self.values.items()}
-        return {
-            "overrides": params,
-            "optuna_trial": trial.number,
-            "seed": self.sweep_seed + trial.number,
-            "params_key": params_key(trial.params),
-        }
+        return trial_spec(trial, params, self.sweep_seed)
 
     def proposal(self, row: Row) -> dict[str, Any]:
         """A row's params as this space suggests them (to enqueue the row as a trial)."""
         return dict(row.params)
 
 
+class DesignSpace(TableSpace):
+    """The space of a table recorded from a space-filling design: the design's axes (`dims`, each
+    a jepa_ray.curves.grids.Dim); proposals name the axes (`proj_hidden` only for a projector
+    deeper than one layer), served by the nearest row."""
+
+    def __init__(self, dims, sweep_seed: int):
+        super().__init__({}, sweep_seed)
+        self.dims = tuple(dims)
+
+    def __call__(self, trial) -> dict[str, Any]:
+        point = {
+            d.name: trial.suggest_categorical(d.name, list(d.choices))
+            if d.choices
+            else trial.suggest_float(d.name, d.low, d.high, log=d.log)
+            for d in self.dims
+        }
+        if point.get("proj_depth") == 1:
+            point.pop("proj_hidden", None)  # no hidden layer: nothing to match a row on
+        return trial_spec(trial, point, self.sweep_seed)
+
+    def proposal(self, row: Row) -> dict[str, Any]:
+        """A row's point on the axes (without `proj_hidden` for a one-layer projector: the
+        sampler fills it, unused)."""
+        values = {d.name: row_value(row, d.name) for d in self.dims}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+def projector_axes(proj_dims: Any) -> dict[str, int]:
+    """`proj_dims` ('512-512-256') as the design's axes: depth, output width and (deeper than one
+    layer) hidden width."""
+    try:
+        widths = [int(w) for w in str(proj_dims).split("-")]
+    except ValueError:
+        return {}
+    axes = {"proj_depth": len(widths), "proj_out": widths[-1]}
+    if len(widths) > 1:
+        axes["proj_hidden"] = widths[0]
+    return axes
+
+
 def row_value(row: Row, name: str) -> Any:
-    """A searched param of a row, else the value its trained config has for that key."""
+    """A searched param of a row, else the value its trained config has for that key (the
+    projector's axes read from its `proj_dims`)."""
     if name in row.params:
         return row.params[name]
     for section in row.config.values():
         if isinstance(section, dict) and name in section:
             return section[name]
+    if name in ("proj_depth", "proj_hidden", "proj_out"):
+        return projector_axes(row_value(row, "proj_dims")).get(name)
     return None
+
+
+def design_of(table: CurveTable):
+    """The space-filling design (jepa_ray.curves.grids.Design) the table's rows were recorded
+    from, or None (a factorial, or a grid this version does not know)."""
+    from jepa_ray.curves.grids import GRIDS
+
+    grids = {r.grid for r in table}
+    grid = GRIDS.get(grids.pop()) if len(grids) == 1 else None
+    return grid.design if grid is not None else None
 
 
 def replay_index(table: CurveTable) -> ReplayIndex:
@@ -78,6 +130,7 @@ def replay_index(table: CurveTable) -> ReplayIndex:
         entries = []
         for row in table:
             values = {k: v for section in row.config.values() if isinstance(section, dict) for k, v in section.items()}
+            values.update(projector_axes(row.params.get("proj_dims", values.get("proj_dims"))))
             entries.append((row.key, row.seed, row.params, {**values, **row.params}))
         index = ReplayIndex(entries)
         table._replay_index = index
@@ -159,11 +212,18 @@ class Replay:
     def values(self) -> dict[str, list]:
         return {name: self.table.values(name) for name in self.table.param_names()}
 
-    def space(self, seed: int) -> TableSpace:
-        return TableSpace(self.values(), seed)
+    @property
+    def design(self):
+        """The design the table was recorded from (None: a factorial)."""
+        return design_of(self.table)
 
-    def grid(self) -> dict[str, list]:
-        return self.values()
+    def space(self, seed: int) -> TableSpace:
+        design = self.design
+        return DesignSpace(design.dims, seed) if design is not None else TableSpace(self.values(), seed)
+
+    def grid(self) -> dict[str, list] | None:
+        """The factorial `--sampler grid` walks (None for a design's table)."""
+        return None if self.design is not None else self.values()
 
     def row(self, trial: dict[str, Any]) -> Row:
         return nearest_row(self.table, trial.get("overrides", {}))

@@ -12,9 +12,11 @@ objective keeps its own direction.
 
 It ranks on per-epoch signals that predict the final objectives (by default the online probe's
 test accuracy for `linear_acc` and the training batches' l0 density for `l0_density`;
-benchmarks/search.py measures how well they predict). Trials are keyed by their parameters'
-key, so a trial re-run after an interruption is neither judged again at a rung it passed nor
-forgets it; `restore` rebuilds the rungs of a resumed sweep from MLflow's epoch histories.
+benchmarks/search.py measures how well they predict). Trials are keyed by their identity across
+--resume (`trial_key`), so a trial re-run after an interruption is neither judged again at a rung
+it passed nor forgets it, while a second trial of the same parameters (a repeat trains with its
+own seed) is judged at every rung as a trial of its own; `restore` rebuilds the rungs of a
+resumed sweep from MLflow's epoch histories.
 Stopped trials are recorded in `stopped` (trial id -> why, read through `stop_reason`); the
 sweep's outcome ledger classifies them as stopped (jepa_ray.sweep.schedulers).
 """
@@ -242,5 +244,32 @@ class DensityLadder(MultiObjectiveASHA):
         )
 
 
+class TopKAfterFirstRung(MultiObjectiveASHA):
+    """Keep the top k after the first rung (Egele et al. 2023, "Is one epoch all you need for
+    multi-fidelity hyperparameter optimization?"), asynchronously: one rung, at `min_epochs`; a
+    trial continues to its end when fewer than `k` of the trials recorded there rank strictly
+    ahead of it (the same crowded non-dominated order as MOASHA's), else it stops. As the rung
+    fills, only trials among the k best seen so far go on: a fixed number of full runs, not a
+    fraction."""
+
+    def __init__(self, signals: list[Signal], max_epochs: int, *, min_epochs: int = 1, k: int = 4):
+        if k < 1:
+            raise UsageError(f"--scheduler-top-k {k} is not allowed; allowed: >= 1")
+        super().__init__(signals, max_epochs, min_epochs=min_epochs, eta=2.0)
+        self.k = k
+        self.rungs = [min_epochs]
+        self.records = {min_epochs: {}}
+
+    def rank(self, rung: int, values: tuple[float, ...], others: list[tuple[float, ...]]) -> tuple[bool, str]:
+        table = np.array([*others, values])
+        ahead, _ = rank_fraction(table, len(others), self.modes)
+        if ahead < self.k:
+            return False, ""
+        return True, f"rung {rung}: {ahead} of {len(others)} ranked ahead (kept: the top {self.k})"
+
+    def debug_string(self) -> str:
+        return f"top {self.k} after rung {self.rungs[0]} over {', '.join(self.signal_metrics)}"
+
+
 def _key(trial) -> str:
-    return str((trial.config or {}).get("params_key") or trial.trial_id)
+    return str((trial.config or {}).get("trial_key") or trial.trial_id)

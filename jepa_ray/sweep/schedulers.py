@@ -26,7 +26,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger, epochs_of, trial_error_text
-from jepa_ray.sweep.scheduler import DensityLadder, MultiObjectiveASHA, Signal, parse_signals
+from jepa_ray.sweep.scheduler import DensityLadder, MultiObjectiveASHA, Signal, TopKAfterFirstRung, parse_signals
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class SchedulerSettings:
     """The first rung in epochs (--scheduler-min-epochs, 0 resolved: a ninth of the epochs)."""
     eta: float
     """Keep the top 1/eta at a rung (--scheduler-eta)."""
+    top_k: int = 4
+    """Keep the top k at the one rung (--scheduler-top-k, scheduler topk)."""
 
 
 SchedulerFactory = Callable[[SchedulerSettings], "TrialScheduler | None"]
@@ -82,6 +84,13 @@ def _ladder(s: SchedulerSettings) -> TrialScheduler:
     return DensityLadder(s.signals, s.max_epochs, min_epochs=s.min_epochs, eta=s.eta)
 
 
+@register_scheduler("topk")
+def _topk(s: SchedulerSettings) -> TrialScheduler:
+    """Keep the top k after the first rung (jepa_ray.sweep.scheduler.TopKAfterFirstRung)."""
+    _needs_rungs("topk", s)
+    return TopKAfterFirstRung(s.signals, s.max_epochs, min_epochs=s.min_epochs, k=s.top_k)
+
+
 @register_scheduler("asha")
 def _asha(s: SchedulerSettings) -> TrialScheduler:
     """Tune's stock single-objective ASHA on the first signal (rungs in reported epochs)."""
@@ -104,7 +113,7 @@ def scheduler_names() -> list[str]:
 
 
 def create_scheduler(
-    name: str, max_epochs: int, *, signals: str, min_epochs: int = 0, eta: float = 3.0
+    name: str, max_epochs: int, *, signals: str, min_epochs: int = 0, eta: float = 3.0, top_k: int = 4
 ) -> TrialScheduler | None:
     """The scheduler --scheduler names (None: FIFO), built from the command line's settings;
     UsageError (one line) on a bad name or setting."""
@@ -113,6 +122,7 @@ def create_scheduler(
         signals=parse_signals(signals),
         min_epochs=min(min_epochs or max(1, max_epochs // 9), max(1, max_epochs - 1)),
         eta=eta,
+        top_k=top_k,
     )
     if min_epochs and not 1 <= min_epochs < max_epochs and name != "fifo":
         raise UsageError(
