@@ -277,6 +277,7 @@ def test_bad_arguments():
     assert recipe_defaults("digits", 0.2).crop_scale == (0.5, 1.0) and recipe_defaults("digits", 0.2).p_flip == 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_views_on_cuda_match_shapes_and_are_reproducible():
     vm = ViewMaker(ViewConfig(recipe="imagenet", num_local_views=2), 32, MEAN3, STD3)

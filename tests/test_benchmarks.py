@@ -253,3 +253,24 @@ def test_reproduce_retrains_with_changes_and_compares_means_with_the_noise_floor
     assert floor["linear_acc"] == pytest.approx(0.0171, abs=5e-4) and floor["l0_density"] == pytest.approx(
         0.0179, abs=5e-4
     )
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_step_on_a_cpu_in_its_dry_run():
+    """benchmarks/gpu.sh, the one command for a lent GPU, with GPU_SH_DRY_RUN=1: each step (the
+    CUDA tests, the trainer against a plain loop, the regularizers, a 2-trial sweep) runs small on
+    the CPU and passes, and every line it prints is a JSON benchmark line."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu.sh"], cwd=ROOT, env={**env, "GPU_SH_DRY_RUN": "1"}, capture_output=True, text=True
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    steps = {r["case"]: r["value"] for r in rows if r["bench"] == "gpu.sh" and r["metric"] == "exit_code"}
+    assert steps == {"cuda tests": 0, "trainer": 0, "regularizers": 0, "2-trial sweep": 0}, out.stderr[-3000:]
+    assert out.returncode == 0
+    assert {r["bench"] for r in rows} >= {"gpu.sh", "trainer", "regularizers"}
+    import torch
+
+    if not torch.cuda.is_available():  # the real run refuses at once, with one line
+        refused = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and '"no CUDA device: run with GPU_SH_DRY_RUN=1 on a CPU"' in refused.stdout

@@ -147,6 +147,7 @@ def test_non_tensor_and_non_finite_inputs_are_rejected():
         metrics.rank_me(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     z = torch.relu(torch.randn(500, 40, generator=torch.Generator().manual_seed(3)) - 0.5)

@@ -231,6 +231,7 @@ def test_knn_input_errors_name_the_input():
         knn_accuracy(x, y, x, y + 5, num_classes=2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x, y = _linear_labelling(1200, 16, 4, seed=8)

@@ -256,6 +256,7 @@ def test_cpu_device_arguments():
     assert targets.sample("gn", (4,), p=0.5).device.type == "cpu"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("p", (0.5, 1.0, 2.0, 3.0))
 def test_cuda_generator_decides_where_numbers_are_drawn(p):
@@ -271,6 +272,7 @@ def test_cuda_generator_decides_where_numbers_are_drawn(p):
     assert scipy.stats.kstest(x, _gennorm(p, 0.5).cdf).pvalue > 1e-3
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_without_generator():
     x = targets.sample("rgg", (256, 512), p=0.5, mu=-1.0, device="cuda", dtype=torch.bfloat16)
