@@ -258,20 +258,27 @@ def test_auto_precision_is_bf16_where_the_device_multiplies_bf16_natively(monkey
 )
 def test_a_trial_trains_prints_and_records_its_precision(monkeypatch, capsys, tmp_path, requested, native, want, why):
     """`python -m jepa_ray.train` (in process): the precision it resolved is printed, used for
-    every step and recorded in the checkpoint's config."""
+    every step and recorded in the checkpoint's config; the final evaluation's features are
+    fp32 whatever it is."""
     monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
     used: set = set()
-    real = loop.train_step
+    evaluated: set = set()
+    real, real_evaluate = loop.train_step, loop.evaluate_batches
 
     def spy(*args, **kwargs):
         used.add(args[7] if len(args) > 7 else kwargs.get("autocast_dtype"))
         return real(*args, **kwargs)
 
+    def spy_evaluate(*args, **kwargs):
+        evaluated.add(kwargs["autocast_dtype"])
+        return real_evaluate(*args, **kwargs)
+
     monkeypatch.setattr(loop, "train_step", spy)
+    monkeypatch.setattr(loop, "evaluate_batches", spy_evaluate)
     sets = ["--set", "epochs=1", "--set", f"precision={requested}"]
     assert cli.main(["--preset", "smoke", *sets, "--out", str(tmp_path)]) == 0
     assert f"[jepa_ray] device cpu, precision {want} ({why}" in capsys.readouterr().err
-    assert used == {torch.bfloat16 if want == "bf16" else None}
+    assert used == {torch.bfloat16 if want == "bf16" else None} and evaluated == {None}
     assert ckpt_lib.read_config(tmp_path / "checkpoint").system.precision == want
 
 
