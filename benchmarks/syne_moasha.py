@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import numpy as np
-from ray.tune.schedulers import TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 
 def _moasha_classes():
@@ -35,8 +35,9 @@ def _moasha_classes():
     return Trial, MOASHA, NonDominatedPriority
 
 
-class SyneMOASHA(TrialScheduler):
-    """Tune's scheduler interface around Syne Tune's MOASHA (one bracket, time = epochs done)."""
+class SyneMOASHA(FIFOScheduler):
+    """Tune's scheduler interface around Syne Tune's MOASHA (one bracket, time = epochs done);
+    trials start in Tune's FIFO order."""
 
     def __init__(self, signals, max_epochs: int, min_epochs: int, eta: float):
         super().__init__()
@@ -104,13 +105,6 @@ class SyneMOASHA(TrialScheduler):
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self.inner.trial_info.pop(self.ids.get(trial.trial_id), None)
-
-    def choose_trial_to_run(self, tune_controller):
-        for status in ("PENDING", "PAUSED"):
-            for trial in tune_controller.get_trials():
-                if trial.status == status:
-                    return trial
-        return None
 
     def debug_string(self) -> str:
         return "syne-tune MOASHA"

@@ -221,26 +221,27 @@ def test_the_recorder_resumes_without_duplicates_and_refuses_to_mix(tmp_path):
 
 def _legacy_table(path: Path, grid) -> Path:
     """A table as recorded before trials resolved precision=auto: rows whose config says auto."""
-    rows = []
-    for params, seed in grid.points()[:2]:
-        cfg = trial_config(grid, params, seed, None)
-        assert cfg.system.precision == "auto"
-        rows.append(
-            Row(
-                key=row_key(params, seed),
-                grid=grid.name,
-                setting=setting_digest(grid, None),
-                revision=C.TRAINING_REVISION,
-                params=params,
-                seed=seed,
-                status=STATUS_FINISHED,
-                config=config_lib.to_dict(cfg),
-                history=[],
-                final={},
-                command=shlex.join(command_for(grid, params, seed, None)),
-            )
-        )
+    rows = [finished_row(grid, params, seed, None, [], {}) for params, seed in grid.points()[:2]]
+    assert {r.config["system"]["precision"] for r in rows} == {"auto"}
     return CurveTable(rows).write(path)
+
+
+def finished_row(grid, params: dict, seed: int, data_dir: str | None, history: list, final: dict) -> Row:
+    """A finished row of `grid` as the recorder writes one, with the given curves."""
+    cfg = trial_config(grid, params, seed, data_dir)
+    return Row(
+        key=row_key(params, seed),
+        grid=grid.name,
+        setting=setting_digest(grid, data_dir),
+        revision=C.TRAINING_REVISION,
+        params=params,
+        seed=seed,
+        status=STATUS_FINISHED,
+        config=config_lib.to_dict(cfg),
+        history=history,
+        final=final,
+        command=shlex.join(command_for(grid, params, seed, data_dir)),
+    )
 
 
 def test_rows_recorded_before_precision_was_resolved_read_as_fp32_and_retrain_so(tmp_path):
@@ -494,7 +495,6 @@ def _design_table(path: Path) -> Path:
     data_dir = str(path.parent)  # any directory: the rows' configs are checked, never read
     rows = []
     for params, seed in grid.points():
-        cfg = trial_config(grid, params, seed, data_dir)
         quality = 0.3 + 0.2 * params["lambd"] + 0.05 * math.log2(int(params["proj_dims"].split("-")[-1])) / 10
         quality += 0.01 * seed
         density = params["target_density"]
@@ -513,21 +513,7 @@ def _design_table(path: Path) -> Path:
             )
         final = {m: 0.5 for m in C.HEADLINE_METRICS}
         final.update({C.EPOCH: grid.base["epochs"] - 1, "linear_acc": quality, "l0_density": density})
-        rows.append(
-            Row(
-                key=row_key(params, seed),
-                grid=grid.name,
-                setting=setting_digest(grid, data_dir),
-                revision=C.TRAINING_REVISION,
-                params=params,
-                seed=seed,
-                status=STATUS_FINISHED,
-                config=config_lib.to_dict(cfg),
-                history=history,
-                final=final,
-                command=shlex.join(command_for(grid, params, seed, data_dir)),
-            )
-        )
+        rows.append(finished_row(grid, params, seed, data_dir, history, final))
     return CurveTable(rows).write(path)
 
 
