@@ -8,6 +8,7 @@
 #
 #   bash benchmarks/gpu.sh [CIFAR_DIR]           # CIFAR-10 parquet dir (default ../shared/data/cifar10)
 #   GPU_SH_DRY_RUN=1 bash benchmarks/gpu.sh      # every step small on the CPU, digits data (the tests run this)
+#   GPU_SH_TESTS="tests/test_targets.py" ...     # the CUDA tests of these files only (default: all of tests/)
 #
 # With the device tool: copy the data into the tree (an ignored path) and carry it, e.g.
 #   mkdir -p .gpu-data && cp -r ../shared/data/cifar10 .gpu-data/   # then run with carry [".gpu-data"]:
@@ -25,11 +26,12 @@ line() {  # line CASE METRIC VALUE [EXTRA_JSON_FIELDS]
         "$1" "$2" "$3" "$device" "${4:+, $4}"
 }
 
-step() {  # step NAME LIMIT_S COMMAND...: run one step under a time limit, report how it ended
-    local name=$1 limit=$2 start rc
-    shift 2
+step() {  # step NAME LIMIT_S json|log COMMAND...: one step under a time limit, and how it ended;
+    # a `log` step's own output is not JSON lines: it goes to stderr
+    local name=$1 limit=$2 output=$3 start rc
+    shift 3
     start=$(date +%s)
-    timeout "$limit" "$@"
+    if [ "$output" = json ]; then timeout "$limit" "$@"; else timeout "$limit" "$@" >&2; fi
     rc=$?
     line "$name" exit_code "$rc" "\"seconds\": $(($(date +%s) - start))"
     [ "$rc" = 0 ] || failed=1
@@ -63,21 +65,22 @@ print(json.dumps({"bench": "gpu.sh", "case": "environment", "metric": "versions"
 EOF
 
 # 1. The CUDA tests (they skip on a CPU: the dry run checks the command).
-step "cuda tests" 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider --no-header -o addopts="" tests
+# shellcheck disable=SC2086  # GPU_SH_TESTS: test paths, space separated (default: all of tests/)
+step "cuda tests" 240 log "$PY" -m pytest -q -m cuda -p no:cacheprovider --no-header -o addopts="" ${GPU_SH_TESTS:-tests}
 
 # 2. The trainer: our loop (in-process, as a one-worker trial trains) against a plain loop.
 if [ "$DRY" = 1 ]; then
-    step "trainer" 240 "$PY" benchmarks/trainer.py --device cpu --batch 64 --epochs 2 --steps 2 --max-train 256
+    step "trainer" 240 json "$PY" benchmarks/trainer.py --device cpu --batch 64 --epochs 2 --steps 2 --max-train 256
 else
-    step "trainer" 300 "$PY" benchmarks/trainer.py --cifar "$DATA" --device cuda --backbone resnet18 \
+    step "trainer" 300 json "$PY" benchmarks/trainer.py --cifar "$DATA" --device cuda --backbone resnet18 \
         --batch 512 --precision bf16 --epochs 3 --steps 30
 fi
 
 # 3. The regularizer modules' steps against the plain formulas.
 if [ "$DRY" = 1 ]; then
-    step "regularizers" 240 "$PY" benchmarks/regularizers.py --device cpu --quick --repeats 1
+    step "regularizers" 240 json "$PY" benchmarks/regularizers.py --device cpu --quick --repeats 1
 else
-    step "regularizers" 120 "$PY" benchmarks/regularizers.py --device cuda --quick
+    step "regularizers" 120 json "$PY" benchmarks/regularizers.py --device cuda --quick
 fi
 
 # 4. A 2-trial sweep, each trial on the GPU (Ray is not on every lent machine).
@@ -85,7 +88,7 @@ if "$PY" -c 'import ray, ray.tune, optuna, mlflow' 2>/dev/null; then
     work=$(mktemp -d)
     gpus=1
     [ "$DRY" = 1 ] && gpus=0
-    step "2-trial sweep" 240 "$PY" sweeps/rectified.py --smoke --address local --seed 0 \
+    step "2-trial sweep" 240 log "$PY" sweeps/rectified.py --smoke --address local --seed 0 \
         --gpus-per-worker "$gpus" --tracking-uri "sqlite:///$work/mlflow.db" --storage-path "$work/ray" \
         --experiment gpu-check
     rm -rf "$work"

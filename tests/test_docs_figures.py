@@ -5,9 +5,10 @@ data (a re-recorded table, a changed summary) without this failing."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
-import subprocess
 import sys
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -22,14 +23,18 @@ BENCHMARKS = (ROOT / "docs" / "benchmarks.md").read_text()
 
 @cache
 def summary(table: str) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, "benchmarks/table.py", f"benchmarks/curves/{table}", "--epochs", "1,3,6,9"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [json.loads(line) for line in out.stdout.splitlines()]
+    """benchmarks/table.py's lines for one table (run in this process: no second interpreter)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import table as table_benchmark
+
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = ["table.py", str(ROOT / "benchmarks" / "curves" / table), "--epochs", "1,3,6,9"]
+    try:
+        with contextlib.redirect_stdout(out):
+            table_benchmark.main()
+    finally:
+        sys.argv = argv
+    return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
 def figure(table: str, case_part: str) -> dict:

@@ -377,14 +377,14 @@ METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
 
 @pytest.mark.slow
-def test_a_60_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(replay, ray_cluster, tmp_path, capsys):
-    """The driver at a small cluster's load (issue: the sweep at scale): 60 replayed trials, 16 at
-    a time, leave every trial one MLflow run with every epoch once and its Optuna trial in its
+def test_a_32_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(replay, ray_cluster, tmp_path, capsys):
+    """The driver at a small cluster's load (issue: the sweep at scale): 32 replayed trials, 16 at
+    a time (two waves), leave every trial one MLflow run with every epoch once and its Optuna trial in its
     state (COMPLETE with the run's values, or PRUNED where the guard stopped it); then the what-if
     over that finished sweep."""
     from test_sweep import client, load_study, parent_and_children, run_sweep
 
-    trials = 60
+    trials = 32
     run = run_sweep(
         tmp_path,
         *("--replay", str(DIGITS), "--sampler", "random", "--seed", "3", "--num-samples", str(trials)),

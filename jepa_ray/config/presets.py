@@ -13,8 +13,8 @@ def _preset_digits() -> TrialConfig:
 
 
 def _preset_digits_sweep() -> TrialConfig:
-    """digits with 30-epoch trials: the base of the default sweep (two dozen trials in about
-    six minutes on a 2-core CPU); the search space sets lambd, slices, p, mu and the
+    """digits with 30-epoch trials: the base of the default sweep (two dozen trials; its time is
+    in README.md and docs/benchmarks.md); the search space sets lambd, slices, p, mu and the
     projector."""
     c = _preset_digits()
     c.optim.epochs = 30
