@@ -97,14 +97,18 @@ class SyneMOASHA(FIFOScheduler):
     def stop_reason(self, trial_id: str) -> str | None:
         return self.stopped.get(trial_id)
 
-    def on_trial_complete(self, tune_controller, trial, result) -> None:
+    def _forget(self, trial) -> None:
+        """An ended trial leaves MOASHA's bracket table (its rung records stay)."""
         self.inner.trial_info.pop(self.ids.get(trial.trial_id), None)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._forget(trial)
 
     def on_trial_error(self, tune_controller, trial) -> None:
-        self.inner.trial_info.pop(self.ids.get(trial.trial_id), None)
+        self._forget(trial)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        self.inner.trial_info.pop(self.ids.get(trial.trial_id), None)
+        self._forget(trial)
 
     def debug_string(self) -> str:
         return "syne-tune MOASHA"
