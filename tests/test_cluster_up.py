@@ -178,7 +178,7 @@ def test_ray_up_job_submit_export_and_ray_down_over_ssh(head):
     assert health.strip() == b"OK"
 
     sweep = [
-        "python", "sweeps/rectified.py", "--address", "auto", "--smoke", "--num-samples", "2", "--max-concurrent", "1",
+        "python", "sweeps/rectified.py", "--address", "auto", "--smoke", "--num-samples", "2", "--max-concurrent", "2",
         "--seed", "0", "--tracking-uri", "http://127.0.0.1:5000", "--experiment", "ci-cluster",
         "--optuna-storage", f"sqlite:///{home}/optuna/optuna.db", "--storage-path", f"{home}/ray_results",
     ]  # fmt: skip

@@ -377,18 +377,18 @@ METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
 
 @pytest.mark.slow
-def test_a_32_trial_sweep_16_at_a_time_is_recorded_once_and_its_what_if_runs(replay, ray_cluster, tmp_path, capsys):
-    """The driver at a small cluster's load (issue: the sweep at scale): 32 replayed trials, 16 at
+def test_a_24_trial_sweep_12_at_a_time_is_recorded_once_and_its_what_if_runs(replay, ray_cluster, tmp_path, capsys):
+    """The driver at a small cluster's load (issue: the sweep at scale): 24 replayed trials, 12 at
     a time (two waves), leave every trial one MLflow run with every epoch once and its Optuna trial in its
     state (COMPLETE with the run's values, or PRUNED where the guard stopped it); then the what-if
     over that finished sweep."""
     from test_sweep import client, load_study, parent_and_children, run_sweep
 
-    trials = 32
+    trials = 24
     run = run_sweep(
         tmp_path,
         *("--replay", str(DIGITS), "--sampler", "random", "--seed", "3", "--num-samples", str(trials)),
-        *("--max-concurrent", "16", "--set", "cpus_per_worker=0.2"),  # 16 x 0.2 fit the session's 4 CPUs
+        *("--max-concurrent", "12", "--set", "cpus_per_worker=0.2"),  # 12 x 0.2 fit the session's 4 CPUs
         address=ray_cluster,
     )
     assert run.returncode == 0, run.output()
