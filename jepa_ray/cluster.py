@@ -104,6 +104,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, runtime_env: di
 def _start_local(num_cpus: int | None, runtime_env: dict | None) -> None:
     import ray
 
+    from jepa_ray import reaper
+
+    reaper.start()  # the instance's agents would outlive a driver killed with SIGKILL
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -271,6 +271,37 @@ def test_the_driver_s_writer_is_a_process_that_writes_a_real_store(tmp_path):
         assert [a.path for a in c.list_artifacts(r.info.run_id)] == ["config.json"]
 
 
+def test_a_writer_whose_driver_was_killed_writes_what_was_queued_and_exits(tmp_path):
+    """A driver killed with SIGKILL cannot close its writer: the writer notices that its parent
+    is gone, writes what had reached its queue, and exits (it used to wait on its queue for ever)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    driver = f"""
+import os, signal
+from jepa_ray import tracking
+from jepa_ray.tracking.writer import MlflowWriter, RunRef
+exp = tracking.experiment_id({uri!r}, "orphan")
+w = MlflowWriter({uri!r})
+ref = w.create_run(RunRef(), exp, "trial-0", {{"jepa_ray.role": "trial"}})
+for epoch in range(3):
+    w.log_metrics(ref, {{"train/loss": 1.0 / (epoch + 1)}}, step=epoch)
+w.q.close(); w.q.join_thread()  # everything handed to the writer's pipe, none of it written yet maybe
+print(w._worker.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    writer = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 60  # a bound for a busy machine, not a speed goal
+    while Path(f"/proc/{writer}").exists() and "Z" not in Path(f"/proc/{writer}/stat").read_text().split()[2:3]:
+        assert time.monotonic() < deadline, "the writer outlived its killed driver"
+        time.sleep(0.1)
+    from jepa_ray import tracking
+
+    c = tracking.client(uri)
+    [run] = c.search_runs([c.get_experiment_by_name("orphan").experiment_id])
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2]
+
+
 # --------------------------------------------------------------------------------------------
 # End to end, through a tracking server
 

@@ -34,6 +34,9 @@ MAX_BACKOFF_S = 10.0
 WARN_EVERY_S = 60.0
 """At most one "MLflow did not take a write" line per this many seconds (a server that keeps
 timing out now and then would otherwise print two lines per hiccup)."""
+PARENT_POLL_S = 0.5
+"""How often a writer process waiting for work checks that the driver that started it is alive:
+once it is gone (killed with SIGKILL, say) the writer writes what was queued and exits."""
 MERGE = 4096
 """Operations a writer takes off the queue at once (metric writes to one run among them merge):
 with 128 trials reporting, a backed-up queue's 4,096 operations are about 130 requests."""
@@ -93,9 +96,16 @@ class _Executor:
     stops taking writes, one when it takes them again), since the sweep only slows meanwhile."""
 
     def __init__(
-        self, tracking_uri: str, client, patience_s: float, backoff_s: float, say: Callable[[str], None] = _say
+        self,
+        tracking_uri: str,
+        client,
+        patience_s: float,
+        backoff_s: float,
+        say: Callable[[str], None] = _say,
+        orphaned: Callable[[], bool] = lambda: False,
     ):
         self.tracking_uri, self.c, self.patience_s, self.backoff_s = tracking_uri, client, patience_s, backoff_s
+        self.orphaned = orphaned  # True once the driver is gone: a failing write is not tried again
         self.ids: dict[int, str] = {}  # RunRef handle -> run id
         self.error: str | None = None
         self.say = say
@@ -140,7 +150,7 @@ class _Executor:
                 first_failure = first_failure or now
                 self._failing(err, now)
                 left = first_failure + self.patience_s - now
-                if left <= 0:
+                if left <= 0 or self.orphaned():
                     self.error = (
                         f"MLflow at {self.tracking_uri} refused writes for {now - first_failure:.0f} s "
                         f"({attempt + 1} tries): {one_line(err, 300)}"
@@ -149,9 +159,13 @@ class _Executor:
                 time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S, left))
 
 
-def _take_ops(q) -> list[tuple]:
-    """The next operation (waiting for it) and up to MERGE - 1 more already queued, merged."""
-    ops = [q.get()]
+def _take_ops(q, wait: float | None = None) -> list[tuple]:
+    """The next operation (waiting for it up to `wait` seconds, for ever when None; none when
+    nothing came) and up to MERGE - 1 more already queued, merged."""
+    try:
+        ops = [q.get(timeout=wait)]
+    except queue.Empty:
+        return []
     while len(ops) < MERGE:
         try:
             ops.append(q.get_nowait())
@@ -168,16 +182,24 @@ def _quiet_http(tracking_uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
-def _serve(tracking_uri: str, inbox, outbox, patience_s: float, backoff_s: float) -> None:
+def _serve(tracking_uri: str, inbox, outbox, patience_s: float, backoff_s: float, parent: int) -> None:
     """The writer process: operations from `inbox`, ("flushed", token) and ("error", line) to
-    `outbox`; ("stop",) ends it."""
+    `outbox`; ("stop",) ends it, and so does the end of the `parent` process, once what it had
+    queued is written (each write tried once: nobody waits for them now)."""
     _quiet_http(tracking_uri)
     from jepa_ray.tracking.store import client
 
-    ex = _Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s)
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    ex = _Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s, orphaned=orphaned)
     reported = False
     while True:
-        for op in _take_ops(inbox):
+        last = orphaned()
+        ops = _take_ops(inbox, 0 if last else PARENT_POLL_S)
+        if last and not ops:
+            return
+        for op in ops:
             if op[0] == "stop":
                 return
             if op[0] == "flush":
@@ -212,7 +234,7 @@ class MlflowWriter:
             ctx = mp.get_context("spawn")  # not fork: the driver holds Ray's and Tune's threads
             self.q, self._out = ctx.Queue(maxsize=maxsize), ctx.Queue()
             self._worker = ctx.Process(
-                target=_serve, args=(tracking_uri, self.q, self._out, patience_s, backoff_s), daemon=True
+                target=_serve, args=(tracking_uri, self.q, self._out, patience_s, backoff_s, os.getpid()), daemon=True
             )
             self._worker.start()
         else:
