@@ -107,6 +107,54 @@ class SimulatedCrash(Exception):
     pass
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_with_one_line(uninterrupted, tmp_path, damage, capsys):
+    """A disk that filled or a bad block spoils the newest checkpoint after it was written: the
+    resume says so in one line and goes on from the checkpoint kept before it, and the trial
+    ends as the uninterrupted one did."""
+    cfg = smoke(**RESUME)
+
+    def crash_after_epoch_2(metrics: dict, kept: Path | None) -> None:
+        if metrics["epoch"] == 2:
+            raise SimulatedCrash
+
+    store = tmp_path / "trial"
+    with pytest.raises(SimulatedCrash):
+        fit(cfg, LocalReporter(store, callback=crash_after_epoch_2))
+    newest = Path(TrialStore(store).latest())
+    assert newest.name == "epoch-00003"
+    model = newest / ckpt_lib.MODEL_FILE
+    if damage == "truncated":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    else:
+        model.unlink()
+    why = ckpt_lib.damage(newest)
+    assert why == {"truncated": "BadZipFile: File is not a zip file", "missing": "no model.pt"}[damage]
+    capsys.readouterr()
+
+    trained: list[int] = []
+    final = fit(cfg, LocalReporter(store), on_epoch=lambda m: trained.append(m["epoch"]))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: checkpoint {newest} cannot be restored ({why}); resuming from {newest.with_name('epoch-00002')}"
+    ]
+    assert trained == [2, 3]  # epoch 2 again: its checkpoint was the damaged one
+    assert_same_weights(model_file(store / "checkpoint"), uninterrupted.weights)
+    for key in HEADLINE_METRICS:
+        assert final[key] == uninterrupted.final[key], key
+
+
+def test_a_store_with_no_restorable_checkpoint_starts_over_with_one_line(tmp_path):
+    store = TrialStore(tmp_path)
+    (tmp_path / "checkpoints" / "epoch-00001").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "epoch-00001" / ckpt_lib.MODEL_FILE).write_bytes(b"PK\x03\x04 not a whole zip")
+    (tmp_path / "checkpoints" / "LATEST").write_text("epoch-00001")
+    said: list[str] = []
+    assert store.restorable(said.append) is None
+    why = "BadZipFile: File is not a zip file"
+    assert said == [f"warning: no checkpoint in {tmp_path} can be restored ({why}); the trial starts over"]
+
+
 def test_fit_resumed_from_local_checkpoint_repeats_uninterrupted_run(uninterrupted, tmp_path):
     cfg = smoke(**RESUME)
 

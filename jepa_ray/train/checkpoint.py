@@ -192,6 +192,29 @@ def load_state(path: str | os.PathLike, name: str = MODEL_FILE, map_location: st
     return torch.load(file, map_location=map_location, weights_only=True)
 
 
+def damage(path: str | os.PathLike) -> str | None:
+    """Why a resumable checkpoint cannot be restored (a file missing, truncated or corrupt: a
+    disk that filled or a bad block after it was written), or None when it reads back whole.
+    The state files are zip archives whose members carry CRCs: checked without unpickling."""
+    import zipfile
+
+    try:
+        for name in (MODEL_FILE, TRAIN_STATE_FILE):
+            with zipfile.ZipFile(io.BytesIO(read_bytes(path, name))) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{name}: {bad} fails its CRC"
+        for name in (CONFIG_FILE, METRICS_FILE):
+            json.loads(read_bytes(path, name))
+        if has_file(path, HISTORY_FILE):
+            json.loads(read_bytes(path, HISTORY_FILE))
+    except FileNotFoundError as err:
+        return str(err).rsplit(": ", 1)[-1]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def read_config(path: str | os.PathLike) -> TrialConfig:
     cfg = from_dict(json.loads(read_bytes(path, CONFIG_FILE)))
     if not cfg.data.channels:  # written before configs recorded their channels: the dataset's

@@ -46,7 +46,9 @@ class StoreReporter:
         self.store, self.send, self.resume_from, self.is_main = store, send, resume_from, is_main
 
     def restore_point(self) -> str | None:
-        return self.store.latest() or (resumable_checkpoint(self.resume_from) if self.resume_from else None)
+        say = _warn if self.is_main else None  # every rank checks the same files; one says so
+        restored = self.store.restorable(say)
+        return restored or (resumable_checkpoint(self.resume_from, say) if self.resume_from else None)
 
     def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None:
         out = dict(metrics)
@@ -58,6 +60,10 @@ class StoreReporter:
             )
         if self.send is not None:
             self.send(out)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class LocalReporter(StoreReporter):

@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from jepa_ray.train.checkpoint import METRICS_FILE, TRAIN_STATE_FILE, has_file, is_remote
+from jepa_ray.errors import one_line
+from jepa_ray.train.checkpoint import METRICS_FILE, TRAIN_STATE_FILE, damage, has_file, is_remote
 
 EPOCHS_DIR = "checkpoints"
 FINAL_DIR = "checkpoint"
@@ -60,6 +61,26 @@ class TrialStore:
         """The URI of the newest complete resumable checkpoint, or None."""
         name = self._read_small(f"{EPOCHS_DIR}/{LATEST_FILE}")
         return self.child(f"{EPOCHS_DIR}/{name.strip()}") if name else None
+
+    def restorable(self, say: Callable[[str], None] | None = None) -> str | None:
+        """The newest resumable checkpoint that reads back whole: LATEST's, else the newest kept
+        before it, saying so in one line through `say` (None when there is none to restore)."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        newest = latest.rsplit("/", 1)[1]
+        older = sorted((n for n in self._epoch_dirs() if n < newest), reverse=True)
+        why = ""
+        for uri in [latest] + [self.child(f"{EPOCHS_DIR}/{n}") for n in older]:
+            damaged = damage(uri)
+            if damaged is None:
+                if why and say is not None:
+                    say(f"warning: checkpoint {latest} cannot be restored ({why}); resuming from {uri}")
+                return uri
+            why = why or one_line(damaged, 200)
+        if say is not None:
+            say(f"warning: no checkpoint in {self.uri} can be restored ({why}); the trial starts over")
+        return None
 
     def final(self) -> str | None:
         """The URI of the final checkpoint when the trial finished, else None."""
@@ -151,10 +172,11 @@ class TrialStore:
         return [p.name for p in base.glob("epoch-*") if p.is_dir()] if base.is_dir() else []
 
 
-def resumable_checkpoint(uri: str) -> str | None:
-    """The checkpoint to resume from in `uri`: the newest of a trial store, or `uri` itself
-    when it is a resumable checkpoint directory (what older sweeps recorded)."""
-    latest = TrialStore(uri).latest()
-    if latest is not None:
-        return latest
+def resumable_checkpoint(uri: str, say: Callable[[str], None] | None = None) -> str | None:
+    """The checkpoint to resume from in `uri`: the newest that reads back whole of a trial store
+    (see TrialStore.restorable), or `uri` itself when it is a resumable checkpoint directory
+    (what older sweeps recorded)."""
+    restorable = TrialStore(uri).restorable(say)
+    if restorable is not None:
+        return restorable
     return uri if has_file(uri, TRAIN_STATE_FILE) else None
