@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import signal
 import socket
 import subprocess
 import sys
@@ -642,3 +643,43 @@ def test_band_regret_against_brute_force():
             expected.append(max(0.0, best - mine))
         assert band_regret(got, ref) == pytest.approx(sum(expected) / len(expected))
         assert band_regret(list(itertools.chain(got, ref)), ref) == 0.0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+KILLED_MID_EXPORT = """
+import importlib, os, signal, sys
+export = importlib.import_module("jepa_ray.pareto.export")  # the module, not the function of that name
+export.write_plot = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # checkpoints and table written
+from jepa_ray.pareto.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_an_export_killed_half_way_leaves_the_previous_one_intact_and_the_next_replaces_it(store, tmp_path):
+    out = tmp_path / "export"
+    args = ["--experiment", EXPERIMENT, "--out", str(out), "--tracking-uri", store["uri"], "--no-log"]
+    assert pareto.main([*args, "--sweep", store["sweep_b"]]) == 0
+    (out / "notes.txt").write_text("the user's, not the export's")
+    before = _files(out)
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_EXPORT, *args, "--all-sweeps", "--overwrite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _files(out) == before
+    assert [p.name.startswith(".export.export-") for p in tmp_path.iterdir() if p != out] == [True]  # staged
+
+    assert pareto.main([*args, "--all-sweeps", "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the killed one's staging cleared
+    after = _files(out)
+    assert after["notes.txt"] == before["notes.txt"]
+    import pyarrow.parquet as pq
+
+    runs = set(pq.read_table(out / "pareto.parquet").to_pandas()["run_id"])
+    assert len(runs) > 1 and {p.name for p in (out / "checkpoints").iterdir()} <= runs

@@ -42,16 +42,47 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def prepare_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """The output directory, created (see check_out_dir); overwrite removes only what an
-    export writes (pareto.* and checkpoints/)."""
-    out = check_out_dir(out_dir, overwrite)
-    if out.is_dir():
-        for name in OUTPUT_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+STAGING_PREFIX = ".export-"
+"""An export is written into a hidden sibling of its --out directory, `.NAME.export-XXXX`, and
+moved into place whole: one killed half-way leaves the previous export as it was."""
+
+
+def _staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}{STAGING_PREFIX}*"):  # left by an export that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_PREFIX}", dir=out.parent))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or the filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _move_into_place(staged: Path, out: Path) -> None:
+    """`staged` (a complete export) becomes `out`; files of `out` that no export writes stay."""
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(staged, out)  # rename(2) replaces an empty directory
+        return
+    if not _exchange(staged, out):  # the two renames below leave a window of microseconds
+        old = staged.with_name(staged.name + "-old")
+        os.replace(out, old)
+        os.replace(staged, out)
+        staged = old
+    for item in staged.iterdir():  # now the previous export: keep what was not the export's
+        if item.name not in OUTPUT_FILES and item.name != "checkpoints" and not (out / item.name).exists():
+            os.replace(item, out / item.name)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def export(
@@ -74,7 +105,21 @@ def export(
     read is reported on stderr and in the `export_error` column; the others are exported.
     register: also register the exported encoders under this MLflow model name."""
     comp = as_comparison(result)
-    out = prepare_out_dir(out_dir, overwrite)
+    out = check_out_dir(out_dir, overwrite)
+    staged = _staging_dir(out)
+    try:
+        front = _write_export(comp, staged, l0_scale, labels)
+        _move_into_place(staged, out)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if register:
+        register_encoders(comp, front, out, register, tracking_uri or DEFAULT_TRACKING_URI)
+    return out
+
+
+def _write_export(comp: Comparison, out: Path, l0_scale: str, labels: bool) -> pd.DataFrame:
+    """Every file of an export, into the directory `out`; returns the front as written."""
     front = comp.front()
     paths, errors = [], []
     for row in front.itertuples(index=False):
@@ -94,9 +139,7 @@ def export(
     write_plot(comp, out / "pareto.png", l0_scale=l0_scale, labels=labels)
     write_calibration_plot(comp, out / CALIBRATION_FILE, l0_scale=l0_scale)
     (out / "pareto.txt").write_text(format_comparison(comp) + "\n")
-    if register:
-        register_encoders(comp, front, out, register, tracking_uri or DEFAULT_TRACKING_URI)
-    return out
+    return front
 
 
 def write_summary(result: ParetoResult | Comparison, path: str | os.PathLike) -> Path:
