@@ -214,11 +214,16 @@ def test_a_sweep_joins_a_cluster_started_for_sharing(tmp_path):
         assert out.returncode == 0, text[-3000:]
         assert "joined the Ray cluster at" in text and ":6391" in text, text[-3000:]
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        # SIGTERM to `ray start --block` alone: it stops its cluster in about 2 s. Sent to its
+        # whole group, the CLI outlives its dying children by 30 s.
+        head.send_signal(signal.SIGTERM)
         try:
             head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        finally:
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         reset_ray_address()
 
 
