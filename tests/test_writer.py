@@ -271,6 +271,25 @@ def test_the_driver_s_writer_is_a_process_that_writes_a_real_store(tmp_path):
         assert [a.path for a in c.list_artifacts(r.info.run_id)] == ["config.json"]
 
 
+def test_a_pickled_writer_comes_back_as_a_writer_with_its_patience():
+    """Tune pickles its callbacks with the experiment state: the copy's writer process starts
+    with the original's patience (it used to start with the default 120 s and be told later):
+    against a port nobody answers, it gives up after its own half second."""
+    import pickle
+
+    w = MlflowWriter("http://127.0.0.1:9", patience_s=0.5, backoff_s=0.05, process=True)
+    copy = pickle.loads(pickle.dumps(w))
+    try:
+        assert (copy.tracking_uri, copy.patience_s, copy.backoff_s) == (w.tracking_uri, 0.5, 0.05)
+        assert copy._worker.pid != w._worker.pid
+        copy.create_run(RunRef(), "0", "trial-0", {})
+        assert not copy.flush(timeout=90)
+        assert copy.error is not None and copy.error.startswith("MLflow at http://127.0.0.1:9 refused writes")
+    finally:
+        copy.close()
+        w.close()
+
+
 def test_a_writer_whose_driver_was_killed_writes_what_was_queued_and_exits(tmp_path):
     """A driver killed with SIGKILL cannot close its writer: the writer notices that its parent
     is gone, writes what had reached its queue, and exits (it used to wait on its queue for ever)."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from jepa_ray.contract import EPOCH, L0_DENSITY, TARGET_L0_DENSITY, reference_point
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
+from jepa_ray.tracking.writer import MlflowWriter, RunRef
 
 logger = logging.getLogger("jepa_ray.sweep")
 SUMMARY_EVERY_S = 60.0
@@ -56,7 +57,8 @@ def make_progress_callback(
     budget: int = 0,
     total_trials: int = 0,
     every_s: float = SUMMARY_EVERY_S,
-    writer=None,
+    *,
+    writer: MlflowWriter,
 ):
     """A Tune callback (driver process) for the lines and the hypervolume curve; a resumed
     sweep passes the trial-epochs and final points it already had. Every `every_s` seconds
@@ -64,9 +66,6 @@ def make_progress_callback(
     trial-epochs spent of `budget`, the hypervolume so far and an ETA."""
     from ray.tune import Callback
 
-    from jepa_ray.tracking.writer import MlflowWriter, RunRef
-
-    writer = writer if writer is not None else MlflowWriter(tracking_uri)
     parent = RunRef(parent_id)
 
     class Progress(Callback):

@@ -83,7 +83,8 @@ class MlflowSweepCallback:
         reuse_runs: dict[str, str] | None = None,
         trial_dir: Callable[[dict], str] | None = None,
         ledger: Ledger | None = None,
-        writer: MlflowWriter | None = None,
+        *,
+        writer: MlflowWriter,
     ):
         self.tracking_uri, self.exp_id, self.parent = tracking_uri, exp_id, parent_run_id
         self.ledger = ledger if ledger is not None else Ledger()  # how each trial ended
@@ -95,7 +96,7 @@ class MlflowSweepCallback:
         self.with_dataset: set[str] = set()  # tune trial ids whose run has its dataset input
         self.source = source_tags()
         self.c = client(tracking_uri)  # reads only (a resumed trial's logged epochs)
-        self.w = writer if writer is not None else MlflowWriter(tracking_uri)
+        self.w = writer  # the driver's one writer process (none started here)
 
     # Tune callback hooks -------------------------------------------------------------------
 

@@ -248,11 +248,10 @@ class MlflowWriter:
             self._worker.start()
 
     def __reduce__(self):
-        # Tune pickles its callbacks with the experiment state: a copy is a new writer.
-        return (MlflowWriter, (self.tracking_uri,), {"patience_s": self.patience_s, "backoff_s": self.backoff_s})
-
-    def __setstate__(self, state: dict) -> None:
-        self.patience_s, self.backoff_s = state["patience_s"], state["backoff_s"]
+        # Tune pickles its callbacks with the experiment state (it unpickles them only to restore
+        # an experiment, which the sweep never asks of it): a copy is a new writer, started with
+        # this one's patience, not with the default before the state is set.
+        return (_unpickled_writer, (self.tracking_uri, self.patience_s, self.backoff_s))
 
     # What the callbacks call (cheap: they only queue) ---------------------------------------
 
@@ -346,3 +345,7 @@ class MlflowWriter:
                     self._events.pop(op[1]).set()
                 elif self._ex.error is None:
                     self._ex.run(op)
+
+
+def _unpickled_writer(tracking_uri: str, patience_s: float, backoff_s: float) -> MlflowWriter:
+    return MlflowWriter(tracking_uri, patience_s=patience_s, backoff_s=backoff_s)
