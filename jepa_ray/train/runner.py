@@ -19,7 +19,7 @@ from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.faults import Fault
 from jepa_ray.train.guard import TrialFailure
 from jepa_ray.train.loop import CheckpointWriter, fit
-from jepa_ray.train.store import TrialStore, resumable_checkpoint
+from jepa_ray.train.store import TrialStore, restorable_checkpoint
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -48,7 +48,7 @@ class StoreReporter:
     def restore_point(self) -> str | None:
         say = _warn if self.is_main else None  # every rank checks the same files; one says so
         restored = self.store.restorable(say)
-        return restored or (resumable_checkpoint(self.resume_from, say) if self.resume_from else None)
+        return restored or (restorable_checkpoint(self.resume_from, say) if self.resume_from else None)
 
     def report(self, metrics: dict[str, Any], write: CheckpointWriter | None, *, final: bool) -> None:
         out = dict(metrics)

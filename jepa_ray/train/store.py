@@ -172,11 +172,20 @@ class TrialStore:
         return [p.name for p in base.glob("epoch-*") if p.is_dir()] if base.is_dir() else []
 
 
-def resumable_checkpoint(uri: str, say: Callable[[str], None] | None = None) -> str | None:
-    """The checkpoint to resume from in `uri`: the newest that reads back whole of a trial store
-    (see TrialStore.restorable), or `uri` itself when it is a resumable checkpoint directory
-    (what older sweeps recorded)."""
+def resumable_checkpoint(uri: str) -> str | None:
+    """The newest checkpoint in `uri` (what a trial's LATEST names, for its history), or `uri`
+    itself when it is a resumable checkpoint directory (what older sweeps recorded)."""
+    latest = TrialStore(uri).latest()
+    if latest is not None:
+        return latest
+    return uri if has_file(uri, TRAIN_STATE_FILE) else None
+
+
+def restorable_checkpoint(uri: str, say: Callable[[str], None] | None = None) -> str | None:
+    """The checkpoint to restore training from in `uri`: the newest that reads back whole of a
+    trial store (see TrialStore.restorable), or `uri` itself when it is a resumable checkpoint
+    directory (what older sweeps recorded)."""
     restorable = TrialStore(uri).restorable(say)
     if restorable is not None:
         return restorable
-    return uri if has_file(uri, TRAIN_STATE_FILE) else None
+    return uri if has_file(uri, TRAIN_STATE_FILE) and damage(uri) is None else None
