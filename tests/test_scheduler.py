@@ -16,15 +16,8 @@ import pytest
 from jepa_ray import tracking
 from jepa_ray.contract import FAILURE_KIND, STOPPED
 from jepa_ray.errors import UsageError
-from jepa_ray.sweep.scheduler import (
-    MultiObjectiveASHA,
-    Signal,
-    crowding_distance,
-    nondominated_fronts,
-    parse_signals,
-    priority_order,
-    rung_levels,
-)
+from jepa_ray.pareto.dominance import crowding_distance, nondominated_ranks
+from jepa_ray.sweep.scheduler import MultiObjectiveASHA, Signal, parse_signals, priority_keys, rung_levels
 
 SIGNALS = [Signal("acc", "max"), Signal("density", "min")]
 
@@ -49,18 +42,24 @@ def test_fronts_match_brute_force_and_crowding_has_infinite_ends():
     rng = np.random.default_rng(0)
     for _ in range(20):
         pts = rng.integers(0, 5, size=(12, 2)).astype(float)
-        assert nondominated_fronts(pts).tolist() == brute_force_fronts(pts)
+        assert (nondominated_ranks(pts, ["min", "min"]) - 1).tolist() == brute_force_fronts(pts)
     line = np.array([[0.0, 4.0], [1.0, 2.0], [3.0, 1.0], [4.0, 0.0]])
     dist = crowding_distance(line)
     assert math.isinf(dist[0]) and math.isinf(dist[3])
     assert dist[1] == pytest.approx((3 - 0) / 4 + (4 - 1) / 4) and dist[2] == pytest.approx((4 - 1) / 4 + (2 - 0) / 4)
 
 
-def test_priority_order_honours_each_direction():
+def priority_order(values: np.ndarray, modes: list[str]) -> list[int]:
+    """Indices best first by the scheduler's priority keys (front, then crowding), then arrival."""
+    keys = priority_keys(values, modes)
+    return sorted(range(len(keys)), key=lambda i: (keys[i], i))
+
+
+def test_priority_keys_honour_each_direction():
     values = np.array([[0.9, 0.1], [0.8, 0.2], [0.95, 0.5]])  # acc, density
     assert priority_order(values, ["max", "min"])[-1] == 1  # dominated by the first
     flipped = priority_order(values, ["max", "max"])  # now a denser z is better
-    assert nondominated_fronts(values * np.array([-1, -1])).tolist() == [1, 1, 0]
+    assert (nondominated_ranks(values * np.array([-1, -1]), ["min", "min"]) - 1).tolist() == [1, 1, 0]
     assert flipped[0] == 2
 
 

@@ -226,9 +226,6 @@ class CurveTable:
     def get(self, key: str) -> Row:
         return self._by_key[key]
 
-    def find(self, params: dict[str, Any], seed: int) -> Row | None:
-        return self._by_key.get(row_key(params, seed))
-
     def seeds(self, params: dict[str, Any]) -> list[Row]:
         """Every recorded seed of one configuration."""
         text = canonical(params)

@@ -63,12 +63,6 @@ def rung_levels(min_epochs: int, eta: float, max_epochs: int) -> list[int]:
     return levels
 
 
-def nondominated_fronts(points: np.ndarray) -> np.ndarray:
-    """Front index of each point (0: non-dominated), all objectives minimized."""
-    points = np.asarray(points, dtype=float)
-    return nondominated_ranks(points, ["min"] * points.shape[1]) - 1
-
-
 def priority_keys(values: np.ndarray, modes: list[str]) -> list[tuple[int, float]]:
     """(front, -crowding distance) of each point: smaller is better (NSGA-II's crowded order)."""
     values = np.asarray(values, dtype=float)
@@ -78,13 +72,6 @@ def priority_keys(values: np.ndarray, modes: list[str]) -> list[tuple[int, float
         members = np.flatnonzero(fronts == f)
         crowd[members] = crowding_distance(values[members], modes)
     return [(int(f), -float(c)) for f, c in zip(fronts, crowd)]
-
-
-def priority_order(values: np.ndarray, modes: list[str]) -> np.ndarray:
-    """Indices of `values` (n, k) best first: by non-dominated front, then by crowding distance
-    (larger first) within a front, then by index (the earlier arrival first)."""
-    keys = priority_keys(values, modes)
-    return np.array(sorted(range(len(keys)), key=lambda i: (keys[i], i)))
 
 
 def rank_fraction(values: np.ndarray, i: int, modes: list[str]) -> tuple[int, float]:

@@ -108,10 +108,6 @@ def _asha(s: SchedulerSettings) -> TrialScheduler:
     )
 
 
-def scheduler_names() -> list[str]:
-    return list(SCHEDULERS)
-
-
 def create_scheduler(
     name: str, max_epochs: int, *, signals: str, min_epochs: int = 0, eta: float = 3.0, top_k: int = 4
 ) -> TrialScheduler | None:
