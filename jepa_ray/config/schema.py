@@ -240,6 +240,20 @@ class TrialConfig:
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(TrialConfig))
 
+RUNTIME_KEYS = frozenset(
+    {
+        "workers",
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "threads_per_worker",
+        "max_failures",
+        "checkpoint_every",
+        "channels_last",
+    }
+)
+"""Config keys a resumed run may change: where and how it runs, not what it trains (batches
+and augmentations do not depend on the number of workers)."""
+
 
 def _leaf_index() -> dict[str, tuple[str, type]]:
     index: dict[str, tuple[str, type]] = {}

@@ -29,9 +29,8 @@ from jepa_ray.contract import TRAINING_REVISION
 from jepa_ray.curves.grids import Grid
 from jepa_ray.curves.table import STATUS_FAILED, STATUS_FINISHED, CurveTable, Row, read_table, row_key
 from jepa_ray.errors import UsageError, one_line
-from jepa_ray.train.cli import RUNTIME_KEYS
 
-NOT_SETTING = RUNTIME_KEYS | {"seed", "data_dir", "download", "data_workers", "prefetch_batches", "stream"}
+NOT_SETTING = config_lib.RUNTIME_KEYS | {"seed", "data_dir", "download", "data_workers", "prefetch_batches", "stream"}
 """Config keys that do not make a recording's setting: where and how it runs, the seed, the data's
 location (its content is fixed by the dataset and the sample sizes)."""
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from jepa_ray import config as config_lib
-from jepa_ray.config import TrialConfig
+from jepa_ray.config import RUNTIME_KEYS, TrialConfig
 from jepa_ray.contract import HEADLINE_METRICS, is_final
 from jepa_ray.errors import UsageError
 from jepa_ray.train import checkpoint as ckpt_lib
@@ -49,21 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-keys", action="store_true", help="print every config key with its doc and exit")
     return p
-
-
-RUNTIME_KEYS = frozenset(
-    {
-        "workers",
-        "gpus_per_worker",
-        "cpus_per_worker",
-        "threads_per_worker",
-        "max_failures",
-        "checkpoint_every",
-        "channels_last",
-    }
-)
-"""Config keys a resumed run may change: where and how it runs, not what it trains (batches
-and augmentations do not depend on the number of workers)."""
 
 
 def check_resumable(store: TrialStore, cfg: TrialConfig, resume: bool) -> str | None:
