@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from jepa_ray.tracking import ops
 from jepa_ray.tracking.writer import MlflowWriter, RunRef, WriterFailed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_writes_happen_in_order_with_metrics_batched_and_flush_waits_for_them():
     ref = w.create_run(RunRef(), "0", "trial-0", {})
     for epoch in range(50):
         w.log_metrics(ref, {"train/loss": 1.0 / (epoch + 1), "online/linear_acc": 0.5, "label": "no"}, step=epoch)
-    w.do("set_tags", ref, {"done": "yes"})
+    w.send(ops.SetTags(ref, {"done": "yes"}))
     assert w.flush(timeout=30) and w.pending == 0
     assert c.calls[0] == ("create_run", "trial-0") and c.calls[-1] == ("set_tag", "run-1", "done", "yes")
     batches = [call for call in c.calls if call[0] == "log_batch"]
@@ -66,29 +67,31 @@ def test_writes_happen_in_order_with_metrics_batched_and_flush_waits_for_them():
 
 
 def test_metric_writes_to_one_run_merge_across_other_runs_but_each_run_keeps_its_order():
-    from jepa_ray.tracking.writer import _merge
+    from jepa_ray.tracking.ops import CreateRun, Finish, LogBatch
+    from jepa_ray.tracking.writer import Flush, _merge
 
-    create = ("create_run", 0, None, "0", "trial-0", {})
-    finish = ("finish", 1, "r1", {}, None, None, "FINISHED")
-    ops = [
+    new, r1, r1_again = RunRef(), RunRef("r1"), RunRef("r1")
+    create = CreateRun(new, "0", "trial-0", {})
+    finish = Finish(r1, {}, None, None, "FINISHED")
+    queued = [
         create,
-        ("log_batch", 0, None, ["a0"]),
-        ("log_batch", 1, "r1", ["b0"]),
-        ("log_batch", 0, None, ["a1"]),  # joins a0, past r1's write
+        LogBatch(new, ["a0"]),
+        LogBatch(r1, ["b0"]),
+        LogBatch(new, ["a1"]),  # joins a0, past r1's write
         finish,
-        ("log_batch", 1, "r1", ["b1"]),  # after r1's finish: stays after it
-        ("log_batch", 2, "r1", ["b2"]),  # the same run through another reference: joins b1
-        ("flush", 7),
-        ("log_batch", 0, None, ["a2"]),  # after a flush: a write of its own
+        LogBatch(r1, ["b1"]),  # after r1's finish: stays after it
+        LogBatch(r1_again, ["b2"]),  # the same run through another reference: joins b1
+        Flush(7),
+        LogBatch(new, ["a2"]),  # after a flush: a write of its own
     ]
-    assert _merge(ops) == [
+    assert _merge(queued) == [
         create,
-        ("log_batch", 0, None, ["a0", "a1"]),
-        ("log_batch", 1, "r1", ["b0"]),
+        LogBatch(new, ["a0", "a1"]),
+        LogBatch(r1, ["b0"]),
         finish,
-        ("log_batch", 1, "r1", ["b1", "b2"]),
-        ("flush", 7),
-        ("log_batch", 0, None, ["a2"]),
+        LogBatch(r1, ["b1", "b2"]),
+        Flush(7),
+        LogBatch(new, ["a2"]),
     ]
 
 
@@ -125,7 +128,7 @@ def test_queueing_does_not_wait_for_a_slow_store():
     ref = RunRef("run-x")
     for step in range(40):
         w.log_metrics(ref, {"m": float(step)}, step=step)
-        w.do("set_tags", ref, {"step": str(step)})
+        w.send(ops.SetTags(ref, {"step": str(step)}))
     assert c.calls == []  # all 80 writes queued while the store had taken none
     gate.set()
     assert w.flush(timeout=60) and len(c.calls) >= 40
@@ -134,13 +137,13 @@ def test_queueing_does_not_wait_for_a_slow_store():
 def test_a_store_that_keeps_failing_stops_the_writer_with_one_line(capsys):
     w = MlflowWriter("http://127.0.0.1:9", client=FakeClient(fail=True), patience_s=0.3, backoff_s=0.01)
     start = time.monotonic()
-    w.do("set_tags", RunRef("r"), {"k": "v"})
+    w.send(ops.SetTags(RunRef("r"), {"k": "v"}))
     assert not w.flush(timeout=30)
     assert time.monotonic() - start >= 0.3  # tried again for its patience, then gave up
     assert w.error.startswith("MLflow at http://127.0.0.1:9 refused writes for 0 s (") and "\n" not in w.error
     with pytest.raises(WriterFailed, match="Connection refused"):
         w.check()
-    w.do("set_tags", RunRef("r"), {"k": "v"})  # queued after the failure: not attempted
+    w.send(ops.SetTags(RunRef("r"), {"k": "v"}))  # queued after the failure: not attempted
     assert not w.flush(timeout=5)
     said = capsys.readouterr().err.splitlines()
     assert said == [
@@ -192,7 +195,7 @@ def test_a_busy_store_is_waited_for_and_a_run_whose_reply_was_lost_is_not_made_t
     w = MlflowWriter("http://busy", client=c, patience_s=30, backoff_s=0.01)
     ref = w.create_run(RunRef(), "0", "trial-0", {PARENT: "p", TRIAL_ID: "t_00000"})
     w.log_metrics(ref, {"m": 1.0}, step=0)
-    w.do("set_tags", ref, {"done": "yes"})
+    w.send(ops.SetTags(ref, {"done": "yes"}))
     assert w.flush(timeout=30) and w.error is None
     assert len(c.made) == 1  # the server made the run; the writer's second try found it
     assert c.calls[-1] == ("set_tag", "run-1", "done", "yes")
@@ -213,7 +216,7 @@ def test_a_server_that_keeps_hiccuping_is_announced_once_a_minute_not_per_hiccup
 
     def hiccup() -> None:
         c.lost = 1
-        ex.run(("set_tags", 0, "run-1", {"k": "v"}))
+        ex.run(ops.SetTags(RunRef("run-1"), {"k": "v"}))
 
     hiccup()
     hiccup()  # within the minute: not announced again
@@ -231,7 +234,7 @@ def test_a_bounded_queue_makes_a_fast_producer_wait_instead_of_growing():
 
     def produce():
         for step in range(30):
-            w.do("set_tags", ref, {"s": str(step)})
+            w.send(ops.SetTags(ref, {"s": str(step)}))
         done.set()
 
     threading.Thread(target=produce).start()
@@ -255,11 +258,11 @@ def test_the_driver_s_writer_is_a_process_that_writes_a_real_store(tmp_path):
     cfg = config_lib.resolve(config_lib.preset("smoke"))
     refs = [w.create_run(RunRef(), exp, f"trial-{i}", {"jepa_ray.role": "trial"}) for i in range(3)]
     for ref in refs:
-        w.do("log_params", ref, config_lib.flatten(cfg))
-        w.do("log_config", ref, config_lib.to_dict(cfg))
+        w.send(ops.LogParams(ref, config_lib.flatten(cfg)))
+        w.send(ops.LogConfig(ref, config_lib.to_dict(cfg)))
         for epoch in range(4):
             w.log_metrics(ref, {"train/loss": 1.0 / (epoch + 1)}, step=epoch)
-        w.do("finish", ref, {"jepa_ray.wall_s": "1.0"}, None, None, "FINISHED")
+        w.send(ops.Finish(ref, {"jepa_ray.wall_s": "1.0"}, None, None, "FINISHED"))
     assert w.flush(timeout=120)
     w.close()
     c = tracking.client(uri)
@@ -468,12 +471,11 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
 def test_a_run_made_by_a_lost_try_is_found_in_a_real_store_by_its_sweep_and_trial(tmp_path):
     from jepa_ray import tracking
     from jepa_ray.contract import PARENT, TRIAL_ID
-    from jepa_ray.tracking import ops
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp, c = tracking.experiment_id(uri, "lost"), tracking.client(uri)
     tags = {PARENT: "sweep-a", TRIAL_ID: "abc_00001", "jepa_ray.role": "trial"}
-    made = ops.create_run(c, None, exp, "trial-1", tags)
+    made = ops.CreateRun(RunRef(), exp, "trial-1", tags).apply(c, None)
     assert ops.created_run(c, exp, "trial-1", tags) == made
     assert ops.created_run(c, exp, "trial-1", {**tags, TRIAL_ID: "abc_00002"}) is None
     assert ops.created_run(c, exp, "trial-1", {**tags, PARENT: "sweep-b"}) is None

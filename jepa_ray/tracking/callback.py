@@ -40,6 +40,7 @@ from jepa_ray.contract import (
     failure_kind,
 )
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
+from jepa_ray.tracking import ops
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.store import client, source_tags
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
@@ -124,13 +125,13 @@ class MlflowSweepCallback:
             had_failure = FAILURE in self.c.get_run(reused).data.tags  # a trial the stopped sweep failed
             committed = max((m.step for m in self.c.get_metric_history(reused, EPOCH_PROBE_METRIC)), default=-1)
             kept = {k: v for k, v in tags.items() if k != TRIAL_DIR}  # keep pointing at the store it resumes from
-            self.w.do("reopen", ref, had_failure, kept)
+            self.w.send(ops.Reopen(ref, had_failure, kept))
         else:
             ref = self.w.create_run(
                 RunRef(), self.exp_id, f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags
             )
-            self.w.do("log_params", ref, config_lib.flatten(cfg))
-            self.w.do("log_config", ref, config_lib.to_dict(cfg))
+            self.w.send(ops.LogParams(ref, config_lib.flatten(cfg)))
+            self.w.send(ops.LogConfig(ref, config_lib.to_dict(cfg)))
         self.runs[trial.trial_id] = ref
         self.logs[trial.trial_id] = EpochLog(committed)
         self.started[trial.trial_id] = time.time()
@@ -143,14 +144,14 @@ class MlflowSweepCallback:
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
             data = self.resolve_trial(trial.config).data
-            self.w.do("dataset_input", ref, data, *(result[k] for k in DATA_SIZES))
+            self.w.send(ops.DatasetInput(ref, data, *(result[k] for k in DATA_SIZES)))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.
         epoch = int(result[EPOCH])
         log.add(epoch, {k: v for k, v in result.items() if k not in _TUNE_KEYS})
         uri = result.get(CHECKPOINT_URI)
         if uri:
-            self.w.do("set_tags", ref, {LAST_CHECKPOINT: uri})
+            self.w.send(ops.SetTags(ref, {LAST_CHECKPOINT: uri}))
             self._write_epochs(ref, log.commit(epoch, lambda: ckpt_lib.read_history(uri)))
 
     def _write_epochs(self, ref: RunRef, epochs: list[tuple[int, dict]]) -> None:
@@ -186,7 +187,7 @@ class MlflowSweepCallback:
             tags.update({STOPPED: end.reason, FAILURE_KIND: FailureKind.STOPPED.value})
         else:
             tags.update({FAILURE: end.reason, FAILURE_KIND: end.failure_kind.value})
-        self.w.do("finish", ref, tags, uri, end.result.get(TARGET_L0_DENSITY), end.mlflow_status)
+        self.w.send(ops.Finish(ref, tags, uri, end.result.get(TARGET_L0_DENSITY), end.mlflow_status))
 
     def run_id(self, trial_id: str) -> str | None:
         """The MLflow run of a running trial, once the writer created it."""

@@ -1,27 +1,177 @@
-"""The MLflow writes of a sweep as named operations on picklable data, so that the writer can run
-them in another thread or another process (jepa_ray.tracking.writer): each takes the client, the
-run's id and picklable arguments."""
+"""The MLflow writes of a sweep as typed messages on picklable data, so that the writer can run
+them in another thread or another process (jepa_ray.tracking.writer). Each operation is a frozen
+dataclass naming its run and its fields, and applies itself to a client: what an operation is
+called and what it does cannot drift apart, and the writer dispatches on nothing but the type."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
+from collections.abc import Hashable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa_ray.contract import FAILURE, PARENT, PRECISION, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
 
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from jepa_ray.config import DataConfig
+
 logger = logging.getLogger(__name__)
 
-
-def create_run(c, run_id, exp_id: str, run_name: str, tags: dict[str, str]) -> str:
-    return c.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+_handles = itertools.count()
 
 
-def created_run(c, exp_id: str, run_name: str, tags: dict[str, str]) -> str | None:
-    """The run an earlier try of create_run made with these tags (its reply lost), found by its
+@dataclass(frozen=True)
+class RunRef:
+    """A run the writer creates (known by its handle until the writer's side has its id) or one
+    that exists (its id)."""
+
+    run_id: str | None = None
+    handle: int = field(default_factory=lambda: next(_handles))
+
+    def __repr__(self) -> str:
+        return f"RunRef({self.run_id or self.handle})"
+
+    @property
+    def key(self) -> Hashable:
+        """What identifies the run among queued operations: its id, else (a run the writer is
+        to create) its handle; two references to one existing run share the key."""
+        return self.run_id or ("handle", self.handle)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One write to the run `ref`; subclasses say what it writes."""
+
+    ref: RunRef
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> str | None:
+        """Write to the run `run_id` (None only for a run not created yet); the id of a run it
+        created, else None."""
+        raise NotImplementedError
+
+    def again(self, c: MlflowClient, run_id: str | None) -> str | None:
+        """Apply after a try that failed, perhaps only on the client's side (a request that timed
+        out may still have been carried out): metric, param and tag writes repeat harmlessly
+        (MLflow drops an identical metric), so by default it is simply applied again."""
+        return self.apply(c, run_id)
+
+
+@dataclass(frozen=True)
+class CreateRun(Op):
+    """A new run in the experiment `exp_id`; the writer knows it by `ref`'s handle from then on."""
+
+    exp_id: str
+    run_name: str
+    tags: dict[str, str]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> str:
+        return c.create_run(self.exp_id, run_name=self.run_name, tags=self.tags).info.run_id
+
+    def again(self, c: MlflowClient, run_id: str | None) -> str:
+        """The run an earlier try made (its reply lost) is taken, not made twice."""
+        return created_run(c, self.exp_id, self.run_name, self.tags) or self.apply(c, run_id)
+
+
+@dataclass(frozen=True)
+class Reopen(Op):
+    """A resumed trial's run, RUNNING again under its new trial's tags (without the failure the
+    stopped sweep gave it)."""
+
+    had_failure: bool
+    tags: dict[str, str]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        if self.had_failure:
+            c.delete_tag(run_id, FAILURE)
+        c.update_run(run_id, status="RUNNING")
+        set_tags(c, run_id, {RESUMED: "true", **self.tags})
+
+
+@dataclass(frozen=True)
+class LogParams(Op):
+    """The trial's flattened config as params."""
+
+    params: dict[str, Any]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        store.log_params(c, run_id, self.params)
+
+
+@dataclass(frozen=True)
+class LogConfig(Op):
+    """The trial's resolved config as the artifact config.json."""
+
+    config: dict[str, Any]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            path.write_text(json.dumps(self.config, indent=2, sort_keys=True))
+            c.log_artifact(run_id, str(path))
+
+
+@dataclass(frozen=True)
+class DatasetInput(Op):
+    """The trial's data and its split sizes as the run's dataset input."""
+
+    data: DataConfig
+    train_images: int
+    test_images: int
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        store.log_dataset_input(c, run_id, self.data, self.train_images, self.test_images)
+
+
+@dataclass(frozen=True)
+class SetTags(Op):
+    """Tags on the run."""
+
+    tags: dict[str, str]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        set_tags(c, run_id, self.tags)
+
+
+@dataclass(frozen=True)
+class LogBatch(Op):
+    """Metric entities (tracking.store.metric_entities); the writer joins a run's queued ones."""
+
+    metrics: list[Metric]
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        store.log_metric_entities(c, run_id, self.metrics)
+
+    def joined(self, later: LogBatch) -> LogBatch:
+        """This write and a later one to the same run, as one write (on this one's reference)."""
+        return replace(self, metrics=self.metrics + later.metrics)
+
+
+@dataclass(frozen=True)
+class Finish(Op):
+    """A trial's end: its tags, its checkpoint's artifacts (`checkpoint` given), its status."""
+
+    tags: dict[str, str]
+    checkpoint: str | None
+    target_density: float | None
+    status: str
+
+    def apply(self, c: MlflowClient, run_id: str | None) -> None:
+        set_tags(c, run_id, self.tags)
+        if self.checkpoint:
+            checkpoint_artifacts(c, run_id, self.checkpoint, self.target_density)
+        c.set_terminated(run_id, self.status)
+
+
+def created_run(c: MlflowClient, exp_id: str, run_name: str, tags: dict[str, str]) -> str | None:
+    """The run an earlier try of CreateRun made with these tags (its reply lost), found by its
     sweep's and its Tune trial's ids; None if there is none or the tags name neither."""
     if PARENT not in tags or TRIAL_ID not in tags:
         return None
@@ -30,36 +180,13 @@ def created_run(c, exp_id: str, run_name: str, tags: dict[str, str]) -> str | No
     return runs[0].info.run_id if runs else None
 
 
-def log_config(c, run_id: str, config: dict[str, Any]) -> None:
-    """The trial's resolved config as the artifact config.json."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.json"
-        path.write_text(json.dumps(config, indent=2, sort_keys=True))
-        c.log_artifact(run_id, str(path))
-
-
-def set_tags(c, run_id: str, tags: dict[str, str]) -> None:
+def set_tags(c: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Each tag with its own request (MLflow's set_tag)."""
     for k, v in tags.items():
         c.set_tag(run_id, k, v)
 
 
-def reopen(c, run_id: str, had_failure: bool, tags: dict[str, str]) -> None:
-    """A resumed trial's run, RUNNING again under its new trial's tags."""
-    if had_failure:
-        c.delete_tag(run_id, FAILURE)
-    c.update_run(run_id, status="RUNNING")
-    set_tags(c, run_id, {RESUMED: "true", **tags})
-
-
-def finish(c, run_id: str, tags: dict[str, str], checkpoint: str | None, target: float | None, status: str) -> None:
-    """A trial's end: its tags, its checkpoint's artifacts, its status."""
-    set_tags(c, run_id, tags)
-    if checkpoint:
-        checkpoint_artifacts(c, run_id, checkpoint, target)
-    c.set_terminated(run_id, status)
-
-
-def checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None) -> None:
+def checkpoint_artifacts(c: MlflowClient, run_id: str, uri: str, target_density: float | None) -> None:
     """The activation-rate plot (from the checkpoint's metrics), the checkpoint's metrics.json and
     config.json (what trained: the precision `auto` resolved to, also tagged); the weights stay
     in Ray storage, referenced by the checkpoint tag."""
@@ -84,11 +211,3 @@ def checkpoint_artifacts(c, run_id: str, uri: str, target_density: float | None)
                 c.log_artifact(run_id, str(png))
     except Exception as err:  # artifacts are a convenience: never fail the sweep for them
         logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
-
-
-OPS = {
-    **{f.__name__: f for f in (create_run, log_config, set_tags, reopen, finish)},
-    "log_params": store.log_params,
-    "dataset_input": store.log_dataset_input,
-    "log_batch": store.log_metric_entities,
-}

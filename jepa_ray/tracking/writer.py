@@ -2,7 +2,7 @@
 which also schedules trials, saves its experiment state and talks to the searcher: a
 synchronous MLflow call there (a trial's final metrics, params, plots, artifacts: 0.5-0.9 s at a
 trial's end on a small CPU) stalls every trial's next result. Here the callbacks only queue
-named operations on picklable data (jepa_ray.tracking.ops); a writer runs each run's operations in
+typed operations on picklable data (jepa_ray.tracking.ops); a writer runs each run's operations in
 order, merging a run's queued metric writes into `log_batch` calls. By default the writer is a process
 of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) is Python, and a
 thread would hold the driver's GIL while Tune's loop waits for it.
@@ -12,7 +12,11 @@ The queue is bounded (a driver that outruns MLflow slows down instead of growing
 `patience_s` seconds (a tracking server on a busy head can take longer than a request's timeout
 to answer); one that still fails (a server gone) stops the writer with `error` set (nothing
 after it is attempted), so that the driver stops the sweep with one line and `--resume` records
-what MLflow missed from the trials' stores."""
+what MLflow missed from the trials' stores.
+
+A process writer (the driver's) and a thread writer (tests, with a fake client) run one loop,
+`_dispatch`, on the same messages; they differ only in the queues and the worker they are made
+with. Nothing here starts a writer on its own: the driver makes the one it passes to its callbacks."""
 
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Union
 
 from jepa_ray.errors import one_line
+from jepa_ray.tracking.ops import CreateRun, LogBatch, Op, RunRef
 
 MAX_QUEUED = 20_000
 PATIENCE_S = 120.0
@@ -35,53 +41,88 @@ WARN_EVERY_S = 60.0
 """At most one "MLflow did not take a write" line per this many seconds (a server that keeps
 timing out now and then would otherwise print two lines per hiccup)."""
 PARENT_POLL_S = 0.5
-"""How often a writer process waiting for work checks that the driver that started it is alive:
-once it is gone (killed with SIGKILL, say) the writer writes what was queued and exits."""
+"""How often a writer waiting for work checks that the driver that started it is alive: once it
+is gone (killed with SIGKILL, say) a writer process writes what was queued and exits."""
 MERGE = 4096
 """Operations a writer takes off the queue at once (metric writes to one run among them merge):
 with 128 trials reporting, a backed-up queue's 4,096 operations are about 130 requests."""
 
-
-class RunRef:
-    """A run the writer creates (known by its handle until the writer's side has its id) or one
-    that exists (its id)."""
-
-    _handles = itertools.count()
-
-    def __init__(self, run_id: str | None = None):
-        self.run_id = run_id
-        self.handle = next(RunRef._handles)
-
-    def __repr__(self) -> str:
-        return f"RunRef({self.run_id or self.handle})"
+__all__ = ["MlflowWriter", "RunRef", "WriterFailed"]
 
 
 class WriterFailed(RuntimeError):
     """MLflow kept refusing the writer's writes; the message is one line."""
 
 
-def _merge(ops: list[tuple]) -> list[tuple]:
+@dataclass(frozen=True)
+class Flush:
+    """Asks the writer to answer `Flushed(token)` once everything queued before it is written."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ends the writer once what was queued before it is written."""
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The writer's answer to `Flush(token)`."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The writer stopped writing: the one line saying why."""
+
+    error: str
+
+
+Message = Union[Op, Flush, Stop]
+"""What goes to the writer."""
+Reply = Union[Flushed, Failed]
+"""What comes back from it."""
+
+
+class _Queue(Protocol):
+    """What the writer needs of a queue: queue.Queue (thread) and multiprocessing's (process)."""
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None: ...
+    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+    def get_nowait(self) -> Any: ...
+    def qsize(self) -> int: ...
+
+
+class _Worker(Protocol):
+    """What the writer needs of its worker: threading.Thread and multiprocessing's Process."""
+
+    def is_alive(self) -> bool: ...
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+def _merge(messages: list[Message]) -> list[Message]:
     """Metric writes to one run become one write, where the first of them was. Trials report
     interleaved, so the writes to one run are rarely consecutive: a later one moves up past other
     runs' operations (independent of it), never past one on its own run (its create, reopen or
     finish) or a flush, so each run's operations keep their order."""
-    out: list[tuple] = []
-    batch_at: dict[Any, int] = {}  # run -> index in `out` of its metric write later ones may join
-    for op in ops:
-        if op[0] in ("flush", "stop"):
+    out: list[Message] = []
+    batch_at: dict[Any, int] = {}  # run key -> index in `out` of its metric write later ones may join
+    for msg in messages:
+        if not isinstance(msg, Op):
             batch_at.clear()
-            out.append(op)
+            out.append(msg)
             continue
-        run = op[2] or ("handle", op[1])  # a run the writer creates is known by its handle only
-        if op[0] != "log_batch":
+        run = msg.ref.key
+        if not isinstance(msg, LogBatch):
             batch_at.pop(run, None)
         elif run in batch_at:
-            first = out[batch_at[run]]
-            out[batch_at[run]] = (*first[:3], first[3] + op[3])
+            out[batch_at[run]] = out[batch_at[run]].joined(msg)
             continue
         else:
             batch_at[run] = len(out)
-        out.append(op)
+        out.append(msg)
     return out
 
 
@@ -130,19 +171,20 @@ class _Executor:
             )
         self.waiting_since = None
 
-    def run(self, op: tuple) -> None:
-        from jepa_ray.tracking.ops import OPS, created_run
+    def _apply(self, op: Op, again: bool) -> None:
+        """One try of `op` on its run (`again`: after a failed try); the id of a run it creates
+        is kept under its reference's handle, for the operations after it."""
+        run_id = op.ref.run_id or self.ids.get(op.ref.handle)
+        made = op.again(self.c, run_id) if again else op.apply(self.c, run_id)
+        if isinstance(op, CreateRun):
+            self.ids[op.ref.handle] = made
 
-        name, handle, run_id, *args = op
+    def run(self, op: Op) -> None:
+        """`op`, tried until it is written or the patience is spent (then `error` is set)."""
         first_failure = None
         for attempt in itertools.count():
             try:
-                # A request that timed out may still have been carried out: a run made by an
-                # earlier try is taken, not made twice (metric, param and tag writes repeat safely).
-                made = created_run(self.c, *args) if attempt and name == "create_run" else None
-                out = made or OPS[name](self.c, run_id or self.ids.get(handle), *args)
-                if name == "create_run":
-                    self.ids[handle] = out
+                self._apply(op, again=attempt > 0)
                 self._recovered()
                 return
             except Exception as err:  # noqa: BLE001 - MLflow, HTTP and database errors alike
@@ -159,19 +201,19 @@ class _Executor:
                 time.sleep(min(self.backoff_s * 2**attempt, MAX_BACKOFF_S, left))
 
 
-def _take_ops(q, wait: float | None = None) -> list[tuple]:
-    """The next operation (waiting for it up to `wait` seconds, for ever when None; none when
+def _take_ops(q: _Queue, wait: float | None = None) -> list[Message]:
+    """The next message (waiting for it up to `wait` seconds, for ever when None; none when
     nothing came) and up to MERGE - 1 more already queued, merged."""
     try:
-        ops = [q.get(timeout=wait)]
+        messages = [q.get(timeout=wait)]
     except queue.Empty:
         return []
-    while len(ops) < MERGE:
+    while len(messages) < MERGE:
         try:
-            ops.append(q.get_nowait())
+            messages.append(q.get_nowait())
         except queue.Empty:
             break
-    return _merge(ops)
+    return _merge(messages)
 
 
 def _quiet_http(tracking_uri: str) -> None:
@@ -182,33 +224,59 @@ def _quiet_http(tracking_uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
-def _serve(tracking_uri: str, inbox, outbox, patience_s: float, backoff_s: float, parent: int) -> None:
-    """The writer process: operations from `inbox`, ("flushed", token) and ("error", line) to
-    `outbox`; ("stop",) ends it, and so does the end of the `parent` process, once what it had
-    queued is written (each write tried once: nobody waits for them now)."""
+def _dispatch(ex: _Executor, inbox: _Queue, outbox: _Queue) -> None:
+    """The writer's one loop, in a thread or a process: operations from `inbox` run in order;
+    `Flushed` and (once) `Failed` go to `outbox`. `Stop` ends it, and so does the end of the
+    driver (`ex.orphaned`, checked every PARENT_POLL_S), once what it had queued is written (each
+    write tried once: nobody waits for them now). After a failure, operations are taken but not
+    run, so that flushes are still answered and a producer never blocks on a full queue."""
+    reported = False
+    while True:
+        last = ex.orphaned()
+        messages = _take_ops(inbox, 0 if last else PARENT_POLL_S)
+        if last and not messages:
+            return
+        for msg in messages:
+            if isinstance(msg, Stop):
+                return
+            if isinstance(msg, Flush):
+                outbox.put(Flushed(msg.token))
+            elif ex.error is None:
+                ex.run(msg)
+            if ex.error is not None and not reported:
+                outbox.put(Failed(ex.error))
+                reported = True
+
+
+def _serve(tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, backoff_s: float, parent: int) -> None:
+    """The writer process's entry: its own client, orphaned once the `parent` process is gone."""
     _quiet_http(tracking_uri)
     from jepa_ray.tracking.store import client
 
     def orphaned() -> bool:
         return os.getppid() != parent
 
-    ex = _Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s, orphaned=orphaned)
-    reported = False
-    while True:
-        last = orphaned()
-        ops = _take_ops(inbox, 0 if last else PARENT_POLL_S)
-        if last and not ops:
-            return
-        for op in ops:
-            if op[0] == "stop":
-                return
-            if op[0] == "flush":
-                outbox.put(("flushed", op[1]))
-            elif ex.error is None:
-                ex.run(op)
-            if ex.error is not None and not reported:
-                outbox.put(("error", ex.error))
-                reported = True
+    _dispatch(_Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s, orphaned=orphaned), inbox, outbox)
+
+
+def _start_process(
+    tracking_uri: str, maxsize: int, patience_s: float, backoff_s: float
+) -> tuple[_Queue, _Queue, _Worker]:
+    """A writer process (spawned, not forked: the driver holds Ray's and Tune's threads)."""
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(maxsize=maxsize), ctx.Queue()
+    args = (tracking_uri, inbox, outbox, patience_s, backoff_s, os.getpid())
+    worker = ctx.Process(target=_serve, args=args, daemon=True)
+    worker.start()
+    return inbox, outbox, worker
+
+
+def _start_thread(ex: _Executor, maxsize: int) -> tuple[_Queue, _Queue, _Worker]:
+    """A writer thread running `ex` in the caller's process (tests: a fake client)."""
+    inbox, outbox = queue.Queue(maxsize=maxsize), queue.Queue()
+    worker = threading.Thread(target=_dispatch, args=(ex, inbox, outbox), name="mlflow-writer", daemon=True)
+    worker.start()
+    return inbox, outbox, worker
 
 
 class MlflowWriter:
@@ -231,21 +299,13 @@ class MlflowWriter:
         self._tokens = itertools.count()
         self._flushed: set[int] = set()
         if self.process:
-            ctx = mp.get_context("spawn")  # not fork: the driver holds Ray's and Tune's threads
-            self.q, self._out = ctx.Queue(maxsize=maxsize), ctx.Queue()
-            self._worker = ctx.Process(
-                target=_serve, args=(tracking_uri, self.q, self._out, patience_s, backoff_s, os.getpid()), daemon=True
-            )
-            self._worker.start()
+            self.q, self._out, self._worker = _start_process(tracking_uri, maxsize, patience_s, backoff_s)
         else:
             _quiet_http(tracking_uri)
             from jepa_ray.tracking.store import client as make_client
 
-            self._ex = _Executor(tracking_uri, client or make_client(tracking_uri), patience_s, backoff_s)
-            self.q = queue.Queue(maxsize=maxsize)
-            self._events: dict[int, threading.Event] = {}
-            self._worker = threading.Thread(target=self._thread, name="mlflow-writer", daemon=True)
-            self._worker.start()
+            ex = _Executor(tracking_uri, client or make_client(tracking_uri), patience_s, backoff_s)
+            self.q, self._out, self._worker = _start_thread(ex, maxsize)
 
     def __reduce__(self):
         # Tune pickles its callbacks with the experiment state (it unpickles them only to restore
@@ -255,12 +315,14 @@ class MlflowWriter:
 
     # What the callbacks call (cheap: they only queue) ---------------------------------------
 
-    def do(self, name: str, ref: RunRef, *args: Any) -> None:
-        """Queue the operation `name` of jepa_ray.tracking.ops on the run `ref`."""
-        self._put((name, ref.handle, ref.run_id, *args))
+    def send(self, op: Op) -> None:
+        """Queue `op` (jepa_ray.tracking.ops) after everything queued before it (nothing once
+        the writer failed: it would not be attempted)."""
+        self._put(op)
 
     def create_run(self, ref: RunRef, exp_id: str, run_name: str, tags: dict[str, str]) -> RunRef:
-        self.do("create_run", ref, exp_id, run_name, tags)
+        """Queue the creation of the run `ref` (a new RunRef, which later operations name)."""
+        self.send(CreateRun(ref, exp_id, run_name, tags))
         return ref
 
     def log_metrics(self, ref: RunRef, metrics: dict[str, Any], step: int) -> None:
@@ -269,7 +331,7 @@ class MlflowWriter:
 
         items = metric_entities(metrics, step)
         if items:
-            self.do("log_batch", ref, items)
+            self.send(LogBatch(ref, items))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before this call is written (or the writer failed);
@@ -277,23 +339,17 @@ class MlflowWriter:
         if self._poll() is not None or not self._worker.is_alive():
             return False
         token = next(self._tokens)
-        if not self.process:
-            self._events[token] = threading.Event()
-        self._put(("flush", token))
+        self._put(Flush(token))
         deadline = None if timeout is None else time.monotonic() + timeout
         while token not in self._flushed and self.error is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            if self.process:
-                try:
-                    self._take(self._out.get(timeout=0.2 if left is None else min(left, 0.2)))
-                except queue.Empty:
-                    if not self._worker.is_alive():
-                        self.error = self.error or "the MLflow writer process died"
-            else:
-                self._events[token].wait(0.2 if left is None else min(left, 0.2))
-                self._poll()
+            try:
+                self._take(self._out.get(timeout=0.2 if left is None else min(left, 0.2)))
+            except queue.Empty:
+                if not self._worker.is_alive():
+                    self.error = self.error or "the MLflow writer process died"
         return token in self._flushed and self.error is None
 
     def check(self) -> None:
@@ -304,47 +360,35 @@ class MlflowWriter:
     def close(self) -> None:
         """Flush and end the writer."""
         self.flush()
-        if self.process and self._worker.is_alive():
-            self.q.put(("stop",))
+        if self._worker.is_alive():
+            self.q.put(Stop())
             self._worker.join(timeout=30)
 
     @property
     def pending(self) -> int:
+        """Messages queued and not yet taken by the writer (0 where the platform cannot count)."""
         try:
             return self.q.qsize()
         except NotImplementedError:  # multiprocessing queues on some platforms
             return 0
 
-    def _put(self, op: tuple) -> None:
+    def _put(self, msg: Message) -> None:
         if self.error is None:
-            self.q.put(op)
+            self.q.put(msg)
 
-    def _take(self, message: tuple) -> None:
-        kind, value = message
-        if kind == "flushed":
-            self._flushed.add(value)
-        elif kind == "error":
-            self.error = self.error or value
+    def _take(self, reply: Reply) -> None:
+        if isinstance(reply, Flushed):
+            self._flushed.add(reply.token)
+        else:
+            self.error = self.error or reply.error
 
     def _poll(self) -> str | None:
-        if self.process:
-            while True:
-                try:
-                    self._take(self._out.get_nowait())
-                except queue.Empty:
-                    break
-        elif self._ex.error is not None:
-            self.error = self._ex.error
-        return self.error
-
-    def _thread(self) -> None:
+        """The writer's error, once every reply it sent so far is taken."""
         while True:
-            for op in _take_ops(self.q):
-                if op[0] == "flush":
-                    self._flushed.add(op[1])
-                    self._events.pop(op[1]).set()
-                elif self._ex.error is None:
-                    self._ex.run(op)
+            try:
+                self._take(self._out.get_nowait())
+            except queue.Empty:
+                return self.error
 
 
 def _unpickled_writer(tracking_uri: str, patience_s: float, backoff_s: float) -> MlflowWriter:
