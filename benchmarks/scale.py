@@ -239,7 +239,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
     from ray import tune
 
     from jepa_ray import adapter
-    from jepa_ray.sweep.replay import Replay
+    from jepa_ray.replay.tables import Replay
     from jepa_ray.sweep.search import JepaOptunaSearch
 
     adapter.set_ray_switches()  # what the driver sets: per-epoch results lack the objectives

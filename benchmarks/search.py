@@ -2,14 +2,13 @@
 scheduler, at equal compute budgets, several seeds each; and how well each per-epoch signal at a
 rung predicts the final objectives.
 
-Methods (each a real sweep, `sweeps/rectified.py`, into its own temporary MLflow store, joining
-one local Ray instance; objectives linear_acc:max,l0_density:min; hypervolume from the sweep's
-parent run, `sweep/hypervolume` at step = trial-epochs spent, reference point (0, 1)):
-
-- `tpe`: full-fidelity TPE (today's default sweep), `random`: full-fidelity random search,
-- `tpe-density`: full-fidelity TPE in target-density space (`--space rectified_density`),
-- `moasha-random`: the scheduler with random proposals (MOASHA's baseline),
-- `moasha-tpe`, `moasha-tpe-density`: the scheduler with TPE (in mu or density space).
+Methods: jepa_ray.replay.methods' table (the same names as the replay mode's), each run as a real
+sweep (`sweeps/rectified.py` with the method's `--sampler`, `--scheduler` and `--space`, into its
+own temporary MLflow store, joining one local Ray instance; objectives
+linear_acc:max,l0_density:min; hypervolume from the sweep's parent run, `sweep/hypervolume` at
+step = trial-epochs spent, reference point (0, 1)). The default: `tpe` (full-fidelity TPE over μ,
+today's default sweep), `random`, `tpe-density` (TPE over the target density), `moasha-random`
+(MOASHA's baseline) and `moasha-tpe` (MOASHA with TPE over the target density).
 
 Every sweep has the same budget of trial-epochs (`--max-trial-epochs`: N full trials' worth);
 the scheduler's sweeps may launch 4x the trials within it. The hypervolume is compared at a
@@ -22,9 +21,9 @@ objectives come from the full-fidelity sweeps' finished trials.
     python benchmarks/search.py --plot search.png
 
 On recorded curves (`--replay TABLE`, a table of `python -m jepa_ray.curves record`), every
-sweep runs in simulated time (jepa_ray.sweep.simulate: the sweep's own searcher, scheduler,
+sweep runs in simulated time (jepa_ray.replay.simulate: the sweep's own searcher, scheduler,
 collapse guard and outcome ledger, no training), so ten or more seeds per method take minutes;
-the methods are jepa_ray.sweep.methods' and the anytime hypervolume is read as normalized
+the methods are jepa_ray.replay.methods' and the anytime hypervolume is read as normalized
 regret, 1 - HV / HV*, HV* the hypervolume of every configuration the table holds; beside it the
 accuracy regret per density band (jepa_ray.pareto.bands: every band of the table's front counts,
 not only the point that holds most of HV*). `--first-seed N` runs sampler seeds N.. (check a
@@ -56,14 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "benchmarks"))  # external baselines' schedulers (syne_moasha)
 
-METHODS = {
-    "tpe": ["--sampler", "tpe"],
-    "random": ["--sampler", "random"],
-    "tpe-density": ["--sampler", "tpe", "--space", "rectified_density"],
-    "moasha-random": ["--sampler", "random", "--scheduler", "moasha"],
-    "moasha-tpe": ["--sampler", "tpe", "--scheduler", "moasha"],
-    "moasha-tpe-density": ["--sampler", "tpe", "--scheduler", "moasha", "--space", "rectified_density"],
-}
+from jepa_ray.replay.methods import METHODS, Method  # noqa: E402 (after the path set-up)
+from jepa_ray.sweep.options import add_scheduler_flags  # noqa: E402
+
+LIVE_METHODS = ("tpe", "random", "tpe-density", "moasha-random", "moasha-tpe")
+"""The live mode's default methods (each sweep trains for real: the cheap replay mode runs all)."""
+
 SIGNALS = {
     "linear_acc": ["online/linear_acc", "online/linear_acc_z"],
     "l0_density": ["train/l0_density"],
@@ -85,7 +82,7 @@ def emit(case: str, metric: str, value: float | None, **extra) -> None:
 
 def run_sweep(workdir: Path, method: str, seed: int, args, address: str) -> tuple[float, str]:
     """Run one sweep; (wall seconds, tracking URI)."""
-    full = args.trials if not method.startswith("moasha") else 4 * args.trials
+    full = args.trials if METHODS[method].scheduler == "fifo" else 4 * args.trials
     cmd = [
         sys.executable,
         str(ROOT / "sweeps" / "rectified.py"),
@@ -109,7 +106,7 @@ def run_sweep(workdir: Path, method: str, seed: int, args, address: str) -> tupl
         str(seed),
         "--max-failed-trials",
         "0",
-        *METHODS[method],
+        *METHODS[method].sweep_args(),
         *args.extra,
     ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -175,7 +172,7 @@ def main() -> None:
         help="instead: every method in simulated time on a curve table, with its own flags "
         "(--seeds, --first-seed, --trials, --concurrency, --warm-start, ...: --replay TABLE --help)",
     )
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(LIVE_METHODS), help=f"comma separated, of: {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--preset", default="digits-sweep")
     p.add_argument("--epochs", type=int, default=15, help="epochs of a full trial")
@@ -259,8 +256,6 @@ def main() -> None:
 def external_methods() -> dict:
     """Baselines from outside the project, run by the same simulator: Syne Tune's MOASHA
     (benchmarks/syne_moasha.py, the bench extra) with random proposals."""
-    from jepa_ray.sweep.methods import Method
-
     return {
         "syne-moasha-random": Method(
             "syne-moasha-random", "random", "syne_moasha:create", doc="Syne Tune's MOASHA, random proposals"
@@ -276,8 +271,8 @@ def replay_main() -> None:
     from jepa_ray import pareto
     from jepa_ray.curves.table import canonical
     from jepa_ray.pareto.bands import band_regret
-    from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
-    from jepa_ray.sweep.replay import Replay
+    from jepa_ray.replay.methods import attainable, run_method, warm_start_rows
+    from jepa_ray.replay.tables import Replay
 
     known = {**METHODS, **external_methods()}
 
@@ -294,9 +289,9 @@ def replay_main() -> None:
     p.add_argument("--concurrency", type=int, default=4, help="trials at once")
     p.add_argument("--objectives", default="linear_acc:max,l0_density:min")
     p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
-    p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung (0: a ninth of the epochs)")
-    p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung")
-    p.add_argument("--scheduler-top-k", type=int, default=4, help="topk methods: keep the top k at the rung")
+    add_scheduler_flags(
+        p, names=("scheduler_min_epochs", "scheduler_eta", "scheduler_top_k")
+    )  # a method names its scheduler
     p.add_argument(
         "--warm-start",
         metavar="TABLE",

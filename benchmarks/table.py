@@ -41,8 +41,8 @@ def main() -> None:
     from jepa_ray import pareto
     from jepa_ray.curves.table import canonical
     from jepa_ray.pareto.dominance import non_dominated
-    from jepa_ray.sweep.methods import attainable
-    from jepa_ray.sweep.replay import Replay
+    from jepa_ray.replay.methods import attainable
+    from jepa_ray.replay.tables import Replay
 
     p = argparse.ArgumentParser()
     p.add_argument("table")

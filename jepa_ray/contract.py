@@ -134,6 +134,10 @@ trial's identity, which its seed, its scheduler rungs and its checkpoint follow.
 ATTR_EPOCHS = "epochs"
 """Epochs the trial trained, told at its end (what --resume records of it if MLflow missed it)."""
 
+# Keys of a Tune trial's config: a jepa_ray.trial_spec.TrialSpec as Tune carries it.
+SPEC_OVERRIDES, SPEC_NUMBER, SPEC_TRIAL_KEY = "overrides", "optuna_trial", "trial_key"
+SPEC_SEED, SPEC_PARAMS_KEY, SPEC_ROW = "seed", "params_key", "row"
+
 # Keys of the results a trial reports to Tune besides its metrics.
 CHECKPOINT_URI = "checkpoint_uri"
 RESULT_FAILURE = "failure"

@@ -27,9 +27,10 @@ from jepa_ray.curves.record import Recorder, command_for, setting_digest, trial_
 from jepa_ray.curves.table import STATUS_FINISHED, CurveTable, Row
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Outcome
-from jepa_ray.sweep.methods import METHODS, attainable, run_method, warm_start_rows
-from jepa_ray.sweep.replay import Replay, nearest_row, replay_config, serve
-from jepa_ray.sweep.simulate import simulate
+from jepa_ray.replay.methods import METHODS, attainable, run_method, warm_start_rows
+from jepa_ray.replay.simulate import simulate
+from jepa_ray.replay.tables import Replay, nearest_row, replay_config, serve
+from jepa_ray.trial_spec import TrialSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "benchmarks" / "curves" / "digits.parquet"
@@ -521,8 +522,8 @@ def test_a_design_table_is_searched_in_the_designs_own_space(tmp_path):
     """Every method proposes on the design's axes (floats over their ranges, never the recorded
     values), each proposal served by its nearest row; a row's own point serves that row; the
     projector is matched on its depth and widths; --sampler grid is refused."""
-    from jepa_ray.sweep.methods import make_space
-    from jepa_ray.sweep.replay import DesignSpace
+    from jepa_ray.replay.methods import make_space
+    from jepa_ray.replay.tables import DesignSpace
 
     replay = Replay.open(str(_design_table(tmp_path / "design.parquet")), [])
     assert replay.design is GRIDS["cifar10-long"].design and replay.grid() is None
@@ -536,7 +537,7 @@ def test_a_design_table_is_searched_in_the_designs_own_space(tmp_path):
         assert set(proposal) >= {"lambd", "p", "target_density", "num_slices", "proj_depth", "proj_out"}
         assert ("proj_hidden" in proposal) == (proposal["proj_depth"] > 1)
         assert proposal["lambd"] not in recorded  # a float of the range, not a recorded value
-        row = replay.row(trial)
+        row = replay.row(TrialSpec.from_config(trial))
         assert row.seed == 0 and row.key in replay.table
     for row in replay.front_rows()[:20]:
         assert nearest_row(replay.table, space.proposal(row)).key == row.key

@@ -7,6 +7,7 @@ one line naming the input, before any Ray instance starts.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import math
@@ -190,7 +191,7 @@ def test_define_by_run_carries_overrides_seed_and_key():
     assert a["overrides"]["mu"] == first.params["mu"]
     assert a["params_key"] == sweep.params_key(dict(reversed(list(first.params.items()))))
     assert a["params_key"] != b["params_key"]
-    cfg = sweep.trial_config(config_lib.preset("digits"), a)
+    cfg = sweep.trial_config(config_lib.preset("digits"), sweep.TrialSpec.from_config(a))
     assert cfg.system.seed == 100 and cfg.target.mu == first.params["mu"]
     assert (a["trial_key"], b["trial_key"]) == ("0", "1")
 
@@ -207,6 +208,23 @@ def test_a_requeued_trial_keeps_the_identity_and_seed_of_the_trial_it_continues(
     again = fn(study.ask())
     assert (again["optuna_trial"], again["trial_key"], again["seed"]) == (1, "0", 100)
     assert again["params_key"] == sweep.params_key(first.params)
+
+
+def test_a_trial_spec_reads_back_the_config_tune_carries():
+    """Every reader (trial, MLflow callback, scheduler, replay) reads the spec from Tune's config
+    dict; a config no jepa_ray space made (a test's, a foreign searcher's) reads as defaults."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = sweep.DefineByRun("rectified", sweep_seed=7)(study.ask())
+    spec = sweep.TrialSpec.from_config(config)
+    assert spec.to_config() == config
+    assert (spec.number, spec.trial_key, spec.seed, spec.row) == (0, "0", 7, None)
+    assert spec.training_overrides() == {**spec.overrides, "seed": 7}
+    bare = sweep.TrialSpec.from_config({"overrides": {"lambd": 0.5}})
+    assert (bare.number, bare.trial_key, bare.seed, bare.params_key) == (None, "", None, "")
+    assert bare.training_overrides() == {"lambd": 0.5} and bare.to_config() == {"overrides": {"lambd": 0.5}}
+    assert sweep.TrialSpec.from_config(None) == sweep.TrialSpec()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 1
 
 
 # --------------------------------------------------------------------------------------------

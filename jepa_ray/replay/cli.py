@@ -10,6 +10,7 @@ import sys
 import time
 
 from jepa_ray.errors import UsageError
+from jepa_ray.sweep.options import add_scheduler_flags
 
 SEARCHERS = ("recorded", "random", "tpe")
 
@@ -28,14 +29,6 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
     )
-    p.add_argument("--scheduler", default="moasha", help="the scheduler to ask about (default: %(default)s)")
-    p.add_argument("--scheduler-eta", type=float, default=3.0, help="keep the top 1/eta at a rung (default: 3)")
-    p.add_argument("--scheduler-min-epochs", type=int, default=0, help="first rung in epochs (0: a ninth)")
-    p.add_argument(
-        "--scheduler-signals",
-        default="online/linear_acc:max,train/l0_density:min",
-        help="per-epoch metrics a rung ranks on (default: %(default)s)",
-    )
     p.add_argument(
         "--searcher",
         default="recorded",
@@ -46,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: the sweep's)")
     p.add_argument("--objectives", help="metric:max|min,... (default: the sweep's)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_scheduler_flags(p, scheduler="moasha")  # the scheduler to ask about
     return p
 
 
@@ -68,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> dict:
     from jepa_ray import contract as C
     from jepa_ray import pareto
+    from jepa_ray.replay.tables import REPLAY_KEYS
     from jepa_ray.replay.whatif import sweep_table, what_if
-    from jepa_ray.sweep.replay import REPLAY_KEYS
-    from jepa_ray.sweep.schedulers import create_scheduler
+    from jepa_ray.sweep.schedulers import scheduler_from_flags
 
     if args.searcher not in SEARCHERS:
         raise UsageError(f"--searcher {args.searcher!r} is not allowed; allowed: {', '.join(SEARCHERS)}")
@@ -79,24 +73,12 @@ def run(args) -> dict:
     table, tags, run_ids = sweep_table(args.tracking_uri, args.sweep)
     objectives = pareto.parse_objectives(args.objectives or tags.get(C.SWEEP_OBJECTIVES) or C.DEFAULT_OBJECTIVES)
     epochs = max(len(r.history) for r in table)
-    create_scheduler(  # a bad name or setting is one line before anything runs
-        args.scheduler,
-        epochs,
-        signals=args.scheduler_signals,
-        min_epochs=args.scheduler_min_epochs,
-        eta=args.scheduler_eta,
-    )
+    scheduler_from_flags(args, epochs)  # a bad name or setting is one line before anything runs
     first = table.rows[0].config.get("system", {})
     settings = {k: first[k] for k in REPLAY_KEYS if k in first}  # the guard as the sweep ran it
 
     def scheduler():
-        return create_scheduler(
-            args.scheduler,
-            epochs,
-            signals=args.scheduler_signals,
-            min_epochs=args.scheduler_min_epochs,
-            eta=args.scheduler_eta,
-        )
+        return scheduler_from_flags(args, epochs)
 
     searcher_factory = None
     if args.searcher != "recorded":
@@ -105,7 +87,7 @@ def run(args) -> dict:
         values = {name: table.values(name) for name in table.param_names()}
 
         def searcher_factory(seed: int):
-            from jepa_ray.sweep.replay import TableSpace
+            from jepa_ray.replay.tables import TableSpace
 
             return JepaOptunaSearch(
                 space=TableSpace(values, seed),

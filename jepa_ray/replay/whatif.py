@@ -3,7 +3,7 @@ curves, read back from MLflow into a curve table, replayed in simulated time: fi
 (its trials in their order, every one to its end), then under the scheduler asked about (and,
 optionally, a searcher restricted to the sweep's own trials). Reported: the trial-epochs each
 spent, the hypervolume each reached, and which points of the sweep's front the what-if would
-have lost. No GPU, no Ray: jepa_ray.sweep.simulate."""
+have lost. No GPU, no Ray: jepa_ray.replay.simulate."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from jepa_ray import contract as C
 from jepa_ray.curves.table import STATUS_FAILED, STATUS_FINISHED, CurveTable, Row
 from jepa_ray.errors import UsageError, one_line
 from jepa_ray.outcome import Outcome
-from jepa_ray.sweep.simulate import SimResult, simulate
+from jepa_ray.replay.simulate import SimResult, simulate
+from jepa_ray.trial_spec import TrialSpec
 
 NOT_SEARCHED = frozenset({"seed", "data_dir", "download"})
 """Config keys that differ between trials without being searched."""
@@ -116,7 +117,7 @@ class RecordedOrder:
             return None
         row = self.rows[self.next]
         self.next += 1
-        return {"overrides": row.params, "row": row.key, "optuna_trial": self.next - 1, "seed": row.seed}
+        return TrialSpec(overrides=row.params, number=self.next - 1, seed=row.seed, row=row.key).to_config()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass
@@ -181,8 +182,8 @@ def what_if(
     `searcher_factory(seed)`'s proposals at the baseline's trial-epochs, else the recorded order)."""
     by_key = {r.key: r for r in table.rows}
 
-    def row_for(config: dict) -> Row:
-        return by_key[config["row"]] if "row" in config else _nearest(table, config)
+    def row_for(spec: TrialSpec) -> Row:
+        return by_key[spec.row] if spec.row is not None else _nearest(table, spec)
 
     def run(searcher, scheduler, budget: int = 0) -> SimResult:
         return simulate(
@@ -208,7 +209,7 @@ def what_if(
     return WhatIf(baseline, runs, keys, sorted(keys[k] for k in base_front - finished))
 
 
-def _nearest(table: CurveTable, config: dict) -> Row:
-    from jepa_ray.sweep.replay import nearest_row
+def _nearest(table: CurveTable, spec: TrialSpec) -> Row:
+    from jepa_ray.replay.tables import nearest_row
 
-    return nearest_row(table, config.get("overrides", {}))
+    return nearest_row(table, spec.overrides)

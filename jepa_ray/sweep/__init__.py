@@ -11,7 +11,8 @@ from jepa_ray.sweep.options import SAMPLERS, SweepOptions
 from jepa_ray.sweep.resume import prepare_resume, recorded_base_config
 from jepa_ray.sweep.schedulers import SCHEDULERS, LedgerScheduler, register_scheduler
 from jepa_ray.sweep.search import make_sampler, make_searcher
-from jepa_ray.sweep.spaces import DefineByRun, load_space, params_key, trial_config, validate_space
+from jepa_ray.sweep.spaces import DefineByRun, load_space, trial_config, validate_space
+from jepa_ray.trial_spec import TrialSpec, params_key
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEDULERS",
     "SweepOptions",
     "SweepPlan",
+    "TrialSpec",
     "base_config",
     "execute",
     "load_space",

@@ -38,7 +38,7 @@ from jepa_ray.sweep.failures import (
     stop_reason,
 )
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
-from jepa_ray.sweep.progress import STOP_COLUMN, make_progress_callback
+from jepa_ray.sweep.progress import STOP_COLUMN, Progress
 from jepa_ray.sweep.records import (
     make_storage_dir,
     name_objectives,
@@ -48,7 +48,7 @@ from jepa_ray.sweep.records import (
 )
 from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
 from jepa_ray.sweep.scheduler import parse_signals
-from jepa_ray.sweep.schedulers import LedgerScheduler, create_scheduler
+from jepa_ray.sweep.schedulers import LedgerScheduler, scheduler_from_flags
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
 from jepa_ray.sweep.spaces import DefineByRun, load_space, trial_config, validate_space
 from jepa_ray.sweep.trial import trial_dir, trial_main, trial_resources
@@ -81,7 +81,7 @@ class SweepPlan:
     """The parent run of the sweep to resume (None: a new sweep)."""
     fault: Any = None
     replay: Any = None
-    """A jepa_ray.sweep.replay.Replay when the trials replay a curve table."""
+    """A jepa_ray.replay.tables.Replay when the trials replay a curve table."""
     instrument: Any = None
     """callbacks -> callbacks: what a benchmark wraps around the driver's Tune callbacks (to time
     them on Tune's event loop); None in a sweep."""
@@ -131,7 +131,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
     fault = faults.from_env()
     replay = None
     if opts.replay:
-        from jepa_ray.sweep.replay import Replay
+        from jepa_ray.replay.tables import Replay
 
         replay = Replay.open(opts.replay, opts.sets, speed=opts.replay_speed)
         base = replay.base
@@ -148,14 +148,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
         check_data(config_lib.resolve(base))
         starting_points = list(getattr(module, "STARTING_POINTS", []))
         grid, default_sampler = getattr(module, "GRID", None), getattr(module, "DEFAULT_SAMPLER", "tpe")
-    scheduler = create_scheduler(
-        opts.scheduler,
-        base.optim.epochs,
-        signals=opts.scheduler_signals,
-        min_epochs=opts.scheduler_min_epochs,
-        eta=opts.scheduler_eta,
-        top_k=opts.scheduler_top_k,
-    )
+    scheduler = scheduler_from_flags(opts, base.optim.epochs)
     storage = opts.storage_path.removeprefix("file://")  # trials treat any local path alike
     if is_local_path(storage):
         storage = str(Path(storage).resolve())
@@ -325,18 +318,17 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         parent_id,
         resolve_trial,
         resume.reuse_runs,
-        trial_dir=None if p.replay else (lambda trial: trial_dir(p.storage, p.name, trial.get("optuna_trial", 0))),
+        trial_dir=None if p.replay else (lambda spec: trial_dir(p.storage, p.name, spec.number or 0)),
         ledger=ledger,
         writer=writer,
     )
-    progress_cb = make_progress_callback(
-        opts.tracking_uri,
+    progress_cb = Progress(
         parent_id,
         p.objectives,
         ledger,
-        epochs_before=resume.trial_epochs,
+        budget,
         points_before=resume.final_points(p.objectives),
-        budget=opts.max_trial_epochs or opts.num_samples * base.optim.epochs,
+        total_epochs=opts.max_trial_epochs or opts.num_samples * base.optim.epochs,
         total_trials=opts.num_samples,
         writer=writer,
     )
@@ -349,7 +341,7 @@ def _run_tuner(p, exp_id, parent_id, searcher, scheduler, ledger, resume, limit,
         columns = {C.EPOCH: "epoch", C.TRAIN_LOSS: "loss"}
         columns.update({o.name: o.name for o in p.objectives})
         columns.update({C.TARGET_L0_DENSITY: "target_l0", STOP_COLUMN: "stop"})
-        reporter = tune.CLIReporter(metric_columns=columns, parameter_columns=["optuna_trial"], max_report_frequency=15)
+        reporter = tune.CLIReporter(metric_columns=columns, parameter_columns=[C.SPEC_NUMBER], max_report_frequency=15)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -9,8 +9,7 @@ import contextlib
 import signal
 import threading
 
-from jepa_ray.contract import EPOCH
-from jepa_ray.outcome import Ledger, Outcome
+from jepa_ray.outcome import Ledger, Outcome, epochs_of
 
 
 class FailureLimit:
@@ -57,8 +56,8 @@ class EpochBudget:
         self.epochs: dict[str, int] = {}
 
     def add(self, trial_id: str, result: dict) -> None:
-        if EPOCH in result:
-            self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result[EPOCH]) + 1)
+        """Count a result (again: idempotent, so the stopper and the progress callback may both)."""
+        self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), epochs_of(result))
 
     @property
     def spent(self) -> int:

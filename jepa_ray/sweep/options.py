@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import re
 import types
@@ -110,6 +111,9 @@ class SweepOptions:
 
 FLAG_NAMES = {"sets": "--set"}
 """Fields whose flag is not their name with dashes."""
+SCHEDULER_FLAGS = ("scheduler", "scheduler_eta", "scheduler_min_epochs", "scheduler_top_k", "scheduler_signals")
+"""The scheduler's options: one argparse group, declared here once and reused by the sweep, the
+what-if (`python -m jepa_ray.replay`) and the search benchmark."""
 
 
 def validate_options(opts: SweepOptions) -> None:
@@ -190,19 +194,37 @@ def parser(defaults: SweepOptions, prog: str | None = None) -> argparse.Argument
         f"preset {defaults.preset}, experiment {defaults.experiment}).",
         allow_abbrev=False,
     )
-    docs = config_lib.dataclass_field_docs(SweepOptions)
-    hints = typing.get_type_hints(SweepOptions)
     for f in dataclasses.fields(SweepOptions):
-        if not f.metadata.get("flag", True):
-            continue
-        default = getattr(defaults, f.name)
-        help_text = docs.get(f.name, "").replace("%", "%%")
-        typ = _value_type(hints[f.name])
-        if typ is bool:
-            p.add_argument(_flag(f), dest=f.name, action="store_true", help=help_text)
-        elif typing.get_origin(typ) is list:
-            p.add_argument(_flag(f), dest=f.name, action="append", default=[], metavar="KEY=VALUE", help=help_text)
-        else:
-            shown = f" (default: {default})" if default not in (None, "") else ""
-            p.add_argument(_flag(f), dest=f.name, type=typ, default=default, help=help_text + shown)
+        if f.metadata.get("flag", True) and f.name not in SCHEDULER_FLAGS:
+            _add_flag(p, f, getattr(defaults, f.name))
+    add_scheduler_flags(p, **{name: getattr(defaults, name) for name in SCHEDULER_FLAGS})
     return p
+
+
+def add_scheduler_flags(p: argparse.ArgumentParser, names: tuple[str, ...] = SCHEDULER_FLAGS, **defaults) -> None:
+    """The scheduler flags `names` (SweepOptions' fields, their docs the help) as one group of
+    `p`; `defaults` overrides SweepOptions' defaults (the what-if asks about moasha)."""
+    group = p.add_argument_group("scheduler")
+    for f in dataclasses.fields(SweepOptions):
+        if f.name in names:
+            _add_flag(group, f, defaults.get(f.name, f.default))
+
+
+@functools.cache
+def _docs_and_types() -> tuple[dict[str, str], dict[str, type]]:
+    hints = typing.get_type_hints(SweepOptions)
+    return config_lib.dataclass_field_docs(SweepOptions), {name: _value_type(h) for name, h in hints.items()}
+
+
+def _add_flag(p, f: dataclasses.Field, default) -> None:
+    """One field's flag (its help: the field's docstring)."""
+    docs, types_of = _docs_and_types()
+    help_text = docs.get(f.name, "").replace("%", "%%")
+    typ = types_of[f.name]
+    if typ is bool:
+        p.add_argument(_flag(f), dest=f.name, action="store_true", help=help_text)
+    elif typing.get_origin(typ) is list:
+        p.add_argument(_flag(f), dest=f.name, action="append", default=[], metavar="KEY=VALUE", help=help_text)
+    else:
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        p.add_argument(_flag(f), dest=f.name, type=typ, default=default, help=help_text + shown)

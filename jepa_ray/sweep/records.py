@@ -14,6 +14,7 @@ from jepa_ray.sweep.describe import sweep_description
 from jepa_ray.sweep.options import SweepOptions
 from jepa_ray.sweep.spaces import trial_config
 from jepa_ray.sweep.trial import trial_dir
+from jepa_ray.trial_spec import TrialSpec
 
 if TYPE_CHECKING:
     from jepa_ray.sweep.driver import SweepPlan
@@ -77,13 +78,13 @@ def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
         fixed = FixedTrial(t.params, t.number)
         if C.ATTR_FIRST_TRIAL in t.user_attrs:
             fixed.set_user_attr(C.ATTR_FIRST_TRIAL, t.user_attrs[C.ATTR_FIRST_TRIAL])
-        trial = p.space(fixed)
-        cfg = p.replay.trial_config(trial) if p.replay is not None else trial_config(p.base, trial)
+        spec = TrialSpec.from_config(p.space(fixed))
+        cfg = p.replay.trial_config(spec) if p.replay is not None else trial_config(p.base, spec)
         tags = {
             C.ROLE: C.ROLE_TRIAL,
             C.PARENT: parent_id,
-            C.PARAMS_KEY: trial["params_key"],
-            C.TRIAL_KEY: trial["trial_key"],
+            C.PARAMS_KEY: spec.params_key,
+            C.TRIAL_KEY: spec.trial_key,
             C.OPTUNA_TRIAL: str(t.number),
             **tracking.source_tags(),
         }

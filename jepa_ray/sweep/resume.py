@@ -29,7 +29,7 @@ from jepa_ray.contract import (
     FailureKind,
     has_final_metrics,
 )
-from jepa_ray.sweep.spaces import params_key
+from jepa_ray.trial_spec import params_key
 
 logger = logging.getLogger("jepa_ray.sweep")
 

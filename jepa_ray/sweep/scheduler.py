@@ -32,6 +32,7 @@ from ray.tune.schedulers import TrialScheduler
 from jepa_ray.contract import RESULT_FAILURE, is_final
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.dominance import crowding_distance, dominator_counts, nondominated_ranks
+from jepa_ray.trial_spec import TrialSpec
 
 
 @dataclass(frozen=True)
@@ -259,4 +260,4 @@ class TopKAfterFirstRung(MultiObjectiveASHA):
 
 
 def _key(trial) -> str:
-    return str((trial.config or {}).get("trial_key") or trial.trial_id)
+    return TrialSpec.from_config(trial.config).trial_key or str(trial.trial_id)

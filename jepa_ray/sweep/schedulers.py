@@ -127,6 +127,19 @@ def create_scheduler(
     return _factory(name)(settings)
 
 
+def scheduler_from_flags(flags, max_epochs: int) -> TrialScheduler | None:
+    """The scheduler the scheduler flags name (jepa_ray.sweep.options.SCHEDULER_FLAGS, read from
+    SweepOptions or from any command line that added them with `add_scheduler_flags`)."""
+    return create_scheduler(
+        flags.scheduler,
+        max_epochs,
+        signals=flags.scheduler_signals,
+        min_epochs=flags.scheduler_min_epochs,
+        eta=flags.scheduler_eta,
+        top_k=flags.scheduler_top_k,
+    )
+
+
 def _factory(name: str) -> SchedulerFactory:
     if name in SCHEDULERS:
         return SCHEDULERS[name]

@@ -4,17 +4,15 @@ before Ray starts."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import pkgutil
 import warnings
 from typing import Any
 
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
-from jepa_ray.contract import ATTR_FIRST_TRIAL
 from jepa_ray.errors import UsageError
+from jepa_ray.trial_spec import TrialSpec
 
 
 def load_space(name: str):
@@ -35,31 +33,6 @@ def load_space(name: str):
     return module
 
 
-def params_key(params: dict[str, Any]) -> str:
-    """A short stable id of a trial's sampled parameters (identifies a re-run trial)."""
-    text = json.dumps(params, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def first_trial(trial) -> int:
-    """The Optuna number of the trial a re-queued trial continues (its own number otherwise)."""
-    return int(trial.user_attrs.get(ATTR_FIRST_TRIAL, trial.number))
-
-
-def trial_spec(trial, overrides: dict[str, Any], sweep_seed: int) -> dict[str, Any]:
-    """What a Tune trial's config carries: the config overrides, the Optuna trial number, the
-    trial's identity across --resume (`trial_key`: the first trial of its chain, whose seed it
-    keeps) and the params key (which configuration it is; two trials may share one)."""
-    first = first_trial(trial)
-    return {
-        "overrides": overrides,
-        "optuna_trial": trial.number,
-        "trial_key": str(first),
-        "seed": sweep_seed + first,
-        "params_key": params_key(trial.params),
-    }
-
-
 class DefineByRun:
     """A space wrapped for OptunaSearch (picklable: Tune saves the searcher): the trial config
     carries the config overrides, the Optuna trial number, the per-trial seed and the params
@@ -69,15 +42,13 @@ class DefineByRun:
         self.space, self.sweep_seed = space, sweep_seed
 
     def __call__(self, trial) -> dict[str, Any]:
-        return trial_spec(trial, dict(load_space(self.space).space(trial) or {}), self.sweep_seed)
+        overrides = dict(load_space(self.space).space(trial) or {})
+        return TrialSpec.from_optuna(trial, overrides, self.sweep_seed).to_config()
 
 
-def trial_config(base: TrialConfig, trial: dict[str, Any]) -> TrialConfig:
+def trial_config(base: TrialConfig, spec: TrialSpec) -> TrialConfig:
     """The resolved config of one trial: base config + the space's overrides + its seed."""
-    overrides = dict(trial.get("overrides", {}))
-    if "seed" in trial:
-        overrides["seed"] = trial["seed"]
-    return config_lib.resolve(config_lib.apply_overrides(base, overrides))
+    return config_lib.resolve(config_lib.apply_overrides(base, spec.training_overrides()))
 
 
 def validate_space(module, base: TrialConfig, n: int = 200, seed: int = 0) -> int:
@@ -102,12 +73,13 @@ def validate_space(module, base: TrialConfig, n: int = 200, seed: int = 0) -> in
             with warnings.catch_warnings():  # an out-of-range starting point gets our one-line error
                 warnings.filterwarnings("ignore", message="Fixed parameter", category=UserWarning)
                 out = fn(trial)
-            trial_config(base, out)
+            spec = TrialSpec.from_config(out)
+            trial_config(base, spec)
         except (ValueError, TypeError) as err:  # ConfigError; optuna: inverted ranges, bad choices
             raise UsageError(f"search space '{name}': {where}{err}") from err
         if i < len(points):
             _check_starting_point(name, points[i], trial)
-        seen.add(out["params_key"])
+        seen.add(spec.params_key)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return len(seen)
 

@@ -9,6 +9,7 @@ from jepa_ray.config import TrialConfig
 from jepa_ray.contract import RESULT_FAILURE, RESULT_FAILURE_KIND, FailureKind
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.spaces import trial_config
+from jepa_ray.trial_spec import TrialSpec
 
 
 def trial_dir(storage: str, sweep: str, number: int) -> str:
@@ -27,7 +28,8 @@ def trial_main(
 
     from jepa_ray.train import TrialFailure, run_trial
 
-    cfg = trial_config(config_lib.from_dict(base), trial)
+    spec = TrialSpec.from_config(trial)
+    cfg = trial_config(config_lib.from_dict(base), spec)
     callbacks = []
     if cfg.system.workers > 1:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -36,8 +38,8 @@ def trial_main(
     try:
         run_trial(
             cfg,
-            trial_dir(storage, sweep, trial.get("optuna_trial", 0)),
-            resume_from=resume_map.get(trial.get("trial_key", "")),
+            trial_dir(storage, sweep, spec.number or 0),
+            resume_from=resume_map.get(spec.trial_key),
             report=tune.report,
             fault=fault,
             ray_callbacks=callbacks,

@@ -45,6 +45,7 @@ from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.store import client, source_tags
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
 from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.trial_spec import TrialSpec
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -80,9 +81,9 @@ class MlflowSweepCallback:
         tracking_uri: str,
         exp_id: str,
         parent_run_id: str,
-        resolve_trial: Callable[[dict], TrialConfig],
+        resolve_trial: Callable[[TrialSpec], TrialConfig],
         reuse_runs: dict[str, str] | None = None,
-        trial_dir: Callable[[dict], str] | None = None,
+        trial_dir: Callable[[TrialSpec], str] | None = None,
         ledger: Ledger | None = None,
         *,
         writer: MlflowWriter,
@@ -105,19 +106,20 @@ class MlflowSweepCallback:
         self.w.check()
         if trial.trial_id in self.runs:
             return
-        cfg = self.resolve_trial(trial.config)
-        key = str(trial.config.get("trial_key", ""))
+        spec = TrialSpec.from_config(trial.config)
+        cfg = self.resolve_trial(spec)
+        key = spec.trial_key
         tags = {
             ROLE: ROLE_TRIAL,
             PARENT: self.parent,
             TRIAL_ID: trial.trial_id,
-            PARAMS_KEY: trial.config.get("params_key", ""),
+            PARAMS_KEY: spec.params_key,
             TRIAL_KEY: key,
-            OPTUNA_TRIAL: str(trial.config.get("optuna_trial", "")),
+            OPTUNA_TRIAL: "" if spec.number is None else str(spec.number),
             **self.source,
         }
         if self.trial_dir is not None:
-            tags[TRIAL_DIR] = self.trial_dir(trial.config)
+            tags[TRIAL_DIR] = self.trial_dir(spec)
         reused = self.reuse_runs.get(key, []).pop(0) if self.reuse_runs.get(key) else None
         committed = -1
         if reused:
@@ -128,7 +130,7 @@ class MlflowSweepCallback:
             self.w.send(ops.Reopen(ref, had_failure, kept))
         else:
             ref = self.w.create_run(
-                RunRef(), self.exp_id, f"trial-{trial.config.get('optuna_trial', trial.trial_id)}", tags
+                RunRef(), self.exp_id, f"trial-{trial.trial_id if spec.number is None else spec.number}", tags
             )
             self.w.send(ops.LogParams(ref, config_lib.flatten(cfg)))
             self.w.send(ops.LogConfig(ref, config_lib.to_dict(cfg)))
@@ -143,7 +145,7 @@ class MlflowSweepCallback:
             return
         if trial.trial_id not in self.with_dataset and all(k in result for k in DATA_SIZES):
             self.with_dataset.add(trial.trial_id)
-            data = self.resolve_trial(trial.config).data
+            data = self.resolve_trial(TrialSpec.from_config(trial.config)).data
             self.w.send(ops.DatasetInput(ref, data, *(result[k] for k in DATA_SIZES)))
         log = self.logs[trial.trial_id]
         # The final result carries the last epoch's metrics and the final metrics together.

@@ -21,9 +21,10 @@ from ray.tune.schedulers import TrialScheduler
 from jepa_ray.contract import EPOCH
 from jepa_ray.curves.table import CurveTable, Row
 from jepa_ray.outcome import Ledger, Outcome
+from jepa_ray.replay.tables import nearest_row, replay_config, serve
 from jepa_ray.sweep.progress import sweep_hypervolume
-from jepa_ray.sweep.replay import nearest_row, replay_config, serve
 from jepa_ray.sweep.schedulers import LedgerScheduler
+from jepa_ray.trial_spec import TrialSpec
 
 
 class SimTrial:
@@ -104,11 +105,11 @@ def simulate(
     max_concurrent: int = 1,
     num_samples: int = 0,
     budget: int = 0,
-    row_for: Callable[[dict[str, Any]], Row] | None = None,
+    row_for: Callable[[TrialSpec], Row] | None = None,
 ) -> SimResult:
     """One sweep over `table` in simulated time. `searcher`: a Ray Tune Searcher (suggest /
     on_trial_result / on_trial_complete); `settings`: the trials' collapse-guard keys (as
-    jepa_ray.sweep.replay.Replay has them); stops after `num_samples` trials or once `budget`
+    jepa_ray.replay.tables.Replay has them); stops after `num_samples` trials or once `budget`
     trial-epochs are spent (the trials then running end UNFINISHED, as a live sweep cuts them)."""
     if not (num_samples or budget):
         raise ValueError("simulate: give num_samples or budget")
@@ -117,7 +118,7 @@ def simulate(
         searcher.ledger = ledger  # the searcher tells Optuna what the ledger decided
     sched = LedgerScheduler(scheduler, ledger)
     settings = dict(settings or {})
-    row_for = row_for or (lambda config: nearest_row(table, config.get("overrides", {})))
+    row_for = row_for or (lambda spec: nearest_row(table, spec.overrides))
     controller = Controller()
     out = SimResult(list(objectives))
     points: list[tuple[float, ...]] = []
@@ -162,7 +163,7 @@ def simulate(
             if config is None or config == "FINISHED":
                 break
             launched += 1
-            row = row_for(config)
+            row = row_for(TrialSpec.from_config(config))
             trial = SimTrial(trial_id, config, row, serve(row, replay_config(row, settings)))
             controller.trials.append(trial)
             sched.on_trial_add(controller, trial)

@@ -32,10 +32,10 @@ from jepa_ray.contract import (
     RESULT_FAILURE_KIND,
     is_final,
 )
-from jepa_ray.curves.serve import ReplayIndex, replay_trial
 from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
 from jepa_ray.errors import UsageError
-from jepa_ray.sweep.spaces import trial_spec
+from jepa_ray.replay.serve import ReplayIndex, replay_trial
+from jepa_ray.trial_spec import TrialSpec
 
 GUARD_KEYS = ("collapse_guard", "collapse_warmup_epochs", "collapse_min_rank", "collapse_min_density_ratio")
 RUN_KEYS = ("cpus_per_worker", "gpus_per_worker", "threads_per_worker", "max_failures")
@@ -53,7 +53,7 @@ class TableSpace:
 
     def __call__(self, trial) -> dict[str, Any]:
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in self.values.items()}
-        return trial_spec(trial, params, self.sweep_seed)
+        return TrialSpec.from_optuna(trial, params, self.sweep_seed).to_config()
 
     def proposal(self, row: Row) -> dict[str, Any]:
         """A row's params as this space suggests them (to enqueue the row as a trial)."""
@@ -78,7 +78,7 @@ class DesignSpace(TableSpace):
         }
         if point.get("proj_depth") == 1:
             point.pop("proj_hidden", None)  # no hidden layer: nothing to match a row on
-        return trial_spec(trial, point, self.sweep_seed)
+        return TrialSpec.from_optuna(trial, point, self.sweep_seed).to_config()
 
     def proposal(self, row: Row) -> dict[str, Any]:
         """A row's point on the axes (without `proj_hidden` for a one-layer projector: the
@@ -139,7 +139,7 @@ def replay_index(table: CurveTable) -> ReplayIndex:
 
 def nearest_row(table: CurveTable, params: dict[str, Any]) -> Row:
     """The row of `params` (its lowest seed), or the nearest recorded configuration
-    (jepa_ray.curves.serve.ReplayIndex)."""
+    (jepa_ray.replay.serve.ReplayIndex)."""
     return table.get(replay_index(table).nearest(params))
 
 
@@ -225,19 +225,20 @@ class Replay:
         """The factorial `--sampler grid` walks (None for a design's table)."""
         return None if self.design is not None else self.values()
 
-    def row(self, trial: dict[str, Any]) -> Row:
-        return nearest_row(self.table, trial.get("overrides", {}))
+    def row(self, spec: TrialSpec) -> Row:
+        """The row that serves a trial's proposal."""
+        return nearest_row(self.table, spec.overrides)
 
-    def trial_config(self, trial: dict[str, Any]) -> TrialConfig:
+    def trial_config(self, spec: TrialSpec) -> TrialConfig:
         """What a trial's MLflow params record: the served row's config."""
-        return replay_config(self.row(trial), self.settings)
+        return replay_config(self.row(spec), self.settings)
 
     def streams(self) -> dict[str, list[tuple[dict, float]]]:
         """Every row's results with their seconds, as a trial of this sweep reports them."""
         return {row.key: list(serve(row, replay_config(row, self.settings))) for row in self.table}
 
     def trainable(self):
-        """The Tune trial: jepa_ray.curves.serve.replay_trial over the rows' results computed
+        """The Tune trial: jepa_ray.replay.serve.replay_trial over the rows' results computed
         here once (trial actors import neither torch nor the table)."""
         from ray import tune
 

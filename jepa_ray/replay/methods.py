@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from jepa_ray.curves.table import Row
-from jepa_ray.sweep.replay import DesignSpace, Replay, TableSpace, nearest_row, row_value
+from jepa_ray.replay.simulate import SimResult, simulate
+from jepa_ray.replay.tables import DesignSpace, Replay, TableSpace, nearest_row, row_value
 from jepa_ray.sweep.schedulers import create_scheduler
 from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler, study_of
-from jepa_ray.sweep.simulate import SimResult, simulate
-from jepa_ray.sweep.spaces import trial_spec
+from jepa_ray.trial_spec import TrialSpec
 
 DEFAULT_SIGNALS = "online/linear_acc:max,train/l0_density:min"
 
@@ -27,6 +27,11 @@ class Method:
     """The density knob the sampler searches: 'density' (target_density, as the table and the
     rectified_density space) or 'mu' (mu, as the default rectified space)."""
     doc: str = ""
+
+    def sweep_args(self) -> list[str]:
+        """The method as the live sweep's command line runs it (its space searches its axis)."""
+        space = "rectified" if self.axis == "mu" else "rectified_density"
+        return ["--sampler", self.sampler, "--scheduler", self.scheduler, "--space", space]
 
 
 METHODS = {
@@ -68,7 +73,7 @@ class MuTableSpace(TableSpace):
     def __call__(self, trial) -> dict[str, Any]:
         params = {"mu": trial.suggest_float("mu", *self.mu_range)}
         params.update({name: trial.suggest_categorical(name, list(c)) for name, c in self.values.items()})
-        return trial_spec(trial, params, self.sweep_seed)
+        return TrialSpec.from_optuna(trial, params, self.sweep_seed).to_config()
 
     def proposal(self, row: Row) -> dict[str, Any]:
         params = {k: v for k, v in row.params.items() if k != "target_density"}
@@ -143,8 +148,8 @@ def attainable(replay: Replay, objectives: list) -> tuple[list, float]:
     replay's collapse guard would finish, its objective values, and their hypervolume (the best
     any search over the table can reach)."""
     from jepa_ray.contract import is_final
+    from jepa_ray.replay.tables import replay_config, serve
     from jepa_ray.sweep.progress import sweep_hypervolume
-    from jepa_ray.sweep.replay import replay_config, serve
 
     points = []
     for row in replay.front_rows():

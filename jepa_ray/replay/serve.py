@@ -1,7 +1,7 @@
 """Serving recorded trials to a sweep, light enough for thousands of Tune trial actors: the lookup
 from a proposal to its recorded row (`ReplayIndex`, numpy only) and the Tune function trial that
 reports a row's precomputed results (`replay_trial`). Neither imports torch, pyarrow or the sweep
-package: the driver computes each row's results once (jepa_ray.sweep.replay.serve, with the
+package: the driver computes each row's results once (jepa_ray.replay.tables.serve, with the
 collapse guard) and hands them to the trials through Ray's object store."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from jepa_ray.trial_spec import TrialSpec
 
 
 def _canonical(params: dict[str, Any]) -> str:
@@ -77,7 +79,8 @@ def replay_trial(
     proposal, sleeping each result's recorded seconds divided by `speed` (0: not at all)."""
     from ray import tune
 
-    key = trial.get("row") or index.nearest(trial.get("overrides", {}))
+    spec = TrialSpec.from_config(trial)
+    key = spec.row or index.nearest(spec.overrides)
     for result, seconds in streams[key]:
         if speed:
             time.sleep(seconds / speed)
