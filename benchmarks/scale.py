@@ -316,8 +316,7 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
             watch.writer_pid = writers[0]._worker.pid if writers else None
             return [timers[-1].callback]
 
-        plan.instrument = instrument
-        summary = sweep.execute(plan)
+        summary = sweep.execute(plan, wrap_callbacks=instrument)
     return {
         "summary": summary,
         "seconds": time.perf_counter() - start,

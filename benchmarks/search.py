@@ -201,7 +201,7 @@ def main() -> None:
         address = ray.get_runtime_context().gcs_address
     results: dict[str, list[list[tuple[int, float, float]]]] = {m: [] for m in methods}
     correlations: dict[tuple[str, str, int], list[float]] = {}
-    from jepa_ray.sweep.scheduler import rung_levels
+    from jepa_ray.sweep.rungs import rung_levels
 
     rungs = rung_levels(max(1, args.epochs // 9), 3.0, args.epochs) + [args.epochs]
     with tempfile.TemporaryDirectory(prefix="jepa_ray_search_") as tmp:

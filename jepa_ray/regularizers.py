@@ -54,8 +54,8 @@ def _check_pair(z: torch.Tensor, y: torch.Tensor) -> None:
 
 def _sorted(x: torch.Tensor) -> torch.Tensor:
     """Values of x sorted along the last dim, differentiable. On CPU (float32/64) numpy
-    sorts: at RDMReg shapes (thousands of rows of a few hundred) its sort is 5-20x faster than
-    torch's, and an 8192-slice step spent most of its time sorting. The gradient flows through
+    sorts: at RDMReg shapes (thousands of rows of a few hundred) its sort is several times faster
+    than torch's, and an 8192-slice step spent most of its time sorting. The gradient flows through
     a gather by the argsort, as through torch.sort's values."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return x.sort(dim=-1).values

@@ -146,9 +146,9 @@ def server_env(backend_store_uri: str) -> dict[str, str]:
     """This process's environment with the backend URI set for `mlflow server` to read."""
     env = dict(os.environ)
     env[BACKEND_URI_ENV] = backend_store_uri
-    # MLflow 3's server starts a job runner and 7 Huey consumers (~240 MB each, 2 GB on the head)
-    # for GenAI jobs a sweep never submits; a head running 128 trials' worth of driver ran out of
-    # memory with them. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings them back.
+    # MLflow 3's server starts a job runner and 7 Huey consumers (each a full process) for GenAI
+    # jobs a sweep never submits; a head running 128 trials' worth of driver ran out of memory
+    # with them. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings them back.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return env
 

@@ -1,4 +1,4 @@
-"""The multi-objective successive-halving scheduler (jepa_ray.sweep.scheduler): its ranking
+"""The multi-objective successive-halving scheduler (jepa_ray.sweep.rungs): its ranking
 against brute force, Tune runs of synthetic curves (dominated trials stopped at the right rung,
 non-dominated ones promoted, each objective's direction honoured), and a sweep with it end to
 end, resumed."""
@@ -17,7 +17,7 @@ from jepa_ray import tracking
 from jepa_ray.contract import FAILURE_KIND, STOPPED
 from jepa_ray.errors import UsageError
 from jepa_ray.pareto.dominance import crowding_distance, nondominated_ranks
-from jepa_ray.sweep.scheduler import MultiObjectiveASHA, Signal, parse_signals, priority_keys, rung_levels
+from jepa_ray.sweep.rungs import MultiObjectiveASHA, Signal, parse_signals, priority_keys, rung_levels
 
 SIGNALS = [Signal("acc", "max"), Signal("density", "min")]
 
@@ -113,7 +113,7 @@ def test_a_repeated_configuration_is_judged_as_a_trial_of_its_own():
 def test_top_k_after_the_first_rung_keeps_a_fixed_number_not_a_fraction():
     """One rung; a trial goes on when fewer than k recorded there rank ahead of it, so the first
     k always go on and later ones only by beating the k-th best seen."""
-    from jepa_ray.sweep.scheduler import TopKAfterFirstRung
+    from jepa_ray.sweep.rungs import TopKAfterFirstRung
 
     s = TopKAfterFirstRung(SIGNALS, max_epochs=10, min_epochs=2, k=2)
     assert s.rungs == [2]

@@ -157,7 +157,7 @@ class LinearHeadGrid(nn.Module):
     def _standardized_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(standardized x (B, D), logits (B, C, H)) with all heads in one matrix product. The
         heads are the innermost dimension: torch's CPU softmax over a short contiguous class
-        dimension is about 5x slower than over a strided one, and it dominated the probe."""
+        dimension is much slower than over a strided one, and it dominated the probe."""
         xs = (x - self.mean) / self.std
         h, d, c = self.weight.shape
         w = self.weight.permute(1, 2, 0).reshape(d, c * h)

@@ -1,6 +1,7 @@
 """The fast reader of a sqlite MLflow store: a few SQL queries over MLflow's own tables (only the
-needed keys), 20-50x faster than search_runs on 10,000 runs. It depends on MLflow's schema, checked
-before use (`sql_readable`); any other store goes through the MLflow client."""
+needed keys), where search_runs builds an object per run, param and tag (docs/benchmarks.md has
+the ratio at 10,000 runs). It depends on MLflow's schema, checked before use (`sql_readable`); any
+other store goes through the MLflow client."""
 
 from __future__ import annotations
 

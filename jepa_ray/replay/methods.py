@@ -125,7 +125,7 @@ def run_method(
         for row in starting_points:
             study.enqueue_trial(space.proposal(row))
         if method.sampler == "tpe-rungs":
-            from jepa_ray.sweep.scheduler import parse_signals
+            from jepa_ray.sweep.rungs import parse_signals
 
             searcher.rung_signals = tuple(s.metric for s in parse_signals(signals))
     scheduler = create_scheduler(

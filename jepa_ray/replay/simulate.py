@@ -18,10 +18,10 @@ from typing import Any
 
 from ray.tune.schedulers import TrialScheduler
 
-from jepa_ray.contract import EPOCH
 from jepa_ray.curves.table import CurveTable, Row
 from jepa_ray.outcome import Ledger, Outcome
 from jepa_ray.replay.tables import nearest_row, replay_config, serve
+from jepa_ray.sweep.failures import EpochBudget, FailureLimit, stop_reason
 from jepa_ray.sweep.progress import sweep_hypervolume
 from jepa_ray.sweep.schedulers import LedgerScheduler
 from jepa_ray.trial_spec import TrialSpec
@@ -113,92 +113,116 @@ def simulate(
     trial-epochs are spent (the trials then running end UNFINISHED, as a live sweep cuts them)."""
     if not (num_samples or budget):
         raise ValueError("simulate: give num_samples or budget")
-    ledger = Ledger(tuple(o.name for o in objectives))
-    if hasattr(searcher, "ledger"):
-        searcher.ledger = ledger  # the searcher tells Optuna what the ledger decided
-    sched = LedgerScheduler(scheduler, ledger)
-    settings = dict(settings or {})
-    row_for = row_for or (lambda spec: nearest_row(table, spec.overrides))
-    controller = Controller()
-    out = SimResult(list(objectives))
-    points: list[tuple[float, ...]] = []
-    queue: list[tuple[float, int, str]] = []  # (time of its next result, tie order, trial id)
-    running: dict[str, SimTrial] = {}
-    pending: dict[str, tuple[dict, float]] = {}
-    now, launched, order, spent = 0.0, 0, 0, 0
-
-    def end(trial: SimTrial, result: dict) -> None:
-        nonlocal spent
-        sched.on_trial_complete(controller, trial, result)
-        searcher.on_trial_complete(trial.trial_id, result=result)
-        trial.status = "TERMINATED"
-        running.pop(trial.trial_id)
-        record = ledger.get(trial.trial_id)
-        values = None
-        if record.outcome is Outcome.FINISHED:
-            values = tuple(float(record.result[o.name]) for o in objectives)
-            points.append(values)
-        out.trials.append(
-            TrialRecord(trial.trial_id, trial.row.key, record.outcome, record.reason, trial.epochs, now, spent, values)
-        )
-        out.curve.append((spent, now, sweep_hypervolume(points, objectives)))
-
-    def advance(trial: SimTrial) -> None:
-        nonlocal order
-        result, seconds = next(trial.stream, (None, 0.0))
-        if result is None:
-            return
-        pending[trial.trial_id] = (result, seconds)
-        order += 1
-        heapq.heappush(queue, (now + seconds, order, trial.trial_id))
-
+    sim = _Simulation(table, searcher, objectives, scheduler, dict(settings or {}), row_for, budget)
     while True:
-        while (
-            len(running) < max_concurrent
-            and (not num_samples or launched < num_samples)
-            and not (budget and spent >= budget)
-        ):
-            trial_id = f"sim_{launched:05d}"
-            config = searcher.suggest(trial_id)
-            if config is None or config == "FINISHED":
-                break
-            launched += 1
-            row = row_for(TrialSpec.from_config(config))
-            trial = SimTrial(trial_id, config, row, serve(row, replay_config(row, settings)))
-            controller.trials.append(trial)
-            sched.on_trial_add(controller, trial)
-            running[trial_id] = trial
-            advance(trial)
-        if not queue:
+        sim.launch(max_concurrent, num_samples)
+        if not sim.queue:
             break
-        now, _, trial_id = heapq.heappop(queue)
-        trial = running[trial_id]
-        result, _ = pending.pop(trial_id)
-        if EPOCH in result:  # the stopper: every epoch a trial trains counts once
-            done = int(result[EPOCH]) + 1
-            spent += max(done - trial.epochs, 0)
-            trial.epochs = max(trial.epochs, done)
+        sim.next_result()
+        if sim.budget.reached and sim.running:
+            sim.cut()
+            break
+    sim.out.trial_epochs, sim.out.seconds = sim.budget.spent, sim.now
+    return sim.out
+
+
+class _Simulation:
+    """A simulated sweep's state, moved on one result at a time: the clock, the running trials and
+    their next results, the ledger, and the trial-epochs spent (counted as the live sweep's
+    stopper counts them)."""
+
+    def __init__(self, table: CurveTable, searcher, objectives: list, scheduler, settings: dict, row_for, budget: int):
+        self.table, self.searcher, self.objectives, self.settings = table, searcher, objectives, settings
+        self.ledger = Ledger(tuple(o.name for o in objectives))
+        if hasattr(searcher, "ledger"):
+            searcher.ledger = self.ledger  # the searcher tells Optuna what the ledger decided
+        self.sched = LedgerScheduler(scheduler, self.ledger)
+        self.row_for = row_for or (lambda spec: nearest_row(table, spec.overrides))
+        self.budget = EpochBudget(budget)
+        self.controller = Controller()
+        self.out = SimResult(list(objectives))
+        self.points: list[tuple[float, ...]] = []
+        self.queue: list[tuple[float, int, str]] = []  # (time of its next result, tie order, trial id)
+        self.running: dict[str, SimTrial] = {}
+        self.pending: dict[str, tuple[dict, float]] = {}
+        self.now, self.launched, self.order = 0.0, 0, 0
+
+    def launch(self, max_concurrent: int, num_samples: int) -> None:
+        """Start trials while a slot is free, the searcher proposes and the sweep goes on."""
+        while (
+            len(self.running) < max_concurrent
+            and (not num_samples or self.launched < num_samples)
+            and not self.budget.reached
+        ):
+            trial_id = f"sim_{self.launched:05d}"
+            config = self.searcher.suggest(trial_id)
+            if config is None or config == "FINISHED":
+                return
+            self.launched += 1
+            row = self.row_for(TrialSpec.from_config(config))
+            trial = SimTrial(trial_id, config, row, serve(row, replay_config(row, self.settings)))
+            self.controller.trials.append(trial)
+            self.sched.on_trial_add(self.controller, trial)
+            self.running[trial_id] = trial
+            nxt = next(trial.stream, None)
+            if nxt is not None:
+                self._schedule(trial_id, nxt)
+
+    def _schedule(self, trial_id: str, result_and_seconds: tuple[dict, float]) -> None:
+        self.pending[trial_id] = result_and_seconds
+        self.order += 1
+        heapq.heappush(self.queue, (self.now + result_and_seconds[1], self.order, trial_id))
+
+    def next_result(self) -> None:
+        """The earliest pending result arrives: the scheduler and the searcher hear it, and the
+        trial goes on, or ends with it."""
+        self.now, _, trial_id = heapq.heappop(self.queue)
+        trial = self.running[trial_id]
+        result, _ = self.pending.pop(trial_id)
+        self.budget.add(trial_id, result)  # the stopper: every epoch a trial trains counts once
+        trial.epochs = self.budget.epochs.get(trial_id, 0)
         trial.last_result = result
-        decision = sched.on_trial_result(controller, trial, result)
+        decision = self.sched.on_trial_result(self.controller, trial, result)
         if decision == TrialScheduler.CONTINUE:
-            searcher.on_trial_result(trial_id, result)
+            self.searcher.on_trial_result(trial_id, result)
         nxt = next(trial.stream, None) if decision == TrialScheduler.CONTINUE else None
         if nxt is None:  # the trial's last result (final metrics or a failure), or the scheduler stopped it
-            end(trial, result)
+            self._end(trial, result)
         else:
-            pending[trial_id] = nxt
-            order += 1
-            heapq.heappush(queue, (now + nxt[1], order, trial_id))
-        if budget and spent >= budget and running:
-            closed = ledger.close(f"stopped before its end: the sweep's budget of {budget} trial-epochs was spent")
-            for trial_id in closed:
-                searcher.on_trial_complete(trial_id, result=running[trial_id].last_result)
-                trial = running.pop(trial_id)
-                record = ledger.get(trial_id)
-                out.trials.append(
-                    TrialRecord(trial_id, trial.row.key, record.outcome, record.reason, trial.epochs, now, spent, None)
-                )
-            queue.clear()
-            break
-    out.trial_epochs, out.seconds = spent, now
-    return out
+            self._schedule(trial_id, nxt)
+
+    def _end(self, trial: SimTrial, result: dict) -> None:
+        self.sched.on_trial_complete(self.controller, trial, result)
+        self.searcher.on_trial_complete(trial.trial_id, result=result)
+        trial.status = "TERMINATED"
+        self.running.pop(trial.trial_id)
+        record = self.ledger.get(trial.trial_id)
+        values = None
+        if record.outcome is Outcome.FINISHED:
+            values = tuple(float(record.result[o.name]) for o in self.objectives)
+            self.points.append(values)
+        self._record(trial, values)
+        self.out.curve.append((self.budget.spent, self.now, sweep_hypervolume(self.points, self.objectives)))
+
+    def _record(self, trial: SimTrial, values: tuple[float, ...] | None) -> None:
+        record = self.ledger.get(trial.trial_id)
+        self.out.trials.append(
+            TrialRecord(
+                trial.trial_id,
+                trial.row.key,
+                record.outcome,
+                record.reason,
+                trial.epochs,
+                self.now,
+                self.budget.spent,
+                values,
+            )
+        )
+
+    def cut(self) -> None:
+        """The budget is spent: the trials still running end unfinished, as a live sweep's do."""
+        closed = self.ledger.close(stop_reason(FailureLimit(0, self.ledger), self.budget))
+        for trial_id in closed:
+            self.searcher.on_trial_complete(trial_id, result=self.running[trial_id].last_result)
+            self._record(self.running.pop(trial_id), None)
+        self.queue.clear()

@@ -9,35 +9,22 @@ import contextlib
 import signal
 import threading
 
+from ray.tune import Stopper
+
 from jepa_ray.outcome import Ledger, Outcome, epochs_of
 
 
 class FailureLimit:
-    """Counts the ledger's trial ends and says when failed ones reach the limit (0: never)."""
+    """Says when the ledger's failed trials reach the limit (0: never); collapsed and stopped
+    trials are other outcomes, so they never count."""
 
     def __init__(self, limit: int, ledger: Ledger | None = None):
         self.limit = limit
         self.ledger = ledger if ledger is not None else Ledger()
 
-    def _count(self, outcome: Outcome) -> int:
-        return self.ledger.count(outcome)
-
     @property
     def failed(self) -> int:
-        return self._count(Outcome.FAILED)
-
-    @property
-    def collapsed(self) -> int:
-        return self._count(Outcome.COLLAPSED)
-
-    @property
-    def stopped(self) -> int:
-        """Stopped by a scheduler (at a rung)."""
-        return self._count(Outcome.STOPPED)
-
-    @property
-    def finished(self) -> int:
-        return self._count(Outcome.FINISHED)
+        return self.ledger.count(Outcome.FAILED)
 
     @property
     def reasons(self) -> list[str]:
@@ -77,24 +64,22 @@ def stop_reason(limit: FailureLimit, budget: EpochBudget) -> str:
     return "stopped before its end: the sweep ended first"
 
 
-def make_stopper(limit: FailureLimit, budget: EpochBudget | None = None, ledger: Ledger | None = None):
+class StopOnFailuresOrBudget(Stopper):
     """Stop every trial when the failure limit or the compute budget is reached (and tell the
     ledger why, so that the trials Tune stops then end unfinished with that reason)."""
-    from ray.tune import Stopper
 
-    class StopOnFailuresOrBudget(Stopper):
-        def __call__(self, trial_id, result):
-            if budget is not None:
-                budget.add(trial_id, result)
-            return False
+    def __init__(self, limit: FailureLimit, budget: EpochBudget, ledger: Ledger):
+        self.limit, self.budget, self.ledger = limit, budget, ledger
 
-        def stop_all(self):
-            stop = limit.reached or (budget is not None and budget.reached)
-            if stop and ledger is not None:
-                ledger.close_reason(stop_reason(limit, budget or EpochBudget()))
-            return stop
+    def __call__(self, trial_id, result):
+        self.budget.add(trial_id, result)
+        return False
 
-    return StopOnFailuresOrBudget()
+    def stop_all(self):
+        stop = self.limit.reached or self.budget.reached
+        if stop:
+            self.ledger.close_reason(stop_reason(self.limit, self.budget))
+        return stop
 
 
 class TrackingFailed(RuntimeError):

@@ -5,19 +5,16 @@ names in the study."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.sweep.describe import sweep_description
 from jepa_ray.sweep.options import SweepOptions
+from jepa_ray.sweep.planning import SweepPlan
 from jepa_ray.sweep.spaces import trial_config
 from jepa_ray.sweep.trial import trial_dir
 from jepa_ray.trial_spec import TrialSpec
-
-if TYPE_CHECKING:
-    from jepa_ray.sweep.driver import SweepPlan
 
 
 def optuna_storage_url(opts: SweepOptions) -> str:

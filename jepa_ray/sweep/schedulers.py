@@ -26,7 +26,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger, epochs_of, trial_error_text
-from jepa_ray.sweep.scheduler import DensityLadder, MultiObjectiveASHA, Signal, TopKAfterFirstRung, parse_signals
+from jepa_ray.sweep.rungs import DensityLadder, MultiObjectiveASHA, Signal, TopKAfterFirstRung, parse_signals
 
 
 @dataclass(frozen=True)
@@ -72,21 +72,21 @@ def _fifo(s: SchedulerSettings) -> None:
 
 @register_scheduler("moasha")
 def _moasha(s: SchedulerSettings) -> TrialScheduler:
-    """Multi-objective asynchronous successive halving on the signals (jepa_ray.sweep.scheduler)."""
+    """Multi-objective asynchronous successive halving on the signals (jepa_ray.sweep.rungs)."""
     _needs_rungs("moasha", s)
     return MultiObjectiveASHA(s.signals, s.max_epochs, min_epochs=s.min_epochs, eta=s.eta)
 
 
 @register_scheduler("ladder")
 def _ladder(s: SchedulerSettings) -> TrialScheduler:
-    """Successive halving on the accuracy signal inside density bands (jepa_ray.sweep.scheduler)."""
+    """Successive halving on the accuracy signal inside density bands (jepa_ray.sweep.rungs)."""
     _needs_rungs("ladder", s)
     return DensityLadder(s.signals, s.max_epochs, min_epochs=s.min_epochs, eta=s.eta)
 
 
 @register_scheduler("topk")
 def _topk(s: SchedulerSettings) -> TrialScheduler:
-    """Keep the top k after the first rung (jepa_ray.sweep.scheduler.TopKAfterFirstRung)."""
+    """Keep the top k after the first rung (jepa_ray.sweep.rungs.TopKAfterFirstRung)."""
     _needs_rungs("topk", s)
     return TopKAfterFirstRung(s.signals, s.max_epochs, min_epochs=s.min_epochs, k=s.top_k)
 

@@ -2,8 +2,12 @@
 sweep, one nested child per trial with the flattened resolved config as params, per-epoch
 metrics at step = epoch (each epoch exactly once), the final metrics, the checkpoint tag and the
 artifacts. Trials never open the tracking store: they report to the driver through Ray Tune, so
-a sqlite store stays safe with many concurrent trials and no worker needs to reach MLflow."""
+a sqlite store stays safe with many concurrent trials and no worker needs to reach MLflow.
 
+`MlflowSweepCallback` loads on first use (jepa_ray.lazy): it is a Ray Tune callback, and the
+Pareto export and the what-if read MLflow through this package without Ray Tune."""
+
+from jepa_ray import lazy
 from jepa_ray.contract import (
     CHECKPOINT,
     DESCRIPTION,
@@ -24,7 +28,6 @@ from jepa_ray.contract import (
 )
 from jepa_ray.errors import one_line
 from jepa_ray.outcome import trial_error_text
-from jepa_ray.tracking.callback import MlflowSweepCallback, make_callback
 from jepa_ray.tracking.epochs import EpochLog
 from jepa_ray.tracking.plots import activation_plot
 from jepa_ray.tracking.store import (
@@ -44,6 +47,8 @@ from jepa_ray.tracking.store import (
     trial_runs,
 )
 
+__getattr__, _names = lazy.exports(__name__, {"jepa_ray.tracking.callback": ("MlflowSweepCallback",)})
+
 __all__ = [
     "CHECKPOINT",
     "DESCRIPTION",
@@ -53,7 +58,6 @@ __all__ = [
     "FAILURE_KIND",
     "FINAL_METRICS",
     "LAST_CHECKPOINT",
-    "MlflowSweepCallback",
     "OPTUNA_TRIAL",
     "PARAMS_KEY",
     "PARENT",
@@ -73,7 +77,6 @@ __all__ = [
     "log_dataset_input",
     "log_metrics",
     "log_params",
-    "make_callback",
     "mark_training_experiment",
     "one_line",
     "search_all_runs",
@@ -81,4 +84,5 @@ __all__ = [
     "start_sweep_run",
     "trial_error_text",
     "trial_runs",
+    *_names,
 ]

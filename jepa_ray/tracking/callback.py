@@ -14,6 +14,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
+from ray.tune import Callback
+
 from jepa_ray import config as config_lib
 from jepa_ray.contract import (
     CHECKPOINT,
@@ -71,10 +73,9 @@ _TUNE_KEYS = frozenset(
 )
 
 
-class MlflowSweepCallback:
-    """Tune callback that mirrors every trial into MLflow (built lazily as a ray.tune.Callback
-    subclass by `make_callback` so this module imports without Ray). It decides what to write
-    on Tune's event loop and leaves the writing to `writer` (jepa_ray.tracking.writer)."""
+class MlflowSweepCallback(Callback):
+    """Tune callback that mirrors every trial into MLflow. It decides what to write on Tune's
+    event loop and leaves the writing to `writer` (jepa_ray.tracking.writer)."""
 
     def __init__(
         self,
@@ -195,11 +196,3 @@ class MlflowSweepCallback:
         """The MLflow run of a running trial, once the writer created it."""
         ref = self.runs.get(trial_id)
         return ref.run_id if ref is not None else None
-
-
-def make_callback(*args, **kwargs):
-    """An MlflowSweepCallback that is also a ray.tune.Callback."""
-    from ray.tune import Callback
-
-    cls = type("MlflowTuneCallback", (MlflowSweepCallback, Callback), {})
-    return cls(*args, **kwargs)

@@ -1,5 +1,9 @@
-"""A multi-objective, multi-fidelity Tune scheduler: asynchronous successive halving over rungs in
-epochs, a trial promoted at a rung by its non-dominated rank among the trials that reached it.
+"""The rung schedulers (the registry in jepa_ray.sweep.schedulers builds them): MOASHA, the
+density ladder and top-k, and the per-epoch signals they rank on.
+
+MOASHA, a multi-objective, multi-fidelity Tune scheduler: asynchronous successive halving over
+rungs in epochs, a trial promoted at a rung by its non-dominated rank among the trials that
+reached it.
 
 The rule is MOASHA's (Schmucker et al. 2021, "Multi-objective multi-fidelity hyperparameter
 optimization with application to fairness"; Salinas et al. 2021), as syne-tune implements it: at
