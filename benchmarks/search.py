@@ -264,17 +264,50 @@ def external_methods() -> dict:
 
 
 def replay_main() -> None:
-    import importlib.util
-
+    """Every method as simulated sweeps over a curve table: regret curves, one JSON line each."""
     import optuna
 
     from jepa_ray import pareto
-    from jepa_ray.curves.table import canonical
-    from jepa_ray.pareto.bands import band_regret
-    from jepa_ray.replay.methods import attainable, run_method, warm_start_rows
+    from jepa_ray.replay.methods import attainable, warm_start_rows
     from jepa_ray.replay.tables import Replay
 
     known = {**METHODS, **external_methods()}
+    args = replay_args(known)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
+    replay = Replay.open(args.replay, [])
+    objectives = pareto.parse_objectives(args.objectives)
+    budget = args.trials * replay.base.optim.epochs
+    points, best = attainable(replay, objectives)
+    emit(
+        f"table {Path(args.replay).name}: {len(replay.table)} rows, {len(points)} configurations a sweep finishes",
+        "hypervolume",
+        best,
+        configurations=len(replay.front_rows()),
+    )
+    warm = warm_start_rows(Replay.open(args.warm_start, []), replay, objectives) if args.warm_start else []
+    if warm:
+        emit(
+            f"warm start: the front of {Path(args.warm_start).name} as {len(warm)} configurations of this table",
+            "configurations",
+            len(warm),
+            params=[r.params for r in warm],
+        )
+    grid = list(range(0, budget + 1))
+    curves = {
+        name: replay_method(replay, known[name], objectives, args, budget, (points, best), warm)
+        for name in args.methods.split(",")
+    }
+    if args.baseline in curves:
+        emit_time_to_baseline(curves, args.baseline, grid, budget)
+    if args.curves:
+        Path(args.curves).write_text(json.dumps({"budget": budget, "grid": grid, "regret": curves}))
+    if args.plot:
+        plot_regret(curves, grid, budget, args.plot, Path(args.replay).name)
+
+
+def replay_args(known: dict) -> argparse.Namespace:
+    """The replay mode's command line, checked (an unknown method or a missing table: exit 2)."""
+    import importlib.util
 
     p = argparse.ArgumentParser(description="search methods compared on a curve table, in simulated time")
     p.add_argument("--replay", required=True, metavar="TABLE")
@@ -289,9 +322,8 @@ def replay_main() -> None:
     p.add_argument("--concurrency", type=int, default=4, help="trials at once")
     p.add_argument("--objectives", default="linear_acc:max,l0_density:min")
     p.add_argument("--baseline", default="tpe", help="the method whose final regret the others must reach")
-    add_scheduler_flags(
-        p, names=("scheduler_min_epochs", "scheduler_eta", "scheduler_top_k")
-    )  # a method names its scheduler
+    # a method names its scheduler: only the rungs' settings are flags here
+    add_scheduler_flags(p, names=("scheduler_min_epochs", "scheduler_eta", "scheduler_top_k"))
     p.add_argument(
         "--warm-start",
         metavar="TABLE",
@@ -308,83 +340,70 @@ def replay_main() -> None:
         path = getattr(args, name)
         if path is not None and not Path(path).is_file():
             p.exit(2, f"error: --{name.replace('_', '-')} {path}: no such file; allowed: a curve table (.parquet)\n")
-    methods = [known[m] for m in names]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per simulated sweep is not news
-    replay = Replay.open(args.replay, [])
-    objectives = pareto.parse_objectives(args.objectives)
-    epochs = replay.base.optim.epochs
-    budget = args.trials * epochs
-    points, best = attainable(replay, objectives)
+    return args
+
+
+def replay_method(replay, method: Method, objectives, args, budget: int, attained, warm) -> list[list[float]]:
+    """`method`'s simulated sweeps, one per seed: their regret curves (one value per trial-epoch),
+    and the regret and band regret at a third, two thirds and all of the budget emitted."""
+    from jepa_ray.curves.table import canonical
+    from jepa_ray.pareto.bands import band_regret
+    from jepa_ray.replay.methods import run_method
+
+    points, best = attained
     reference = [values for _, values in points]
     config_of = {row.key: canonical(row.params) for row in replay.table}
-    emit(
-        f"table {Path(args.replay).name}: {len(replay.table)} rows, {len(points)} configurations a sweep finishes",
-        "hypervolume",
-        best,
-        configurations=len(replay.front_rows()),
-    )
-    warm = warm_start_rows(Replay.open(args.warm_start, []), replay, objectives) if args.warm_start else []
-    if warm:
-        emit(
-            f"warm start: the front of {Path(args.warm_start).name} as {len(warm)} configurations of this table",
-            "configurations",
-            len(warm),
-            params=[r.params for r in warm],
-        )
-    grid = list(range(0, budget + 1))
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    curves: dict[str, list[list[float]]] = {}
-    for method in methods:
-        start = time.perf_counter()
-        runs = [
-            run_method(
-                replay,
-                method,
-                objectives,
-                seed=seed,
-                budget=budget,
-                max_concurrent=args.concurrency,
-                min_epochs=args.scheduler_min_epochs,
-                eta=args.scheduler_eta,
-                top_k=args.scheduler_top_k,
-                starting_points=warm,
-            )
-            for seed in seeds
-        ]
-        curves[method.name] = [[1.0 - r.hypervolume_at(t) / best for t in grid] for r in runs]
-        for fraction in (1 / 3, 2 / 3, 1.0):
-            spent = round(fraction * budget)
-            regrets = [c[spent] for c in curves[method.name]]
-            bands = [band_regret([t.values for t in r.finished if t.trial_epochs <= spent], reference) for r in runs]
-            for metric, values in (("regret", regrets), ("band_regret", bands)):
-                q1, med, q3 = quartiles(values)
-                what = "normalized regret" if metric == "regret" else "accuracy regret per density band"
-                emit(
-                    f"{method.name}: {what} at {fraction:.2f} of {budget} trial-epochs, seeds {seeds[0]}-{seeds[-1]}",
-                    metric,
-                    med,
-                    iqr=[round(q1, 5), round(q3, 5)],
-                    trials_ended=statistics.median(len(r.trials) for r in runs),
-                    finished=statistics.median(len(r.finished) for r in runs),
-                    repeated_proposals=statistics.median(repeats(r, config_of) for r in runs),
-                    seconds=round(time.perf_counter() - start, 1),
-                )
-    if args.baseline in curves:
-        target = median_curve(curves[args.baseline])[-1]
-        for name, cs in curves.items():
-            med = median_curve(cs)
-            reached = next((t for t, r in zip(grid, med) if r <= target), None)
+    start = time.perf_counter()
+    runs = [
+        run_method(
+            replay,
+            method,
+            objectives,
+            seed=seed,
+            budget=budget,
+            max_concurrent=args.concurrency,
+            min_epochs=args.scheduler_min_epochs,
+            eta=args.scheduler_eta,
+            top_k=args.scheduler_top_k,
+            starting_points=warm,
+        )
+        for seed in seeds
+    ]
+    curves = [[1.0 - r.hypervolume_at(t) / best for t in range(budget + 1)] for r in runs]
+    for fraction in (1 / 3, 2 / 3, 1.0):
+        spent = round(fraction * budget)
+        regrets = [c[spent] for c in curves]
+        bands = [band_regret([t.values for t in r.finished if t.trial_epochs <= spent], reference) for r in runs]
+        for metric, values in (("regret", regrets), ("band_regret", bands)):
+            q1, med, q3 = quartiles(values)
+            what = "normalized regret" if metric == "regret" else "accuracy regret per density band"
             emit(
-                f"{name}: trial-epochs until the median regret reaches {args.baseline}'s final median "
-                f"({target:.4f}); goal <= {budget / 3:.0f} (a third of the budget)",
-                "trial_epochs",
-                reached,
-                fraction=None if reached is None else round(reached / budget, 3),
+                f"{method.name}: {what} at {fraction:.2f} of {budget} trial-epochs, seeds {seeds[0]}-{seeds[-1]}",
+                metric,
+                med,
+                iqr=[round(q1, 5), round(q3, 5)],
+                trials_ended=statistics.median(len(r.trials) for r in runs),
+                finished=statistics.median(len(r.finished) for r in runs),
+                repeated_proposals=statistics.median(repeats(r, config_of) for r in runs),
+                seconds=round(time.perf_counter() - start, 1),
             )
-    if args.curves:
-        Path(args.curves).write_text(json.dumps({"budget": budget, "grid": grid, "regret": curves}))
-    if args.plot:
-        plot_regret(curves, grid, budget, args.plot, Path(args.replay).name)
+    return curves
+
+
+def emit_time_to_baseline(curves: dict[str, list[list[float]]], baseline: str, grid: list[int], budget: int) -> None:
+    """For each method, the trial-epochs until its median regret reaches the baseline's final median."""
+    target = median_curve(curves[baseline])[-1]
+    for name, cs in curves.items():
+        med = median_curve(cs)
+        reached = next((t for t, r in zip(grid, med) if r <= target), None)
+        emit(
+            f"{name}: trial-epochs until the median regret reaches {baseline}'s final median "
+            f"({target:.4f}); goal <= {budget / 3:.0f} (a third of the budget)",
+            "trial_epochs",
+            reached,
+            fraction=None if reached is None else round(reached / budget, 3),
+        )
 
 
 def repeats(result, config_of: dict[str, str]) -> int:
