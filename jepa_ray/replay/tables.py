@@ -17,6 +17,7 @@ sweep's config says (recordings run without it, so its stops are replayed from t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -123,17 +124,21 @@ def design_of(table: CurveTable):
     return grid.design if grid is not None else None
 
 
+_INDEXES: weakref.WeakKeyDictionary[CurveTable, tuple[int, ReplayIndex]] = weakref.WeakKeyDictionary()
+"""Each table's lookup, built once per table (and again if rows were added since)."""
+
+
 def replay_index(table: CurveTable) -> ReplayIndex:
-    """The proposal -> row lookup of a table (kept with the table: built once)."""
-    index = getattr(table, "_replay_index", None)
-    if index is None:
+    """The proposal -> row lookup of a table."""
+    rows, index = _INDEXES.get(table, (-1, None))
+    if index is None or rows != len(table):
         entries = []
         for row in table:
             values = {k: v for section in row.config.values() if isinstance(section, dict) for k, v in section.items()}
             values.update(projector_axes(row.params.get("proj_dims", values.get("proj_dims"))))
             entries.append((row.key, row.seed, row.params, {**values, **row.params}))
         index = ReplayIndex(entries)
-        table._replay_index = index
+        _INDEXES[table] = (len(table), index)
     return index
 
 
