@@ -5,7 +5,7 @@ is sparse and non-negative."""
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import timm
 import torch
@@ -15,12 +15,9 @@ from torch import nn
 from jepa_ray.errors import ConfigError
 from jepa_ray.targets import get_target
 
-if TYPE_CHECKING:
-    from jepa_ray.config import TrialConfig
-
 # --------------------------------------------------------------------------------------------
 # A tiny CNN registered in timm's registry: the default for 8x8 digits and CPU sweeps, where a
-# ResNet-18 would cost minutes per epoch.
+# ResNet-18 would make every epoch far slower.
 
 
 class ConvNetTiny(nn.Module):
@@ -240,7 +237,38 @@ class JEPAEncoder(nn.Module):
         return h, self.projector(h)
 
 
-def create_model(cfg: TrialConfig) -> JEPAEncoder:
+class _DataFields(Protocol):
+    channels: int
+    image_size: int
+
+
+class _ModelFields(Protocol):
+    backbone: str
+    proj_dims: str
+    cifar_stem: bool
+    zero_init_last: bool
+
+
+class _TargetFields(Protocol):
+    target: str
+
+
+class EncoderConfig(Protocol):
+    """What `create_model` reads of a trial config; `jepa_ray.config.TrialConfig` has this shape.
+    Described here rather than imported: the config imports this module (to check backbone names),
+    so importing the config back, even for type checking only, would close an import cycle."""
+
+    @property
+    def data(self) -> _DataFields: ...
+
+    @property
+    def model(self) -> _ModelFields: ...
+
+    @property
+    def target(self) -> _TargetFields: ...
+
+
+def create_model(cfg: EncoderConfig) -> JEPAEncoder:
     """The encoder a resolved trial config describes (its channels and image size resolved)."""
     if cfg.data.channels < 1:
         raise ValueError("create_model: the config's channels are unresolved (0); resolve the config first")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config.schema import (
     OPTIMIZERS,
@@ -18,13 +18,24 @@ from jepa_ray.config.schema import (
     SIGMA_MODES,
     STREAM_AUGMENT_PLACES,
     STREAM_MODES,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    OptimConfig,
+    SystemConfig,
+    TargetConfig,
     TrialConfig,
+    ViewConfig,
     apply_overrides,
     float_list,
     parse_set_args,
     proj_dims_list,
 )
 from jepa_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jepa_ray.data.registry import DatasetInfo
+    from jepa_ray.targets import Target
 
 
 def build(
@@ -37,7 +48,7 @@ def build(
     from jepa_ray.config.presets import preset
 
     merged = parse_set_args(sets or [])
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged.update({key: value for key, value in (overrides or {}).items() if value is not None})
     cfg = apply_overrides(preset(preset_name), merged)
     out = resolve(cfg)
     return out if resolved else cfg
@@ -68,6 +79,25 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     return cfg
 
 
+def validate(cfg: TrialConfig) -> None:
+    """Raise ConfigError naming the first bad field, section by section in the schema's order.
+    Cheap: no data is read, no model built (the dataset, target and backbone names are checked
+    against their registries)."""
+    from jepa_ray.data.registry import dataset_info
+    from jepa_ray.model import check_backbone_name
+    from jepa_ray.targets import TARGETS
+
+    _check_data(cfg.data, dataset_info(cfg.data.dataset))
+    _check_views(cfg.views)
+    check_backbone_name(cfg.model.backbone)
+    _check_projector(cfg)
+    _check_target(cfg.target, TARGETS)
+    _check_loss(cfg.loss, cfg.target.target, TARGETS[cfg.target.target].regularizers)
+    _check_optim(cfg.optim, cfg.system.workers)
+    _check_eval(cfg.eval)
+    _check_system(cfg.system)
+
+
 def _require(cond: bool, key: str, allowed: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"config field '{key}' = {value!r} is not allowed; allowed: {allowed}")
@@ -77,132 +107,173 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _require(value in choices, key, " | ".join(choices), value)
 
 
-def validate(cfg: TrialConfig) -> None:
-    """Raise ConfigError naming the first bad field. Cheap: no data is read, no model built
-    (the dataset, target and backbone names are checked against their registries)."""
-    from jepa_ray.data.registry import dataset_info
-    from jepa_ray.model import check_backbone_name
-    from jepa_ray.targets import TARGETS
-
-    d, v, m, t, l, o, e, s = (cfg.data, cfg.views, cfg.model, cfg.target, cfg.loss, cfg.optim, cfg.eval, cfg.system)
-    info = dataset_info(d.dataset)
+def _check_data(data: DataConfig, info: DatasetInfo) -> None:
+    """Where the images are, their size and channels (against the dataset's registry entry), how
+    many, and how they are read (in memory or streamed)."""
     if info.needs_dir:
-        _require(bool(d.data_dir), "data_dir", f"a directory (required for dataset {d.dataset})", d.data_dir)
-    if d.data_dir and not (info.downloadable and d.download):
-        _require(os.path.isdir(d.data_dir), "data_dir", "an existing directory", d.data_dir)
-    _require(d.image_size >= 0, "image_size", "0 (native) or a positive size", d.image_size)
-    _require(d.channels in (0, info.channels), "channels", f"0 or {info.channels} (dataset {d.dataset})", d.channels)
-    _require(d.max_train_samples >= 0, "max_train_samples", ">= 0", d.max_train_samples)
-    _require(d.max_test_samples >= 0, "max_test_samples", ">= 0", d.max_test_samples)
-    _choice("stream", d.stream, STREAM_MODES)
-    if d.stream == "stream":
-        _require(info.streamable, "stream", "memory | auto for this dataset (stream: imagefolder, parquet)", d.stream)
+        _require(bool(data.data_dir), "data_dir", f"a directory (required for dataset {data.dataset})", data.data_dir)
+    if data.data_dir and not (info.downloadable and data.download):
+        _require(os.path.isdir(data.data_dir), "data_dir", "an existing directory", data.data_dir)
+    _require(data.image_size >= 0, "image_size", "0 (native) or a positive size", data.image_size)
     _require(
-        math.isfinite(d.stream_threshold_gb) and d.stream_threshold_gb > 0,
+        data.channels in (0, info.channels),
+        "channels",
+        f"0 or {info.channels} (dataset {data.dataset})",
+        data.channels,
+    )
+    _require(data.max_train_samples >= 0, "max_train_samples", ">= 0", data.max_train_samples)
+    _require(data.max_test_samples >= 0, "max_test_samples", ">= 0", data.max_test_samples)
+    _choice("stream", data.stream, STREAM_MODES)
+    if data.stream == "stream":
+        _require(
+            info.streamable, "stream", "memory | auto for this dataset (stream: imagefolder, parquet)", data.stream
+        )
+    _require(
+        math.isfinite(data.stream_threshold_gb) and data.stream_threshold_gb > 0,
         "stream_threshold_gb",
         "> 0",
-        d.stream_threshold_gb,
+        data.stream_threshold_gb,
     )
-    _require(d.data_workers >= 0, "data_workers", ">= 0", d.data_workers)
-    _require(d.prefetch_batches >= 1, "prefetch_batches", ">= 1", d.prefetch_batches)
-    _choice("stream_augment", d.stream_augment, STREAM_AUGMENT_PLACES)
-    _require(d.stats_samples >= 1, "stats_samples", ">= 1", d.stats_samples)
-    _require(0 <= d.max_bad_fraction < 1, "max_bad_fraction", "[0, 1)", d.max_bad_fraction)
+    _require(data.data_workers >= 0, "data_workers", ">= 0", data.data_workers)
+    _require(data.prefetch_batches >= 1, "prefetch_batches", ">= 1", data.prefetch_batches)
+    _choice("stream_augment", data.stream_augment, STREAM_AUGMENT_PLACES)
+    _require(data.stats_samples >= 1, "stats_samples", ">= 1", data.stats_samples)
+    _require(0 <= data.max_bad_fraction < 1, "max_bad_fraction", "[0, 1)", data.max_bad_fraction)
 
-    _require(v.num_views >= 2, "num_views", ">= 2", v.num_views)
-    _require(v.num_local_views >= 0, "num_local_views", ">= 0", v.num_local_views)
-    _require(v.local_size >= 0, "local_size", ">= 0", v.local_size)
-    _choice("recipe", v.recipe, RECIPES)
-    _require(0.0 < v.crop_scale_min <= 1.0, "crop_scale_min", "(0, 1]", v.crop_scale_min)
 
-    check_backbone_name(m.backbone)
+def _check_views(views: ViewConfig) -> None:
+    """The number and size of the views and the augmentation recipe."""
+    _require(views.num_views >= 2, "num_views", ">= 2", views.num_views)
+    _require(views.num_local_views >= 0, "num_local_views", ">= 0", views.num_local_views)
+    _require(views.local_size >= 0, "local_size", ">= 0", views.local_size)
+    _choice("recipe", views.recipe, RECIPES)
+    _require(0.0 < views.crop_scale_min <= 1.0, "crop_scale_min", "(0, 1]", views.crop_scale_min)
+
+
+def _check_projector(cfg: TrialConfig) -> None:
+    """The projector's widths: at least one, each positive."""
     try:
-        dims = proj_dims_list(cfg)
+        widths = proj_dims_list(cfg)
     except ValueError:
-        dims = []
+        widths = []
     _require(
-        len(dims) >= 1 and all(x > 0 for x in dims),
+        len(widths) >= 1 and all(width > 0 for width in widths),
         "proj_dims",
         "positive widths separated by '-', e.g. 512-512-512",
-        m.proj_dims,
+        cfg.model.proj_dims,
     )
 
-    _choice("target", t.target, tuple(TARGETS))
-    _require(math.isfinite(t.p) and t.p > 0, "p", "p > 0", t.p)
-    _require(math.isfinite(t.mu), "mu", "a finite number", t.mu)
-    _require(math.isfinite(t.sigma) and t.sigma >= 0, "sigma", "sigma > 0 (or 0: resolve from sigma_mode)", t.sigma)
-    _choice("sigma_mode", t.sigma_mode, SIGMA_MODES)
+
+def _check_target(target: TargetConfig, targets: dict[str, Target]) -> None:
+    """The target distribution (a registered name) and its shape; a target density only for a
+    rectified target that can turn a density into mu, with a sigma that does not depend on mu."""
+    _choice("target", target.target, tuple(targets))
+    _require(math.isfinite(target.p) and target.p > 0, "p", "p > 0", target.p)
+    _require(math.isfinite(target.mu), "mu", "a finite number", target.mu)
     _require(
-        math.isfinite(t.target_density) and 0 <= t.target_density < 1,
+        math.isfinite(target.sigma) and target.sigma >= 0,
+        "sigma",
+        "sigma > 0 (or 0: resolve from sigma_mode)",
+        target.sigma,
+    )
+    _choice("sigma_mode", target.sigma_mode, SIGMA_MODES)
+    _require(
+        math.isfinite(target.target_density) and 0 <= target.target_density < 1,
         "target_density",
         "an l0 density in (0, 1), or 0 to use mu",
-        t.target_density,
+        target.target_density,
     )
-    if t.target_density > 0:
-        sparse = [n for n, spec in TARGETS.items() if spec.rectified and spec.mu_for_density is not None]
+    if target.target_density > 0:
+        sparse = [name for name, spec in targets.items() if spec.rectified and spec.mu_for_density is not None]
+        verb = "is" if len(sparse) == 1 else "are"
         _require(
-            t.target in sparse,
+            target.target in sparse,
             "target_density",
-            f"0 unless the target is rectified (only {', '.join(sparse)} {'is' if len(sparse) == 1 else 'are'} sparse)",
-            t.target_density,
+            f"0 unless the target is rectified (only {', '.join(sparse)} {verb} sparse)",
+            target.target_density,
         )
         _require(
-            t.sigma > 0 or t.sigma_mode == "gn",
+            target.sigma > 0 or target.sigma_mode == "gn",
             "target_density",
             "0 with sigma_mode=unit_var (its sigma depends on mu); set sigma or sigma_mode=gn",
-            t.target_density,
+            target.target_density,
         )
 
-    _require(math.isfinite(l.lambd) and 0.0 < l.lambd < 1.0, "lambd", "0 < lambd < 1", l.lambd)
-    _require(math.isfinite(l.loss_scale) and l.loss_scale > 0, "loss_scale", "loss_scale > 0", l.loss_scale)
-    _choice("regularizer", l.regularizer, REGULARIZERS)
-    allowed = TARGETS[t.target].regularizers
-    _require(l.regularizer in allowed, "regularizer", f"{' | '.join(allowed)} with target={t.target}", l.regularizer)
-    _require(l.num_slices >= 1, "num_slices", ">= 1", l.num_slices)
-    _require(l.t_max > 0, "t_max", "> 0", l.t_max)
-    _require(l.knots >= 3 and l.knots % 2 == 1, "knots", "an odd number >= 3", l.knots)
 
-    _choice("optimizer", o.optimizer, OPTIMIZERS)
-    _require(math.isfinite(o.lr) and o.lr > 0, "lr", "> 0", o.lr)
-    _require(o.weight_decay >= 0, "weight_decay", ">= 0", o.weight_decay)
-    _require(0 <= o.momentum < 1, "momentum", "[0, 1)", o.momentum)
-    _require(o.lars_eta > 0, "lars_eta", "> 0", o.lars_eta)
-    _require(o.batch_size >= 2, "batch_size", ">= 2", o.batch_size)
-    _require(s.workers >= 1, "workers", ">= 1", s.workers)  # before batch_size % workers
-    _require(o.batch_size % s.workers == 0, "batch_size", f"a multiple of workers={s.workers}", o.batch_size)
-    _require(o.batch_size // s.workers >= 2, "batch_size", f">= 2 per worker (workers={s.workers})", o.batch_size)
-    _require(o.epochs >= 1, "epochs", ">= 1", o.epochs)
-    _require(math.isfinite(o.warmup_epochs) and o.warmup_epochs >= 0, "warmup_epochs", ">= 0", o.warmup_epochs)
-    _require(0 < o.warmup_max_fraction <= 1, "warmup_max_fraction", "(0, 1]", o.warmup_max_fraction)
-    _require(o.warmup_start_lr >= 0, "warmup_start_lr", ">= 0", o.warmup_start_lr)
-    _require(0 <= o.min_lr_ratio <= 1, "min_lr_ratio", "[0, 1]", o.min_lr_ratio)
-    _require(o.grad_clip >= 0, "grad_clip", ">= 0", o.grad_clip)
+def _check_loss(loss: LossConfig, target_name: str, allowed_regularizers: tuple[str, ...]) -> None:
+    """The loss weights and the regularizer: one the target allows, with its slices and (SIGReg)
+    its integration grid."""
+    _require(math.isfinite(loss.lambd) and 0.0 < loss.lambd < 1.0, "lambd", "0 < lambd < 1", loss.lambd)
+    _require(math.isfinite(loss.loss_scale) and loss.loss_scale > 0, "loss_scale", "loss_scale > 0", loss.loss_scale)
+    _choice("regularizer", loss.regularizer, REGULARIZERS)
+    _require(
+        loss.regularizer in allowed_regularizers,
+        "regularizer",
+        f"{' | '.join(allowed_regularizers)} with target={target_name}",
+        loss.regularizer,
+    )
+    _require(loss.num_slices >= 1, "num_slices", ">= 1", loss.num_slices)
+    _require(loss.t_max > 0, "t_max", "> 0", loss.t_max)
+    _require(loss.knots >= 3 and loss.knots % 2 == 1, "knots", "an odd number >= 3", loss.knots)
 
+
+def _check_optim(optim: OptimConfig, workers: int) -> None:
+    """The optimizer, its schedule, and a batch that splits evenly over the workers, at least two
+    images each (the workers count is checked first, as the split divides by it)."""
+    _choice("optimizer", optim.optimizer, OPTIMIZERS)
+    _require(math.isfinite(optim.lr) and optim.lr > 0, "lr", "> 0", optim.lr)
+    _require(optim.weight_decay >= 0, "weight_decay", ">= 0", optim.weight_decay)
+    _require(0 <= optim.momentum < 1, "momentum", "[0, 1)", optim.momentum)
+    _require(optim.lars_eta > 0, "lars_eta", "> 0", optim.lars_eta)
+    _require(optim.batch_size >= 2, "batch_size", ">= 2", optim.batch_size)
+    _require(workers >= 1, "workers", ">= 1", workers)
+    _require(optim.batch_size % workers == 0, "batch_size", f"a multiple of workers={workers}", optim.batch_size)
+    _require(optim.batch_size // workers >= 2, "batch_size", f">= 2 per worker (workers={workers})", optim.batch_size)
+    _require(optim.epochs >= 1, "epochs", ">= 1", optim.epochs)
+    _require(
+        math.isfinite(optim.warmup_epochs) and optim.warmup_epochs >= 0, "warmup_epochs", ">= 0", optim.warmup_epochs
+    )
+    _require(0 < optim.warmup_max_fraction <= 1, "warmup_max_fraction", "(0, 1]", optim.warmup_max_fraction)
+    _require(optim.warmup_start_lr >= 0, "warmup_start_lr", ">= 0", optim.warmup_start_lr)
+    _require(0 <= optim.min_lr_ratio <= 1, "min_lr_ratio", "[0, 1]", optim.min_lr_ratio)
+    _require(optim.grad_clip >= 0, "grad_clip", ">= 0", optim.grad_clip)
+
+
+def _check_eval(evaluation: EvalConfig) -> None:
+    """The final probes' grid of learning rates and weight decays, the kNN and the online probe."""
     for key in ("probe_lrs", "probe_wds"):
         try:
-            vals = float_list(getattr(e, key))
+            values = float_list(getattr(evaluation, key))
         except ValueError:
-            vals = []
+            values = []
         _require(
-            bool(vals) and all(x >= 0 for x in vals) and (key == "probe_wds" or all(x > 0 for x in vals)),
+            bool(values)
+            and all(number >= 0 for number in values)
+            and (key == "probe_wds" or all(number > 0 for number in values)),
             key,
             "comma-separated non-negative numbers (lrs > 0)",
-            getattr(e, key),
+            getattr(evaluation, key),
         )
-    _require(e.probe_epochs >= 1, "probe_epochs", ">= 1", e.probe_epochs)
-    _require(0 < e.val_fraction < 0.5, "val_fraction", "(0, 0.5)", e.val_fraction)
-    _require(e.knn_k >= 1, "knn_k", ">= 1", e.knn_k)
-    _require(e.knn_temperature > 0, "knn_temperature", "> 0", e.knn_temperature)
-    _require(e.online_probe_lr > 0, "online_probe_lr", "> 0", e.online_probe_lr)
+    _require(evaluation.probe_epochs >= 1, "probe_epochs", ">= 1", evaluation.probe_epochs)
+    _require(0 < evaluation.val_fraction < 0.5, "val_fraction", "(0, 0.5)", evaluation.val_fraction)
+    _require(evaluation.knn_k >= 1, "knn_k", ">= 1", evaluation.knn_k)
+    _require(evaluation.knn_temperature > 0, "knn_temperature", "> 0", evaluation.knn_temperature)
+    _require(evaluation.online_probe_lr > 0, "online_probe_lr", "> 0", evaluation.online_probe_lr)
 
-    _require(s.gpus_per_worker >= 0, "gpus_per_worker", ">= 0", s.gpus_per_worker)
-    _require(s.cpus_per_worker > 0, "cpus_per_worker", "> 0", s.cpus_per_worker)
-    _choice("precision", s.precision, PRECISIONS)
-    _require(s.checkpoint_every >= 0, "checkpoint_every", ">= 0", s.checkpoint_every)
-    _require(s.max_failures >= 0, "max_failures", ">= 0", s.max_failures)
-    _require(s.threads_per_worker >= 0, "threads_per_worker", ">= 0", s.threads_per_worker)
-    _require(s.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", s.collapse_warmup_epochs)
-    _require(s.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", s.collapse_min_rank)
+
+def _check_system(system: SystemConfig) -> None:
+    """Resources per worker, precision, checkpoints, retries, threads and the collapse guard."""
+    _require(system.gpus_per_worker >= 0, "gpus_per_worker", ">= 0", system.gpus_per_worker)
+    _require(system.cpus_per_worker > 0, "cpus_per_worker", "> 0", system.cpus_per_worker)
+    _choice("precision", system.precision, PRECISIONS)
+    _require(system.checkpoint_every >= 0, "checkpoint_every", ">= 0", system.checkpoint_every)
+    _require(system.max_failures >= 0, "max_failures", ">= 0", system.max_failures)
+    _require(system.threads_per_worker >= 0, "threads_per_worker", ">= 0", system.threads_per_worker)
+    _require(system.collapse_warmup_epochs >= 0, "collapse_warmup_epochs", ">= 0", system.collapse_warmup_epochs)
+    _require(system.collapse_min_rank >= 0, "collapse_min_rank", ">= 0", system.collapse_min_rank)
     _require(
-        0 <= s.collapse_min_density_ratio < 1, "collapse_min_density_ratio", "[0, 1)", s.collapse_min_density_ratio
+        0 <= system.collapse_min_density_ratio < 1,
+        "collapse_min_density_ratio",
+        "[0, 1)",
+        system.collapse_min_density_ratio,
     )
