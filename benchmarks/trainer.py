@@ -11,6 +11,7 @@ data, views and loss in the same run.
         --max-train 5000 --compare-precision    # CPU: our loop in bf16 against fp32 (goal >= 2x)
     python benchmarks/trainer.py --cifar DIR --backbone jepa_convnet_tiny --batch 256 --no-cifar-stem \
         --max-train 5000 --breakdown            # where a step of our loop goes, phase by phase
+    python benchmarks/trainer.py --probe-grid   # the final evaluation's grid of linear heads (goal < 2 s CPU)
 
 Prints one JSON line per case (docs/design.md format).
 """
@@ -176,6 +177,25 @@ def step_breakdown(cfg, steps: int) -> dict[str, float]:
     return result
 
 
+def probe_grid_cpu_s(repeats: int = 3) -> list[float]:
+    """CPU seconds of the final evaluation's grid of linear heads at a fixed size: 1,300 x 512
+    features, 12 heads (4 learning rates x 3 weight decays), 10 classes, 50 epochs, one thread
+    (CPU time, so that a loaded machine does not decide)."""
+    from jepa_ray.eval.probe import fit_linear_grid
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1800, 512, generator=g)
+    y = (x @ torch.randn(512, 10, generator=g)).argmax(dim=1)
+    seconds = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fit_linear_grid(
+            x[:1300], y[:1300], x[1300:], y[1300:], lrs=[0.3, 0.1, 0.03, 0.01], wds=[0.0, 1e-4, 1e-3], epochs=50
+        )
+        seconds.append(time.process_time() - start)
+    return seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -199,9 +219,21 @@ def main() -> None:
         "--compare-precision", action="store_true", help="also our loop at fp32 and at bf16, and their ratio"
     )
     p.add_argument("--breakdown", action="store_true", help="only: milliseconds per phase of one step of our loop")
+    p.add_argument("--probe-grid", action="store_true", help="only: CPU seconds of the grid of linear heads")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.probe_grid:
+        seconds = probe_grid_cpu_s()
+        emit(
+            "grid of linear heads: 1300 x 512, 12 heads, 10 classes, 50 epochs, 1 thread",
+            "cpu_s",
+            statistics.median(seconds),
+            "cpu",
+            runs=[round(t, 3) for t in seconds],
+            goal="< 2",
+        )
+        return
     overrides = {
         "epochs": args.epochs,
         "warmup_epochs": 0,

@@ -51,6 +51,11 @@ def test_trainer_benchmark_in_process():
     assert "baseline" in rows[2] and "baseline" in rows[3] and rows[3]["case"].startswith("jepa_ray fit bf16 vs fp32")
 
 
+def test_trainer_benchmark_probe_grid():
+    rows = run_bench("benchmarks/trainer.py", "--probe-grid")
+    assert [r["metric"] for r in rows] == ["cpu_s"] and len(rows[0]["runs"]) == 3 and rows[0]["value"] > 0
+
+
 @pytest.mark.slow
 def test_quality_benchmark_default_case_and_mu_curve():
     rows = run_bench("benchmarks/quality.py", "--preset", "smoke")
