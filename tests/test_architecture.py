@@ -1,5 +1,5 @@
 """The package's shape: no import cycle between its modules (function-level imports and the
-lazy exports of jepa_ray.lazy included, `if TYPE_CHECKING:` blocks excepted), a config, a sweep
+lazy exports of jepa_ray.lazy included, and none through `if TYPE_CHECKING:` blocks either), a config, a sweep
 driver and a Pareto export that import without torch, entry points that run, the private-API
 adapter's version check, and files of a readable size."""
 
@@ -30,15 +30,15 @@ def is_lazy_exports(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "exports"
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The package modules `path` imports, at module or function level (not for type checking),
-    or exports lazily (the modules named in `lazy.exports(...)`)."""
+def imports_of(path: Path, modules: set[str], type_checking: bool = False) -> set[str]:
+    """The package modules `path` imports, at module or function level (and for type checking
+    when `type_checking`), or exports lazily (the modules named in `lazy.exports(...)`)."""
     tree = ast.parse(path.read_text())
     here = module_name(path)
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and is_type_checking(node):
+        if isinstance(node, ast.If) and is_type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -60,10 +60,10 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(type_checking: bool = False) -> dict[str, set[str]]:
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(f) for f in files}
-    return {module_name(f): imports_of(f, modules) for f in files}
+    return {module_name(f): imports_of(f, modules, type_checking) for f in files}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -98,6 +98,12 @@ def test_no_import_cycle_inside_the_package():
     assert len(graph) > 40 and "jepa_ray.train.loop" in graph["jepa_ray.train"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_import_cycle_even_through_type_checking_imports():
+    """An annotation-only import that closes a circle is a layering error all the same."""
+    cycle = find_cycle(import_graph(type_checking=True))
+    assert cycle is None, "import cycle through TYPE_CHECKING: " + " -> ".join(cycle)
 
 
 def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
