@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from jepa_ray import adapter, reaper
 from jepa_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,6 @@ def connect(address: str | None, *, num_cpus: int | None = None, runtime_env: di
 def _start_local(num_cpus: int | None, runtime_env: dict | None) -> None:
     import ray
 
-    from jepa_ray import reaper
-
     reaper.start()  # the instance's agents would outlive a driver killed with SIGKILL
     ray.init(
         address="local",
@@ -166,8 +165,6 @@ def parse_address(address: str) -> tuple[str, int]:
 def _running_cluster_address() -> str | None:
     """HOST:PORT of the cluster `ray start` last started on this machine for sharing, if any
     (not another driver's private local instance)."""
-    from jepa_ray import adapter
-
     return adapter.shared_cluster_address()
 
 
@@ -181,8 +178,6 @@ def _reachable(address: str) -> bool:
     candidates = [host]
     if host in ("localhost", "127.0.0.1", "::1"):
         try:
-            from jepa_ray import adapter
-
             candidates.append(adapter.node_ip_address())
         except Exception:  # a best-effort extra candidate; the loopback one stands alone
             pass

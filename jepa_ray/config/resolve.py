@@ -10,6 +10,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
+from jepa_ray.config.presets import preset
 from jepa_ray.config.schema import (
     OPTIMIZERS,
     PRECISIONS,
@@ -31,6 +32,7 @@ from jepa_ray.config.schema import (
     parse_set_args,
     proj_dims_list,
 )
+from jepa_ray.data.registry import dataset_info
 from jepa_ray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +47,6 @@ def build(
     shortcuts; None values are left out), validated: the one way the entry points make a trial
     config. resolved=False returns it before derivation (a sweep's base config, which each
     trial's suggestions override before it is resolved)."""
-    from jepa_ray.config.presets import preset
 
     merged = parse_set_args(sets or [])
     merged.update({key: value for key, value in (overrides or {}).items() if value is not None})
@@ -58,8 +59,7 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     """Fill derived values (sigma, p for the Gaussian target, the recipe, the native image size)
     and validate once."""
     validate(cfg)
-    from jepa_ray import targets
-    from jepa_ray.data.registry import dataset_info
+    from jepa_ray import targets  # torch: the target registry's samplers
 
     cfg = copy.deepcopy(cfg)
     target = targets.get_target(cfg.target.target)
@@ -83,8 +83,7 @@ def validate(cfg: TrialConfig) -> None:
     """Raise ConfigError naming the first bad field, section by section in the schema's order.
     Cheap: no data is read, no model built (the dataset, target and backbone names are checked
     against their registries)."""
-    from jepa_ray.data.registry import dataset_info
-    from jepa_ray.model import check_backbone_name
+    from jepa_ray.model import check_backbone_name  # torch, timm: the backbone registry
     from jepa_ray.targets import TARGETS
 
     _check_data(cfg.data, dataset_info(cfg.data.dataset))

@@ -6,6 +6,8 @@ import argparse
 import signal
 import sys
 
+from jepa_ray.curves.grids import GRIDS, grid
+from jepa_ray.curves.record import Recorder
 from jepa_ray.errors import UsageError
 
 
@@ -37,15 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jepa_ray.curves.grids import GRIDS, grid
-
     if args.command == "list":
         for g in GRIDS.values():
             n = len(g.points())
             print(f"{g.name:14s} {n:3d} trials ({len(g.configurations())} configurations): {g.doc}")
         return 0
-    from jepa_ray.curves.record import Recorder
-
     try:
         recorder = Recorder(
             grid(args.grid),

@@ -24,11 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from jepa_ray import __version__
 from jepa_ray import config as config_lib
 from jepa_ray.contract import TRAINING_REVISION
 from jepa_ray.curves.grids import Grid
 from jepa_ray.curves.table import STATUS_FAILED, STATUS_FINISHED, CurveTable, Row, read_table, row_key
 from jepa_ray.errors import UsageError, one_line
+from jepa_ray.tracking.store import git_commit
 
 NOT_SETTING = config_lib.RUNTIME_KEYS | {"seed", "data_dir", "download", "data_workers", "prefetch_batches", "stream"}
 """Config keys that do not make a recording's setting: where and how it runs, the seed, the data's
@@ -76,7 +78,7 @@ def recording_precision(table: CurveTable, grid: Grid, data_dir: str | None) -> 
     for row in table.rows[:1]:
         if "system" in row.config:
             return row.config["system"]["precision"]  # never auto: read_table resolves old rows'
-    from jepa_ray.train.step import default_device, resolve_precision
+    from jepa_ray.train.step import default_device, resolve_precision  # torch: the trainer's, for precision auto
 
     return resolve_precision("auto", default_device(cfg))[0]
 
@@ -119,9 +121,6 @@ def check_table(table: CurveTable, grid: Grid, data_dir: str | None, mix: bool) 
 
 def _provenance() -> dict[str, str]:
     import torch
-
-    from jepa_ray import __version__
-    from jepa_ray.tracking.store import git_commit
 
     return {
         "jepa_ray_version": __version__,

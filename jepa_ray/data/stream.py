@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from jepa_ray.data.batches import BatchIterator
+from jepa_ray.data.registry import dataset_info
 from jepa_ray.data.sources import ImageSource, ParquetSource, class_names, imagefolder_sources, parquet_shards
 from jepa_ray.data.splits import SPLIT_SEED, ImageSplits, channel_histograms, stats_from_histograms, stratified_indices
 from jepa_ray.errors import ConfigError, UsageError
@@ -117,8 +118,6 @@ def source_splits(cfg: DataConfig, *, subsets: bool = True) -> SourceSplits:
 def use_stream(cfg: DataConfig, splits: SourceSplits | None = None) -> bool:
     """Whether cfg trains from the streaming path: stream=stream, or stream=auto with a decoded
     size above stream_threshold_gb (the in-memory path holds it once per training worker)."""
-    from jepa_ray.data.registry import dataset_info
-
     if cfg.stream == "memory" or not dataset_info(cfg.dataset).streamable:
         return False
     if cfg.stream == "stream":

@@ -9,8 +9,12 @@ import os
 import sys
 import time
 
+from jepa_ray import contract as C
+from jepa_ray import pareto
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.options import add_scheduler_flags
+from jepa_ray.sweep.schedulers import scheduler_from_flags
+from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler
 
 SEARCHERS = ("recorded", "random", "tpe")
 
@@ -60,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> dict:
-    from jepa_ray import contract as C
-    from jepa_ray import pareto
-    from jepa_ray.replay.tables import REPLAY_KEYS
+    from jepa_ray.replay.tables import REPLAY_KEYS, TableSpace  # torch: curve tables load it; --help stays without
     from jepa_ray.replay.whatif import sweep_table, what_if
-    from jepa_ray.sweep.schedulers import scheduler_from_flags
 
     if args.searcher not in SEARCHERS:
         raise UsageError(f"--searcher {args.searcher!r} is not allowed; allowed: {', '.join(SEARCHERS)}")
@@ -82,13 +83,9 @@ def run(args) -> dict:
 
     searcher_factory = None
     if args.searcher != "recorded":
-        from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler
-
         values = {name: table.values(name) for name in table.param_names()}
 
         def searcher_factory(seed: int):
-            from jepa_ray.replay.tables import TableSpace
-
             return JepaOptunaSearch(
                 space=TableSpace(values, seed),
                 metric=[o.name for o in objectives],

@@ -8,9 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from jepa_ray.contract import is_final
+from jepa_ray.curves.grids import Dim
 from jepa_ray.curves.table import Row
+from jepa_ray.pareto import non_dominated
 from jepa_ray.replay.simulate import SimResult, simulate
-from jepa_ray.replay.tables import DesignSpace, Replay, TableSpace, nearest_row, row_value
+from jepa_ray.replay.tables import DesignSpace, Replay, TableSpace, nearest_row, replay_config, row_value, serve
+from jepa_ray.sweep.progress import sweep_hypervolume
+from jepa_ray.sweep.rungs import parse_signals
 from jepa_ray.sweep.schedulers import create_scheduler
 from jepa_ray.sweep.search import JepaOptunaSearch, make_sampler, study_of
 from jepa_ray.trial_spec import TrialSpec
@@ -86,8 +91,6 @@ def make_space(replay: Replay, axis: str, seed: int) -> TableSpace:
         mus = [float(row_value(r, "mu")) for r in replay.table]
         design = replay.design
         if design is not None:
-            from jepa_ray.curves.grids import Dim
-
             dims = [Dim("mu", min(mus), max(mus)) if d.name == "target_density" else d for d in design.dims]
             return DesignSpace(dims, seed)
         return MuTableSpace(replay.values(), seed, (min(mus), max(mus)))
@@ -125,8 +128,6 @@ def run_method(
         for row in starting_points:
             study.enqueue_trial(space.proposal(row))
         if method.sampler == "tpe-rungs":
-            from jepa_ray.sweep.rungs import parse_signals
-
             searcher.rung_signals = tuple(s.metric for s in parse_signals(signals))
     scheduler = create_scheduler(
         method.scheduler, replay.base.optim.epochs, signals=signals, min_epochs=min_epochs, eta=eta, top_k=top_k
@@ -147,10 +148,6 @@ def attainable(replay: Replay, objectives: list) -> tuple[list, float]:
     """The table's own result: every configuration (at its lowest seed) that a sweep with the
     replay's collapse guard would finish, its objective values, and their hypervolume (the best
     any search over the table can reach)."""
-    from jepa_ray.contract import is_final
-    from jepa_ray.replay.tables import replay_config, serve
-    from jepa_ray.sweep.progress import sweep_hypervolume
-
     points = []
     for row in replay.front_rows():
         results = [result for result, _ in serve(row, replay_config(row, replay.settings))]
@@ -166,8 +163,6 @@ def warm_start_rows(source: Replay, target: Replay, objectives: list) -> list[Ro
     order of the last objective (sparsest first for the default ones): what a sweep that starts
     from an earlier sweep's front (a cheap proxy dataset, a smaller model) would try first."""
     import numpy as np
-
-    from jepa_ray.pareto import non_dominated
 
     points, _ = attainable(source, objectives)
     keep = non_dominated(np.array([v for _, v in points]), objectives)

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from jepa_ray import config as config_lib
+from jepa_ray import tracking
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import (
     DATA_SIZES,
+    EPOCH,
+    EPOCH_PROBE_METRIC,
     EPOCH_S,
     EPOCH_WALL_S,
     FINAL_RESULT,
@@ -33,6 +36,7 @@ from jepa_ray.contract import (
     RESULT_FAILURE_KIND,
     is_final,
 )
+from jepa_ray.curves.grids import GRIDS
 from jepa_ray.curves.table import CurveTable, Row, canonical, read_table
 from jepa_ray.errors import UsageError
 from jepa_ray.replay.serve import ReplayIndex, replay_trial
@@ -117,8 +121,6 @@ def row_value(row: Row, name: str) -> Any:
 def design_of(table: CurveTable):
     """The space-filling design (jepa_ray.curves.grids.Design) the table's rows were recorded
     from, or None (a factorial, or a grid this version does not know)."""
-    from jepa_ray.curves.grids import GRIDS
-
     grids = {r.grid for r in table}
     grid = GRIDS.get(grids.pop()) if len(grids) == 1 else None
     return grid.design if grid is not None else None
@@ -154,7 +156,7 @@ def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
     collapse guard of `cfg` applied to each epoch (its stop reported as the trainer reports it),
     a recorded failure reported as one. The first result's seconds include the row's setup, the
     last one's its final evaluation."""
-    from jepa_ray.train.guard import TrialFailure, check_collapse
+    from jepa_ray.train.guard import TrialFailure, check_collapse  # torch: the trainer's collapse guard
 
     last = len(row.history) - 1
     for i, metrics in enumerate(row.history):
@@ -255,9 +257,6 @@ class Replay:
         """Record in a replayed trial's MLflow run what its row served, for a trial whose end
         Optuna heard of but MLflow did not: `epochs` None, its epochs and final metrics (False
         when the row did not finish); else its first `epochs` epochs (a trial that stopped)."""
-        from jepa_ray import tracking
-        from jepa_ray.contract import EPOCH, EPOCH_PROBE_METRIC
-
         params = {}
         for name in self.table.param_names():
             raw = run.data.params.get(name)

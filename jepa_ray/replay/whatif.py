@@ -14,10 +14,13 @@ from typing import Any
 
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
+from jepa_ray import tracking
 from jepa_ray.curves.table import STATUS_FAILED, STATUS_FINISHED, CurveTable, Row
 from jepa_ray.errors import UsageError, one_line
 from jepa_ray.outcome import Outcome
+from jepa_ray.pareto.dominance import non_dominated
 from jepa_ray.replay.simulate import SimResult, simulate
+from jepa_ray.replay.tables import nearest_row
 from jepa_ray.trial_spec import TrialSpec
 
 NOT_SEARCHED = frozenset({"seed", "data_dir", "download"})
@@ -29,8 +32,6 @@ def sweep_table(tracking_uri: str, run_id: str) -> tuple[CurveTable, dict[str, s
     launch order, the parent run's tags, and the run ids of the rows. UsageError (one line) for a
     run that is not a sweep, or a sweep whose trials did not all end (RUNNING, or stopped early by
     its own scheduler: their curves after the stop are unknown)."""
-    from jepa_ray import tracking
-
     c = tracking.client(tracking_uri)
     try:
         parent = c.get_run(run_id)
@@ -156,8 +157,6 @@ class WhatIf:
 
 
 def front_keys(result: SimResult, objectives: list) -> set[str]:
-    from jepa_ray.pareto.dominance import non_dominated
-
     done = [t for t in result.finished if t.values and all(math.isfinite(v) for v in t.values)]
     if not done:
         return set()
@@ -210,6 +209,4 @@ def what_if(
 
 
 def _nearest(table: CurveTable, spec: TrialSpec) -> Row:
-    from jepa_ray.replay.tables import nearest_row
-
     return nearest_row(table, spec.overrides)

@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import Any
 
+from jepa_ray import cluster
 from jepa_ray.errors import UsageError
 from jepa_ray.sweep.describe import mlflow_ui_command
 from jepa_ray.sweep.driver import execute, plan
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not opts.verbose:  # Ray's, Tune's and MLflow's own chatter: what a user cannot act on
         import mlflow  # noqa: F401 (it sets its loggers' levels when imported: set ours after)
-
-        from jepa_ray import cluster
 
         cluster.RAY_LOGGING_LEVEL, cluster.RAY_LOG_TO_DRIVER = logging.ERROR, False
         for name in ("ray", "ray.tune", "ray.train", "mlflow"):

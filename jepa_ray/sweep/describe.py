@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from jepa_ray import pareto
 from jepa_ray.cluster import attach_hint, sqlite_path
 from jepa_ray.sweep.options import SweepOptions
 
@@ -14,8 +15,6 @@ logger = logging.getLogger("jepa_ray.sweep")
 def print_front(opts: SweepOptions, objectives, parent_id: str):
     """The front of this sweep, printed as a table and logged to the sweep's parent run
     (the same code as `python -m jepa_ray.pareto`)."""
-    from jepa_ray import pareto
-
     try:
         result = pareto.extract(opts.tracking_uri, opts.experiment, sweep_run_ids=[parent_id], objectives=objectives)
     except (ValueError, LookupError) as err:  # UsageError included

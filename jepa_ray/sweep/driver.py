@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jepa_ray import adapter
+from jepa_ray import adapter, cluster, pareto, placement, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray.cluster import is_local_path, sqlite_path
 from jepa_ray.config import TrialConfig
+from jepa_ray.data import check_data
 from jepa_ray.errors import UsageError
 from jepa_ray.outcome import Ledger, Outcome
 from jepa_ray.pareto.objectives import Objective
@@ -47,6 +48,7 @@ from jepa_ray.sweep.schedulers import LedgerScheduler, scheduler_from_flags
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
 from jepa_ray.sweep.spaces import DefineByRun, load_space, validate_space
 from jepa_ray.sweep.tuner import Started, run_tuner
+from jepa_ray.train import faults
 
 if TYPE_CHECKING:  # an annotation: the table loads only for --replay
     from jepa_ray.replay.tables import Replay
@@ -74,9 +76,6 @@ def base_config(opts: SweepOptions) -> TrialConfig:
 
 def plan(opts: SweepOptions) -> SweepPlan:
     """Check everything and start nothing: UsageError (one line) on any bad input."""
-    from jepa_ray import cluster
-    from jepa_ray.train import faults
-
     validate_options(opts)
     adapter.check_versions()
     try:
@@ -120,8 +119,6 @@ def plan(opts: SweepOptions) -> SweepPlan:
 
 def _objectives(opts: SweepOptions) -> list[Objective]:
     """--objectives parsed, each a final metric a trial reports."""
-    from jepa_ray import pareto
-
     try:
         objectives = pareto.parse_objectives(opts.objectives)
     except ValueError as err:  # the message already names --objectives and what is allowed
@@ -150,10 +147,8 @@ class _Space:
 def _trials_space(opts: SweepOptions) -> _Space:
     """The replayed table's space (--replay), else the search space's, checked against the
     trainer's config and the data."""
-    from jepa_ray.data import check_data
-
     if opts.replay:
-        from jepa_ray.replay.tables import Replay
+        from jepa_ray.replay.tables import Replay  # optional: --replay only (a curve table loads torch)
 
         replay = Replay.open(opts.replay, opts.sets, speed=opts.replay_speed)
         grid = replay.grid()
@@ -190,8 +185,6 @@ class _Identity:
 
 def _identity(opts: SweepOptions, space: _Space) -> _Identity:
     """A new sweep's name and seed (a name taken is an error), or the resumed sweep's own."""
-    from jepa_ray import tracking
-
     db = sqlite_path(opts.tracking_uri)
     fresh = db is not None and not db.exists()  # nothing recorded yet: opening it would create it
     exp_id = None if fresh else tracking.find_experiment(opts.tracking_uri, opts.experiment)
@@ -222,8 +215,6 @@ def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = Non
     callbacks -> the callbacks Tune gets (a caller that observes them: the scale benchmark times
     them on Tune's event loop)."""
     import optuna
-
-    from jepa_ray import cluster, placement, tracking
 
     opts = p.opts
     optuna.logging.set_verbosity(optuna.logging.WARNING)

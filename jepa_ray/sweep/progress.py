@@ -16,6 +16,7 @@ from ray.tune import Callback
 
 from jepa_ray.contract import L0_DENSITY, TARGET_L0_DENSITY, reference_point
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
+from jepa_ray.pareto import hypervolume
 from jepa_ray.sweep.failures import EpochBudget
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
 from jepa_ray.trial_spec import TrialSpec
@@ -28,8 +29,6 @@ STOP_COLUMN = "stop"
 
 def sweep_hypervolume(points: list[tuple[float, ...]], objectives) -> float:
     """The hypervolume of the finished trials' objective values, at contract.reference_point."""
-    from jepa_ray.pareto import hypervolume
-
     if not points:
         return 0.0
     values = np.array(points, dtype=float)

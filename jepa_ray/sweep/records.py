@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
+from jepa_ray import tracking
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.sweep.describe import sweep_description
 from jepa_ray.sweep.options import SweepOptions
@@ -31,8 +32,6 @@ def optuna_storage_url(opts: SweepOptions) -> str:
 
 
 def start_parent(p: SweepPlan, exp_id: str) -> str:
-    from jepa_ray import tracking
-
     opts = p.opts
     tags = {
         C.SWEEP_COMMIT: tracking.git_commit(Path(__file__).resolve().parent),
@@ -66,8 +65,6 @@ def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
     """optuna trial -> the MLflow run the driver would have made for it (RUNNING, its params and
     tags), for a trial Optuna knows and MLflow never heard of."""
     from optuna.trial import FixedTrial
-
-    from jepa_ray import tracking
 
     c = tracking.client(p.opts.tracking_uri)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from optuna.trial import TrialState
 
 from jepa_ray import config as config_lib
+from jepa_ray import tracking
 from jepa_ray.adapter import mark_interrupted
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import (
@@ -29,6 +30,8 @@ from jepa_ray.contract import (
     FailureKind,
     has_final_metrics,
 )
+from jepa_ray.train import checkpoint as ckpt_lib
+from jepa_ray.train.store import TrialStore, resumable_checkpoint
 from jepa_ray.trial_spec import params_key
 
 logger = logging.getLogger("jepa_ray.sweep")
@@ -52,8 +55,6 @@ def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics:
     """trial key -> {epoch: {metric: value}} of the sweep's trial runs (a scheduler's rungs); a
     run recorded before trial keys were tagged is keyed by its Optuna trial number (the key of a
     trial never re-queued)."""
-    from jepa_ray import tracking
-
     c = tracking.client(tracking_uri)
     out: dict[str, dict[int, dict]] = {}
     for run in tracking.trial_runs(tracking_uri, exp_id, parent_run_id):
@@ -81,8 +82,6 @@ def prepare_resume(
     `recover(client, run, epochs)` (a replayed sweep's table; default: the trial's store), in the
     run `recreate(optuna_trial)` makes when MLflow never got to create one; so is a stopped,
     collapsed or failed trial's end, with the epochs it trained."""
-    from jepa_ray import tracking
-
     state = ResumeState()
     runs = tracking.trial_runs(tracking_uri, exp_id, parent_run_id)
     recover = recover or _record_from_store
@@ -154,8 +153,6 @@ def _run_finder(runs: list, trials: list) -> Callable:
     for runs without a trial number. Never by params alone otherwise: two trials may propose the
     same configuration (a categorical space, a grid, a replayed table), and a trial whose run is
     missing would borrow the other's instead of being recreated."""
-    from jepa_ray import tracking
-
     by_number = {r.data.tags.get(tracking.OPTUNA_TRIAL): r for r in runs if r.data.tags.get(tracking.OPTUNA_TRIAL)}
     untagged = {r.data.tags.get(tracking.PARAMS_KEY): r for r in runs if not r.data.tags.get(tracking.OPTUNA_TRIAL)}
     resumed_from = {t.number: t.user_attrs.get(ATTR_RESUMED_FROM) for t in trials}
@@ -201,10 +198,6 @@ def _log_missing_epochs(c, run_id: str, where: str) -> None:
     The driver logs an epoch once a checkpoint covers it (tracking.EpochLog); a driver killed
     between a trial's checkpoint and the driver's write leaves the checkpoint ahead of MLflow,
     and the resumed trial starts after it. Those epochs are in the checkpoint's history."""
-    from jepa_ray import tracking
-    from jepa_ray.train import checkpoint as ckpt_lib
-    from jepa_ray.train.store import resumable_checkpoint
-
     try:
         checkpoint = resumable_checkpoint(where)
         history = ckpt_lib.read_history(checkpoint) if checkpoint else []
@@ -221,10 +214,6 @@ def _record_from_store(c, run, epochs: int | None) -> bool:
     """Log a trial's record from its store into its run. `epochs` None: a finished trial's
     epochs, final metrics and checkpoint tag from its final checkpoint (False when the store
     holds none); else the epochs an ended trial's newest checkpoint holds."""
-    from jepa_ray import tracking
-    from jepa_ray.train import checkpoint as ckpt_lib
-    from jepa_ray.train.store import TrialStore
-
     where = run.data.tags.get(tracking.TRIAL_DIR)
     if epochs is not None:
         if where:

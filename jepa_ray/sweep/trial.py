@@ -8,6 +8,7 @@ from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import RESULT_FAILURE, RESULT_FAILURE_KIND, FailureKind
 from jepa_ray.errors import UsageError
+from jepa_ray.placement import TRIAL_ACTOR_CPUS
 from jepa_ray.sweep.spaces import trial_config
 from jepa_ray.trial_spec import TrialSpec
 
@@ -26,7 +27,7 @@ def trial_main(
     (TuneReportCallback: a report reaches Tune only once Ray Train registered it)."""
     from ray import tune
 
-    from jepa_ray.train import TrialFailure, run_trial
+    from jepa_ray.train import TrialFailure, run_trial  # torch: only the trial's actor trains
 
     spec = TrialSpec.from_config(trial)
     cfg = trial_config(config_lib.from_dict(base), spec)
@@ -54,8 +55,6 @@ def trial_resources(cfg: TrialConfig) -> dict[str, float]:
     """What Tune reserves for a trial: the worker itself when it trains in-process; next to
     nothing when a TorchTrainer reserves its workers separately (both must fit: see
     placement.check_trial_fits)."""
-    from jepa_ray.placement import TRIAL_ACTOR_CPUS
-
     if cfg.system.workers == 1:
         res = {"CPU": cfg.system.cpus_per_worker}
         if cfg.system.gpus_per_worker:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
+from jepa_ray import tracking
 from jepa_ray.outcome import Ledger
 from jepa_ray.sweep.failures import (
     EpochBudget,
@@ -116,8 +117,6 @@ def _trainable(p: SweepPlan, resume: ResumeState):
 
 def _mlflow_callback(p: SweepPlan, run: Started, writer: MlflowWriter):
     """The callback that mirrors every trial into MLflow through `writer`."""
-    from jepa_ray import tracking
-
     if p.replay is not None:
         resolve_trial, where = p.replay.trial_config, None
     else:
@@ -163,8 +162,6 @@ def _close_stopped_trials(p: SweepPlan, run: Started, mlflow_cb, writer: MlflowW
     """Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM) end
     without a report: the ledger closes them, and Optuna and MLflow hear it from there; then the
     writer is flushed and closed."""
-    from jepa_ray import tracking
-
     why = stop_reason(run.limit, run.budget)
     closed = run.ledger.close(why, also=run.searcher.unended())
     for trial_id in closed:

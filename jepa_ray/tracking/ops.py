@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from jepa_ray.contract import FAILURE, PARENT, PRECISION, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
+from jepa_ray.tracking.plots import activation_plot
+from jepa_ray.train import checkpoint as ckpt_lib
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric
@@ -190,9 +192,6 @@ def checkpoint_artifacts(c: MlflowClient, run_id: str, uri: str, target_density:
     """The activation-rate plot (from the checkpoint's metrics), the checkpoint's metrics.json and
     config.json (what trained: the precision `auto` resolved to, also tagged); the weights stay
     in Ray storage, referenced by the checkpoint tag."""
-    from jepa_ray.tracking.plots import activation_plot
-    from jepa_ray.train import checkpoint as ckpt_lib
-
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "checkpoint"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Union
 
 from jepa_ray.errors import one_line
+from jepa_ray.tracking import store
 from jepa_ray.tracking.ops import CreateRun, LogBatch, Op, RunRef
 
 MAX_QUEUED = 20_000
@@ -251,12 +252,13 @@ def _dispatch(ex: _Executor, inbox: _Queue, outbox: _Queue) -> None:
 def _serve(tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, backoff_s: float, parent: int) -> None:
     """The writer process's entry: its own client, orphaned once the `parent` process is gone."""
     _quiet_http(tracking_uri)
-    from jepa_ray.tracking.store import client
 
     def orphaned() -> bool:
         return os.getppid() != parent
 
-    _dispatch(_Executor(tracking_uri, client(tracking_uri), patience_s, backoff_s, orphaned=orphaned), inbox, outbox)
+    _dispatch(
+        _Executor(tracking_uri, store.client(tracking_uri), patience_s, backoff_s, orphaned=orphaned), inbox, outbox
+    )
 
 
 def _start_process(
@@ -302,9 +304,7 @@ class MlflowWriter:
             self.q, self._out, self._worker = _start_process(tracking_uri, maxsize, patience_s, backoff_s)
         else:
             _quiet_http(tracking_uri)
-            from jepa_ray.tracking.store import client as make_client
-
-            ex = _Executor(tracking_uri, client or make_client(tracking_uri), patience_s, backoff_s)
+            ex = _Executor(tracking_uri, client or store.client(tracking_uri), patience_s, backoff_s)
             self.q, self._out, self._worker = _start_thread(ex, maxsize)
 
     def __reduce__(self):
@@ -327,9 +327,7 @@ class MlflowWriter:
 
     def log_metrics(self, ref: RunRef, metrics: dict[str, Any], step: int) -> None:
         """Numeric, finite metrics at `step` (as tracking.store.log_metrics), batched."""
-        from jepa_ray.tracking.store import metric_entities
-
-        items = metric_entities(metrics, step)
+        items = store.metric_entities(metrics, step)
         if items:
             self.send(LogBatch(ref, items))
 

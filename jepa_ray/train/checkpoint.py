@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config import TrialConfig, from_dict, save_json
+from jepa_ray.data.registry import dataset_info
 
 if TYPE_CHECKING:
     import torch
@@ -218,8 +219,6 @@ def damage(path: str | os.PathLike) -> str | None:
 def read_config(path: str | os.PathLike) -> TrialConfig:
     cfg = from_dict(json.loads(read_bytes(path, CONFIG_FILE)))
     if not cfg.data.channels:  # written before configs recorded their channels: the dataset's
-        from jepa_ray.data.registry import dataset_info
-
         cfg.data.channels = dataset_info(cfg.data.dataset).channels
     return cfg
 
@@ -247,7 +246,7 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     preprocessing (the training split's mean and std, the input size) is applied inside.
     Checkpoints written before preprocessing.json existed load with a warning: their encoder
     takes images normalized as its training data was."""
-    from jepa_ray.model import Preprocess, create_model
+    from jepa_ray.model import Preprocess, create_model  # torch, timm: only loading an encoder needs the model
 
     for name in (MODEL_FILE, CONFIG_FILE):
         if not has_file(path, name):

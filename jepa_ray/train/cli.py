@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from jepa_ray import cluster, placement
 from jepa_ray import config as config_lib
 from jepa_ray.config import RUNTIME_KEYS, TrialConfig
 from jepa_ray.contract import HEADLINE_METRICS, is_final
@@ -120,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and not multi:
         print("note: --address is not used: a one-worker trial trains in this process", file=sys.stderr)
     if multi:
-        from jepa_ray import cluster, placement
-
         try:
             cluster.connect(args.address, num_cpus=max(2, math.ceil(cfg.system.workers * cfg.system.cpus_per_worker)))
             placement.check_trial_fits(placement.trial_demand(cfg, in_tune=False), placement.capacity())
