@@ -927,14 +927,28 @@ def test_ddp_trial_in_a_sweep_matches_the_in_process_trial(ddp, tmp_path):
 
 
 def ray_train_workers() -> list[int]:
-    """PIDs of the Ray Train worker processes on this machine (their title: ray::RayTrainWorker)."""
+    """PIDs of the Ray Train worker processes (their title: ray::RayTrainWorker) of the Ray
+    instance this test process started (ray_cluster), never another one on this machine: each
+    worker names its raylet in RAY_RAYLET_PID, and that raylet is a child of this process."""
+    own_raylets = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # the fields after "(comm)": state, ppid, ...
+            own_raylets.add(stat.parent.name)
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if cmdline.read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(cmdline.parent.name))
+            if not cmdline.read_bytes().startswith(b"ray::RayTrainWorker"):
+                continue
+            environ = (cmdline.parent / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
+        raylet = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"RAY_RAYLET_PID=")), None)
+        if raylet in own_raylets:
+            pids.append(int(cmdline.parent.name))
     return pids
 
 

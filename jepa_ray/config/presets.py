@@ -115,7 +115,7 @@ def _preset_lejepa_imagenet100() -> TrialConfig:
 
 
 def _preset_smoke() -> TrialConfig:
-    """A few seconds on CPU: for tests and `--smoke`."""
+    """Tiny and fast on a CPU: for tests and `--smoke`."""
     c = TrialConfig()
     c.optim.epochs = 1
     c.optim.warmup_epochs = 0

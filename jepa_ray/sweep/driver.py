@@ -220,14 +220,7 @@ def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     adapter.set_ray_switches()
     logger.info("sweep %s: sampler %s, seed %d%s", p.name, p.sampler_name, p.seed, " (resumed)" if p.parent else "")
-    cluster.connect(opts.address, num_cpus=os.cpu_count())
-    # An autoscaling cluster may be only its head now: count the nodes it can grow to.
-    cluster.check_storage_path(p.storage, cluster.max_node_count())
-    capacity = placement.capacity()
-    demand = placement.trial_demand(p.base, in_tune=True)
-    placement.check_trial_fits(demand, capacity)
-    concurrency = opts.max_concurrent or max(1, placement.copies_that_fit(demand, capacity))
-
+    concurrency = _connect(p)
     exp_id = p.exp_id or tracking.experiment_id(opts.tracking_uri, opts.experiment)
     c = tracking.client(opts.tracking_uri)
     ledger = Ledger(tuple(o.name for o in p.objectives))
@@ -235,23 +228,7 @@ def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = Non
     searcher = make_searcher(p.space, p.objectives, p.sampler, p.name, p.storage_url, ledger)
     if p.sampler_name == "tpe-rungs":
         searcher.rung_signals = tuple(s.metric for s in parse_signals(opts.scheduler_signals))
-    study = study_of(searcher)
-    if p.parent is None:
-        parent_id = start_parent(p, exp_id)
-        name_objectives(study, p.objectives)
-        for point in p.starting_points[: opts.num_samples]:
-            study.enqueue_trial(point)
-        resume = ResumeState()
-    else:
-        parent_id = p.parent.info.run_id
-        c.update_run(parent_id, status="RUNNING")
-        recover = p.replay.record_run if p.replay is not None else None
-        resume = prepare_resume(
-            study, opts.tracking_uri, exp_id, parent_id, recover=recover, recreate=recreate_run(p, exp_id, parent_id)
-        )
-        # The sampler goes on from where the study is, not from its first draws again (a seeded
-        # sampler restarted would propose the configurations the sweep already tried).
-        study.sampler = make_sampler(p.sampler_name, p.seed + len(study.trials), p.grid)
+    parent_id, resume = _open_records(p, study_of(searcher), exp_id)
     scheduler = LedgerScheduler(p.scheduler, ledger)
     if opts.resume and scheduler.signal_metrics:
         scheduler.restore_from_histories(
@@ -292,6 +269,40 @@ def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = Non
     if opts.print_front:
         summary["front"] = print_front(opts, p.objectives, parent_id)
     return summary
+
+
+def _connect(p: SweepPlan) -> int:
+    """Join (or start) Ray, check that a trial fits it and its storage is shared; the trials
+    that run at once (--max-concurrent, else as many as fit)."""
+    cluster.connect(p.opts.address, num_cpus=os.cpu_count())
+    # An autoscaling cluster may be only its head now: count the nodes it can grow to.
+    cluster.check_storage_path(p.storage, cluster.max_node_count())
+    capacity = placement.capacity()
+    demand = placement.trial_demand(p.base, in_tune=True)
+    placement.check_trial_fits(demand, capacity)
+    return p.opts.max_concurrent or max(1, placement.copies_that_fit(demand, capacity))
+
+
+def _open_records(p: SweepPlan, study, exp_id: str) -> tuple[str, ResumeState]:
+    """A new sweep's parent run and its study's first trials; or, on --resume, the parent run
+    reopened and what the interrupted sweep recorded (its trials' ends, runs and checkpoints)."""
+    opts = p.opts
+    if p.parent is None:
+        parent_id = start_parent(p, exp_id)
+        name_objectives(study, p.objectives)
+        for point in p.starting_points[: opts.num_samples]:
+            study.enqueue_trial(point)
+        return parent_id, ResumeState()
+    parent_id = p.parent.info.run_id
+    tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
+    recover = p.replay.record_run if p.replay is not None else None
+    resume = prepare_resume(
+        study, opts.tracking_uri, exp_id, parent_id, recover=recover, recreate=recreate_run(p, exp_id, parent_id)
+    )
+    # The sampler goes on from where the study is, not from its first draws again (a seeded
+    # sampler restarted would propose the configurations the sweep already tried).
+    study.sampler = make_sampler(p.sampler_name, p.seed + len(study.trials), p.grid)
+    return parent_id, resume
 
 
 def run_sweep(opts: SweepOptions) -> dict[str, Any]:
