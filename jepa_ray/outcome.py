@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa_ray.contract import EPOCH, RESULT_FAILURE, FailureKind, failure_kind, is_final
-from jepa_ray.errors import one_line
+from jepa_ray.errors import StorageFull, one_line
 
 
 class Outcome(str, enum.Enum):
@@ -100,16 +100,22 @@ def classify(
     order: an error; a failure it reported (the collapse guard's included); its final metrics
     (all `objectives` finite); a scheduler's stop; else the sweep stopped it (a trial ends
     without final metrics, a failure or an error only when Tune stops it: a trial that fails
-    says so in a failure report), with the sweep's reason when known."""
+    says so in a failure report), with the sweep's reason when known. A full disk (an error or
+    a reported `unfinished` failure saying StorageFull's line) is no fault of the trial: it
+    ends unfinished, and --resume trains it again."""
     result = dict(result or {})
     epochs = epochs_of(result)
     if error is not None:
+        full = StorageFull.find(error)
+        if full is not None:
+            return TrialEnd(Outcome.UNFINISHED, str(full), epochs, result)
         return TrialEnd(Outcome.FAILED, one_line(error) or "the trial raised an error", epochs, result)
     kind = failure_kind(result)
     if kind is not None:
         outcome = {
             FailureKind.COLLAPSED: Outcome.COLLAPSED,
             FailureKind.STOPPED: Outcome.STOPPED,
+            FailureKind.UNFINISHED: Outcome.UNFINISHED,
         }.get(kind, Outcome.FAILED)
         return TrialEnd(outcome, one_line(str(result[RESULT_FAILURE])), epochs, result)
     if is_final(result):
@@ -137,6 +143,7 @@ class Ledger:
         self.stops: dict[str, str] = {}  # trial id -> why a scheduler stopped it
         self.started: dict[str, None] = {}  # an ordered set: the trials' start order
         self.sweep_stop: str | None = None
+        self.storage_full: StorageFull | None = None  # the first full disk met: the sweep stops
 
     def start(self, trial_id: str) -> None:
         self.started.setdefault(trial_id, None)
@@ -155,6 +162,8 @@ class Ledger:
                 sweep_stop=self.sweep_stop,
                 objectives=self.objectives,
             )
+            if self.ends[trial_id].outcome is Outcome.UNFINISHED and self.storage_full is None:
+                self.storage_full = StorageFull.find(self.ends[trial_id].reason)
         return self.ends[trial_id]
 
     def get(self, trial_id: str) -> TrialEnd | None:

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from jepa_ray import cluster
-from jepa_ray.errors import UsageError
+from jepa_ray.errors import StorageFull, UsageError
 from jepa_ray.sweep.describe import mlflow_ui_command
 from jepa_ray.sweep.driver import execute, plan
 from jepa_ray.sweep.failures import TrackingFailed
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         cluster.RAY_LOGGING_LEVEL, cluster.RAY_LOG_TO_DRIVER = logging.ERROR, False
         for name in ("ray", "ray.tune", "ray.train", "mlflow"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Its traceback of a database error the sweep then says in one line (a full disk).
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if threading.current_thread() is threading.main_thread():
         # A sweep started in the background (`nohup ... &`) inherits SIGINT ignored: `kill -INT`
         # would then do nothing before Tune's own handler is set, and a second one nothing after.
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrackingFailed as err:
+    except (TrackingFailed, StorageFull) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

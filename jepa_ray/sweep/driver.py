@@ -28,11 +28,11 @@ from jepa_ray import contract as C
 from jepa_ray.cluster import is_local_path, sqlite_path
 from jepa_ray.config import TrialConfig
 from jepa_ray.data import check_data
-from jepa_ray.errors import UsageError
+from jepa_ray.errors import StorageFull, UsageError
 from jepa_ray.outcome import Ledger, Outcome
 from jepa_ray.pareto.objectives import Objective
 from jepa_ray.sweep.describe import print_front
-from jepa_ray.sweep.failures import EpochBudget, FailureLimit
+from jepa_ray.sweep.failures import EpochBudget, FailureLimit, full_disk
 from jepa_ray.sweep.options import SMOKE_REPLACES, SweepOptions, validate_options
 from jepa_ray.sweep.planning import SweepPlan
 from jepa_ray.sweep.records import (
@@ -42,7 +42,7 @@ from jepa_ray.sweep.records import (
     recreate_run,
     start_parent,
 )
-from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config
+from jepa_ray.sweep.resume import ResumeState, epoch_histories, prepare_resume, recorded_base_config, sweep_recorded
 from jepa_ray.sweep.rungs import parse_signals
 from jepa_ray.sweep.schedulers import LedgerScheduler, scheduler_from_flags
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
@@ -213,7 +213,24 @@ def _identity(opts: SweepOptions, space: _Space) -> _Identity:
 def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = None) -> dict[str, Any]:
     """Run (or resume) a planned sweep; returns a summary. `wrap_callbacks`: the driver's Tune
     callbacks -> the callbacks Tune gets (a caller that observes them: the scale benchmark times
-    them on Tune's event loop)."""
+    them on Tune's event loop). A disk it writes found full (a trial's checkpoint, Tune's state,
+    the MLflow or Optuna store) raises StorageFull naming the path: the sweep stopped as on
+    Ctrl-C, and --resume goes on once space is freed ("rerun" alone while MLflow holds nothing
+    of the sweep)."""
+    try:
+        return _execute(p, wrap_callbacks)
+    except Exception as err:
+        full = full_disk(err, p)
+        if full is None:
+            raise
+        if full.resume and not sweep_recorded(p.opts.tracking_uri, p.opts.experiment, p.name):
+            full = StorageFull(full.path, resume=False)
+        if full is err:
+            raise
+        raise full from err
+
+
+def _execute(p: SweepPlan, wrap_callbacks: Callable[[list], list] | None) -> dict[str, Any]:
     import optuna
 
     opts = p.opts

@@ -1,17 +1,25 @@
 """When a sweep stops early: after too many failed trials (trials the collapse guard or a
 scheduler stopped do not count: they say the hyperparameters are bad, not that the sweep fails),
-once its compute budget in trial-epochs is spent (both read the outcome ledger), on SIGTERM, or
-when MLflow stops taking its writes."""
+once its compute budget in trial-epochs is spent (both read the outcome ledger), on SIGTERM,
+when MLflow stops taking its writes, or when a disk it writes is full (a trial's checkpoint,
+the MLflow or Optuna store: `StorageFull`, stopped as on Ctrl-C, so that --resume goes on once
+space is freed)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from ray.tune import Stopper
 
+from jepa_ray.cluster import sqlite_path
+from jepa_ray.errors import StorageFull, causes, storage_full
 from jepa_ray.outcome import Ledger, Outcome, epochs_of
+
+if TYPE_CHECKING:  # an annotation: the plan is read, never built here
+    from jepa_ray.sweep.planning import SweepPlan
 
 
 class FailureLimit:
@@ -55,8 +63,10 @@ class EpochBudget:
         return self.budget > 0 and self.spent >= self.budget
 
 
-def stop_reason(limit: FailureLimit, budget: EpochBudget) -> str:
+def stop_reason(limit: FailureLimit, budget: EpochBudget, full: StorageFull | None = None) -> str:
     """Why trials the sweep cut short did not end (the ledger's UNFINISHED reason)."""
+    if full is not None:
+        return f"stopped before its end: {full}"
     if limit.reached:
         return f"stopped before its end: the sweep stopped after {limit.failed} failed trials"
     if budget.reached:
@@ -65,8 +75,9 @@ def stop_reason(limit: FailureLimit, budget: EpochBudget) -> str:
 
 
 class StopOnFailuresOrBudget(Stopper):
-    """Stop every trial when the failure limit or the compute budget is reached (and tell the
-    ledger why, so that the trials Tune stops then end unfinished with that reason)."""
+    """Stop every trial when the failure limit or the compute budget is reached, or once the
+    sweep met a full disk (and tell the ledger why, so that the trials Tune stops then end
+    unfinished with that reason)."""
 
     def __init__(self, limit: FailureLimit, budget: EpochBudget, ledger: Ledger):
         self.limit, self.budget, self.ledger = limit, budget, ledger
@@ -76,14 +87,41 @@ class StopOnFailuresOrBudget(Stopper):
         return False
 
     def stop_all(self):
-        stop = self.limit.reached or self.budget.reached
+        full = self.ledger.storage_full
+        stop = full is not None or self.limit.reached or self.budget.reached
         if stop:
-            self.ledger.close_reason(stop_reason(self.limit, self.budget))
+            self.ledger.close_reason(stop_reason(self.limit, self.budget, full))
         return stop
 
 
 class TrackingFailed(RuntimeError):
     """MLflow stopped taking the sweep's writes (the message is one line)."""
+
+
+def full_disk(err: BaseException, p: SweepPlan) -> StorageFull | None:
+    """The full disk behind `err` (None when it is another error), named by what was writing:
+    the Optuna study's database for an Optuna error, the MLflow store for an MLflow one, else
+    the file the error names or the sweep's storage path (Tune's own state, a checkpoint)."""
+    raisers = _packages(err)
+    where = p.storage
+    if "optuna" in raisers:
+        where = str(sqlite_path(p.storage_url) or p.storage_url)
+    elif "mlflow" in raisers:
+        where = str(sqlite_path(p.opts.tracking_uri) or p.opts.tracking_uri)
+    return storage_full(err, where)
+
+
+def _packages(err: BaseException) -> set[str]:
+    """The top-level packages whose code raised `err` or what caused it: the errors' own and
+    every frame of their tracebacks (a database error raised by SQLAlchemy inside Optuna)."""
+    names = set()
+    for cause in causes(err):
+        names.add(type(cause).__module__.split(".")[0])
+        tb = cause.__traceback__
+        while tb is not None:
+            names.add(str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0])
+            tb = tb.tb_next
+    return names
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from jepa_ray import config as config_lib
 from jepa_ray import tracking
 from jepa_ray.adapter import mark_interrupted
+from jepa_ray.cluster import sqlite_path
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import (
     ATTR_EPOCHS,
@@ -49,6 +50,19 @@ class ResumeState:
         """The finished trials' objective values (for the hypervolume curve)."""
         points = [tuple(m.get(o.name, math.nan) for o in objectives) for m in self.finished_metrics]
         return [p for p in points if all(math.isfinite(v) for v in p)]
+
+
+def sweep_recorded(tracking_uri: str, experiment: str, name: str) -> bool:
+    """Whether MLflow holds the parent run of the sweep `name` (what --resume looks for); True
+    when MLflow cannot be read (--resume then says what it finds)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return False
+    try:
+        exp_id = tracking.find_experiment(tracking_uri, experiment)
+        return exp_id is not None and tracking.find_sweep_run(tracking_uri, exp_id, name) is not None
+    except Exception:
+        return True
 
 
 def epoch_histories(tracking_uri: str, exp_id: str, parent_run_id: str, metrics: list[str]) -> dict[str, dict]:

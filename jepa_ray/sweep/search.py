@@ -17,8 +17,9 @@ from jepa_ray.adapter import (
     searcher_study,
     searcher_trials,
 )
+from jepa_ray.cluster import sqlite_path
 from jepa_ray.contract import ATTR_EPOCHS, ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
-from jepa_ray.errors import UsageError
+from jepa_ray.errors import UsageError, storage_full
 from jepa_ray.outcome import Ledger, Outcome, classify
 from jepa_ray.sweep.options import SAMPLERS
 
@@ -57,6 +58,8 @@ class JepaOptunaSearch(OptunaSearch):
     from the trial's last result) and records the Tune trial id on the Optuna trial."""
 
     ledger: Ledger | None = None
+    storage_path: str = ""
+    """Where its study is stored (a full disk there is named so)."""
     rung_signals: tuple[str, ...] = ()
     """With the `tpe-rungs` sampler: the per-epoch signals (one per objective, in order) a trial
     stopped at a rung is told with, as COMPLETE, so that TPE learns from the rungs too (BOHB's
@@ -108,10 +111,18 @@ class JepaOptunaSearch(OptunaSearch):
 
     def _tell(self, ot_trial, values, state: TrialState, attrs: dict) -> None:
         """Optuna hears of the end now, in the event loop: a sampler's next proposal sees every
-        end before it (with one trial at a time, a seeded sweep proposes the same again)."""
-        for k, v in attrs.items():
-            ot_trial.set_user_attr(k, v)
-        searcher_study(self).tell(ot_trial, values, state=state)
+        end before it (with one trial at a time, a seeded sweep proposes the same again). A
+        study whose disk is full stops the sweep (the ledger's `storage_full`, which Tune would
+        otherwise only log): the trial stays RUNNING there, and --resume trains it again."""
+        try:
+            for k, v in attrs.items():
+                ot_trial.set_user_attr(k, v)
+            searcher_study(self).tell(ot_trial, values, state=state)
+        except Exception as err:
+            full = storage_full(err, self.storage_path)
+            if full is None or self.ledger is None:
+                raise
+            self.ledger.storage_full = self.ledger.storage_full or full
 
 
 def make_searcher(
@@ -131,6 +142,7 @@ def make_searcher(
         storage=storage,
     )
     searcher.ledger = ledger
+    searcher.storage_path = str(sqlite_path(storage_url) or storage_url)
     return searcher
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from jepa_ray import config as config_lib
 from jepa_ray.config import TrialConfig
 from jepa_ray.contract import RESULT_FAILURE, RESULT_FAILURE_KIND, FailureKind
-from jepa_ray.errors import UsageError
+from jepa_ray.errors import UsageError, storage_full
 from jepa_ray.placement import TRIAL_ACTOR_CPUS
 from jepa_ray.sweep.spaces import trial_config
 from jepa_ray.trial_spec import TrialSpec
@@ -24,7 +24,9 @@ def trial_main(
     """A Tune function trial: train one config with `run_trial` and report per-epoch then final
     metrics. One worker trains in this actor and reports through tune.report; several train
     under a TorchTrainer whose controller forwards rank 0's reports to this trial
-    (TuneReportCallback: a report reaches Tune only once Ray Train registered it)."""
+    (TuneReportCallback: a report reaches Tune only once Ray Train registered it). A full disk
+    is reported as the trial's `unfinished` failure (jepa_ray.errors.StorageFull's line), which
+    stops the sweep."""
     from ray import tune
 
     from jepa_ray.train import TrialFailure, run_trial  # torch: only the trial's actor trains
@@ -49,6 +51,11 @@ def trial_main(
         tune.report({RESULT_FAILURE: str(err), RESULT_FAILURE_KIND: err.kind.value})
     except UsageError as err:  # a config the data refuses (a batch larger than the split)
         tune.report({RESULT_FAILURE: str(err), RESULT_FAILURE_KIND: FailureKind.FAILED.value})
+    except Exception as err:  # a full disk is no fault of the trial: it ends unfinished, the sweep stops
+        full = storage_full(err, storage)
+        if full is None:
+            raise
+        tune.report({RESULT_FAILURE: str(full), RESULT_FAILURE_KIND: FailureKind.UNFINISHED.value})
 
 
 def trial_resources(cfg: TrialConfig) -> dict[str, float]:

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray import tracking
+from jepa_ray.errors import StorageFull
 from jepa_ray.outcome import Ledger
 from jepa_ray.sweep.failures import (
     EpochBudget,
     FailureLimit,
     StopOnFailuresOrBudget,
     TrackingFailed,
+    full_disk,
     sigterm_as_interrupt,
     stop_reason,
 )
@@ -52,7 +54,9 @@ def run_tuner(
 ) -> None:
     """Launch `trials` trials, `concurrency` at a time, under Tune and close what it leaves open: the trials it stopped
     with the sweep end in the ledger, Optuna and MLflow, and the writer is flushed and closed.
-    Raises KeyboardInterrupt on SIGTERM, TrackingFailed when MLflow stopped taking writes."""
+    Raises KeyboardInterrupt on SIGTERM, StorageFull when a disk it writes was full (a trial's
+    checkpoint, Tune's state, the MLflow or Optuna store), TrackingFailed when MLflow stopped
+    taking writes."""
     from ray import tune
 
     writer = MlflowWriter(p.opts.tracking_uri, patience_s=p.opts.tracking_patience)
@@ -81,17 +85,21 @@ def run_tuner(
             verbose=1 if p.opts.verbose else 0,
         ),
     )
+    full: StorageFull | None = None
     try:
         on_term = lambda: run.ledger.close_reason("stopped before its end: the sweep got SIGTERM")  # noqa: E731
         with sigterm_as_interrupt(on_term) as signalled:
             tuner.fit()
-    except Exception:
-        if writer.error is None:  # a callback's WriterFailed, wrapped by Tune: said below in one line
+    except Exception as err:
+        full = full_disk(err, p)  # under Tune's own state, or an Optuna proposal (Tune raises it)
+        if writer.error is None and full is None:  # a callback's WriterFailed, wrapped by Tune: said below
             raise
     finally:
-        _close_stopped_trials(p, run, mlflow_cb, writer)
+        full = _close_stopped_trials(p, run, mlflow_cb, writer, full)
     if signalled:  # Tune may have taken the interrupt as a stop: the sweep still ends interrupted
         raise KeyboardInterrupt("SIGTERM")
+    if full is not None:
+        raise full
     if writer.error is not None:
         raise TrackingFailed(
             f"{writer.error}; the sweep stopped. Every trial keeps its checkpoints in its store: once MLflow "
@@ -158,11 +166,15 @@ def _reporter(p: SweepPlan):
     return tune.CLIReporter(metric_columns=columns, parameter_columns=[C.SPEC_NUMBER], max_report_frequency=15)
 
 
-def _close_stopped_trials(p: SweepPlan, run: Started, mlflow_cb, writer: MlflowWriter) -> None:
-    """Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM) end
-    without a report: the ledger closes them, and Optuna and MLflow hear it from there; then the
-    writer is flushed and closed."""
-    why = stop_reason(run.limit, run.budget)
+def _close_stopped_trials(
+    p: SweepPlan, run: Started, mlflow_cb, writer: MlflowWriter, full: StorageFull | None
+) -> StorageFull | None:
+    """Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM, a full
+    disk) end without a report: the ledger closes them, and Optuna and MLflow hear it from there;
+    then the writer is flushed and closed. Returns the full disk the sweep met, if any (`full`,
+    a trial's, the Optuna study's or the MLflow writer's)."""
+    full = full or run.ledger.storage_full or StorageFull.find(writer.error)
+    why = stop_reason(run.limit, run.budget, full)
     closed = run.ledger.close(why, also=run.searcher.unended())
     for trial_id in closed:
         run.searcher.on_trial_complete(trial_id)
@@ -173,3 +185,4 @@ def _close_stopped_trials(p: SweepPlan, run: Started, mlflow_cb, writer: MlflowW
     if writer.error is None:
         tracking.fail_running_trials(p.opts.tracking_uri, run.exp_id, run.parent_id, why)
     writer.close()
+    return full or run.ledger.storage_full or StorageFull.find(writer.error)

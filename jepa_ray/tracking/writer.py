@@ -12,7 +12,9 @@ The queue is bounded (a driver that outruns MLflow slows down instead of growing
 `patience_s` seconds (a tracking server on a busy head can take longer than a request's timeout
 to answer); one that still fails (a server gone) stops the writer with `error` set (nothing
 after it is attempted), so that the driver stops the sweep with one line and `--resume` records
-what MLflow missed from the trials' stores.
+what MLflow missed from the trials' stores. A write that finds the store's disk full stops it at
+once (waiting frees no space), its `error` being jepa_ray.errors.StorageFull's line naming the
+store.
 
 A process writer (the driver's) and a thread writer (tests, with a fake client) run one loop,
 `_dispatch`, on the same messages; they differ only in the queues and the worker they are made
@@ -21,6 +23,7 @@ with. Nothing here starts a writer on its own: the driver makes the one it passe
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -30,7 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Union
 
-from jepa_ray.errors import one_line
+from jepa_ray.cluster import sqlite_path
+from jepa_ray.errors import one_line, storage_full
 from jepa_ray.tracking import store
 from jepa_ray.tracking.ops import CreateRun, LogBatch, Op, RunRef
 
@@ -189,6 +193,10 @@ class _Executor:
                 self._recovered()
                 return
             except Exception as err:  # noqa: BLE001 - MLflow, HTTP and database errors alike
+                full = storage_full(err, str(sqlite_path(self.tracking_uri) or self.tracking_uri))
+                if full is not None:  # a full disk does not clear up by waiting: stop at once
+                    self.error = str(full)
+                    return
                 now = time.monotonic()
                 first_failure = first_failure or now
                 self._failing(err, now)
@@ -256,9 +264,11 @@ def _serve(tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, 
     def orphaned() -> bool:
         return os.getppid() != parent
 
-    _dispatch(
-        _Executor(tracking_uri, store.client(tracking_uri), patience_s, backoff_s, orphaned=orphaned), inbox, outbox
-    )
+    ex = _Executor(tracking_uri, store.client(tracking_uri), patience_s, backoff_s, orphaned=orphaned)
+    # A failing write is said in one line (here and by the driver), not also with the traceback
+    # MLflow's sqlite store logs for every database error.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    _dispatch(ex, inbox, outbox)
 
 
 def _start_process(

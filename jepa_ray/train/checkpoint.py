@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config import TrialConfig, from_dict, save_json
 from jepa_ray.data.registry import dataset_info
+from jepa_ray.errors import writing
 
 if TYPE_CHECKING:
     import torch
@@ -81,35 +82,44 @@ def save_checkpoint(
 
     extra_state: more state dicts stored in model.pt beside `model` (e.g. the online probes).
     train_state: what resuming needs (optimizer state, epoch, step); kept out of model.pt.
-    history: every epoch's metrics so far. extra_files: more small text files (name -> text)."""
+    history: every epoch's metrics so far. extra_files: more small text files (name -> text).
+    A full device raises StorageFull naming `directory` (jepa_ray.errors), nothing left behind."""
+    directory = Path(directory)
+    with writing(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            state = model if isinstance(model, dict) else unwrap(model).state_dict()
+            _save_torch({"model": state, **(extra_state or {})}, tmp / MODEL_FILE)
+            save_json(cfg, tmp / CONFIG_FILE)
+            with open(tmp / METRICS_FILE, "w") as f:
+                json.dump(_json_safe(metrics or {}), f, indent=2, sort_keys=True)
+            if train_state is not None:
+                _save_torch(train_state, tmp / TRAIN_STATE_FILE)
+            if history is not None:
+                (tmp / HISTORY_FILE).write_text(json.dumps([_json_safe(m) for m in history]))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
+                directory.rename(old)
+                tmp.rename(directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return directory
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """torch.save through a Python file: a failing write then raises its OSError (ENOSPC, which
+    `writing` turns into StorageFull) instead of only torch's "unexpected pos" RuntimeError."""
     import torch
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        state = model if isinstance(model, dict) else unwrap(model).state_dict()
-        torch.save({"model": state, **(extra_state or {})}, tmp / MODEL_FILE)
-        save_json(cfg, tmp / CONFIG_FILE)
-        with open(tmp / METRICS_FILE, "w") as f:
-            json.dump(_json_safe(metrics or {}), f, indent=2, sort_keys=True)
-        if train_state is not None:
-            torch.save(train_state, tmp / TRAIN_STATE_FILE)
-        if history is not None:
-            (tmp / HISTORY_FILE).write_text(json.dumps([_json_safe(m) for m in history]))
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from jepa_ray import cluster, placement
 from jepa_ray import config as config_lib
 from jepa_ray.config import RUNTIME_KEYS, TrialConfig
 from jepa_ray.contract import HEADLINE_METRICS, is_final
-from jepa_ray.errors import UsageError
+from jepa_ray.errors import StorageFull, UsageError
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train import faults
 from jepa_ray.train.guard import TrialFailure
@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics, checkpoint = run_trial(cfg, store.uri, fault=fault, report=lambda m: _print_epoch(cfg, m))
     except TrialFailure as err:
         print(f"error: trial failed: {err}", file=sys.stderr)
+        return 1
+    except StorageFull as err:  # the store keeps its last whole checkpoint: --resume goes on from it
+        print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         if multi:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from jepa_ray.config import from_dict, to_dict
 from jepa_ray.contract import CHECKPOINT_URI, FINAL_RESULT, FailureKind
-from jepa_ray.errors import one_line
+from jepa_ray.errors import StorageFull, one_line
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.faults import Fault
 from jepa_ray.train.guard import TrialFailure
@@ -168,4 +168,7 @@ def _fit_torch_trainer(
     try:
         trainer.fit()
     except Exception as err:  # TrainingFailedError: workers kept failing
+        full = StorageFull.find(str(err))  # rank 0 found the store's disk full: no fault of the trial
+        if full is not None:
+            raise full from err
         raise TrialFailure(f"training failed: {one_line(err, 500)}") from err

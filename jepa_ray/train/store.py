@@ -10,6 +10,8 @@ A reader never sees a half-written checkpoint: local directories are written bes
 place and renamed into it, remote ones are uploaded whole before LATEST (one small object,
 replaced whole) names them. The restore point of a trial is what its store holds, not what Ray
 Train last registered, so a worker killed after a checkpoint loses at most the epoch in flight.
+A write that finds the disk full raises StorageFull naming what it was writing, and leaves the
+store as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from jepa_ray.errors import one_line
+from jepa_ray.errors import one_line, writing
 from jepa_ray.train.checkpoint import METRICS_FILE, TRAIN_STATE_FILE, damage, has_file, is_remote
 
 EPOCHS_DIR = "checkpoints"
@@ -135,10 +137,14 @@ class TrialStore:
                 f.write(text.encode())
             return
         path = Path(self.child(name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
 
     def _read_small(self, name: str) -> str | None:
         if self.remote:
