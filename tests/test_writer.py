@@ -275,8 +275,9 @@ def test_the_driver_s_writer_is_a_process_that_writes_a_real_store(tmp_path):
 
 
 def test_a_pickled_writer_comes_back_as_a_writer_with_its_patience():
-    """Tune pickles its callbacks with the experiment state: the copy's writer process starts
-    with the original's patience (it used to start with the default 120 s and be told later):
+    """Tune pickles its callbacks with the experiment state: the copy is a writer with the
+    original's patience (it used to start with the default 120 s and be told later), whose
+    process starts only once something is written to it (Tune never writes through a copy):
     against a port nobody answers, it gives up after its own half second."""
     import pickle
 
@@ -284,8 +285,9 @@ def test_a_pickled_writer_comes_back_as_a_writer_with_its_patience():
     copy = pickle.loads(pickle.dumps(w))
     try:
         assert (copy.tracking_uri, copy.patience_s, copy.backoff_s) == (w.tracking_uri, 0.5, 0.05)
-        assert copy._worker.pid != w._worker.pid
+        assert copy._worker is None and copy.flush(timeout=1) and copy.pending == 0  # no process yet
         copy.create_run(RunRef(), "0", "trial-0", {})
+        assert copy._worker.pid != w._worker.pid
         assert not copy.flush(timeout=90)
         assert copy.error is not None and copy.error.startswith("MLflow at http://127.0.0.1:9 refused writes")
     finally:

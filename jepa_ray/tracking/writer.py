@@ -293,7 +293,9 @@ def _start_thread(ex: _Executor, maxsize: int) -> tuple[_Queue, _Queue, _Worker]
 
 class MlflowWriter:
     """Runs the sweep's MLflow writes in order, off the caller's thread: in a process of its own
-    (`process=True`, the driver's) or a thread (`client` given: tests pass a fake one)."""
+    (`process=True`, the driver's) or a thread (`client` given: tests pass a fake one). `lazy`:
+    nothing starts until the first write (an unpickled copy that is never written to never
+    starts a process)."""
 
     def __init__(
         self,
@@ -304,23 +306,34 @@ class MlflowWriter:
         backoff_s: float = 0.5,
         client=None,
         process: bool | None = None,
+        lazy: bool = False,
     ):
         self.tracking_uri, self.patience_s, self.backoff_s = tracking_uri, patience_s, backoff_s
         self.error: str | None = None
         self.process = client is None if process is None else process
         self._tokens = itertools.count()
         self._flushed: set[int] = set()
+        self._maxsize, self._client = maxsize, client
+        self._worker: _Worker | None = None
+        if not lazy:
+            self._start()
+
+    def _start(self) -> None:
         if self.process:
-            self.q, self._out, self._worker = _start_process(tracking_uri, maxsize, patience_s, backoff_s)
+            self.q, self._out, self._worker = _start_process(
+                self.tracking_uri, self._maxsize, self.patience_s, self.backoff_s
+            )
         else:
-            _quiet_http(tracking_uri)
-            ex = _Executor(tracking_uri, client or store.client(tracking_uri), patience_s, backoff_s)
-            self.q, self._out, self._worker = _start_thread(ex, maxsize)
+            _quiet_http(self.tracking_uri)
+            ex = _Executor(
+                self.tracking_uri, self._client or store.client(self.tracking_uri), self.patience_s, self.backoff_s
+            )
+            self.q, self._out, self._worker = _start_thread(ex, self._maxsize)
 
     def __reduce__(self):
         # Tune pickles its callbacks with the experiment state (it unpickles them only to restore
-        # an experiment, which the sweep never asks of it): a copy is a new writer, started with
-        # this one's patience, not with the default before the state is set.
+        # an experiment, which the sweep never asks of it): a copy is a new writer with this
+        # one's patience, which starts only if something is written to it.
         return (_unpickled_writer, (self.tracking_uri, self.patience_s, self.backoff_s))
 
     # What the callbacks call (cheap: they only queue) ---------------------------------------
@@ -344,6 +357,8 @@ class MlflowWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before this call is written (or the writer failed);
         True when it all was."""
+        if self._worker is None:
+            return self.error is None  # never started: nothing was queued
         if self._poll() is not None or not self._worker.is_alive():
             return False
         token = next(self._tokens)
@@ -368,13 +383,15 @@ class MlflowWriter:
     def close(self) -> None:
         """Flush and end the writer."""
         self.flush()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self.q.put(Stop())
             self._worker.join(timeout=30)
 
     @property
     def pending(self) -> int:
         """Messages queued and not yet taken by the writer (0 where the platform cannot count)."""
+        if self._worker is None:
+            return 0
         try:
             return self.q.qsize()
         except NotImplementedError:  # multiprocessing queues on some platforms
@@ -382,6 +399,8 @@ class MlflowWriter:
 
     def _put(self, msg: Message) -> None:
         if self.error is None:
+            if self._worker is None:
+                self._start()
             self.q.put(msg)
 
     def _take(self, reply: Reply) -> None:
@@ -392,6 +411,8 @@ class MlflowWriter:
 
     def _poll(self) -> str | None:
         """The writer's error, once every reply it sent so far is taken."""
+        if self._worker is None:
+            return self.error
         while True:
             try:
                 self._take(self._out.get_nowait())
@@ -400,4 +421,4 @@ class MlflowWriter:
 
 
 def _unpickled_writer(tracking_uri: str, patience_s: float, backoff_s: float) -> MlflowWriter:
-    return MlflowWriter(tracking_uri, patience_s=patience_s, backoff_s=backoff_s)
+    return MlflowWriter(tracking_uri, patience_s=patience_s, backoff_s=backoff_s, lazy=True)
