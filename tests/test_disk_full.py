@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 import torch
+from test_sweep import RESUME_ARGS
 
 from jepa_ray import sweep, tracking
 from jepa_ray.config import TrialConfig
@@ -266,24 +267,7 @@ MU_ONLY = '''
 def space(trial):
     return {"mu": trial.suggest_float("mu", -1.0, 0.0)}
 '''
-SWEEP_ARGS = (
-    "--preset",
-    "smoke",
-    "--epochs",
-    "4",
-    "--set",
-    "checkpoint_every=1",
-    "--set",
-    "collapse_guard=false",
-    "--num-samples",
-    "3",
-    "--max-concurrent",
-    "1",
-    "--seed",
-    "0",
-    "--name",
-    "full",
-)
+SWEEP_ARGS = (*RESUME_ARGS, "--seed", "0", "--name", "full")
 
 
 def mu_only_space(tmp_path: Path) -> tuple[Path, str]:
