@@ -67,8 +67,8 @@ def test_writes_happen_in_order_with_metrics_batched_and_flush_waits_for_them():
 
 
 def test_metric_writes_to_one_run_merge_across_other_runs_but_each_run_keeps_its_order():
-    from jepa_ray.tracking.ops import CreateRun, Finish, LogBatch
-    from jepa_ray.tracking.writer import Flush, _merge
+    from jepa_ray.tracking.ops import CreateRun, Finish, Flush, LogBatch
+    from jepa_ray.tracking.writer import _merge
 
     new, r1, r1_again = RunRef(), RunRef("r1"), RunRef("r1")
     create = CreateRun(new, "0", "trial-0", {})

@@ -210,7 +210,7 @@ def _identity(opts: SweepOptions, space: _Space) -> _Identity:
     return _Identity(parent.data.tags[C.SWEEP_NAME], seed, exp_id, parent, base)
 
 
-def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = None) -> dict[str, Any]:
+def execute(sweep: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = None) -> dict[str, Any]:
     """Run (or resume) a planned sweep; returns a summary. `wrap_callbacks`: the driver's Tune
     callbacks -> the callbacks Tune gets (a caller that observes them: the scale benchmark times
     them on Tune's event loop). A disk it writes found full (a trial's checkpoint, Tune's state,
@@ -218,63 +218,65 @@ def execute(p: SweepPlan, *, wrap_callbacks: Callable[[list], list] | None = Non
     Ctrl-C, and --resume goes on once space is freed ("rerun" alone while MLflow holds nothing
     of the sweep)."""
     try:
-        return _execute(p, wrap_callbacks)
+        return _execute(sweep, wrap_callbacks)
     except Exception as err:
-        full = full_disk(err, p)
+        full = full_disk(err, sweep)
         if full is None:
             raise
-        if full.resume and not sweep_recorded(p.opts.tracking_uri, p.opts.experiment, p.name):
+        if full.resume and not sweep_recorded(sweep.opts.tracking_uri, sweep.opts.experiment, sweep.name):
             full = StorageFull(full.path, resume=False)
         if full is err:
             raise
         raise full from err
 
 
-def _execute(p: SweepPlan, wrap_callbacks: Callable[[list], list] | None) -> dict[str, Any]:
+def _execute(sweep: SweepPlan, wrap_callbacks: Callable[[list], list] | None) -> dict[str, Any]:
     import optuna
 
-    opts = p.opts
+    opts = sweep.opts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     adapter.set_ray_switches()
-    logger.info("sweep %s: sampler %s, seed %d%s", p.name, p.sampler_name, p.seed, " (resumed)" if p.parent else "")
-    concurrency = _connect(p)
-    exp_id = p.exp_id or tracking.experiment_id(opts.tracking_uri, opts.experiment)
-    c = tracking.client(opts.tracking_uri)
-    ledger = Ledger(tuple(o.name for o in p.objectives))
-    make_storage_dir(p.storage_url)
-    searcher = make_searcher(p.space, p.objectives, p.sampler, p.name, p.storage_url, ledger)
-    if p.sampler_name == "tpe-rungs":
+    resumed = " (resumed)" if sweep.parent else ""
+    logger.info("sweep %s: sampler %s, seed %d%s", sweep.name, sweep.sampler_name, sweep.seed, resumed)
+    concurrency = _connect(sweep)
+    exp_id = sweep.exp_id or tracking.experiment_id(opts.tracking_uri, opts.experiment)
+    mlflow_client = tracking.client(opts.tracking_uri)
+    ledger = Ledger(tuple(o.name for o in sweep.objectives))
+    make_storage_dir(sweep.storage_url)
+    searcher = make_searcher(sweep.space, sweep.objectives, sweep.sampler, sweep.name, sweep.storage_url, ledger)
+    if sweep.sampler_name == "tpe-rungs":
         searcher.rung_signals = tuple(s.metric for s in parse_signals(opts.scheduler_signals))
-    parent_id, resume = _open_records(p, study_of(searcher), exp_id)
-    scheduler = LedgerScheduler(p.scheduler, ledger)
+    parent_id, resume = _open_records(sweep, study_of(searcher), exp_id)
+    scheduler = LedgerScheduler(sweep.scheduler, ledger)
     if opts.resume and scheduler.signal_metrics:
         scheduler.restore_from_histories(
             epoch_histories(opts.tracking_uri, exp_id, parent_id, scheduler.signal_metrics)
         )
-    c.set_tag(parent_id, C.SWEEP_MAX_CONCURRENT, str(concurrency))
+    mlflow_client.set_tag(parent_id, C.SWEEP_MAX_CONCURRENT, str(concurrency))
     remaining = max(0, opts.num_samples - resume.finished)
     limit = FailureLimit(opts.max_failed_trials, ledger)
     budget = EpochBudget(opts.max_trial_epochs, resume.trial_epochs)
     summary: dict[str, Any] = {
-        "sweep": p.name,
-        "seed": p.seed,
+        "sweep": sweep.name,
+        "seed": sweep.seed,
         "parent_run_id": parent_id,
         "experiment": opts.experiment,
         "experiment_id": exp_id,
         "tracking_uri": opts.tracking_uri,
-        "optuna_storage": p.storage_url,
+        "optuna_storage": sweep.storage_url,
         "already_finished": resume.finished,
         "launched": remaining,
         "max_concurrent": concurrency,
     }
     if remaining > 0:
         started = Started(exp_id, parent_id, searcher, scheduler, ledger, resume, limit, budget)
-        run_tuner(p, started, remaining, concurrency, wrap_callbacks)
+        run_tuner(sweep, started, remaining, concurrency, wrap_callbacks)
         summary["launched"] = searcher.suggested
     status = "FAILED" if limit.reached else "FINISHED"
     if limit.reached:
-        c.set_tag(parent_id, C.FAILURE, f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}")
-    c.set_terminated(parent_id, status)
+        why = f"stopped after {limit.failed} failed trials; last: {limit.reasons[-1]}"
+        mlflow_client.set_tag(parent_id, C.FAILURE, why)
+    mlflow_client.set_terminated(parent_id, status)
     summary.update(
         failed=limit.failed,
         failure_reasons=limit.reasons,
@@ -284,41 +286,41 @@ def _execute(p: SweepPlan, wrap_callbacks: Callable[[list], list] | None) -> dic
         finished=ledger.count(Outcome.FINISHED),
     )
     if opts.print_front:
-        summary["front"] = print_front(opts, p.objectives, parent_id)
+        summary["front"] = print_front(opts, sweep.objectives, parent_id)
     return summary
 
 
-def _connect(p: SweepPlan) -> int:
+def _connect(sweep: SweepPlan) -> int:
     """Join (or start) Ray, check that a trial fits it and its storage is shared; the trials
     that run at once (--max-concurrent, else as many as fit)."""
-    cluster.connect(p.opts.address, num_cpus=os.cpu_count())
+    cluster.connect(sweep.opts.address, num_cpus=os.cpu_count())
     # An autoscaling cluster may be only its head now: count the nodes it can grow to.
-    cluster.check_storage_path(p.storage, cluster.max_node_count())
+    cluster.check_storage_path(sweep.storage, cluster.max_node_count())
     capacity = placement.capacity()
-    demand = placement.trial_demand(p.base, in_tune=True)
+    demand = placement.trial_demand(sweep.base, in_tune=True)
     placement.check_trial_fits(demand, capacity)
-    return p.opts.max_concurrent or max(1, placement.copies_that_fit(demand, capacity))
+    return sweep.opts.max_concurrent or max(1, placement.copies_that_fit(demand, capacity))
 
 
-def _open_records(p: SweepPlan, study, exp_id: str) -> tuple[str, ResumeState]:
+def _open_records(sweep: SweepPlan, study, exp_id: str) -> tuple[str, ResumeState]:
     """A new sweep's parent run and its study's first trials; or, on --resume, the parent run
     reopened and what the interrupted sweep recorded (its trials' ends, runs and checkpoints)."""
-    opts = p.opts
-    if p.parent is None:
-        parent_id = start_parent(p, exp_id)
-        name_objectives(study, p.objectives)
-        for point in p.starting_points[: opts.num_samples]:
+    opts = sweep.opts
+    if sweep.parent is None:
+        parent_id = start_parent(sweep, exp_id)
+        name_objectives(study, sweep.objectives)
+        for point in sweep.starting_points[: opts.num_samples]:
             study.enqueue_trial(point)
         return parent_id, ResumeState()
-    parent_id = p.parent.info.run_id
+    parent_id = sweep.parent.info.run_id
     tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
-    recover = p.replay.record_run if p.replay is not None else None
+    recover = sweep.replay.record_run if sweep.replay is not None else None
     resume = prepare_resume(
-        study, opts.tracking_uri, exp_id, parent_id, recover=recover, recreate=recreate_run(p, exp_id, parent_id)
+        study, opts.tracking_uri, exp_id, parent_id, recover=recover, recreate=recreate_run(sweep, exp_id, parent_id)
     )
     # The sampler goes on from where the study is, not from its first draws again (a seeded
     # sampler restarted would propose the configurations the sweep already tried).
-    study.sampler = make_sampler(p.sampler_name, p.seed + len(study.trials), p.grid)
+    study.sampler = make_sampler(sweep.sampler_name, sweep.seed + len(study.trials), sweep.grid)
     return parent_id, resume
 
 

@@ -98,16 +98,16 @@ class TrackingFailed(RuntimeError):
     """MLflow stopped taking the sweep's writes (the message is one line)."""
 
 
-def full_disk(err: BaseException, p: SweepPlan) -> StorageFull | None:
+def full_disk(err: BaseException, sweep: SweepPlan) -> StorageFull | None:
     """The full disk behind `err` (None when it is another error), named by what was writing:
     the Optuna study's database for an Optuna error, the MLflow store for an MLflow one, else
     the file the error names or the sweep's storage path (Tune's own state, a checkpoint)."""
     raisers = _packages(err)
-    where = p.storage
+    where = sweep.storage
     if "optuna" in raisers:
-        where = str(sqlite_path(p.storage_url) or p.storage_url)
+        where = str(sqlite_path(sweep.storage_url) or sweep.storage_url)
     elif "mlflow" in raisers:
-        where = str(sqlite_path(p.opts.tracking_uri) or p.opts.tracking_uri)
+        where = str(sqlite_path(sweep.opts.tracking_uri) or sweep.opts.tracking_uri)
     return storage_full(err, where)
 
 

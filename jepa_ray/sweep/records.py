@@ -31,49 +31,49 @@ def optuna_storage_url(opts: SweepOptions) -> str:
     return f"sqlite:///{Path('~/.jepa_ray').expanduser() / 'optuna.db'}"
 
 
-def start_parent(p: SweepPlan, exp_id: str) -> str:
-    opts = p.opts
+def start_parent(sweep: SweepPlan, exp_id: str) -> str:
+    opts = sweep.opts
     tags = {
         C.SWEEP_COMMIT: tracking.git_commit(Path(__file__).resolve().parent),
-        C.SWEEP_SAMPLER: p.sampler_name,
-        C.SWEEP_SAMPLER_SEED: str(p.seed),
-        C.SWEEP_SPACE: opts.space if p.replay is None else f"replay:{opts.replay}",
-        C.SWEEP_OPTUNA_STORAGE: p.storage_url,
-        C.SWEEP_STORAGE_PATH: p.storage,
+        C.SWEEP_SAMPLER: sweep.sampler_name,
+        C.SWEEP_SAMPLER_SEED: str(sweep.seed),
+        C.SWEEP_SPACE: opts.space if sweep.replay is None else f"replay:{opts.replay}",
+        C.SWEEP_OPTUNA_STORAGE: sweep.storage_url,
+        C.SWEEP_STORAGE_PATH: sweep.storage,
         C.SWEEP_OBJECTIVES: opts.objectives,
-        C.DESCRIPTION: sweep_description(opts, p.objectives, p.sampler_name),
+        C.DESCRIPTION: sweep_description(opts, sweep.objectives, sweep.sampler_name),
         **tracking.source_tags(),
     }
-    if p.replay is not None:
+    if sweep.replay is not None:
         tags[C.SWEEP_REPLAY] = str(Path(opts.replay).resolve())
     return tracking.start_sweep_run(
         opts.tracking_uri,
         exp_id,
-        p.name,
+        sweep.name,
         tags=tags,
         params={
             "space": tags[C.SWEEP_SPACE],
-            "sampler": p.sampler_name,
-            "seed": p.seed,
+            "sampler": sweep.sampler_name,
+            "seed": sweep.seed,
             "num_samples": opts.num_samples,
-            **{f"base.{k}": v for k, v in config_lib.flatten(p.base).items()},
+            **{f"base.{k}": v for k, v in config_lib.flatten(sweep.base).items()},
         },
     )
 
 
-def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
+def recreate_run(sweep: SweepPlan, exp_id: str, parent_id: str):
     """optuna trial -> the MLflow run the driver would have made for it (RUNNING, its params and
     tags), for a trial Optuna knows and MLflow never heard of."""
     from optuna.trial import FixedTrial
 
-    c = tracking.client(p.opts.tracking_uri)
+    c = tracking.client(sweep.opts.tracking_uri)
 
     def recreate(t):
         fixed = FixedTrial(t.params, t.number)
         if C.ATTR_FIRST_TRIAL in t.user_attrs:
             fixed.set_user_attr(C.ATTR_FIRST_TRIAL, t.user_attrs[C.ATTR_FIRST_TRIAL])
-        spec = TrialSpec.from_config(p.space(fixed))
-        cfg = p.replay.trial_config(spec) if p.replay is not None else trial_config(p.base, spec)
+        spec = TrialSpec.from_config(sweep.space(fixed))
+        cfg = sweep.replay.trial_config(spec) if sweep.replay is not None else trial_config(sweep.base, spec)
         tags = {
             C.ROLE: C.ROLE_TRIAL,
             C.PARENT: parent_id,
@@ -82,8 +82,8 @@ def recreate_run(p: SweepPlan, exp_id: str, parent_id: str):
             C.OPTUNA_TRIAL: str(t.number),
             **tracking.source_tags(),
         }
-        if p.replay is None:
-            tags[C.TRIAL_DIR] = trial_dir(p.storage, p.name, t.number)
+        if sweep.replay is None:
+            tags[C.TRIAL_DIR] = trial_dir(sweep.storage, sweep.name, t.number)
         run_id = c.create_run(exp_id, run_name=f"trial-{t.number}", tags=tags).info.run_id
         tracking.log_params(c, run_id, config_lib.flatten(cfg))
         return c.get_run(run_id)

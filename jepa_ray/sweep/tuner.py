@@ -50,7 +50,7 @@ class Started:
 
 
 def run_tuner(
-    p: SweepPlan, run: Started, trials: int, concurrency: int, wrap_callbacks: Callable[[list], list] | None
+    sweep: SweepPlan, run: Started, trials: int, concurrency: int, wrap_callbacks: Callable[[list], list] | None
 ) -> None:
     """Launch `trials` trials, `concurrency` at a time, under Tune and close what it leaves open: the trials it stopped
     with the sweep end in the ledger, Optuna and MLflow, and the writer is flushed and closed.
@@ -59,12 +59,12 @@ def run_tuner(
     taking writes."""
     from ray import tune
 
-    writer = MlflowWriter(p.opts.tracking_uri, patience_s=p.opts.tracking_patience)
-    mlflow_cb = _mlflow_callback(p, run, writer)
-    callbacks = [mlflow_cb, _progress_callback(p, run, writer)]
-    base = p.base
+    writer = MlflowWriter(sweep.opts.tracking_uri, patience_s=sweep.opts.tracking_patience)
+    mlflow_cb = _mlflow_callback(sweep, run, writer)
+    callbacks = [mlflow_cb, _progress_callback(sweep, run, writer)]
+    base = sweep.base
     tuner = tune.Tuner(
-        tune.with_resources(_trainable(p, run.resume), trial_resources(base)),
+        tune.with_resources(_trainable(sweep, run.resume), trial_resources(base)),
         tune_config=tune.TuneConfig(
             search_alg=run.searcher,
             num_samples=trials,
@@ -76,13 +76,13 @@ def run_tuner(
             scheduler=run.scheduler,
         ),
         run_config=tune.RunConfig(
-            name=f"{p.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=p.storage,
+            name=f"{sweep.name}-tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=sweep.storage,
             callbacks=wrap_callbacks(callbacks) if wrap_callbacks else callbacks,
             stop=StopOnFailuresOrBudget(run.limit, run.budget, run.ledger),
             failure_config=tune.FailureConfig(max_failures=base.system.max_failures if base.system.workers == 1 else 0),
-            progress_reporter=_reporter(p) if p.opts.verbose else None,
-            verbose=1 if p.opts.verbose else 0,
+            progress_reporter=_reporter(sweep) if sweep.opts.verbose else None,
+            verbose=1 if sweep.opts.verbose else 0,
         ),
     )
     full: StorageFull | None = None
@@ -91,11 +91,11 @@ def run_tuner(
         with sigterm_as_interrupt(on_term) as signalled:
             tuner.fit()
     except Exception as err:
-        full = full_disk(err, p)  # under Tune's own state, or an Optuna proposal (Tune raises it)
+        full = full_disk(err, sweep)  # under Tune's own state, or an Optuna proposal (Tune raises it)
         if writer.error is None and full is None:  # a callback's WriterFailed, wrapped by Tune: said below
             raise
     finally:
-        full = _close_stopped_trials(p, run, mlflow_cb, writer, full)
+        full = _close_stopped_trials(sweep, run, mlflow_cb, writer, full)
     if signalled:  # Tune may have taken the interrupt as a stop: the sweep still ends interrupted
         raise KeyboardInterrupt("SIGTERM")
     if full is not None:
@@ -107,31 +107,31 @@ def run_tuner(
         )
 
 
-def _trainable(p: SweepPlan, resume: ResumeState):
+def _trainable(sweep: SweepPlan, resume: ResumeState):
     """The Tune function trial: a recorded row served, or `trial_main` training the config."""
     from ray import tune
 
-    if p.replay is not None:
-        return p.replay.trainable()
+    if sweep.replay is not None:
+        return sweep.replay.trainable()
     return tune.with_parameters(
         trial_main,
-        base=config_lib.to_dict(p.base),
-        storage=p.storage,
-        sweep=p.name,
+        base=config_lib.to_dict(sweep.base),
+        storage=sweep.storage,
+        sweep=sweep.name,
         resume_map=resume.resume_map,
-        fault=p.fault,
+        fault=sweep.fault,
     )
 
 
-def _mlflow_callback(p: SweepPlan, run: Started, writer: MlflowWriter):
+def _mlflow_callback(sweep: SweepPlan, run: Started, writer: MlflowWriter):
     """The callback that mirrors every trial into MLflow through `writer`."""
-    if p.replay is not None:
-        resolve_trial, where = p.replay.trial_config, None
+    if sweep.replay is not None:
+        resolve_trial, where = sweep.replay.trial_config, None
     else:
-        resolve_trial = lambda spec: trial_config(p.base, spec)  # noqa: E731
-        where = lambda spec: trial_dir(p.storage, p.name, spec.number or 0)  # noqa: E731
+        resolve_trial = lambda spec: trial_config(sweep.base, spec)  # noqa: E731
+        where = lambda spec: trial_dir(sweep.storage, sweep.name, spec.number or 0)  # noqa: E731
     return tracking.MlflowSweepCallback(
-        p.opts.tracking_uri,
+        sweep.opts.tracking_uri,
         run.exp_id,
         run.parent_id,
         resolve_trial,
@@ -142,32 +142,32 @@ def _mlflow_callback(p: SweepPlan, run: Started, writer: MlflowWriter):
     )
 
 
-def _progress_callback(p: SweepPlan, run: Started, writer: MlflowWriter) -> Progress:
+def _progress_callback(sweep: SweepPlan, run: Started, writer: MlflowWriter) -> Progress:
     """The progress lines and the sweep's hypervolume curve, counting on from a resumed sweep."""
     return Progress(
         run.parent_id,
-        p.objectives,
+        sweep.objectives,
         run.ledger,
         run.budget,
-        points_before=run.resume.final_points(p.objectives),
-        total_epochs=p.opts.max_trial_epochs or p.opts.num_samples * p.base.optim.epochs,
-        total_trials=p.opts.num_samples,
+        points_before=run.resume.final_points(sweep.objectives),
+        total_epochs=sweep.opts.max_trial_epochs or sweep.opts.num_samples * sweep.base.optim.epochs,
+        total_trials=sweep.opts.num_samples,
         writer=writer,
     )
 
 
-def _reporter(p: SweepPlan):
+def _reporter(sweep: SweepPlan):
     """Tune's status table (--verbose): the objectives, the target density and why a trial stopped."""
     from ray import tune
 
     columns = {C.EPOCH: "epoch", C.TRAIN_LOSS: "loss"}
-    columns.update({o.name: o.name for o in p.objectives})
+    columns.update({o.name: o.name for o in sweep.objectives})
     columns.update({C.TARGET_L0_DENSITY: "target_l0", STOP_COLUMN: "stop"})
     return tune.CLIReporter(metric_columns=columns, parameter_columns=[C.SPEC_NUMBER], max_report_frequency=15)
 
 
 def _close_stopped_trials(
-    p: SweepPlan, run: Started, mlflow_cb, writer: MlflowWriter, full: StorageFull | None
+    sweep: SweepPlan, run: Started, mlflow_cb, writer: MlflowWriter, full: StorageFull | None
 ) -> StorageFull | None:
     """Trials Tune stopped with the sweep (its budget, its failure limit, Ctrl-C, SIGTERM, a full
     disk) end without a report: the ledger closes them, and Optuna and MLflow hear it from there;
@@ -183,6 +183,6 @@ def _close_stopped_trials(
         logger.info("%d trials ended unfinished: %s", len(closed), run.ledger.get(closed[0]).reason)
     writer.flush()
     if writer.error is None:
-        tracking.fail_running_trials(p.opts.tracking_uri, run.exp_id, run.parent_id, why)
+        tracking.fail_running_trials(sweep.opts.tracking_uri, run.exp_id, run.parent_id, why)
     writer.close()
     return full or run.ledger.storage_full or StorageFull.find(writer.error)

@@ -1,7 +1,8 @@
 """The MLflow writes of a sweep as typed messages on picklable data, so that the writer can run
 them in another thread or another process (jepa_ray.tracking.writer). Each operation is a frozen
 dataclass naming its run and its fields, and applies itself to a client: what an operation is
-called and what it does cannot drift apart, and the writer dispatches on nothing but the type."""
+called and what it does cannot drift apart, and the writer dispatches on nothing but the type.
+The control messages (Flush, Stop) and the writer's replies (Flushed, Failed) are typed too."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from jepa_ray.contract import FAILURE, PARENT, PRECISION, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
@@ -210,3 +211,38 @@ def checkpoint_artifacts(c: MlflowClient, run_id: str, uri: str, target_density:
                 c.log_artifact(run_id, str(png))
     except Exception as err:  # artifacts are a convenience: never fail the sweep for them
         logger.warning("could not log artifacts of %s for run %s: %s", uri, run_id, err)
+
+
+# What travels to and from the writer besides the operations (jepa_ray.tracking.writer).
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Asks the writer to answer `Flushed(token)` once everything queued before it is written."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ends the writer once what was queued before it is written."""
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The writer's answer to `Flush(token)`."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The writer stopped writing: the one line saying why."""
+
+    error: str
+
+
+Message = Union[Op, Flush, Stop]
+"""What goes to the writer."""
+Reply = Union[Flushed, Failed]
+"""What comes back from it."""

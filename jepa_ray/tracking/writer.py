@@ -1,7 +1,7 @@
 """MLflow writes off Tune's event loop. The sweep's callbacks run inside Tune's controller loop,
 which also schedules trials, saves its experiment state and talks to the searcher: a
-synchronous MLflow call there (a trial's final metrics, params, plots, artifacts: 0.5-0.9 s at a
-trial's end on a small CPU) stalls every trial's next result. Here the callbacks only queue
+synchronous MLflow call there (a trial's final metrics, params, plots, artifacts at its end)
+stalls every trial's next result. Here the callbacks only queue
 typed operations on picklable data (jepa_ray.tracking.ops); a writer runs each run's operations in
 order, merging a run's queued metric writes into `log_batch` calls. By default the writer is a process
 of its own: MLflow's client (SQLAlchemy for a sqlite store, JSON for a server) is Python, and a
@@ -30,13 +30,12 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Callable, Protocol
 
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.errors import one_line, storage_full
 from jepa_ray.tracking import store
-from jepa_ray.tracking.ops import CreateRun, LogBatch, Op, RunRef
+from jepa_ray.tracking.ops import CreateRun, Failed, Flush, Flushed, LogBatch, Message, Op, Reply, RunRef, Stop
 
 MAX_QUEUED = 20_000
 PATIENCE_S = 120.0
@@ -57,38 +56,6 @@ __all__ = ["MlflowWriter", "RunRef", "WriterFailed"]
 
 class WriterFailed(RuntimeError):
     """MLflow kept refusing the writer's writes; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Flush:
-    """Asks the writer to answer `Flushed(token)` once everything queued before it is written."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class Stop:
-    """Ends the writer once what was queued before it is written."""
-
-
-@dataclass(frozen=True)
-class Flushed:
-    """The writer's answer to `Flush(token)`."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The writer stopped writing: the one line saying why."""
-
-    error: str
-
-
-Message = Union[Op, Flush, Stop]
-"""What goes to the writer."""
-Reply = Union[Flushed, Failed]
-"""What comes back from it."""
 
 
 class _Queue(Protocol):
