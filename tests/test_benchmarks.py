@@ -103,6 +103,27 @@ def test_data_benchmark_quick():
 
 
 @pytest.mark.slow
+def test_data_benchmark_eval_memory_small():
+    """--eval-memory runs a streamed trial per image count and the evaluation's compute alone;
+    the final evaluation runs in the trial's one set of data workers (trainer + 2 workers), not
+    in workers forked again after training."""
+    rows = run_bench(
+        "benchmarks/data.py", "--eval-memory", "--images", "260,300", "--feature-rows", "300", positive=False
+    )
+    peaks = [r for r in rows if r["metric"] == "pss_mb"]
+    assert [(r["images"], "training" in r["case"]) for r in peaks] == [
+        (260, True),
+        (260, False),
+        (300, True),
+        (300, False),
+    ]
+    assert all(r["value"] > 0 and r["processes"] == 3 for r in peaks), peaks
+    compute = [r for r in rows if r["metric"] == "peak_mb"]
+    assert len(compute) == 2 and all(r["features_mb"] > 0 for r in compute), compute
+    assert sum(r["metric"] == "pss_mb_per_1k_images" for r in rows) == 2
+
+
+@pytest.mark.slow
 def test_scale_benchmark_quick():
     """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
     figure printed, and MLflow and Optuna hold every trial exactly once."""

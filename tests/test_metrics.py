@@ -154,3 +154,31 @@ def test_cuda_matches_cpu():
     cpu, gpu = metrics.summary(z), metrics.summary(z.cuda())
     assert gpu == pytest.approx(cpu, rel=1e-6)
     assert metrics.activation_rates(z.cuda()).device.type == "cpu"
+
+
+def test_a_split_is_read_in_blocks_of_rows_with_the_unblocked_values(monkeypatch):
+    """Over ROW_BLOCK rows the metrics read z a block at a time (no mask or float64 copy of the
+    whole split): the values are the unblocked formulas' bit for bit, RankMe (a QR built block
+    by block) to rounding."""
+    g = torch.Generator().manual_seed(4)
+    z = torch.relu(torch.randn(1000, 48, generator=g) - 0.5)
+    z[:, 3], z[:, 5] = 0.0, 1.0 + torch.rand(1000, generator=g)  # a dead unit, an always active one
+    active = (z != 0).double()
+    x = z.double()
+    unblocked = {
+        "l0_density": active.mean().item(),
+        "l1_sparsity": ((x.abs().sum(dim=1) / x.norm(dim=1).clamp_min(1e-12)) ** 2 / 48).mean().item(),
+        "dead_fraction": (1 - active.max(dim=0).values).mean().item(),
+        "always_active_fraction": active.min(dim=0).values.mean().item(),
+    }
+    rates = active.mean(dim=0).float()
+    sigma = torch.linalg.svdvals(x)
+    p = sigma / sigma.sum() + 1e-7
+    rank = math.exp(-(p * p.log()).sum().item())
+    for rows in (7, 999, 4096):
+        monkeypatch.setattr(metrics, "ROW_BLOCK", rows)
+        got = metrics.summary(z)
+        assert {k: got[k] for k in unblocked} == unblocked
+        assert got["rank_me"] == pytest.approx(rank, rel=1e-12)
+        assert torch.equal(metrics.activation_rates(z), rates)
+    assert unblocked["dead_fraction"] == 1 / 48 and unblocked["always_active_fraction"] >= 1 / 48

@@ -191,6 +191,21 @@ def test_knn_matches_brute_force(k, temperature, chunk):
     assert acc == pytest.approx(float(np.mean(ref == test_y)), abs=0)
 
 
+@pytest.mark.parametrize("bank_block", [1, 7, 64, 119, 120, 10_000])
+def test_knn_reads_its_bank_in_blocks_and_predicts_as_the_whole_bank(bank_block):
+    """The train features are compared a block of rows at a time (the similarities held do not
+    grow with the train split); the predictions are those of the whole bank as one block (the
+    unblocked computation) and of brute force."""
+    rng = np.random.default_rng(3)
+    train_x = rng.standard_normal((120, 16)).astype(np.float32)
+    train_y = rng.integers(0, 5, 120)
+    test_x = rng.standard_normal((50, 16)).astype(np.float32)
+    kw = dict(k=20, temperature=0.07, num_classes=5, chunk=16)
+    whole = knn_predict(train_x, train_y, test_x, bank_block=120, **kw)
+    pred = knn_predict(train_x, train_y, test_x, bank_block=bank_block, **kw)
+    assert pred.tolist() == whole.tolist() == _knn_brute_force(train_x, train_y, test_x, 20, 0.07, 5).tolist()
+
+
 def test_knn_separates_gaussian_clusters():
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(6, 32, generator=g) * 5.0

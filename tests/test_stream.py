@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -294,6 +295,91 @@ def test_in_memory_and_streaming_training_give_the_same_weights(tmp_path):
         assert got.keys() == want.keys()
         for name, tensor in want.items():
             assert torch.equal(got[name], tensor), f"{key}: {name} differs"
+
+
+def test_the_final_evaluation_of_a_streamed_split_uses_the_trials_data_workers_and_preallocated_features(
+    tmp_path, monkeypatch
+):
+    """The final evaluation of a streamed trial reads both splits through the data worker that
+    served the training (forked once, before the first step: not forked again from the grown
+    trainer), writes the features into matrices allocated once at N x d (no per-batch list, no
+    concatenation), and gives the in-memory evaluation's metrics bit for bit; with the kNN bank
+    and the metrics read 7 rows at a time it gives them again (RankMe to rounding)."""
+    import importlib
+
+    from jepa_ray import contract as M
+    from jepa_ray import metrics
+    from jepa_ray.data import ViewMaker
+    from jepa_ray.eval import probe
+    from jepa_ray.model import Preprocess, create_model
+    from jepa_ray.train import final_evaluation
+    from jepa_ray.train.feed import open_feed
+    from jepa_ray.train.step import runtime
+
+    E = importlib.import_module("jepa_ray.eval.evaluate")
+    write_folder(tmp_path / "data", per_class=16, bad=False)  # 160 train, 40 test images
+    cfg = tiny_trial(tmp_path / "data", stream="stream")  # one data worker
+    rt = runtime(cfg, torch.device("cpu"))
+    feed, _ = open_feed(cfg, rt, lambda mean, std, size, channels: ViewMaker(cfg.views, size, mean, std, channels))
+    assert feed.streaming
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    preprocess = Preprocess(feed.mean, feed.std, feed.image_size, feed.num_channels)
+
+    log = tmp_path / "readers"
+    real_read_rows = S.read_rows
+
+    def read_rows(source, rows, side):  # the data worker, forked after this patch, inherits it
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real_read_rows(source, rows, side)
+
+    def readers() -> set[int]:
+        pids = {int(p) for p in log.read_text().split()}
+        log.unlink()
+        return pids
+
+    monkeypatch.setattr(S, "read_rows", read_rows)
+    assert sum(len(y) for _, y in feed.epoch(0)) == 128  # two steps of 64
+    training = readers()
+    assert len(training) == 1 and os.getpid() not in training
+
+    allocated, evaluated = [], []
+    real_allocate, real_evaluate = E.FeatureRows._allocate, E.evaluate
+
+    def allocate(rows, h, z, labels):
+        real_allocate(rows, h, z, labels)
+        allocated.append((rows.h, rows.z))
+
+    def evaluate(cfg, *features_and_rest):
+        evaluated.append(features_and_rest[:6])
+        return real_evaluate(cfg, *features_and_rest)
+
+    monkeypatch.setattr(E.FeatureRows, "_allocate", allocate)
+    monkeypatch.setattr(E, "evaluate", evaluate)
+    streamed, _ = final_evaluation(cfg, model, feed, preprocess, rt)
+    assert readers() == training
+    (train_h, train_z), (test_h, test_z) = allocated
+    assert [tuple(t.shape) for t in (train_h, train_z, test_h, test_z)] == [(160, 128), (160, 32), (40, 128), (40, 32)]
+    tr_h, tr_z, tr_y, te_h, te_z, te_y = evaluated[0]
+    assert tr_h is train_h and tr_z is train_z and te_h is test_h and te_z is test_z
+    assert tr_y.shape == (160,) and te_y.shape == (40,)
+
+    timing = (M.EVAL_S, M.EVAL_S_PER_10K)
+    streamed = {k: v for k, v in streamed.items() if k not in timing}
+    batch = max(256, cfg.optim.batch_size)
+    memory, _ = E.evaluate_encoder(
+        cfg, model, load_dataset(cfg.data), preprocess, device=rt.device, autocast_dtype=None, batch_size=batch
+    )
+    assert memory == streamed
+
+    for module, name in ((probe, "KNN_BANK_BLOCK"), (probe, "ROW_BLOCK"), (metrics, "ROW_BLOCK")):
+        monkeypatch.setattr(module, name, 7)
+    blocked, _ = final_evaluation(cfg, model, feed, preprocess, rt)
+    feed.close()
+    blocked = {k: v for k, v in blocked.items() if k not in timing}
+    assert blocked[M.RANK_ME] == pytest.approx(streamed[M.RANK_ME], rel=1e-9)
+    assert {**blocked, M.RANK_ME: 0.0} == {**streamed, M.RANK_ME: 0.0}
 
 
 RSS_SCRIPT = textwrap.dedent(

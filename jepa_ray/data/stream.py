@@ -7,7 +7,9 @@ rank), each rank decoding only its rows. The DataLoader's sampler yields (epoch,
 the dataset maps a key to that step's rows, so a run resumed at an epoch boundary reads exactly
 the batches the uninterrupted run reads. Augmentation runs on the training device by default
 (the in-memory path's `ViewMaker` on the same uint8 batch: the same views bit for bit); with
-stream_augment=workers it runs in the data workers on CPU, seeded per global step.
+stream_augment=workers it runs in the data workers on CPU, seeded per global step. A trial's one
+persistent loader (`TrialBatches`) also serves the rows of the online test passes and of the
+final evaluation, from the same workers.
 
 `source_splits` also serves the in-memory path (`materialize`): both read through the same
 sources, so bad images are skipped the same way (jepa_ray.data.sources)."""
@@ -19,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -256,6 +258,59 @@ class RowBatches(Dataset):
         rows = self.rows[k * self.batch_size : (k + 1) * self.batch_size]
         x, y, bad = read_rows(self.source, rows, self.side)
         return {"x": x, "y": y, "bad": bad}
+
+
+class RowsKey(NamedTuple):
+    """The key of an evaluation batch: rows `rows` (a range: start, stop, stride) of split `split`,
+    in order."""
+
+    split: str
+    rows: range
+
+
+def row_keys(split: str, rows: range, batch_size: int) -> list[RowsKey]:
+    """The keys of `rows` of `split` in order, batch_size rows a batch (the last one shorter)."""
+    return [RowsKey(split, rows[k : k + batch_size]) for k in range(0, len(rows), batch_size)]
+
+
+class PassKeys(Sampler):
+    """The keys of the pass a persistent loader serves next (a training epoch, the online test
+    pass, a split of the final evaluation), set before each pass; one pass at a time."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple] = []
+
+    def set(self, keys: list[tuple]) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[tuple]:
+        return iter(self.keys)
+
+
+class TrialBatches(Dataset):
+    """Every batch of a streamed trial by its key, so that one persistent DataLoader, and one set
+    of data worker processes, serves the whole trial: an (epoch, step) key is this rank's training
+    batch (`TrainBatches`), a `RowsKey` a batch of fixed rows of the train or test split (the
+    online test pass and the final evaluation), {"x": uint8 images, "y": labels, "bad": [problems]}.
+
+    Why one set: a DataLoader forks its workers when its pass begins, and a forked worker keeps
+    every page the trainer had then, however much of it the trainer frees later. Workers forked
+    once, before the first step, hold a small trainer's pages; the final evaluation's own
+    workers, forked after training, held ~350 MB each (64 px, the default trial on CPU)."""
+
+    def __init__(self, train: TrainBatches, splits: dict[str, ImageSource], side: int):
+        self.train, self.splits, self.side = train, splits, side
+
+    def __getitem__(self, key: tuple) -> dict[str, Any]:
+        if isinstance(key, RowsKey):
+            x, y, bad = read_rows(
+                self.splits[key.split], torch.arange(key.rows.start, key.rows.stop, key.rows.step), self.side
+            )
+            return {"x": x, "y": y, "bad": bad}
+        return self.train[key]
 
 
 def make_loader(

@@ -5,6 +5,7 @@ backbone features, RankMe, and the closed-form target density."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,38 +20,94 @@ if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
 
 
-def tensor_batches(images_u8: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> Iterator[tuple]:
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+"""(uint8 images, labels or None) of consecutive images of a split."""
+
+
+@dataclass(frozen=True)
+class Batches:
+    """The batches of `rows` images in all (a split, or a shard of one), in order. The count is
+    known before the first batch, so that feature extraction fills matrices allocated once."""
+
+    rows: int
+    batches: Iterable[Batch]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+
+def tensor_batches(images_u8: torch.Tensor, labels: torch.Tensor | None, batch_size: int) -> Batches:
     """(images, labels) of consecutive rows of in-memory tensors (labels None: None)."""
-    for start in range(0, images_u8.shape[0], batch_size):
-        stop = start + batch_size
-        yield images_u8[start:stop], None if labels is None else labels[start:stop]
+    n = images_u8.shape[0]
+    return Batches(
+        n,
+        (
+            (images_u8[start : start + batch_size], None if labels is None else labels[start : start + batch_size])
+            for start in range(0, n, batch_size)
+        ),
+    )
+
+
+class FeatureRows:
+    """The float32 (rows, d) matrices of backbone features and of z, and the labels, of a split,
+    allocated at its first batch (which tells d and the device) and filled in order: a split's
+    features are held once. Gathering per-batch pieces in lists and concatenating them held them
+    twice at the end."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self.filled = rows, 0
+        self.h: torch.Tensor | None = None
+        self.z: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+
+    def _allocate(self, h: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.h = torch.empty(self.rows, h.shape[1], dtype=torch.float32, device=h.device)
+        self.z = torch.empty(self.rows, z.shape[1], dtype=torch.float32, device=z.device)
+        if labels is not None:
+            self.y = torch.empty(self.rows, dtype=labels.dtype, device=h.device)
+
+    def add(self, h: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Write the next batch's rows (cast to float32 as `Tensor.float` casts)."""
+        if self.h is None:
+            self._allocate(h, z, labels)
+        stop = self.filled + h.shape[0]
+        if stop > self.rows:
+            raise ValueError(f"the batches hold more than the {self.rows} images they announced")
+        self.h[self.filled : stop] = h
+        self.z[self.filled : stop] = z
+        if self.y is not None:
+            self.y[self.filled : stop] = labels
+        self.filled = stop
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(h, z, labels or None), once every announced row is written."""
+        if self.h is None or self.filled != self.rows:
+            raise ValueError(f"the batches held {self.filled} images; they announced {self.rows}")
+        return self.h, self.z, self.y
 
 
 @torch.no_grad()
 def extract_batches(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+    batches: Batches,
     normalize,
     *,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Backbone features, z and labels of every (uint8 images, labels) batch, in order (eval mode,
-    center = the whole image). Only one batch of images is held at a time: the features of a
-    streamed split are gathered, never its images."""
+    center = the whole image). Only one batch of images is held at a time and the features go
+    straight into (batches.rows, d) matrices: a streamed split's memory is its features'."""
     was_training = model.training
     model.eval()
-    feats, zs, ys = [], [], []
+    out = FeatureRows(batches.rows)
     for images, labels in batches:
         x = normalize(images.to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             h, z = model(x)
-        feats.append(h.float())
-        zs.append(z.float())
-        if labels is not None:
-            ys.append(labels.to(device))
+        out.add(h, z, None if labels is None else labels.to(device))
     model.train(was_training)
-    return torch.cat(feats), torch.cat(zs), torch.cat(ys) if ys else None
+    return out.result()
 
 
 def extract_features(
@@ -144,8 +201,8 @@ def evaluate_encoder(
 def evaluate_batches(
     cfg: TrialConfig,
     model: nn.Module,
-    train_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    test_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    train_batches: Batches,
+    test_batches: Batches,
     num_classes: int,
     normalize,
     *,

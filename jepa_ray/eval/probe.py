@@ -32,6 +32,13 @@ __all__ = [
 ]
 
 
+ROW_BLOCK = 4096
+"""Rows of a feature matrix checked at a time (no N x D mask of a whole split)."""
+
+KNN_BANK_BLOCK = 8192
+"""Train rows (the kNN feature bank) compared with a chunk of test rows at a time: the
+similarity matrix held is (chunk, KNN_BANK_BLOCK), whatever the size of the train split."""
+
 # --------------------------------------------------------------------------------------------
 # Input checks
 
@@ -50,7 +57,7 @@ def _features(x: Any, name: str) -> torch.Tensor:
     if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise ValueError(f"{name} must have shape (N, D) with N >= 1 and D >= 1, got shape {tuple(t.shape)}")
     t = t.float()
-    if not bool(torch.isfinite(t).all()):
+    if not all(bool(torch.isfinite(t[s : s + ROW_BLOCK]).all()) for s in range(0, t.shape[0], ROW_BLOCK)):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
     return t
 
@@ -282,6 +289,26 @@ def fit_linear_grid(
 # Weighted kNN
 
 
+def _knn_top(q: torch.Tensor, train_x: torch.Tensor, k: int, bank_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest cosine similarities of the L2-normalized queries q to the rows of train_x,
+    descending, with their row indices: the bank normalized and compared a block of rows at a
+    time, each block's top k merged into the running top k. A bank of one block is the
+    unblocked computation; with several, the similarities are the same dot products (the BLAS
+    may round a block's last bit differently) and the top k the same but for which of equal
+    similarities is kept."""
+    best_sim, best_idx = None, None
+    for start in range(0, train_x.shape[0], bank_block):
+        bank = F.normalize(train_x[start : start + bank_block], dim=1)
+        sim, idx = (q @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+        idx += start
+        if best_sim is not None:
+            sim = torch.cat([best_sim, sim], dim=1)
+            sim, pos = sim.topk(min(k, sim.shape[1]), dim=1)
+            idx = torch.cat([best_idx, idx], dim=1).gather(1, pos)
+        best_sim, best_idx = sim, idx
+    return best_sim, best_idx
+
+
 def knn_predict(
     train_x: Any,
     train_y: Any,
@@ -291,33 +318,37 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
+    bank_block: int | None = None,
 ) -> torch.Tensor:
     """Class predictions (int64) of the weighted kNN classifier: cosine similarity on
     L2-normalized features, the k most similar train samples vote with weight
     exp(sim / temperature) (Wu et al. 2018; Caron et al. 2021). Ties go to the lower class.
-    Runs on train_x's device (the feature bank), test_x chunk by chunk."""
+    Runs on train_x's device (the feature bank), test_x `chunk` rows at a time against
+    `bank_block` (None: KNN_BANK_BLOCK) train rows at a time: no similarity matrix, and no
+    normalized copy of the bank, grows with the train split."""
     train_x, test_x = _features(train_x, "train_x"), _features(test_x, "test_x")
     _same_dim(train_x, test_x, "train_x", "test_x")
     train_y = _labels(train_y, "train_y", train_x.shape[0])
     num_classes = _num_classes(num_classes, ("train_y", train_y))
     _positive_int(k, "k")
     _positive_int(chunk, "chunk")
+    bank_block = KNN_BANK_BLOCK if bank_block is None else bank_block
+    _positive_int(bank_block, "bank_block")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature}")
     device = train_x.device
-    bank = F.normalize(train_x, dim=1)
     bank_y = train_y.to(device)
-    k = min(k, bank.shape[0])
-    preds = []
+    k = min(k, train_x.shape[0])
+    preds = torch.empty(test_x.shape[0], dtype=torch.int64, device=device)
     for start in range(0, test_x.shape[0], chunk):
         q = F.normalize(test_x[start : start + chunk].to(device), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
+        sim, idx = _knn_top(q, train_x, k, bank_block)
         votes = torch.zeros(q.shape[0], num_classes, device=device)
         # Shifting by the row's top similarity rescales a row's votes (same argmax) and keeps
         # exp() finite for small temperatures.
         votes.scatter_add_(1, bank_y[idx], ((sim - sim[:, :1]) / temperature).exp())
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+        preds[start : start + q.shape[0]] = votes.argmax(dim=1)
+    return preds
 
 
 def knn_accuracy(
@@ -330,11 +361,21 @@ def knn_accuracy(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
+    bank_block: int | None = None,
 ) -> float:
     """Accuracy of the weighted kNN classifier (see `knn_predict`) on (test_x, test_y)."""
     test_t = _features(test_x, "test_x")
     test_y = _labels(test_y, "test_y", test_t.shape[0])
     train_y_t = _labels(train_y, "train_y", _tensor(train_y, "train_y").shape[0])
     num_classes = _num_classes(num_classes, ("train_y", train_y_t), ("test_y", test_y))
-    pred = knn_predict(train_x, train_y_t, test_t, k=k, temperature=temperature, num_classes=num_classes, chunk=chunk)
+    pred = knn_predict(
+        train_x,
+        train_y_t,
+        test_t,
+        k=k,
+        temperature=temperature,
+        num_classes=num_classes,
+        chunk=chunk,
+        bank_block=bank_block,
+    )
     return (pred == test_y.to(pred.device)).double().mean().item()

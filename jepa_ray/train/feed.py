@@ -5,7 +5,7 @@ and `open_feed` picks one by the data config (`stream`: auto | memory | stream).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,7 +13,7 @@ import torch
 from jepa_ray.data import BatchIterator, ImageSplits, ViewMaker, dataset_info, load_dataset
 from jepa_ray.data import stream as stream_lib
 from jepa_ray.errors import ConfigError
-from jepa_ray.eval.evaluate import tensor_batches
+from jepa_ray.eval.evaluate import Batches, tensor_batches
 
 if TYPE_CHECKING:
     from jepa_ray.config import TrialConfig
@@ -55,12 +55,12 @@ class MemoryFeed:
         for idx in torch.stack(list(self.batches)).to(self.device):  # one host-to-device copy per epoch
             yield self.train_x[idx], self.train_y[idx]
 
-    def test_shard(self, rank: int, world_size: int, batch_size: int) -> Iterable[Batch]:
+    def test_shard(self, rank: int, world_size: int, batch_size: int) -> Batches:
         """Every world_size-th test image from `rank` on (the online probes' strided shard)."""
         idx = torch.arange(rank, self.num_test, world_size, device=self.device)
         return tensor_batches(self.test_x[idx], self.test_y[idx], batch_size)
 
-    def split(self, name: str, batch_size: int) -> Iterable[Batch]:
+    def split(self, name: str, batch_size: int) -> Batches:
         """The whole train or test split in order (final evaluation)."""
         x, y = (
             (self.splits.train_x, self.splits.train_y) if name == "train" else (self.splits.test_x, self.splits.test_y)
@@ -72,9 +72,12 @@ class MemoryFeed:
 
 
 class StreamFeed:
-    """Batches read and decoded per step by DataLoader worker processes (persistent across
-    epochs); unreadable images are replaced and counted, and more than max_bad_fraction of the
-    split stops the trial with one line as soon as the count passes it."""
+    """Batches read and decoded per step by DataLoader worker processes; unreadable images are
+    replaced and counted, and more than max_bad_fraction of the split stops the trial with one
+    line as soon as the count passes it. One persistent loader serves every pass of the trial
+    (the training epochs, the online test passes, the final evaluation), one pass at a time: its
+    workers start before the first step and are not forked again from a trainer that has grown
+    (jepa_ray.data.stream.TrialBatches says why)."""
 
     streaming = True
 
@@ -91,11 +94,14 @@ class StreamFeed:
                 views, cfg.system.seed, len(self.batches), rt.rank * local, cfg.optim.batch_size
             )
         self.augments_in_workers = augment is not None
-        self.sampler = stream_lib.EpochSteps(len(self.batches))
-        dataset = stream_lib.TrainBatches(splits.train, splits.side, self.batches, augment)
+        self.passes = stream_lib.PassKeys()
+        dataset = stream_lib.TrialBatches(
+            stream_lib.TrainBatches(splits.train, splits.side, self.batches, augment),
+            {"train": splits.train, "test": splits.test},
+            splits.side,
+        )
         self.pin = rt.device.type == "cuda"
-        self.loader = stream_lib.make_loader(dataset, cfg.data, sampler=self.sampler, pin=self.pin)
-        self._test: tuple[tuple[int, int, int], Any] | None = None
+        self.loader = stream_lib.make_loader(dataset, cfg.data, sampler=self.passes, pin=self.pin)
         self.logged_bad = False
 
     def _to_device(self, x: Any) -> Any:
@@ -103,11 +109,17 @@ class StreamFeed:
             return [v.to(self.device, non_blocking=True) for v in x]
         return x.to(self.device, non_blocking=True)
 
+    def _serve(self, keys: list[tuple]) -> Iterator[dict[str, Any]]:
+        """The batches of `keys`, from the trial's loader (the keys are set when the pass begins)."""
+        if self.loader is None:
+            raise RuntimeError("the feed is closed: its data workers have stopped")
+        self.passes.set(keys)
+        yield from self.loader
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        self.sampler.set_epoch(epoch)
         bad: list[str] = []
         where = f"{self.splits.name} train split (epoch {epoch})"
-        for batch in self.loader:
+        for batch in self._serve([(epoch, step) for step in range(len(self.batches))]):
             bad += batch["bad"]
             if len(bad) > self.cfg.max_bad_fraction * self.num_train:
                 stream_lib.check_bad(bad, self.num_train, self.cfg.max_bad_fraction, where)
@@ -116,28 +128,26 @@ class StreamFeed:
             stream_lib.check_bad(bad, self.num_train, self.cfg.max_bad_fraction, where)
             self.logged_bad = True
 
-    def _rows(self, loader) -> Iterator[Batch]:
-        for batch in loader:
-            yield batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True)
-
-    def test_shard(self, rank: int, world_size: int, batch_size: int) -> Iterable[Batch]:
-        key = (rank, world_size, batch_size)
-        if self._test is None or self._test[0] != key:  # one persistent loader for the epochs' passes
-            rows = torch.arange(rank, self.num_test, world_size)
-            self._test = (key, stream_lib.row_loader(self.splits.test, self.splits.side, rows, batch_size, self.cfg))
-        return self._rows(self._test[1])
-
-    def split(self, name: str, batch_size: int) -> Iterable[Batch]:
-        source = self.splits.train if name == "train" else self.splits.test
-        rows = torch.arange(len(source))
-        return self._rows(
-            stream_lib.row_loader(source, self.splits.side, rows, batch_size, self.cfg, persistent=False, pin=self.pin)
+    def _rows(self, split: str, rows: range, batch_size: int) -> Batches:
+        """`rows` of a split in order, decoded by the trial's data workers."""
+        serve = self._serve(stream_lib.row_keys(split, rows, batch_size))
+        to_device = (
+            (batch["x"].to(self.device, non_blocking=True), batch["y"].to(self.device, non_blocking=True))
+            for batch in serve
         )
+        return Batches(len(rows), to_device)
+
+    def test_shard(self, rank: int, world_size: int, batch_size: int) -> Batches:
+        """Every world_size-th test image from `rank` on (the online probes' strided shard)."""
+        return self._rows("test", range(rank, self.num_test, world_size), batch_size)
+
+    def split(self, name: str, batch_size: int) -> Batches:
+        """The whole train or test split in order (final evaluation)."""
+        return self._rows(name, range(self.num_train if name == "train" else self.num_test), batch_size)
 
     def close(self) -> None:
-        """Stop the training loaders' persistent worker processes (`split` still works: it makes
-        its own loaders)."""
-        self.loader, self._test = None, None
+        """Stop the trial's data worker processes (after its last pass)."""
+        self.loader = None
 
 
 Feed = MemoryFeed | StreamFeed

@@ -294,8 +294,10 @@ def _finish(worker: _Worker, reporter: Reporter, step: int, history: list[dict[s
     """The last epoch's metrics with the final evaluation's, reported with the final checkpoint
     (which adds the activation rates of z)."""
     final = dict(history[-1]) if history else {}
-    worker.feed.close()  # the training loaders' worker processes are not needed any more
+    if not worker.rt.is_main:
+        worker.feed.close()  # only rank 0 evaluates; its data workers serve the evaluation
     evaluation, rates = final_evaluation(worker.cfg, worker.model.encoder, worker.feed, worker.preprocess, worker.rt)
+    worker.feed.close()
     final.update(evaluation)
 
     def save_final(path: Path) -> Path:
