@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from jepa_ray.eval.probe import LinearHeadGrid, fit_linear_grid, knn_accuracy, knn_predict, stratified_split
+from jepa_ray.eval import probe
+from jepa_ray.eval.probe import (
+    LinearHeadGrid,
+    RowSelection,
+    fit_linear_grid,
+    knn_accuracy,
+    knn_predict,
+    stratified_split,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +72,29 @@ def test_grid_is_deterministic_for_a_seed_and_accepts_numpy():
     a = fit_linear_grid(x[:500], y[:500], x[500:], y[500:], **kw)
     b = fit_linear_grid(x[:500].numpy(), y[:500].numpy(), x[500:].numpy(), y[500:].numpy(), **kw)
     assert a == b
+
+
+def test_a_large_train_split_is_read_a_batch_at_a_time_with_the_same_result(monkeypatch):
+    """Above GATHER_ROWS training rows the probe reads them from the features a batch at a time
+    (no copy of them all): its standardization (float64 blocks) equals the gathered rows' moments
+    to float32 rounding, and the chosen head and its accuracies are the gathered path's."""
+    x, y = _linear_labelling(2000, 32, 5, seed=4)
+    kw = dict(lrs=[0.3, 0.03], wds=[0.0, 1e-4], epochs=8, seed=1)
+    gathered = fit_linear_grid(x[:1600], y[:1600], x[1600:], y[1600:], **kw)
+    index = torch.randperm(1600, generator=torch.Generator().manual_seed(0))[:1000]
+    mean, std = RowSelection(x[:1600], index, torch.device("cpu")).moments(block=97)
+    rows = x[index].double()
+    assert torch.allclose(mean, rows.mean(dim=0).float(), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(std, rows.std(dim=0, unbiased=False).float(), rtol=1e-6)
+    read = []
+    real_getitem = RowSelection.__getitem__
+    monkeypatch.setattr(RowSelection, "__getitem__", lambda self, i: read.append(1) or real_getitem(self, i))
+    monkeypatch.setattr(probe, "GATHER_ROWS", 1000)
+    selected = fit_linear_grid(x[:1600], y[:1600], x[1600:], y[1600:], batch_size=256, **kw)
+    assert len(read) >= 8 * 6  # every training batch of every epoch went through the selection
+    assert selected["best_lr"] == gathered["best_lr"] and selected["best_wd"] == gathered["best_wd"]
+    for key in ("test_acc", "val_acc", "train_acc"):
+        assert selected[key] == pytest.approx(gathered[key], abs=2e-3), key
 
 
 def test_grid_step_matches_autograd_sgd_per_head():

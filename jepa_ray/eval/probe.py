@@ -35,6 +35,12 @@ __all__ = [
 ROW_BLOCK = 4096
 """Rows of a feature matrix checked at a time (no N x D mask of a whole split)."""
 
+GATHER_ROWS = 65_536
+"""Training rows up to which the linear probe copies them into one matrix (its standardization
+is then a float32 reduction over exactly that matrix, as every recorded table was made); above,
+it reads them from the features a batch at a time (`RowSelection`), so that a large split's
+probe holds no second copy of its features."""
+
 KNN_BANK_BLOCK = 8192
 """Train rows (the kNN feature bank) compared with a chunk of test rows at a time: the
 similarity matrix held is (chunk, KNN_BANK_BLOCK), whatever the size of the train split."""
@@ -156,10 +162,11 @@ class LinearHeadGrid(nn.Module):
         return len(self.grid)
 
     @torch.no_grad()
-    def set_standardization(self, x: torch.Tensor, eps: float = 1e-6) -> None:
+    def set_standardization(self, x: torch.Tensor | RowSelection, eps: float = 1e-6) -> None:
         """Use the per-dimension mean/std of x (the training features) to standardize inputs."""
-        self.mean.copy_(x.mean(dim=0))
-        self.std.copy_(x.std(dim=0, unbiased=False).clamp_min(eps))
+        mean, std = x.moments() if isinstance(x, RowSelection) else (x.mean(dim=0), x.std(dim=0, unbiased=False))
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(eps))
 
     def _standardized_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(standardized x (B, D), logits (B, C, H)) with all heads in one matrix product. The
@@ -197,13 +204,40 @@ class LinearHeadGrid(nn.Module):
         return loss
 
     @torch.no_grad()
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    def accuracy(self, x: torch.Tensor | RowSelection, y: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
         """Accuracy of every head on (x, y), shape (H,), evaluated in batches to bound memory."""
-        correct = torch.zeros(self.num_heads, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(self.num_heads, device=y.device, dtype=torch.float64)
         for start in range(0, x.shape[0], batch_size):
             logits = self._standardized_logits(x[start : start + batch_size])[1]
             correct += (logits.argmax(dim=1) == y[start : start + batch_size, None]).sum(dim=0)
         return correct / max(x.shape[0], 1)
+
+
+class RowSelection:
+    """Rows `index` of a feature matrix x as the probe reads them, a batch at a time
+    (`selection[i]` gathers rows index[i] onto `device`), without a copy of all of them."""
+
+    def __init__(self, x: torch.Tensor, index: torch.Tensor, device: torch.device) -> None:
+        self.x, self.index, self.device = x, index.to(x.device), device
+        self.shape = (index.numel(), x.shape[1])
+
+    def __getitem__(self, i: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(i, torch.Tensor):
+            i = i.to(self.index.device)
+        return self.x[self.index[i]].to(self.device)
+
+    def moments(self, block: int = 65_536) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and population std of the rows, float32 on `device`, accumulated in
+        float64 over blocks of rows (two passes: the mean, then the squared deviations)."""
+        n = self.shape[0]
+        total = torch.zeros(self.shape[1], dtype=torch.float64, device=self.x.device)
+        for s in range(0, n, block):
+            total += self.x[self.index[s : s + block]].double().sum(dim=0)
+        mean = total / n
+        squares = torch.zeros_like(total)
+        for s in range(0, n, block):
+            squares += (self.x[self.index[s : s + block]].double() - mean).square().sum(dim=0)
+        return mean.float().to(self.device), (squares / n).sqrt().float().to(self.device)
 
 
 def stratified_split(y: torch.Tensor, val_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +285,8 @@ def fit_linear_grid(
     device = torch.device(device) if device is not None else train_x.device
 
     tr_idx, va_idx = stratified_split(train_y, val_fraction, seed)
-    x_tr, y_tr = train_x[tr_idx].to(device), train_y[tr_idx].to(device)
+    y_tr = train_y[tr_idx].to(device)
+    x_tr = train_x[tr_idx].to(device) if tr_idx.numel() <= GATHER_ROWS else RowSelection(train_x, tr_idx, device)
     x_va, y_va = train_x[va_idx].to(device), train_y[va_idx].to(device)
     x_te, y_te = test_x.to(device), test_y.to(device)
 
