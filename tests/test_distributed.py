@@ -123,6 +123,10 @@ def _worker(rank: int, store_path: str, out_dir: str) -> None:
         out["bn_types"] = sorted({type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__})
         out["bn"] = _bn_step(DistributedDataParallel(net), _bn_inputs().chunk(WORLD)[rank])
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+        # Both ranks reach the teardown with no operation in flight: a rank that closes its gloo
+        # pairs while the other still has a pending receive on them makes the other's transport
+        # thread throw "connection closed by peer", which aborts the process (SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -298,7 +298,10 @@ def _record_then_interrupt(
         preexec_fn=ignore_sigint if background else None,
     )
     deadline = time.monotonic() + 120
-    while not any(work.glob("*.log")):  # the first row's trainer is starting
+    # The first row's trainer has printed its first line: it runs in its own process group (the
+    # log file exists a moment before the fork that moves it there, and a Ctrl-C inside that
+    # moment would also reach it).
+    while not any(log.stat().st_size for log in work.glob("*.log")):
         assert proc.poll() is None and time.monotonic() < deadline, "the first row never started"
         time.sleep(0.1)
     for _ in range(interrupts):
