@@ -15,33 +15,33 @@ controller and workers must all fit in the cluster's CPUs or Ray waits forever, 
 work is small enough to over-subscribe the real cores."""
 
 
-RAY_GROUPS = {
-    "test_sweep": "ray",
-    "test_disk_full": "ray",
-    "test_cluster_up": "cluster",
-    "test_multinode": "cluster",
-    "test_newcomer": "cluster",
-}
-"""Modules whose tests start or join Ray, by the xdist group that runs them one after another
-(`-n 2 --dist loadgroup` in pyproject.toml). "ray" is the session's `ray_cluster` instance: every
-test that uses the fixture joins that group too, so one worker starts it. "cluster" starts its
-own clusters (`ray up` on 6379 and 8265, `ray start` on 6391, /tmp/ray/ray_current_cluster),
-never beside each other. Every other test runs in its module's group: a module's fixtures are
-built once, and at most two Ray instances run at a time."""
+CLUSTER_MODULES = frozenset({"test_cluster_up", "test_multinode", "test_newcomer"})
+"""Modules that start their own Ray clusters on fixed ports (`ray up` on 6379 and 8265, `ray
+start` on 6391) or through /tmp/ray/ray_current_cluster: one xdist worker runs them all, one
+after another (`-n 2 --dist loadgroup` in pyproject.toml)."""
+
+LONGEST_FIRST = ("cluster", "test_sweep", "test_benchmarks", "test_replay", "test_writer", "test_disk_full")
+"""Groups that take minutes, handed to the workers before the others (the rest fill the gaps):
+a long group started last would run alone at the end."""
 
 
 def xdist_group(item: pytest.Item) -> str:
-    """The group of tests that one xdist worker runs in order (see RAY_GROUPS)."""
+    """The group of tests that one xdist worker runs in order: the cluster modules together, the
+    tests of the session's smoke sweep together (it is built once per worker that needs it),
+    every other module by itself (its module fixtures built once). Each worker that runs a test
+    using `ray_cluster` starts its own instance of it: at most one per worker."""
     module = getattr(getattr(item, "module", None), "__name__", item.nodeid.split("::")[0])
-    if module in RAY_GROUPS:
-        return RAY_GROUPS[module]
-    return "ray" if "ray_cluster" in getattr(item, "fixturenames", ()) else module
+    if module in CLUSTER_MODULES:
+        return "cluster"
+    return "test_sweep" if "smoke_sweep" in getattr(item, "fixturenames", ()) else module
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    rank = {group: k for k, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))
 
 
 @pytest.fixture(scope="session")

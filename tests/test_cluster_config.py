@@ -536,13 +536,15 @@ def test_connect_to_unreachable_cluster_fails_fast(monkeypatch):
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    address = f"127.0.0.1:{free_port()}"
-    timeouts = spy_timeouts(monkeypatch, socket, "create_connection")
-    with pytest.raises(UsageError, match=rf"--address '{re.escape(address)}': Ray cluster unreachable"):
-        cluster.connect(address)
-    monkeypatch.setenv("RAY_ADDRESS", address)
-    with pytest.raises(UsageError, match="RAY_ADDRESS"):
-        cluster.connect(None)
+    with socket.socket() as held:  # bound, never listening: refused, and no other process can take it
+        held.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        timeouts = spy_timeouts(monkeypatch, socket, "create_connection")
+        with pytest.raises(UsageError, match=rf"--address '{re.escape(address)}': Ray cluster unreachable"):
+            cluster.connect(address)
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        with pytest.raises(UsageError, match="RAY_ADDRESS"):
+            cluster.connect(None)
     assert timeouts and set(timeouts) == {cluster.CONNECT_TIMEOUT_S}  # every probe bounded
     assert not ray.is_initialized()
     with pytest.raises(UsageError, match="expected HOST:PORT"):

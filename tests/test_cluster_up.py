@@ -1,5 +1,6 @@
 """`ray up cluster-onprem.yaml` for real: sshd on loopback, a head at 127.0.0.1 reached over SSH as
-an unprivileged user, the file's setup and start commands run as written, then docs/cluster.md's
+an unprivileged user, the file's setup and start commands run as written (but for the head's job
+agent port, see `head`), then docs/cluster.md's
 path: `ray job submit` of a small sweep, its runs read from the head's MLflow, the export on the
 head with `ray exec`, `ray rsync-down` of it, and `ray down` leaving nothing of the user running,
 MLflow included.
@@ -58,6 +59,12 @@ def _why_not() -> str | None:
     except ImportError:
         return "the uv package is not installed (test extra)"
     return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(*cmd: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -152,6 +159,13 @@ def head(tmp_path_factory):
         config["cluster_name"] = CLUSTER
         config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
         config["auth"] = {"ssh_user": USER, "ssh_private_key": str(key)}
+        # The one change to a command: a head's job agent listens on 52365 unless told otherwise,
+        # and a Ray instance of a test running beside this one (pytest -n 2) may hold that port
+        # here; on a real head it is free, and without it `ray job submit` finds no agent.
+        start = config["head_start_ray_commands"]
+        assert sum("ray start --head " in c for c in start) == 1, start
+        agent = f"ray start --head --dashboard-agent-listen-port={free_port()} "
+        config["head_start_ray_commands"] = [c.replace("ray start --head ", agent) for c in start]
         cluster_file = tmp / "cluster-onprem.yaml"
         cluster_file.write_text(yaml.safe_dump(config, sort_keys=False))
         yield cluster_file, home, tmp
