@@ -36,9 +36,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from jepa_ray.cluster import attach_hint, check_sqlite_directory
+from jepa_ray.cluster import (
+    OPTUNA_TABLES,
+    attach_hint,
+    check_database,
+    check_database_driver,
+    check_sqlite_directory,
+    is_database_uri,
+    redact,
+)
 from jepa_ray.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,18 +81,10 @@ def check_host(host: str, allow_public: bool) -> None:
     )
 
 
-def redact(uri: str) -> str:
-    """The URI with its password (if any) replaced by ***, for logs and messages."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | None = None) -> str:
     """The backend store URI: --backend-store-uri, else $MLFLOW_BACKEND_STORE_URI, else the
-    DESIGN default `sqlite:///mlflow.db`. A password is accepted only from the environment."""
+    DESIGN default `sqlite:///mlflow.db`. A password is accepted only from the environment; a
+    database server's driver must be installed (checked here, before anything starts)."""
     environ = os.environ if environ is None else environ
     if cli_value:
         if urlsplit(cli_value).password is not None:
@@ -96,6 +96,8 @@ def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | N
     else:
         uri = environ.get(BACKEND_URI_ENV) or DEFAULT_BACKEND_STORE_URI
     check_sqlite_directory(uri, "--backend-store-uri")
+    if is_database_uri(uri):
+        check_database_driver(uri, "--backend-store-uri")
     return uri
 
 
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--port {args.port}: allowed 1-65535")
         check_host(args.host, args.allow_public)
         backend = resolve_backend_store_uri(args.backend_store_uri)
+        if is_database_uri(backend):  # one line now, not the server's traceback after --timeout
+            check_database(backend, "--backend-store-uri", foreign=OPTUNA_TABLES, owner="MLflow")
         ray = parse_ray_address(args.stop_with_ray) if args.stop_with_ray else None
         if ray and not answers(*ray):
             raise UsageError(

@@ -84,6 +84,8 @@ def plan(opts: SweepOptions) -> SweepPlan:
         raise UsageError(str(err)) from None
     objectives = _objectives(opts)
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
+    if opts.optuna_storage:
+        cluster.check_optuna_storage(opts.optuna_storage)
     fault = faults.from_env()
     space = _trials_space(opts)
     scheduler = scheduler_from_flags(opts, space.base.optim.epochs)
@@ -92,6 +94,13 @@ def plan(opts: SweepOptions) -> SweepPlan:
         storage = str(Path(storage).resolve())
     who = _identity(opts, space)
     sampler_name = opts.sampler or space.default_sampler
+    # A resumed sweep opens the study it recorded (a --resume without --optuna-storage would
+    # otherwise open an empty one beside the tracking store and train everything again).
+    recorded = who.parent.data.tags.get(C.SWEEP_OPTUNA_STORAGE) if who.parent is not None else None
+    storage_url = opts.optuna_storage or recorded or optuna_storage_url(opts)
+    if storage_url != opts.optuna_storage:
+        what = "the Optuna storage the sweep recorded (override: --optuna-storage)" if recorded else "--optuna-storage"
+        cluster.check_optuna_storage(storage_url, what)
     return SweepPlan(
         opts=opts,
         objectives=objectives,
@@ -104,11 +113,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
         grid=space.grid,
         seed=who.seed,
         storage=storage,
-        # A resumed sweep opens the study it recorded (a --resume without --optuna-storage would
-        # otherwise open an empty one beside the tracking store and train everything again).
-        storage_url=opts.optuna_storage
-        or (who.parent.data.tags.get(C.SWEEP_OPTUNA_STORAGE) if who.parent is not None else None)
-        or optuna_storage_url(opts),
+        storage_url=storage_url,
         name=who.name,
         exp_id=who.exp_id,
         parent=who.parent,

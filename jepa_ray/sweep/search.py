@@ -125,14 +125,22 @@ class JepaOptunaSearch(OptunaSearch):
             self.ledger.storage_full = self.ledger.storage_full or full
 
 
+def storage_engine_kwargs(storage_url: str) -> dict:
+    """SQLAlchemy engine options of the study's storage: a sqlite file waits up to 30 s for its
+    lock; a database server's pooled connections are tested before use (`pool_pre_ping`, which
+    Optuna sets for MySQL only), so that one dropped by a restarted server is replaced instead of
+    failing the next ask or tell."""
+    if storage_url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
 def make_searcher(
     space_fn, objectives, sampler, study_name: str, storage_url: str, ledger: Ledger | None = None
 ) -> JepaOptunaSearch:
     import optuna
 
-    storage = optuna.storages.RDBStorage(
-        storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
-    )
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=storage_engine_kwargs(storage_url))
     searcher = JepaOptunaSearch(
         space=space_fn,
         metric=[o.name for o in objectives],
