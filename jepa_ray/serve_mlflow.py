@@ -38,15 +38,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jepa_ray.cluster import (
-    OPTUNA_TABLES,
-    attach_hint,
-    check_database,
-    check_database_driver,
-    check_sqlite_directory,
-    is_database_uri,
-    redact,
-)
+from jepa_ray.cluster import attach_hint, check_sqlite_directory
+from jepa_ray.databases import OPTUNA_TABLES, check_database, check_database_driver, is_database_uri, redact
 from jepa_ray.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jepa_ray import cluster, placement, serve_mlflow
+from jepa_ray import cluster, databases, placement, serve_mlflow
 from jepa_ray import config as config_lib
 from jepa_ray.errors import UsageError
 
@@ -332,7 +332,7 @@ def test_a_database_whose_driver_is_missing_is_refused_with_what_to_install(no_s
         "installed; pip install 'psycopg[binary]' (or pip install -e '.[postgres]')"
     ]
     with pytest.raises(UsageError, match=r"driver pg8000 is not installed; pip install pg8000$"):
-        cluster.check_optuna_storage("postgresql+pg8000://jepa@127.0.0.1:1/optuna")
+        databases.check_optuna_storage("postgresql+pg8000://jepa@127.0.0.1:1/optuna")
     with pytest.raises(UsageError, match=r"unknown database scheme 'postgresql\+nope'; allowed: a SQLAlchemy URL"):
         cluster.check_tracking_uri("postgresql+nope://jepa@127.0.0.1:1/mlflow", multi_node=False)
 
@@ -346,14 +346,14 @@ def test_a_database_that_does_not_answer_is_one_line_naming_the_input():
     assert message.startswith(f"tracking URI {uri}: the database does not answer (") and "\n" not in message
     assert "CREATE DATABASE" in message and "PGPASSWORD" in message
     with pytest.raises(UsageError, match=rf"^--optuna-storage {re.escape(uri)}: the database does not answer"):
-        cluster.check_optuna_storage(uri)
+        databases.check_optuna_storage(uri)
 
 
 @pytest.mark.parametrize(
     "check, what",
     [
         (lambda uri: cluster.check_tracking_uri(uri, multi_node=False), "tracking URI"),
-        (cluster.check_optuna_storage, "--optuna-storage"),
+        (databases.check_optuna_storage, "--optuna-storage"),
     ],
 )
 def test_the_sweep_refuses_a_password_in_a_uri_without_showing_it(check, what):
@@ -368,7 +368,7 @@ def test_the_sweep_refuses_a_password_in_a_uri_without_showing_it(check, what):
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "http://127.0.0.1:5000", "sqlite://relative.db"])
 def test_optuna_storage_schemes(url):
     with pytest.raises(UsageError, match=rf"^--optuna-storage {re.escape(url)}: .*sqlite:///"):
-        cluster.check_optuna_storage(url)
+        databases.check_optuna_storage(url)
 
 
 def test_sqlite_store_in_a_missing_directory_is_refused(no_server, tmp_path, capsys):

@@ -31,11 +31,12 @@ import torch
 from scipy import stats
 
 import jepa_ray
+from jepa_ray import cluster, databases, sweep, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as tracking_contract
-from jepa_ray import sweep, tracking
 from jepa_ray.contract import FailureKind
 from jepa_ray.data import dataset_info
+from jepa_ray.errors import UsageError
 from jepa_ray.train import EPOCH_METRICS, FINAL_METRICS
 from jepa_ray.train import checkpoint as ckpt_lib
 
@@ -306,6 +307,11 @@ def test_a_postgres_backed_sweep_is_in_postgres_and_resume_reads_it_back(
     assert "0 trials launched, 2 already finished, 0 failed" in again.stdout
     assert f"optuna-dashboard {run.optuna_storage}" in again.stdout
     assert len(postgres_server.query("optuna", "SELECT state FROM trials")) == 2
+    # One database each: MLflow's and Optuna's schema versions share a table name.
+    with pytest.raises(UsageError, match=r"holds MLflow's tables; allowed: a database of Optuna's own"):
+        databases.check_optuna_storage(postgres_server.url("mlflow"))
+    with pytest.raises(UsageError, match=r"holds Optuna's tables; allowed: a database of MLflow's own"):
+        cluster.check_tracking_uri(postgres_server.url("optuna"), multi_node=False)
 
 
 @pytest.mark.slow

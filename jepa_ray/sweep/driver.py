@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jepa_ray import adapter, cluster, pareto, placement, tracking
+from jepa_ray import adapter, cluster, databases, pareto, placement, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray.cluster import is_local_path, sqlite_path
@@ -85,7 +85,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
     objectives = _objectives(opts)
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
     if opts.optuna_storage:
-        cluster.check_optuna_storage(opts.optuna_storage)
+        databases.check_optuna_storage(opts.optuna_storage)
     fault = faults.from_env()
     space = _trials_space(opts)
     scheduler = scheduler_from_flags(opts, space.base.optim.epochs)
@@ -100,7 +100,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
     storage_url = opts.optuna_storage or recorded or optuna_storage_url(opts)
     if storage_url != opts.optuna_storage:
         what = "the Optuna storage the sweep recorded (override: --optuna-storage)" if recorded else "--optuna-storage"
-        cluster.check_optuna_storage(storage_url, what)
+        databases.check_optuna_storage(storage_url, what)
     return SweepPlan(
         opts=opts,
         objectives=objectives,
