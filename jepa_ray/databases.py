@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from jepa_ray.errors import UsageError, one_line
+from jepa_ray.errors import UsageError
 
 DRIVER_PACKAGES = {
     "psycopg": "'psycopg[binary]'",
@@ -92,7 +92,7 @@ def database_tables(uri: str, what: str) -> set[str]:
         with engine.connect() as connection:
             return set(sqlalchemy.inspect(connection).get_table_names())
     except sqlalchemy.exc.SQLAlchemyError as err:
-        reason = one_line(getattr(err, "orig", None) or err, 300)
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:300]  # the driver's lines, joined
         raise UsageError(
             f"{what} {redact(uri)}: the database does not answer ({reason}); start it, or check the host, "
             "port, database (it must exist: CREATE DATABASE) and user; a password comes from PGPASSWORD or "
