@@ -942,6 +942,53 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
     assert by_id["done"].values == [0.9, 0.1]
 
 
+@pytest.mark.parametrize("patience_s", [60.0, 0.0])
+def test_the_searcher_waits_for_a_restarted_database(patience_s, capsys):
+    """The study's PostgreSQL server killed with SIGKILL while a trial runs, and started again
+    2 s later: with patience the searcher tells Optuna the trial's end once the server answers
+    (one warning line, one line when it answers again) and suggests on; without, it raises."""
+    import threading
+
+    from jepa_ray import pareto
+    from search_spaces import rectified
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from postgres import PostgresServer, unavailable
+
+    if unavailable() is not None:
+        pytest.skip(f"no PostgreSQL server: {unavailable()}")
+    objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
+    with PostgresServer() as pg:
+        url = pg.create_database("optuna")
+        searcher = sweep.make_searcher(
+            rectified.space, objectives, sweep.make_sampler("random", 0), "s", url, patience_s=patience_s
+        )
+        assert searcher.suggest("first")
+        pg.kill()
+        restart = threading.Timer(2.0, pg.restart)
+        restart.start()
+        try:
+            result = {"linear_acc": 0.9, "l0_density": 0.1, "final_result": True}
+            if not patience_s:
+                with pytest.raises(optuna.exceptions.StorageInternalError):  # from Connection refused
+                    searcher.on_trial_complete("first", result)
+                return
+            searcher.on_trial_complete("first", result)
+        finally:
+            restart.join()
+        assert searcher.suggest("second")
+        study = optuna.load_study(study_name="s", storage=url)
+        assert [(t.user_attrs["tune_trial_id"], t.state.name) for t in study.get_trials()] == [
+            ("first", "COMPLETE"),
+            ("second", "RUNNING"),
+        ]
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in err if "Optuna study" in line] == [
+        f"warning: the Optuna study at {url} did not answer",
+        f"the Optuna study at {url} answers again",
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # Multi-worker (DDP) trials inside a sweep: the same trial as in process, and a lost worker
 # costs nothing but the epoch in flight

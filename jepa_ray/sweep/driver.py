@@ -248,7 +248,9 @@ def _execute(sweep: SweepPlan, wrap_callbacks: Callable[[list], list] | None) ->
     mlflow_client = tracking.client(opts.tracking_uri)
     ledger = Ledger(tuple(o.name for o in sweep.objectives))
     make_storage_dir(sweep.storage_url)
-    searcher = make_searcher(sweep.space, sweep.objectives, sweep.sampler, sweep.name, sweep.storage_url, ledger)
+    searcher = make_searcher(
+        sweep.space, sweep.objectives, sweep.sampler, sweep.name, sweep.storage_url, ledger, opts.tracking_patience
+    )
     if sweep.sampler_name == "tpe-rungs":
         searcher.rung_signals = tuple(s.metric for s in parse_signals(opts.scheduler_signals))
     parent_id, resume = _open_records(sweep, study_of(searcher), exp_id)

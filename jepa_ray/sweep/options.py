@@ -66,7 +66,8 @@ class SweepOptions:
     tracking_patience: float = 120.0
     """Seconds a failing MLflow write is tried again (backing off) before the sweep stops with one
     line; --resume then records what MLflow missed. A tracking server on a busy head can take
-    longer than one request's timeout to answer."""
+    longer than one request's timeout to answer. An Optuna study on a database server that stops
+    answering (restarted) is tried again as long."""
     optuna_storage: str | None = None
     """Optuna RDB storage URL: sqlite:///PATH, or postgresql://USER@HOST:PORT/DATABASE (a database of
     its own; the password from PGPASSWORD or ~/.pgpass, never in the URL) (default: optuna.db
