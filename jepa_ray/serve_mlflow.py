@@ -366,8 +366,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--port {args.port}: allowed 1-65535")
         check_host(args.host, args.allow_public)
         backend = resolve_backend_store_uri(args.backend_store_uri)
-        if is_database_uri(backend):  # one line now, not the server's traceback after --timeout
-            check_database(backend, "--backend-store-uri", foreign=OPTUNA_TABLES, owner="MLflow")
         ray = parse_ray_address(args.stop_with_ray) if args.stop_with_ray else None
         if ray and not answers(*ray):
             raise UsageError(
@@ -382,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"error: an MLflow server already answers at {url}", file=sys.stderr)
         return 1
+    try:  # one line now, not the server's traceback after --timeout (a running server: no-op above)
+        if is_database_uri(backend):
+            check_database(backend, "--backend-store-uri", foreign=OPTUNA_TABLES, owner="MLflow")
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not port_free(args.host, args.port):
         print(
             f"error: port {args.port} on {args.host} is in use by something that is not an "

@@ -31,7 +31,7 @@ import torch
 from scipy import stats
 
 import jepa_ray
-from jepa_ray import cluster, databases, sweep, tracking
+from jepa_ray import cluster, databases, serve_mlflow, sweep, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as tracking_contract
 from jepa_ray.contract import FailureKind
@@ -290,7 +290,7 @@ def test_smoke_sweep_prints_front_and_commands(smoke):
 
 @pytest.mark.slow
 def test_a_postgres_backed_sweep_is_in_postgres_and_resume_reads_it_back(
-    postgres_smoke_sweep, postgres_server, ray_cluster
+    postgres_smoke_sweep, postgres_server, ray_cluster, capsys
 ):
     """The tracking server wrote the runs and their epochs into PostgreSQL, Optuna its trials;
     `--resume` (without --optuna-storage: the recorded one) finds both there and trains nothing."""
@@ -312,6 +312,11 @@ def test_a_postgres_backed_sweep_is_in_postgres_and_resume_reads_it_back(
         databases.check_optuna_storage(postgres_server.url("mlflow"))
     with pytest.raises(UsageError, match=r"holds Optuna's tables; allowed: a database of MLflow's own"):
         cluster.check_tracking_uri(postgres_server.url("optuna"), multi_node=False)
+    capsys.readouterr()
+    assert serve_mlflow.main(["--backend-store-uri", postgres_server.url("optuna"), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --backend-store-uri postgresql://") and "holds Optuna's tables" in err, err
+    assert len(err.splitlines()) == 1
 
 
 @pytest.mark.slow
