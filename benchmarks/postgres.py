@@ -88,7 +88,9 @@ def free_port() -> int:
 
 class PostgresServer:
     """One PostgreSQL server in a temporary directory of its own (`root`): start(), kill(),
-    restart(), stop(), url(database), create_database(name), query(database, sql)."""
+    restart(), stop(), url(database), create_database(name), query(database, sql). It runs with
+    fsync off: kill() is a process crash, not a power loss, so the OS keeps every write that
+    PostgreSQL made, and a test or benchmark does not wait on the disk."""
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 60.0):
         why = unavailable()
