@@ -25,7 +25,7 @@ from jepa_ray.adapter import (
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.contract import ATTR_EPOCHS, ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
 from jepa_ray.databases import is_database_uri
-from jepa_ray.errors import UsageError, causes, one_line, storage_full
+from jepa_ray.errors import UsageError, causes, storage_full
 from jepa_ray.outcome import Ledger, Outcome, classify
 from jepa_ray.sweep.options import SAMPLERS
 
@@ -155,14 +155,16 @@ class JepaOptunaSearch(OptunaSearch):
             try:
                 result = call(retry)
             except Exception as err:
-                if not self.patience_s or not _connection_lost(err):
+                lost = _connection_lost(err) if self.patience_s else None
+                if lost is None:
                     raise
                 deadline = deadline or time.monotonic() + self.patience_s
                 if time.monotonic() + delay > deadline:
                     raise
                 if not retry:
+                    reason = " ".join(str(lost).split())[:200]  # the driver's lines, joined
                     print(
-                        f"warning: the Optuna study at {self.storage_path} did not answer ({one_line(err, 200)}); "
+                        f"warning: the Optuna study at {self.storage_path} did not answer ({reason}); "
                         f"trying again for up to {self.patience_s:g} s (--tracking-patience)",
                         file=sys.stderr,
                         flush=True,
@@ -175,12 +177,16 @@ class JepaOptunaSearch(OptunaSearch):
             return result
 
 
-def _connection_lost(err: BaseException) -> bool:
-    """Whether `err` comes from a database connection that failed or broke (SQLAlchemy's
-    OperationalError or InterfaceError, which Optuna wraps), not from what was written."""
+def _connection_lost(err: BaseException) -> BaseException | None:
+    """The driver's error when `err` comes from a database connection that failed or broke
+    (SQLAlchemy's OperationalError or InterfaceError, which Optuna wraps in a message about
+    invalid data), not from what was written; else None."""
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    return any(isinstance(cause, (OperationalError, InterfaceError)) for cause in causes(err))
+    for cause in causes(err):
+        if isinstance(cause, (OperationalError, InterfaceError)):
+            return cause.orig or cause
+    return None
 
 
 def storage_engine_kwargs(storage_url: str) -> dict:
