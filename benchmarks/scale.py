@@ -2,7 +2,8 @@
 MLflow writer, progress) over replayed trials that report instantly, many at a time on
 over-subscribed logical CPUs, so the driver carries a cluster's load on one machine.
 
-Per case (trials x epochs, concurrent trials, MLflow on a sqlite store or a tracking server):
+Per case (trials x epochs, concurrent trials, MLflow on a sqlite store, a tracking server on a
+sqlite store, or a tracking server on PostgreSQL with Optuna's study on the same server: STORES):
 - results per second the driver sustains, against the same Tune run with no callbacks (ratio);
 - per-result time the driver's callbacks spend on Tune's event loop (median, p99; a trial's end
   included) and the number of Ray "may be a performance bottleneck" warnings;
@@ -14,6 +15,7 @@ until the resumed driver ends a trial and to its end, trials and epochs lost or 
 
     python benchmarks/scale.py                                   # 1,000 trials x 30 epochs, 64 at a time
     python benchmarks/scale.py --trials 1000 --concurrency 64,128 --stores sqlite,server --kill
+    python benchmarks/scale.py --trials 1000 --concurrency 128 --stores server,postgres   # a cluster's database
     python benchmarks/scale.py --trials 40 --concurrency 4 --epochs 5   # quick
     python benchmarks/scale.py --trials 300 --epochs 10 --stores none --kill   # the kill case alone
 
@@ -231,7 +233,7 @@ def watched():
         logging.getLogger("ray.tune").removeHandler(warnings)
 
 
-def bare_run(table: Path, trials: int, concurrency: int) -> dict:
+def bare_run(table: Path, trials: int, concurrency: int, optuna_url: str) -> dict:
     """The same Tune run with no callbacks but a time stamp (the replay trial, a random searcher):
     seconds from the first trial's start to the last result, results, this process's CPU seconds,
     RSS and Ray's bottleneck warnings over the run, measured as for the driver."""
@@ -240,7 +242,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
 
     from jepa_ray import adapter
     from jepa_ray.replay.tables import Replay
-    from jepa_ray.sweep.search import JepaOptunaSearch
+    from jepa_ray.sweep.search import JepaOptunaSearch, storage_engine_kwargs
 
     adapter.set_ray_switches()  # what the driver sets: per-epoch results lack the objectives
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -250,7 +252,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
         metric=["linear_acc", "l0_density"],
         mode=["max", "min"],
         sampler=optuna.samplers.RandomSampler(seed=0),
-        storage=optuna.storages.RDBStorage(f"sqlite:///{table.parent}/bare-{trials}-{concurrency}.db"),
+        storage=optuna.storages.RDBStorage(optuna_url, engine_kwargs=storage_engine_kwargs(optuna_url)),
         study_name="bare",
     )
     stamps: list[float] = []
@@ -288,7 +290,7 @@ def bare_run(table: Path, trials: int, concurrency: int) -> dict:
     }
 
 
-def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str) -> dict:
+def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str, optuna_url: str) -> dict:
     """The real driver in this process, its callbacks timed."""
     from jepa_ray import sweep
 
@@ -299,7 +301,7 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str)
         sampler="random",
         seed=0,
         tracking_uri=uri,
-        optuna_storage=f"sqlite:///{work}/optuna.db",
+        optuna_storage=optuna_url,
         storage_path=str(work / "ray"),
         experiment="scale",
         max_failed_trials=0,
@@ -366,91 +368,137 @@ def quantile(values: list[float], q: float) -> float:
     return float(np.quantile(values, q)) if values else 0.0
 
 
+STORES = ("sqlite", "server", "postgres")
+"""Where MLflow and Optuna keep the sweep: sqlite files the driver writes (sqlite); a tracking
+server (serve_mlflow) on a sqlite file, Optuna's study in another (server); a tracking server on
+PostgreSQL, Optuna's study in another database of the same server, as on a cluster (postgres)."""
+
+
+@contextlib.contextmanager
+def stores(store: str, work: Path, concurrency: int):
+    """(tracking URI, Optuna URL of the driver's study, Optuna URL of the bare run's) of `store`,
+    its servers started for the case and stopped after it."""
+    if store == "sqlite":
+        yield f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db", f"sqlite:///{work}/bare.db"
+        return
+    with contextlib.ExitStack() as stack:
+        if store == "postgres":
+            from postgres import PostgresServer, unavailable
+
+            why = unavailable()
+            if why is not None:
+                raise SystemExit(f"error: --stores postgres: {why}")
+            pg = stack.enter_context(PostgresServer())
+            backend, optuna_url, bare_url = (pg.create_database(n) for n in ("mlflow", "optuna", "bare"))
+        else:
+            backend, optuna_url, bare_url = (f"sqlite:///{work}/{n}.db" for n in ("mlflow", "optuna", "bare"))
+        server = stack.enter_context(tracking_server(backend, work, port=5900 + concurrency % 97))
+        yield server, optuna_url, bare_url
+
+
+@contextlib.contextmanager
+def tracking_server(backend: str, work: Path, port: int):
+    """serve_mlflow (2 workers) on `backend` at 127.0.0.1:`port`; on an error inside the block,
+    the server's state and its log's end on stderr (why it stopped answering)."""
+    log = work / "server.log"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", backend]
+        + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
+        cwd=work,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(uri)
+        yield uri
+    except Exception:
+        alive = "running" if server.poll() is None else f"exited {server.returncode}"
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        print(f"tracking server {alive}; its log's end:", *tail, sep="\n", file=sys.stderr)
+        raise
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def run_case(table: Path, trials: int, epochs: int, concurrency: int, store: str, tmp: Path) -> None:
     work = tmp / f"{store}-{concurrency}"
     work.mkdir()
-    server = None
-    uri = f"sqlite:///{work}/mlflow.db"
-    if store == "server":
-        port = 5900 + concurrency % 97
-        server = subprocess.Popen(
-            [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", uri]
-            + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
-            cwd=work,
-            stdout=(work / "server.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        uri = f"http://127.0.0.1:{port}"
-        _wait_http(uri)
+    with stores(store, work, concurrency) as (uri, optuna_url, bare_url):
+        measure_case(table, trials, epochs, concurrency, store, work, uri, optuna_url, bare_url)
+
+
+def measure_case(
+    table: Path,
+    trials: int,
+    epochs: int,
+    concurrency: int,
+    store: str,
+    work: Path,
+    uri: str,
+    optuna_url: str,
+    bare_url: str,
+) -> None:
+    """Bare Tune, then the driver, on the same stores; every figure of the case."""
     case = f"{trials} trials x {epochs} epochs, {concurrency} at a time, MLflow {store}"
-    try:
-        bare = bare_run(table, trials, concurrency)
-        bare_results, bare_cpu_s = bare["results"], bare["cpu_s"]
-        try:
-            ours = driver_run(table, work, trials, concurrency, uri)
-        except Exception:
-            if server is not None:  # why the server stopped answering, while its log still exists
-                alive = "running" if server.poll() is None else f"exited {server.returncode}"
-                tail = (work / "server.log").read_text(errors="replace").splitlines()[-40:]
-                print(f"tracking server {alive}; its log's end:", *tail, sep="\n", file=sys.stderr)
-            raise
-        timer = ours["timer"]
-        results = len(timer.seconds["result"])
-        rate, bare_rate = results / (timer.last - timer.first), bare_results / bare["seconds"]
-        emit(case, "results_per_s", round(rate, 2), baseline=round(bare_rate, 2), ratio=round(rate / bare_rate, 3))
-        # What the driver costs in CPU, whatever the machine: where the writer has a core of its
-        # own (a cluster's head node), the loop's rate is bounded by the driver process's CPU per
-        # result, and the writer keeps up while its CPU per result is below the interval.
+    bare = bare_run(table, trials, concurrency, bare_url)
+    bare_results, bare_cpu_s = bare["results"], bare["cpu_s"]
+    ours = driver_run(table, work, trials, concurrency, uri, optuna_url)
+    timer = ours["timer"]
+    results = len(timer.seconds["result"])
+    rate, bare_rate = results / (timer.last - timer.first), bare_results / bare["seconds"]
+    emit(case, "results_per_s", round(rate, 2), baseline=round(bare_rate, 2), ratio=round(rate / bare_rate, 3))
+    # What the driver costs in CPU, whatever the machine: where the writer has a core of its
+    # own (a cluster's head node), the loop's rate is bounded by the driver process's CPU per
+    # result, and the writer keeps up while its CPU per result is below the interval.
+    emit(
+        f"{case}: CPU per result, driver process (Tune's loop, searcher, our callbacks)",
+        "ms",
+        round(1000 * ours["cpu_s"] / results, 3),
+        baseline=round(1000 * bare_cpu_s / bare_results, 3),
+        ratio=round(ours["cpu_s"] / results / (bare_cpu_s / bare_results), 3),
+    )
+    emit(
+        f"{case}: CPU per result, MLflow writer process",
+        "ms",
+        round(1000 * ours["writer_cpu_s"] / results, 3),
+        results_per_s_one_core=round(results / ours["writer_cpu_s"], 1) if ours["writer_cpu_s"] else None,
+    )
+    for what in ("result", "end"):
+        seconds = ours["timer"].seconds[what]
         emit(
-            f"{case}: CPU per result, driver process (Tune's loop, searcher, our callbacks)",
+            f"{case}: our callbacks on Tune's event loop per trial {what}",
             "ms",
-            round(1000 * ours["cpu_s"] / results, 3),
-            baseline=round(1000 * bare_cpu_s / bare_results, 3),
-            ratio=round(ours["cpu_s"] / results / (bare_cpu_s / bare_results), 3),
+            round(1000 * quantile(seconds, 0.5), 3),
+            p99_ms=round(1000 * quantile(seconds, 0.99), 3),
+            max_ms=round(1000 * max(seconds, default=0.0), 3),
+            count=len(seconds),
+            goal="median <= 10 ms, p99 <= 100 ms",
         )
-        emit(
-            f"{case}: CPU per result, MLflow writer process",
-            "ms",
-            round(1000 * ours["writer_cpu_s"] / results, 3),
-            results_per_s_one_core=round(results / ours["writer_cpu_s"], 1) if ours["writer_cpu_s"] else None,
-        )
-        for what in ("result", "end"):
-            seconds = ours["timer"].seconds[what]
-            emit(
-                f"{case}: our callbacks on Tune's event loop per trial {what}",
-                "ms",
-                round(1000 * quantile(seconds, 0.5), 3),
-                p99_ms=round(1000 * quantile(seconds, 0.99), 3),
-                max_ms=round(1000 * max(seconds, default=0.0), 3),
-                count=len(seconds),
-                goal="median <= 10 ms, p99 <= 100 ms",
-            )
-        emit(
-            f"{case}: Ray 'performance bottleneck' warnings",
-            "count",
-            ours["warnings"].count,
-            bare=bare["warnings"].count,  # Tune's own: the bare run has none of our callbacks
-            examples=ours["warnings"].examples,
-            goal=0,
-        )
-        base = timer.rss_at_first_end or ours["rss"][0]  # after the imports and the first trial's writes
-        bare_growth = max(bare["rss"]) - bare["rss_at_first_end"]
-        emit(
-            f"{case}: driver RSS growth from the first trial's end to the sweep's end",
-            "MB",
-            round((max(ours["rss"]) - base) / 2**20, 1),
-            bare_mb=round(bare_growth / 2**20, 1),
-            at_first_end_mb=round(base / 2**20, 1),
-            peak_mb=round(max(ours["rss"]) / 2**20, 1),
-            machine_min_available_mb=round(ours["min_available"] / 2**20) if ours["min_available"] else None,
-            goal="<= 200 MB",
-        )
-        records = check_records(uri, f"sqlite:///{work}/optuna.db", trials, epochs)
-        emit(f"{case}: MLflow and Optuna after the sweep", "runs", records["runs"], **records, expected=trials)
-    finally:
-        if server is not None:
-            os.killpg(server.pid, signal.SIGKILL)
+    emit(
+        f"{case}: Ray 'performance bottleneck' warnings",
+        "count",
+        ours["warnings"].count,
+        bare=bare["warnings"].count,  # Tune's own: the bare run has none of our callbacks
+        examples=ours["warnings"].examples,
+        goal=0,
+    )
+    base = timer.rss_at_first_end or ours["rss"][0]  # after the imports and the first trial's writes
+    bare_growth = max(bare["rss"]) - bare["rss_at_first_end"]
+    emit(
+        f"{case}: driver RSS growth from the first trial's end to the sweep's end",
+        "MB",
+        round((max(ours["rss"]) - base) / 2**20, 1),
+        bare_mb=round(bare_growth / 2**20, 1),
+        at_first_end_mb=round(base / 2**20, 1),
+        peak_mb=round(max(ours["rss"]) / 2**20, 1),
+        machine_min_available_mb=round(ours["min_available"] / 2**20) if ours["min_available"] else None,
+        goal="<= 200 MB",
+    )
+    records = check_records(uri, optuna_url, trials, epochs)
+    emit(f"{case}: MLflow and Optuna after the sweep", "runs", records["runs"], **records, expected=trials)
 
 
 def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp: Path, address: str) -> None:
@@ -532,11 +580,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--configs", type=int, default=100, help="distinct configurations in the synthetic table")
     p.add_argument("--concurrency", default="64", help="comma separated")
-    p.add_argument("--stores", default="sqlite", help="sqlite, server (comma separated); none: only --kill")
+    p.add_argument(
+        "--stores", default="sqlite", help=f"{', '.join(STORES)} (comma separated; see STORES); none: only --kill"
+    )
     p.add_argument("--kill", action="store_true", help="also the kill -9 and --resume case")
     p.add_argument("--address", help="join this Ray cluster (default: a local one with enough logical CPUs)")
     args = p.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    stores = [s for s in args.stores.split(",") if s != "none"]
+    unknown = [s for s in stores if s not in STORES]
+    if unknown:
+        p.error(f"--stores {args.stores}: '{unknown[0]}' is not a store; allowed: {', '.join(STORES)}, none")
 
     import ray
 
@@ -548,7 +602,6 @@ def main() -> None:
         else:  # logical CPUs over-subscribed: replayed trials take no CPU of their own
             ray.init(num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
         try:
-            stores = [s for s in args.stores.split(",") if s != "none"]
             for concurrency in concurrencies:
                 for store in stores:
                     run_case(table, args.trials, args.epochs, concurrency, store, tmp)

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from jepa_ray import adapter, reaper
+from jepa_ray.databases import OPTUNA_TABLES, check_database, check_no_password, is_database_uri
 from jepa_ray.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,9 @@ def check_tracking_uri(uri: str, *, multi_node: bool, existing: bool = False) ->
     and the Pareto export both call it).
 
     http(s):// must answer GET /health within a few seconds (an HTTP error below 500, such as
-    401 from an authenticating proxy, is an answer). A sqlite:// (or file) store is local to
+    401 from an authenticating proxy, is an answer). A database server (postgresql://, ...) must
+    have its driver installed, accept a connection and not hold Optuna's tables. No URI may carry
+    a password (the sweep prints it). A sqlite:// (or file) store is local to
     the driver's node; that is fine on a cluster too, because the sweep driver makes every
     MLflow write (trials on other nodes report to it through Ray and never open the store), so
     with `multi_node` it is only noted in the log. A sqlite file's directory must exist, and
@@ -279,8 +282,11 @@ def check_tracking_uri(uri: str, *, multi_node: bool, existing: bool = False) ->
     if scheme not in TRACKING_SCHEMES:
         allowed = "sqlite:///PATH, http(s)://HOST:PORT, postgresql://..., mysql://..., file:PATH"
         raise UsageError(f"tracking URI {uri}: unknown scheme '{scheme}'; allowed: {allowed}")
+    check_no_password(uri, "tracking URI")
     if scheme in ("http", "https"):
         _check_http_tracking(uri)
+    elif is_database_uri(uri):
+        check_database(uri, "tracking URI", foreign=OPTUNA_TABLES, owner="MLflow")
     elif scheme == "sqlite":
         _check_sqlite_tracking(uri)
         path = sqlite_path(uri)

@@ -36,9 +36,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from jepa_ray.cluster import attach_hint, check_sqlite_directory
+from jepa_ray.databases import OPTUNA_TABLES, check_database, check_database_driver, is_database_uri, redact
 from jepa_ray.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -73,18 +74,10 @@ def check_host(host: str, allow_public: bool) -> None:
     )
 
 
-def redact(uri: str) -> str:
-    """The URI with its password (if any) replaced by ***, for logs and messages."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | None = None) -> str:
     """The backend store URI: --backend-store-uri, else $MLFLOW_BACKEND_STORE_URI, else the
-    DESIGN default `sqlite:///mlflow.db`. A password is accepted only from the environment."""
+    DESIGN default `sqlite:///mlflow.db`. A password is accepted only from the environment; a
+    database server's driver must be installed (checked here, before anything starts)."""
     environ = os.environ if environ is None else environ
     if cli_value:
         if urlsplit(cli_value).password is not None:
@@ -96,6 +89,8 @@ def resolve_backend_store_uri(cli_value: str | None, environ: dict[str, str] | N
     else:
         uri = environ.get(BACKEND_URI_ENV) or DEFAULT_BACKEND_STORE_URI
     check_sqlite_directory(uri, "--backend-store-uri")
+    if is_database_uri(uri):
+        check_database_driver(uri, "--backend-store-uri")
     return uri
 
 
@@ -385,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"error: an MLflow server already answers at {url}", file=sys.stderr)
         return 1
+    try:  # one line now, not the server's traceback after --timeout (a running server: no-op above)
+        if is_database_uri(backend):
+            check_database(backend, "--backend-store-uri", foreign=OPTUNA_TABLES, owner="MLflow")
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not port_free(args.host, args.port):
         print(
             f"error: port {args.port} on {args.host} is in use by something that is not an "

@@ -124,11 +124,20 @@ def test_data_benchmark_eval_memory_small():
 
 
 @pytest.mark.slow
-def test_scale_benchmark_quick():
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_scale_benchmark_quick(store):
     """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
-    figure printed, and MLflow and Optuna hold every trial exactly once."""
-    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4")
+    figure printed, and MLflow and Optuna hold every trial exactly once; on sqlite files, and
+    with MLflow's tracking server on PostgreSQL and Optuna's study on the same server."""
+    if store == "postgres":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from postgres import unavailable
+
+        if unavailable() is not None:
+            pytest.skip(f"no PostgreSQL server: {unavailable()}")
+    quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4", "--stores", store)
     rows = run_bench("benchmarks/scale.py", *quick, positive=False)
+    assert all(r["case"].startswith(f"8 trials x 3 epochs, 2 at a time, MLflow {store}") for r in rows), rows
     by_metric = {r["metric"]: r for r in rows}
     assert set(by_metric) == {"results_per_s", "ms", "count", "MB", "runs"}, rows
     assert by_metric["results_per_s"]["value"] > 0 and by_metric["results_per_s"]["baseline"] > 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jepa_ray import cluster, placement, serve_mlflow
+from jepa_ray import cluster, databases, placement, serve_mlflow
 from jepa_ray import config as config_lib
 from jepa_ray.errors import UsageError
 
@@ -306,6 +306,7 @@ def test_password_only_from_the_environment(no_server, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "s3cret" not in err and "PGPASSWORD" in err and "***" in err
     monkeypatch.setenv(serve_mlflow.BACKEND_URI_ENV, "postgresql://jepa:s3cret@db:5432/mlflow")
+    monkeypatch.setattr(serve_mlflow, "check_database", lambda *args, **kwargs: None)  # no server "db" here
     with pytest.raises(SystemExit):
         serve_mlflow.main(["--port", str(free_port())])
     assert not any("s3cret" in a for a in no_server["argv"])
@@ -318,6 +319,56 @@ def test_passwordless_postgres_uri_is_accepted():
     assert serve_mlflow.resolve_backend_store_uri(uri, environ={}) == uri
     assert serve_mlflow.redact("postgresql://a:b@h/d") == "postgresql://a:***@h/d"
     assert serve_mlflow.redact(uri) == uri
+
+
+def test_a_database_whose_driver_is_missing_is_refused_with_what_to_install(no_server, monkeypatch, capsys):
+    """SQLAlchemy's own driver for the scheme, named with its pip package, before any server
+    starts (psycopg stands in for a machine without the PostgreSQL extra)."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    assert serve_mlflow.main(["--backend-store-uri", "postgresql://jepa@127.0.0.1:1/mlflow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        "error: --backend-store-uri postgresql://jepa@127.0.0.1:1/mlflow: its database driver psycopg is not "
+        "installed; pip install 'psycopg[binary]' (or pip install -e '.[postgres]')"
+    ]
+    with pytest.raises(UsageError, match=r"driver pg8000 is not installed; pip install pg8000$"):
+        databases.check_optuna_storage("postgresql+pg8000://jepa@127.0.0.1:1/optuna")
+    with pytest.raises(UsageError, match=r"unknown database scheme 'postgresql\+nope'; allowed: a SQLAlchemy URL"):
+        cluster.check_tracking_uri("postgresql+nope://jepa@127.0.0.1:1/mlflow", multi_node=False)
+
+
+def test_a_database_that_does_not_answer_is_one_line_naming_the_input():
+    port = free_port()
+    uri = f"postgresql://jepa@127.0.0.1:{port}/mlflow"
+    with pytest.raises(UsageError) as err:
+        cluster.check_tracking_uri(uri, multi_node=False)
+    message = str(err.value)
+    assert message.startswith(f"tracking URI {uri}: the database does not answer (") and "\n" not in message
+    assert "CREATE DATABASE" in message and "PGPASSWORD" in message
+    with pytest.raises(UsageError, match=rf"^--optuna-storage {re.escape(uri)}: the database does not answer"):
+        databases.check_optuna_storage(uri)
+
+
+@pytest.mark.parametrize(
+    "check, what",
+    [
+        (lambda uri: cluster.check_tracking_uri(uri, multi_node=False), "tracking URI"),
+        (databases.check_optuna_storage, "--optuna-storage"),
+    ],
+)
+def test_the_sweep_refuses_a_password_in_a_uri_without_showing_it(check, what):
+    uri = "postgresql://jepa:s3cret@127.0.0.1:1/db"
+    with pytest.raises(UsageError) as err:
+        check(uri)
+    message = str(err.value)
+    assert message.startswith(f"{what} postgresql://jepa:***@127.0.0.1:1/db: do not put a password in the URI")
+    assert "s3cret" not in message and "PGPASSWORD" in message
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "http://127.0.0.1:5000", "sqlite://relative.db"])
+def test_optuna_storage_schemes(url):
+    with pytest.raises(UsageError, match=rf"^--optuna-storage {re.escape(url)}: .*sqlite:///"):
+        databases.check_optuna_storage(url)
 
 
 def test_sqlite_store_in_a_missing_directory_is_refused(no_server, tmp_path, capsys):

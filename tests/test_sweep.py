@@ -10,6 +10,7 @@ whatever happened, so nothing of the killed sweep disturbs the resumed one or ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,12 @@ import torch
 from scipy import stats
 
 import jepa_ray
+from jepa_ray import cluster, databases, serve_mlflow, sweep, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as tracking_contract
-from jepa_ray import sweep, tracking
 from jepa_ray.contract import FailureKind
 from jepa_ray.data import dataset_info
+from jepa_ray.errors import UsageError
 from jepa_ray.train import EPOCH_METRICS, FINAL_METRICS
 from jepa_ray.train import checkpoint as ckpt_lib
 
@@ -69,20 +72,24 @@ class Sweep:
     returncode: int
     stdout: str
     stderr: str
+    tracking: str | None = None
+    """The tracking URI it was given (default: the sqlite store in its directory)."""
+    optuna: str | None = None
+    """The Optuna storage it was given (default: optuna.db beside the sqlite store)."""
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.dir}/mlflow.db"
+        return self.tracking or f"sqlite:///{self.dir}/mlflow.db"
 
     @property
     def optuna_storage(self) -> str:
-        return f"sqlite:///{self.dir}/optuna.db"
+        return self.optuna or f"sqlite:///{self.dir}/optuna.db"
 
     def output(self) -> str:
         return f"exit {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
 
 
-def sweep_command(workdir: Path, *args: str, address: str) -> list[str]:
+def sweep_command(workdir: Path, *args: str, address: str, tracking_uri: str | None = None) -> list[str]:
     return [
         sys.executable,
         str(SCRIPT),
@@ -91,7 +98,7 @@ def sweep_command(workdir: Path, *args: str, address: str) -> list[str]:
         "--experiment",
         EXPERIMENT,
         "--tracking-uri",
-        f"sqlite:///{workdir}/mlflow.db",
+        tracking_uri or f"sqlite:///{workdir}/mlflow.db",
         "--storage-path",
         str(workdir / "ray"),
         *args,
@@ -135,10 +142,18 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-def run_sweep(workdir: Path, *args: str, address: str, pythonpath: Path | None = None) -> Sweep:
+def run_sweep(
+    workdir: Path,
+    *args: str,
+    address: str,
+    pythonpath: Path | None = None,
+    tracking_uri: str | None = None,
+    optuna_storage: str | None = None,
+) -> Sweep:
     workdir.mkdir(parents=True, exist_ok=True)
+    storage = ("--optuna-storage", optuna_storage) if optuna_storage else ()
     proc = subprocess.Popen(
-        sweep_command(workdir, *args, address=address),
+        sweep_command(workdir, *args, *storage, address=address, tracking_uri=tracking_uri),
         cwd=workdir,
         env=sweep_env(pythonpath),
         stdout=subprocess.PIPE,
@@ -152,7 +167,7 @@ def run_sweep(workdir: Path, *args: str, address: str, pythonpath: Path | None =
         kill_group(proc)
         out, err = proc.communicate()
         pytest.fail(f"sweep did not finish in {SWEEP_TIMEOUT_S} s:\n{out[-3000:]}\n{err[-3000:]}")
-    return Sweep(workdir, proc.returncode, out, err)
+    return Sweep(workdir, proc.returncode, out, err, tracking_uri, optuna_storage)
 
 
 def client(run: Sweep):
@@ -203,17 +218,105 @@ def head_commit() -> str:
 # --smoke: parent + 2 children in the docs/design.md layout, Optuna in agreement
 
 
-@pytest.fixture
-def smoke(smoke_sweep) -> Sweep:
-    return smoke_sweep  # conftest.py: one smoke sweep for every test that reads one
+@contextlib.contextmanager
+def mlflow_server(backend_store_uri: str, workdir: Path) -> Iterator[str]:
+    """`python -m jepa_ray.serve_mlflow --daemon` on a free loopback port over `backend_store_uri`,
+    as a cluster's head starts it; yields its URI, stops it on exit."""
+    port = free_port()
+    files = ("--pid-file", str(workdir / "mlflow.pid"), "--log-file", str(workdir / "mlflow.log"))
+    base = [sys.executable, "-m", "jepa_ray.serve_mlflow", *files]
+    start = base + ["--daemon", "--port", str(port), "--backend-store-uri", backend_store_uri, "--workers", "1"]
+    start += ["--artifacts-destination", str(workdir / "artifacts")]
+    out = subprocess.run(start, cwd=workdir, env=sweep_env(ROOT), capture_output=True, text=True, timeout=300)
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        subprocess.run(base + ["--stop"], cwd=workdir, env=sweep_env(ROOT), capture_output=True, timeout=120)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A PostgreSQL server of this module's own (benchmarks/postgres.py: Debian's binaries, a
+    temporary data directory); the tests that need one skip, in one line, where none can start."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from postgres import PostgresServer, unavailable
+
+    why = unavailable()
+    if why is not None:
+        pytest.skip(f"no PostgreSQL server: {why}")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def postgres_smoke_sweep(ray_cluster, postgres_server, tmp_path_factory) -> Iterator[Sweep]:
+    """The smoke sweep as on a cluster with a real database: MLflow's tracking server backed by
+    PostgreSQL (database `mlflow`), Optuna's study in database `optuna` of the same server."""
+    work = tmp_path_factory.mktemp("postgres")
+    optuna_url = postgres_server.create_database("optuna")
+    with mlflow_server(postgres_server.create_database("mlflow"), work) as uri:
+        args = ("--smoke", "--seed", "0")
+        run = run_sweep(work, *args, address=ray_cluster, tracking_uri=uri, optuna_storage=optuna_url)
+        assert run.returncode == 0, run.output()
+        yield run
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def smoke(request) -> Sweep:
+    """One finished `--smoke --seed 0` sweep per store: a sqlite file (conftest.py's, shared with
+    every test that reads one), and a tracking server on PostgreSQL with Optuna beside it."""
+    return request.getfixturevalue("smoke_sweep" if request.param == "sqlite" else "postgres_smoke_sweep")
 
 
 @pytest.mark.slow
 def test_smoke_sweep_prints_front_and_commands(smoke):
     assert "Pareto front" in smoke.stdout
     assert "2 trials launched, 0 already finished, 0 failed" in smoke.stdout
-    assert f"mlflow ui --backend-store-uri {smoke.tracking_uri}" in smoke.stdout
+    if smoke.tracking_uri.startswith("http"):
+        assert f"MLflow: open {smoke.tracking_uri}/#/experiments/" in smoke.stdout
+    else:
+        assert f"mlflow ui --backend-store-uri {smoke.tracking_uri}" in smoke.stdout
     assert f"optuna-dashboard {smoke.optuna_storage}" in smoke.stdout
+
+
+@pytest.mark.slow
+def test_a_postgres_backed_sweep_is_in_postgres_and_resume_reads_it_back(
+    postgres_smoke_sweep, postgres_server, ray_cluster, capsys
+):
+    """The tracking server wrote the runs and their epochs into PostgreSQL, Optuna its trials;
+    `--resume` (without --optuna-storage: the recorded one) finds both there and trains nothing."""
+    run = postgres_smoke_sweep
+    parent, children = parent_and_children(run)
+    runs = dict(postgres_server.query("mlflow", "SELECT run_uuid, status FROM runs"))
+    assert runs == {r.info.run_id: "FINISHED" for r in [parent, *children]}
+    epochs = postgres_server.query("mlflow", "SELECT run_uuid, step FROM metrics WHERE key = 'train/loss'")
+    assert sorted(epochs) == sorted((r.info.run_id, 0) for r in children)
+    states = postgres_server.query("optuna", "SELECT state FROM trials")
+    assert [str(state) for (state,) in states] == ["COMPLETE", "COMPLETE"]
+    again = run_sweep(run.dir, "--smoke", "--seed", "0", "--resume", address=ray_cluster, tracking_uri=run.tracking_uri)
+    assert again.returncode == 0, again.output()
+    assert "0 trials launched, 2 already finished, 0 failed" in again.stdout
+    assert f"optuna-dashboard {run.optuna_storage}" in again.stdout
+    assert len(postgres_server.query("optuna", "SELECT state FROM trials")) == 2
+    # One database each: MLflow's and Optuna's schema versions share a table name.
+    with pytest.raises(UsageError, match=r"holds MLflow's tables; allowed: a database of Optuna's own"):
+        databases.check_optuna_storage(postgres_server.url("mlflow"))
+    with pytest.raises(UsageError, match=r"holds Optuna's tables; allowed: a database of MLflow's own"):
+        cluster.check_tracking_uri(postgres_server.url("optuna"), multi_node=False)
+    capsys.readouterr()
+    assert serve_mlflow.main(["--backend-store-uri", postgres_server.url("optuna"), "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --backend-store-uri postgresql://") and "holds Optuna's tables" in err, err
+    assert len(err.splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -842,6 +945,54 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
     }
     assert by_id["collapsed"].user_attrs["failure"].startswith("collapse at epoch 3")
     assert by_id["done"].values == [0.9, 0.1]
+
+
+@pytest.mark.parametrize("patience_s", [60.0, 0.0])
+def test_the_searcher_waits_for_a_restarted_database(patience_s, capsys):
+    """The study's PostgreSQL server killed with SIGKILL while a trial runs, and started again
+    2 s later: with patience the searcher tells Optuna the trial's end once the server answers
+    (one warning line, one line when it answers again) and suggests on; without, it raises."""
+    import threading
+
+    from jepa_ray import pareto
+    from search_spaces import rectified
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from postgres import PostgresServer, unavailable
+
+    if unavailable() is not None:
+        pytest.skip(f"no PostgreSQL server: {unavailable()}")
+    objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
+    with PostgresServer() as pg:
+        url = pg.create_database("optuna")
+        searcher = sweep.make_searcher(
+            rectified.space, objectives, sweep.make_sampler("random", 0), "s", url, patience_s=patience_s
+        )
+        assert searcher.suggest("first")
+        pg.kill()
+        restart = threading.Timer(2.0, pg.restart)
+        restart.start()
+        try:
+            result = {"linear_acc": 0.9, "l0_density": 0.1, "final_result": True}
+            if not patience_s:
+                with pytest.raises(optuna.exceptions.StorageInternalError):  # from Connection refused
+                    searcher.on_trial_complete("first", result)
+                return
+            searcher.on_trial_complete("first", result)
+        finally:
+            restart.join()
+        assert searcher.suggest("second")
+        study = optuna.load_study(study_name="s", storage=url)
+        assert [(t.user_attrs["tune_trial_id"], t.state.name) for t in study.get_trials()] == [
+            ("first", "COMPLETE"),
+            ("second", "RUNNING"),
+        ]
+    err = [line for line in capsys.readouterr().err.splitlines() if "Optuna study" in line]
+    assert [line.split(" (")[0] for line in err] == [
+        f"warning: the Optuna study at {url} did not answer",
+        f"the Optuna study at {url} answers again",
+    ]
+    assert "Connection refused" in err[0]  # the driver's reason, not Optuna's wrapper's
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jepa_ray import adapter, cluster, pareto, placement, tracking
+from jepa_ray import adapter, cluster, databases, pareto, placement, tracking
 from jepa_ray import config as config_lib
 from jepa_ray import contract as C
 from jepa_ray.cluster import is_local_path, sqlite_path
@@ -84,6 +84,8 @@ def plan(opts: SweepOptions) -> SweepPlan:
         raise UsageError(str(err)) from None
     objectives = _objectives(opts)
     cluster.check_tracking_uri(opts.tracking_uri, multi_node=False)
+    if opts.optuna_storage:
+        databases.check_optuna_storage(opts.optuna_storage)
     fault = faults.from_env()
     space = _trials_space(opts)
     scheduler = scheduler_from_flags(opts, space.base.optim.epochs)
@@ -92,6 +94,13 @@ def plan(opts: SweepOptions) -> SweepPlan:
         storage = str(Path(storage).resolve())
     who = _identity(opts, space)
     sampler_name = opts.sampler or space.default_sampler
+    # A resumed sweep opens the study it recorded (a --resume without --optuna-storage would
+    # otherwise open an empty one beside the tracking store and train everything again).
+    recorded = who.parent.data.tags.get(C.SWEEP_OPTUNA_STORAGE) if who.parent is not None else None
+    storage_url = opts.optuna_storage or recorded or optuna_storage_url(opts)
+    if storage_url != opts.optuna_storage:
+        what = "the Optuna storage the sweep recorded (override: --optuna-storage)" if recorded else "--optuna-storage"
+        databases.check_optuna_storage(storage_url, what)
     return SweepPlan(
         opts=opts,
         objectives=objectives,
@@ -104,11 +113,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
         grid=space.grid,
         seed=who.seed,
         storage=storage,
-        # A resumed sweep opens the study it recorded (a --resume without --optuna-storage would
-        # otherwise open an empty one beside the tracking store and train everything again).
-        storage_url=opts.optuna_storage
-        or (who.parent.data.tags.get(C.SWEEP_OPTUNA_STORAGE) if who.parent is not None else None)
-        or optuna_storage_url(opts),
+        storage_url=storage_url,
         name=who.name,
         exp_id=who.exp_id,
         parent=who.parent,
@@ -243,7 +248,9 @@ def _execute(sweep: SweepPlan, wrap_callbacks: Callable[[list], list] | None) ->
     mlflow_client = tracking.client(opts.tracking_uri)
     ledger = Ledger(tuple(o.name for o in sweep.objectives))
     make_storage_dir(sweep.storage_url)
-    searcher = make_searcher(sweep.space, sweep.objectives, sweep.sampler, sweep.name, sweep.storage_url, ledger)
+    searcher = make_searcher(
+        sweep.space, sweep.objectives, sweep.sampler, sweep.name, sweep.storage_url, ledger, opts.tracking_patience
+    )
     if sweep.sampler_name == "tpe-rungs":
         searcher.rung_signals = tuple(s.metric for s in parse_signals(opts.scheduler_signals))
     parent_id, resume = _open_records(sweep, study_of(searcher), exp_id)

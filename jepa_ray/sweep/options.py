@@ -61,14 +61,17 @@ class SweepOptions:
     experiment: str = "rectified-lpjepa"
     """MLflow experiment."""
     tracking_uri: str = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    """MLflow tracking URI (sqlite:///PATH, or http://HOST:PORT of a tracking server; default
-    $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
+    """MLflow tracking URI (sqlite:///PATH, http://HOST:PORT of a tracking server, or a database such
+    as postgresql://USER@HOST:PORT/DATABASE; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
     tracking_patience: float = 120.0
     """Seconds a failing MLflow write is tried again (backing off) before the sweep stops with one
     line; --resume then records what MLflow missed. A tracking server on a busy head can take
-    longer than one request's timeout to answer."""
+    longer than one request's timeout to answer. An Optuna study on a database server that stops
+    answering (restarted) is tried again as long."""
     optuna_storage: str | None = None
-    """Optuna RDB storage URL (default: optuna.db beside the MLflow sqlite store)."""
+    """Optuna RDB storage URL: sqlite:///PATH, or postgresql://USER@HOST:PORT/DATABASE (a database of
+    its own; the password from PGPASSWORD or ~/.pgpass, never in the URL) (default: optuna.db
+    beside the MLflow sqlite store, else ~/.jepa_ray/optuna.db)."""
     storage_path: str = "ray_results"
     """Ray storage for trial checkpoints and Tune state (a directory, s3://..., or a shared path on a cluster)."""
     name: str | None = None

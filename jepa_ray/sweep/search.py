@@ -6,6 +6,11 @@ state is reached through jepa_ray.adapter only."""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -19,7 +24,8 @@ from jepa_ray.adapter import (
 )
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.contract import ATTR_EPOCHS, ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
-from jepa_ray.errors import UsageError, storage_full
+from jepa_ray.databases import is_database_uri
+from jepa_ray.errors import UsageError, causes, storage_full
 from jepa_ray.outcome import Ledger, Outcome, classify
 from jepa_ray.sweep.options import SAMPLERS
 
@@ -65,12 +71,19 @@ class JepaOptunaSearch(OptunaSearch):
     stopped at a rung is told with, as COMPLETE, so that TPE learns from the rungs too (BOHB's
     idea: a model fit on the cheap fidelities); empty: stopped trials are PRUNED."""
 
+    patience_s: float = 0.0
+    """Seconds a study on a database server that stopped answering (restarted, failed over) is
+    tried again, backing off from 0.5 s to 10 s, before the error goes to Tune (0: at once)."""
+
     def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        trials = searcher_trials(self)
-        if trial_id in trials:
-            trials[trial_id].set_user_attr(ATTR_TUNE_TRIAL, trial_id)
-        return params
+        def ask(_retry: bool):
+            params = super(JepaOptunaSearch, self).suggest(trial_id)
+            trials = searcher_trials(self)
+            if trial_id in trials:
+                trials[trial_id].set_user_attr(ATTR_TUNE_TRIAL, trial_id)
+            return params
+
+        return self._with_patience(ask)
 
     @property
     def suggested(self) -> int:
@@ -114,25 +127,92 @@ class JepaOptunaSearch(OptunaSearch):
         end before it (with one trial at a time, a seeded sweep proposes the same again). A
         study whose disk is full stops the sweep (the ledger's `storage_full`, which Tune would
         otherwise only log): the trial stays RUNNING there, and --resume trains it again."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        def tell(retry: bool) -> None:
+            try:
+                for k, v in attrs.items():
+                    ot_trial.set_user_attr(k, v)
+                searcher_study(self).tell(ot_trial, values, state=state, skip_if_finished=retry)
+            except UpdateFinishedTrialError:
+                if not retry:
+                    raise  # on a retry: the try whose answer was lost did tell it
+
         try:
-            for k, v in attrs.items():
-                ot_trial.set_user_attr(k, v)
-            searcher_study(self).tell(ot_trial, values, state=state)
+            self._with_patience(tell)
         except Exception as err:
             full = storage_full(err, self.storage_path)
             if full is None or self.ledger is None:
                 raise
             self.ledger.storage_full = self.ledger.storage_full or full
 
+    def _with_patience(self, call: Callable[[bool], Any]) -> Any:
+        """call(retry) until it returns, again while the study's database server does not answer
+        (for `patience_s`, on Tune's event loop: its trials wait for Optuna anyway), saying so on
+        stderr once when it stops answering and once when it answers again."""
+        delay, deadline, retry = 0.5, None, False
+        while True:
+            try:
+                result = call(retry)
+            except Exception as err:
+                lost = _connection_lost(err) if self.patience_s else None
+                if lost is None:
+                    raise
+                deadline = deadline or time.monotonic() + self.patience_s
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not retry:
+                    reason = " ".join(str(lost).split())[:200]  # the driver's lines, joined
+                    print(
+                        f"warning: the Optuna study at {self.storage_path} did not answer ({reason}); "
+                        f"trying again for up to {self.patience_s:g} s (--tracking-patience)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(delay)
+                delay, retry = min(2 * delay, 10.0), True
+                continue
+            if retry:
+                print(f"the Optuna study at {self.storage_path} answers again", file=sys.stderr, flush=True)
+            return result
+
+
+def _connection_lost(err: BaseException) -> BaseException | None:
+    """The driver's error when `err` comes from a database connection that failed or broke
+    (SQLAlchemy's OperationalError or InterfaceError, which Optuna wraps in a message about
+    invalid data), not from what was written; else None."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    for cause in causes(err):
+        if isinstance(cause, (OperationalError, InterfaceError)):
+            return cause.orig or cause
+    return None
+
+
+def storage_engine_kwargs(storage_url: str) -> dict:
+    """SQLAlchemy engine options of the study's storage: a sqlite file waits up to 30 s for its
+    lock; a database server's pooled connections are tested before use (`pool_pre_ping`, which
+    Optuna sets for MySQL only), so that one dropped by a restarted server is replaced instead of
+    failing the next ask or tell."""
+    if storage_url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
 
 def make_searcher(
-    space_fn, objectives, sampler, study_name: str, storage_url: str, ledger: Ledger | None = None
+    space_fn,
+    objectives,
+    sampler,
+    study_name: str,
+    storage_url: str,
+    ledger: Ledger | None = None,
+    patience_s: float = 0.0,
 ) -> JepaOptunaSearch:
+    """The sweep's searcher on its study; `patience_s`: how long a study on a database server
+    that stopped answering is tried again (a sqlite file has its own lock timeout)."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(
-        storage_url, engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {}
-    )
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=storage_engine_kwargs(storage_url))
     searcher = JepaOptunaSearch(
         space=space_fn,
         metric=[o.name for o in objectives],
@@ -143,6 +223,7 @@ def make_searcher(
     )
     searcher.ledger = ledger
     searcher.storage_path = str(sqlite_path(storage_url) or storage_url)
+    searcher.patience_s = patience_s if is_database_uri(storage_url) else 0.0
     return searcher
 
 
