@@ -131,7 +131,7 @@ def test_chaos_benchmark_small_loses_nothing():
     survived, trials the scheduler pruned while MLflow was down get their runs on --resume, and
     nothing is lost, logged twice or left RUNNING."""
     small = ("--trials", "16", "--concurrency", "4", "--epochs", "3", "--configs", "16", "--epoch-s", "1")
-    faults = ("--faults", "trial_actor=1,ray_worker=1,tracking_outage=1", "--min-epochs", "1", "--patience", "5")
+    faults = ("--faults", "trial_actor=1,ray_worker=1,tracking_outage=1", "--min-epochs", "1", "--patience", "15")
     rows = run_bench("benchmarks/chaos.py", *small, *faults, "--port", "5979", positive=False)
     by_metric = {r["metric"]: r for r in rows if r["metric"] != "s_to_next_trial_end"}
     injected = by_metric["faults_injected"]
@@ -149,7 +149,7 @@ def test_chaos_benchmark_small_loses_nothing():
     exits = by_metric["sweep_s"]
     assert exits["driver_exits"] == [1, 0] and exits["unplanned_exits"] == [], exits  # the outage's stop, then done
     recovered = [r["case"].rsplit(": ", 1)[1] for r in rows if r["metric"] == "s_to_next_trial_end"]
-    assert sorted(recovered) == ["ray_worker", "trial_actor", "tracking_outage"], recovered
+    assert sorted(recovered) == ["ray_worker", "tracking_outage", "trial_actor"], recovered
 
 
 DIGITS_TABLE = "benchmarks/curves/digits.parquet"
