@@ -48,6 +48,10 @@ def emit(case: str, metric: str, value, **extra) -> None:
     print(json.dumps(row), flush=True)
 
 
+SYNTHETIC_EPOCH_S = 0.01
+"""The seconds each synthetic epoch records (a replayed sweep sleeps them / --replay-speed)."""
+
+
 def synthetic_table(path: Path, configs: int, epochs: int) -> Path:
     """`configs` rows of smooth synthetic curves over a density x lambda grid (digits-sweep's
     config, `epochs` epochs), written as a curve table."""
@@ -79,8 +83,8 @@ def synthetic_table(path: Path, configs: int, epochs: int) -> Path:
                     "train/rank_me": 50.0,
                     "online/linear_acc": acc * frac,
                     "online/linear_acc_z": acc * frac * 0.9,
-                    "time/epoch_s": 0.01,
-                    "time/epoch_wall_s": 0.01,
+                    "time/epoch_s": SYNTHETIC_EPOCH_S,
+                    "time/epoch_wall_s": SYNTHETIC_EPOCH_S,
                     "data/train_images": 1437,
                     "data/test_images": 360,
                 }
@@ -331,34 +335,50 @@ def driver_run(table: Path, work: Path, trials: int, concurrency: int, uri: str,
     }
 
 
-def check_records(uri: str, optuna_url: str, trials: int, epochs: int) -> dict:
-    """What MLflow and Optuna hold after a sweep."""
+def check_records(uri: str, optuna_url: str, trials: int, epochs: int, experiment: str = "scale") -> dict:
+    """What MLflow and Optuna hold after a sweep: runs, their statuses and epochs (each exactly
+    once: a FINISHED run every epoch, a KILLED one, stopped by a scheduler, the epochs Optuna says
+    it trained), and the Optuna trials' states; `ended_with_run`: the trials Optuna holds COMPLETE
+    or PRUNED whose run (the run tagged with its number) ended too."""
     import optuna
 
     from jepa_ray import tracking
+    from jepa_ray.contract import ATTR_EPOCHS
 
     c = tracking.client(uri)
-    exp = c.get_experiment_by_name("scale")
+    exp = c.get_experiment_by_name(experiment)
     runs = tracking.search_all_runs(c, [exp.experiment_id], "tags.`jepa_ray.role` = 'trial'")
     keys = [r.data.tags.get("jepa_ray.optuna_trial") for r in runs]  # a resumed trial keeps its run
     statuses = [r.info.status for r in runs]
-    repeated = missing = 0
-    for r in runs:  # every run's history: each epoch exactly once
-        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
-        repeated += steps != sorted(set(steps))
-        missing += r.info.status == "FINISHED" and set(steps) != set(range(epochs))
     storage = optuna.storages.RDBStorage(optuna_url)
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
-    states = [t.state.name for t in study.get_trials()]
+    trials_by_number = {str(t.number): t for t in study.get_trials()}
+    states = [t.state.name for t in trials_by_number.values()]
+    repeated = missing = twice = ended_with_run = 0
+    for r, key in zip(runs, keys):  # every run's history: each epoch exactly once
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
+        repeated += steps != sorted(set(steps))
+        twice += len(steps) - len(set(steps))
+        trial = trials_by_number.get(key)
+        trained = epochs if r.info.status == "FINISHED" else None
+        if r.info.status == "KILLED" and trial is not None:
+            trained = int(trial.user_attrs.get(ATTR_EPOCHS, -1))
+        missing += trained is not None and set(steps) != set(range(trained))
+        ended = trial is not None and trial.state.name in ("COMPLETE", "PRUNED")
+        ended_with_run += ended and r.info.status != "RUNNING"
     return {
         "runs": len(runs),
         "finished_runs": statuses.count("FINISHED"),
+        "killed_runs": statuses.count("KILLED"),
         "duplicate_runs": len(keys) - len(set(keys)),
         "running": statuses.count("RUNNING"),
         "runs_with_repeated_epochs": repeated,
-        "finished_runs_missing_epochs": missing,
+        "epochs_logged_twice": twice,
+        "ended_runs_missing_epochs": missing,
         "optuna_running": states.count("RUNNING"),
         "optuna_complete": states.count("COMPLETE"),
+        "optuna_pruned": states.count("PRUNED"),
+        "ended_with_run": ended_with_run,
     }
 
 
@@ -400,18 +420,9 @@ def stores(store: str, work: Path, concurrency: int):
 def tracking_server(backend: str, work: Path, port: int):
     """serve_mlflow (2 workers) on `backend` at 127.0.0.1:`port`; on an error inside the block,
     the server's state and its log's end on stderr (why it stopped answering)."""
+    server, uri = start_tracking_server(work, port, backend)
     log = work / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", backend]
-        + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
-        cwd=work,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(uri)
         yield uri
     except Exception:
         alive = "running" if server.poll() is None else f"exited {server.returncode}"
@@ -560,10 +571,35 @@ def kill_and_resume(table: Path, trials: int, epochs: int, concurrency: int, tmp
     )
 
 
-def _wait_http(uri: str) -> None:
+def start_tracking_server(
+    work: Path, port: int, backend_uri: str, timeout_s: float = 120.0
+) -> tuple[subprocess.Popen, str]:
+    """`jepa_ray.serve_mlflow` over `backend_uri` with 2 workers (as on a cluster head), in a
+    session of its own (os.killpg ends it with its workers), once it answers (killed when it does
+    not within `timeout_s`); its log goes on in WORK/server.log. Returns the process and the
+    server's URI."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jepa_ray.serve_mlflow", "--port", str(port), "--backend-store-uri", backend_uri]
+        + ["--artifacts-destination", str(work / "artifacts"), "--workers", "2"],
+        cwd=work,
+        stdout=(work / "server.log").open("a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri, timeout_s)
+    except BaseException:
+        os.killpg(server.pid, signal.SIGKILL)
+        raise
+    return server, uri
+
+
+def wait_http(uri: str, timeout_s: float = 120.0) -> None:
+    """Wait until the tracking server at `uri` answers /health (SystemExit after `timeout_s`)."""
     import urllib.request
 
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             urllib.request.urlopen(f"{uri}/health", timeout=2)

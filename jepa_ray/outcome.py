@@ -166,6 +166,12 @@ class Ledger:
                 self.storage_full = StorageFull.find(self.ends[trial_id].reason)
         return self.ends[trial_id]
 
+    def reopen(self, trial_id: str) -> None:
+        """The trial runs again: Tune recovers a trial whose actor died (a worker killed, its
+        node lost) by telling the scheduler `on_trial_error` and adding the trial again, so the
+        end that error recorded is not its end. Its real end is classified when it comes."""
+        self.ends.pop(trial_id, None)
+
     def get(self, trial_id: str) -> TrialEnd | None:
         return self.ends.get(trial_id)
 

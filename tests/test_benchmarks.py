@@ -149,8 +149,37 @@ def test_scale_benchmark_quick(store):
     assert "bare" in by_metric["count"] and "bare_mb" in by_metric["MB"]  # Tune's own share, measured alike
     records = by_metric["runs"]
     assert records["value"] == records["finished_runs"] == records["optuna_complete"] == 8, records
-    for lost_or_twice in ("duplicate_runs", "running", "runs_with_repeated_epochs", "finished_runs_missing_epochs"):
+    for lost_or_twice in ("duplicate_runs", "running", "runs_with_repeated_epochs", "ended_runs_missing_epochs"):
         assert records[lost_or_twice] == 0, records
+
+
+@pytest.mark.slow
+def test_chaos_benchmark_small_loses_nothing():
+    """A replayed 16-trial sweep, 4 at a time, under MOASHA, with a trial's actor and a Ray
+    worker killed with SIGKILL and the tracking server killed and kept down past the writer's
+    patience (the driver stops, the server is restarted, --resume): every fault injected and
+    survived, trials the scheduler pruned while MLflow was down get their runs on --resume, and
+    nothing is lost, logged twice or left RUNNING."""
+    small = ("--trials", "16", "--concurrency", "4", "--epochs", "3", "--configs", "16", "--epoch-s", "1")
+    faults = ("--faults", "trial_actor=1,ray_worker=1,tracking_outage=1", "--min-epochs", "1", "--patience", "15")
+    rows = run_bench("benchmarks/chaos.py", *small, *faults, "--port", "5979", positive=False)
+    by_metric = {r["metric"]: r for r in rows if r["metric"] != "s_to_next_trial_end"}
+    injected = by_metric["faults_injected"]
+    assert injected["value"] == injected["planned"] == injected["survived"] == 3, injected
+    assert injected["by_kind_injected_survived"] == {
+        k: [1, 1] for k in ("trial_actor", "ray_worker", "tracking_outage")
+    }
+    assert by_metric["trials_pruned_while_mlflow_was_down"]["value"] > 0, by_metric  # item 3's case happened
+    lost = by_metric["trials_lost"]
+    assert lost["value"] == 0 and lost["runs"] == 16 and lost["duplicate_runs"] == 0, lost
+    twice = by_metric["epochs_logged_twice"]
+    assert twice["value"] == twice["ended_runs_missing_epochs"] == 0, twice
+    running = by_metric["optuna_trials_running"]
+    assert running["value"] == running["mlflow_runs_running"] == 0, running
+    exits = by_metric["sweep_s"]
+    assert exits["driver_exits"] == [1, 0] and exits["unplanned_exits"] == [], exits  # the outage's stop, then done
+    recovered = [r["case"].rsplit(": ", 1)[1] for r in rows if r["metric"] == "s_to_next_trial_end"]
+    assert sorted(recovered) == ["ray_worker", "tracking_outage", "trial_actor"], recovered
 
 
 DIGITS_TABLE = "benchmarks/curves/digits.parquet"

@@ -70,6 +70,34 @@ def test_the_ledger_classifies_once_and_closes_what_the_sweep_cut_short():
     assert (ledger.count(Outcome.UNFINISHED), ledger.unended()) == (2, [])
 
 
+def test_a_trial_tune_recovers_after_its_actor_died_ends_as_it_really_ends():
+    """Found by benchmarks/chaos.py (a trial's actor killed with SIGKILL): Tune recovers such a
+    trial (max_failures) by calling the scheduler's on_trial_error and then adding the trial
+    again (TuneController._requeue_trial). That error is not the trial's end: the retried trial
+    that finishes is FINISHED (it was FAILED in Optuna and MLflow, and counted toward
+    --max-failed-trials). An error Tune does not recover from stays the trial's end."""
+    from types import SimpleNamespace
+
+    from jepa_ray.sweep.schedulers import LedgerScheduler
+
+    ledger = Ledger(("linear_acc",))
+    scheduler = LedgerScheduler(None, ledger)
+    died = "The actor died unexpectedly before finishing this task."
+    final = {"epoch": 3, "linear_acc": 0.8, contract.FINAL_RESULT: True}
+    recovered = SimpleNamespace(trial_id="recovered", last_result={"epoch": 1}, error_message=died)
+    scheduler.on_trial_add(None, recovered)
+    scheduler.on_trial_error(None, recovered)  # Tune's _requeue_trial: on_trial_error, then on_trial_add
+    scheduler.on_trial_add(None, recovered)
+    assert ledger.unended() == ["recovered"]
+    scheduler.on_trial_complete(None, recovered, final)
+    assert ledger.get("recovered").outcome is Outcome.FINISHED and ledger.get("recovered").epochs == 4
+
+    failed = SimpleNamespace(trial_id="failed", last_result={"epoch": 1}, error_message=died)
+    scheduler.on_trial_add(None, failed)
+    scheduler.on_trial_error(None, failed)  # not recovered: the searcher and callbacks read this end
+    assert ledger.end("failed", final).outcome is Outcome.FAILED and ledger.count(Outcome.FAILED) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # FINAL_METRICS and EPOCH_METRICS are what a trial produces
 

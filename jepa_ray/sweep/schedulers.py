@@ -182,6 +182,9 @@ class LedgerScheduler(TrialScheduler):
         return self.inner.set_search_properties(metric, mode, **spec)
 
     def on_trial_add(self, tune_controller, trial) -> None:
+        # Tune adds a trial again after a failure it recovers from (max_failures), having called
+        # on_trial_error first: the trial is live again, not failed.
+        self.ledger.reopen(trial.trial_id)
         self.ledger.start(trial.trial_id)
         self.inner.on_trial_add(tune_controller, trial)
 
