@@ -10,15 +10,18 @@ it at random points of its progress, one at a time:
 - `tracking_outage`: the server killed and kept down until the writer's patience is spent and
   the driver stops (exit 1); then the server restarted and the sweep `--resume`d (the trials the
   scheduler pruned meanwhile must get their MLflow runs, with their epochs, from `--resume`);
-- `driver`: kill -9 of the sweep's driver, then the same command with `--resume`.
+- `driver`: kill -9 of the sweep's driver, then the same command with `--resume`;
+- `database` (with `--store postgres`): kill -9 of the PostgreSQL server under MLflow's tracking
+  server and Optuna's study, restarted after 0-5 s (the writer and the searcher wait for it).
 
-Each kind is one entry of FAULTS (a database killed and restarted goes in as one more). Per run:
+Each kind is one entry of FAULTS. Per run:
 the faults injected and survived (a trial ended after it, or the sweep ended well), trials lost
 (asked for, and not ended COMPLETE or PRUNED in Optuna with their MLflow run ended), epochs
 logged twice, Optuna trials left RUNNING, and the seconds from each fault to the next trial end.
 
     python benchmarks/chaos.py                  # 200 trials x 10 epochs, 16 at a time, 22 faults
     python benchmarks/chaos.py --trials 24 --concurrency 4 --epochs 4 --faults driver=1   # small
+    python benchmarks/chaos.py --store postgres # the same on PostgreSQL, 3 database faults more
 
 One JSON line per figure (docs/design.md format). Run it alone (`flock /tmp/ray-heavy.lock` on
 a shared machine): it is the machine's whole CPU.
@@ -45,6 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from postgres import PostgresServer, unavailable  # noqa: E402 (benchmarks/)
 from scale import SYNTHETIC_EPOCH_S, check_records, start_tracking_server, synthetic_table  # noqa: E402 (benchmarks/)
 
 EXPERIMENT = "chaos"
@@ -86,6 +90,7 @@ class Target:
     end_times: list[float] = field(default_factory=list)  # time.monotonic() of each trial end seen
     _counted: set[int] = field(default_factory=set)  # drivers whose exit is in `exits`
     _engine: object = None
+    database: PostgresServer | None = None  # the PostgreSQL server under MLflow and Optuna, if any
 
     def start_server(self) -> None:
         """The tracking server on its port (the same store), once it answers."""
@@ -212,6 +217,17 @@ def restart_tracking_server(target: Target, rng: random.Random) -> Done:
     return Done(f"server down {time.monotonic() - start:.1f} s (restarted after {down:.1f} s)")
 
 
+def restart_database(target: Target, rng: random.Random) -> Done:
+    """The PostgreSQL server under MLflow's tracking server and Optuna's study killed, down 0-5 s,
+    restarted on the same data: the writer's and the searcher's retries carry the sweep over."""
+    down = rng.uniform(0, 5)
+    start = time.monotonic()
+    target.database.kill()
+    time.sleep(down)
+    target.database.restart()
+    return Done(f"database down {time.monotonic() - start:.1f} s (restarted after {down:.1f} s)")
+
+
 def tracking_outage(target: Target, rng: random.Random) -> Done:
     """The server killed and kept down until the driver gives up on MLflow; then restarted and
     the sweep resumed (what MLflow missed meanwhile is recorded by --resume). Says how many
@@ -241,9 +257,13 @@ FAULTS: dict[str, Callable[[Target, random.Random], Done]] = {
     "tracking_server": restart_tracking_server,
     "tracking_outage": tracking_outage,
     "driver": kill_driver,
+    "database": restart_database,
 }
 """Every fault kind: inject it into the running sweep and say what was done."""
 DEFAULT_FAULTS = "trial_actor=7,ray_worker=5,tracking_server=5,driver=4,tracking_outage=1"
+DATABASE_FAULTS = "database=3"
+"""Added to the default faults with --store postgres."""
+STORES = ("sqlite", "postgres")
 
 
 @dataclass(frozen=True)
@@ -266,13 +286,17 @@ class Injected:
     survived: bool
 
 
-def parse_faults(spec: str) -> dict[str, int]:
-    """`kind=count,...` -> {kind: count}; SystemExit (exit 2, one line) on a kind not in FAULTS."""
+def parse_faults(spec: str, store: str = "postgres") -> dict[str, int]:
+    """`kind=count,...` -> {kind: count}; SystemExit (exit 2, one line) on a kind not in FAULTS,
+    or a database fault without a database server (`store` sqlite)."""
     counts: dict[str, int] = {}
     for item in filter(None, spec.split(",")):
         kind, _, count = item.partition("=")
         if kind not in FAULTS or not count.isdigit():
             print(f"error: --faults {item}: allowed: KIND=COUNT, KIND one of {', '.join(FAULTS)}", file=sys.stderr)
+            raise SystemExit(2)
+        if kind == "database" and store != "postgres":
+            print(f"error: --faults {item}: a database fault needs --store postgres", file=sys.stderr)
             raise SystemExit(2)
         counts[kind] = counts.get(kind, 0) + int(count)
     return counts
@@ -335,12 +359,12 @@ def own_raylet() -> int:
     raise SystemExit("no raylet below this process: did ray.init start a local instance?")
 
 
-def driver_command(args: argparse.Namespace, table: Path, work: Path, address: str) -> list[str]:
+def driver_command(args: argparse.Namespace, table: Path, work: Path, address: str, optuna_url: str) -> list[str]:
     """The sweep as a user runs it on a cluster with a tracking server (--resume added later)."""
     cmd = [sys.executable, str(ROOT / "sweeps" / "rectified.py"), "--replay", str(table), "--address", address]
     cmd += ["--num-samples", str(args.trials), "--max-concurrent", str(args.concurrency)]
     cmd += ["--sampler", "random", "--seed", str(args.seed), "--name", "chaos", "--experiment", EXPERIMENT]
-    cmd += ["--tracking-uri", f"http://127.0.0.1:{args.port}", "--optuna-storage", f"sqlite:///{work}/optuna.db"]
+    cmd += ["--tracking-uri", f"http://127.0.0.1:{args.port}", "--optuna-storage", optuna_url]
     cmd += ["--storage-path", str(work / "ray"), "--replay-speed", str(SYNTHETIC_EPOCH_S / args.epoch_s)]
     cmd += ["--scheduler", "moasha", "--scheduler-min-epochs", str(args.min_epochs)]
     cmd += ["--tracking-patience", str(args.patience), "--max-failed-trials", "0"]
@@ -355,7 +379,7 @@ def report(args: argparse.Namespace, injected: list[Injected], target: Target, r
     counts = parse_faults(args.faults)
     case = (
         f"{args.trials} trials x {args.epochs} epochs, {args.concurrency} at a time, "
-        f"{sum(counts.values())} faults (seed {args.seed})"
+        f"{sum(counts.values())} faults (seed {args.seed}), {args.store}"
     )
     by_kind = {
         k: [sum(i.kind == k for i in injected), sum(i.kind == k and i.survived for i in injected)] for k in counts
@@ -416,16 +440,23 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     ray.init(address="local", num_cpus=args.concurrency + 2, include_dashboard=False, log_to_driver=False)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    database = PostgresServer() if args.store == "postgres" else None
+    if database is not None:
+        database.start()
+        backend_uri, optuna_url = database.create_database("mlflow"), database.create_database("optuna")
+    else:
+        backend_uri, optuna_url = f"sqlite:///{work}/mlflow.db", f"sqlite:///{work}/optuna.db"
     target = Target(
         work=work,
-        command=driver_command(args, table, work, ray.get_runtime_context().gcs_address),
+        command=driver_command(args, table, work, ray.get_runtime_context().gcs_address, optuna_url),
         env=env,
-        backend_uri=f"sqlite:///{work}/mlflow.db",
+        backend_uri=backend_uri,
         port=args.port,
-        optuna_url=f"sqlite:///{work}/optuna.db",
+        optuna_url=optuna_url,
         raylet=own_raylet(),
+        database=database,
     )
-    schedule = draw_schedule(parse_faults(args.faults), args.trials, args.seed)
+    schedule = draw_schedule(parse_faults(args.faults, args.store), args.trials, args.seed)
     start, stop = time.monotonic(), threading.Event()
     threading.Thread(target=target.watch_ends, args=(stop,), daemon=True).start()
     try:
@@ -446,6 +477,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             target.driver.kill()
         if target.server is not None:
             target.kill_server()
+        if database is not None:
+            database.stop()
         ray.shutdown()
         if args.keep:
             print(f"# kept: {work}", file=sys.stderr)
@@ -457,7 +490,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--configs", type=int, default=100, help="distinct configurations in the synthetic table")
-    p.add_argument("--faults", default=DEFAULT_FAULTS, help=f"KIND=COUNT,... of {', '.join(FAULTS)}")
+    p.add_argument(
+        "--faults",
+        help=f"KIND=COUNT,... of {', '.join(FAULTS)} (default {DEFAULT_FAULTS}, and {DATABASE_FAULTS} on postgres)",
+    )
+    p.add_argument(
+        "--store",
+        choices=STORES,
+        default="sqlite",
+        help="MLflow's tracking server and Optuna on sqlite files, or both on one PostgreSQL server",
+    )
     p.add_argument("--seed", type=int, default=0, help="the faults' kinds, order and points; the sweep's sampler")
     p.add_argument("--epoch-s", type=float, default=2.0, help="seconds a replayed epoch sleeps")
     p.add_argument("--min-epochs", type=int, default=3, help="MOASHA's first rung (then x3)")
@@ -466,7 +508,12 @@ def main() -> None:
     p.add_argument("--port", type=int, default=5977, help="the tracking server's port")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
     args = p.parse_args()
-    parse_faults(args.faults)
+    if args.faults is None:
+        args.faults = DEFAULT_FAULTS + ("," + DATABASE_FAULTS if args.store == "postgres" else "")
+    parse_faults(args.faults, args.store)
+    if args.store == "postgres" and unavailable() is not None:
+        print(f"error: --store postgres: no PostgreSQL server can start here: {unavailable()}", file=sys.stderr)
+        raise SystemExit(2)
     if args.keep:
         run(args, Path(tempfile.mkdtemp(prefix="jepa_ray_chaos_")))
         return
