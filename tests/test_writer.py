@@ -482,3 +482,123 @@ def test_a_run_made_by_a_lost_try_is_found_in_a_real_store_by_its_sweep_and_tria
     assert ops.created_run(c, exp, "trial-1", {**tags, TRIAL_ID: "abc_00002"}) is None
     assert ops.created_run(c, exp, "trial-1", {**tags, PARENT: "sweep-b"}) is None
     assert ops.created_run(c, exp, "trial-1", {"jepa_ray.role": "trial"}) is None  # no identity: made anew
+
+
+# --------------------------------------------------------------------------------------------
+# One writer per sweep: a resumed driver waits for a killed one's writer
+
+
+def _holder(path: Path, driver: int, then: str = "time.sleep(600)") -> subprocess.Popen:
+    """A process that takes the sweep's lock as a writer of `driver` would, then runs `then`."""
+    code = f"""
+import sys, time
+from jepa_ray.tracking import writer_lock
+assert writer_lock.hold({str(path)!r}, {driver}) is not None
+print("held", flush=True)
+{then}
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_resume_waits_until_the_killed_drivers_writer_has_written_and_ended(tmp_path):
+    """The writer of a killed driver still writes what was queued (the chaos benchmark saw a
+    resumed driver read MLflow meanwhile: a run created twice, epochs logged twice). The resumed
+    driver returns from the wait only once that writer ended, so its last write is visible."""
+    from jepa_ray.tracking import writer_lock
+
+    lock, done = tmp_path / "writer.lock", tmp_path / "written"
+    proc = _holder(lock, _dead_pid(), then=f"time.sleep(1.5); open({str(done)!r}, 'w').write('x')")
+    said: list[str] = []
+    writer_lock.wait_for_previous_writer(lock, "s", patience_s=120, say=said.append)
+    assert done.exists() and proc.wait(timeout=30) == 0
+    assert said == [
+        f"waiting for the stopped driver's MLflow writer (pid {proc.pid}) to finish its writes before resuming"
+    ]
+    said.clear()
+    writer_lock.wait_for_previous_writer(lock, "s", patience_s=120, say=said.append)  # free: no wait, no line
+    assert said == []
+
+
+def test_a_writer_still_writing_after_the_patience_is_stopped(tmp_path):
+    from jepa_ray.tracking import writer_lock
+
+    lock = tmp_path / "writer.lock"
+    proc = _holder(lock, _dead_pid())
+    said: list[str] = []
+    writer_lock.wait_for_previous_writer(lock, "s", patience_s=0.5, say=said.append)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert len(said) == 2 and said[1].startswith(
+        f"the stopped driver's MLflow writer (pid {proc.pid}) still writes after"
+    )
+
+
+def test_resuming_a_sweep_whose_driver_still_runs_is_a_usage_error(tmp_path):
+    """Its driver alive (here: this test's process) means the sweep still runs: a second driver
+    on it would write every trial twice."""
+    from jepa_ray.errors import UsageError
+    from jepa_ray.tracking import writer_lock
+
+    lock = tmp_path / "writer.lock"
+    proc = _holder(lock, os.getpid())
+    try:
+        with pytest.raises(
+            UsageError, match=rf"^--resume: sweep s is still running on this machine \(driver pid {os.getpid()}\)"
+        ):
+            writer_lock.wait_for_previous_writer(lock, "s", patience_s=120, say=print)
+        assert writer_lock.hold(lock, os.getpid(), wait_s=0.3) is None  # a second writer does not stall on it
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    writer_lock.check_not_running(lock, "s")  # its holder gone: free
+
+
+def test_a_process_writer_holds_its_sweeps_lock_until_it_is_closed(tmp_path):
+    from jepa_ray.tracking import writer_lock
+
+    lock = writer_lock.lock_path(f"sqlite:///{tmp_path}/mlflow.db", "exp", "sweep-1")
+    assert lock != writer_lock.lock_path(f"sqlite:///{tmp_path}/mlflow.db", "exp", "sweep-2")
+    w = MlflowWriter(f"sqlite:///{tmp_path}/mlflow.db", process=True, lock=str(lock))
+    try:
+        deadline = time.monotonic() + 60  # the spawned process takes it once it runs
+        while writer_lock._free(lock):
+            assert time.monotonic() < deadline and w._worker.is_alive(), "the writer never took its lock"
+            time.sleep(0.05)
+        driver, started, pid = lock.read_text().split()
+        assert (int(driver), int(pid)) == (os.getpid(), w._worker.pid) and started.isdigit()
+    finally:
+        w.close()
+    assert writer_lock._free(lock)
+
+
+def test_resume_of_a_sweep_still_running_exits_2_before_ray(tmp_path, monkeypatch, capsys):
+    from jepa_ray import cluster, sweep, tracking
+    from jepa_ray.tracking import writer_lock
+
+    monkeypatch.setenv(writer_lock.LOCK_DIR_ENV, str(tmp_path / "locks"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "busy")
+    tracking.start_sweep_run(uri, exp, "busy-1", {}, {})
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    proc = _holder(writer_lock.lock_path(uri, "busy", "busy-1"), os.getpid())
+    try:
+        code = sweep.main(
+            ["--resume", "--name", "busy-1", "--tracking-uri", uri, "--experiment", "busy"]
+            + ["--storage-path", str(tmp_path / "ray")],
+            space="rectified",
+            preset="digits",
+        )
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    running = f"sweep busy-1 is still running on this machine (driver pid {os.getpid()})"
+    assert last == f"error: --resume: {running}; stop it (Ctrl-C) before resuming it"

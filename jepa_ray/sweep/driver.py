@@ -48,6 +48,7 @@ from jepa_ray.sweep.schedulers import LedgerScheduler, scheduler_from_flags
 from jepa_ray.sweep.search import make_sampler, make_searcher, study_of
 from jepa_ray.sweep.spaces import DefineByRun, load_space, validate_space
 from jepa_ray.sweep.tuner import Started, run_tuner
+from jepa_ray.tracking.writer_lock import check_not_running, wait_for_previous_writer
 from jepa_ray.train import faults
 
 if TYPE_CHECKING:  # an annotation: the table loads only for --replay
@@ -101,7 +102,7 @@ def plan(opts: SweepOptions) -> SweepPlan:
     if storage_url != opts.optuna_storage:
         what = "the Optuna storage the sweep recorded (override: --optuna-storage)" if recorded else "--optuna-storage"
         databases.check_optuna_storage(storage_url, what)
-    return SweepPlan(
+    sweep = SweepPlan(
         opts=opts,
         objectives=objectives,
         base=who.base,
@@ -120,6 +121,9 @@ def plan(opts: SweepOptions) -> SweepPlan:
         fault=fault,
         replay=space.replay,
     )
+    if sweep.parent is not None:
+        check_not_running(sweep.writer_lock, sweep.name)
+    return sweep
 
 
 def _objectives(opts: SweepOptions) -> list[Objective]:
@@ -320,6 +324,8 @@ def _open_records(sweep: SweepPlan, study, exp_id: str) -> tuple[str, ResumeStat
             study.enqueue_trial(point)
         return parent_id, ResumeState()
     parent_id = sweep.parent.info.run_id
+    # A killed driver's writer may still be writing what it had queued: read MLflow after it.
+    wait_for_previous_writer(sweep.writer_lock, sweep.name, opts.tracking_patience, logger.warning)
     tracking.client(opts.tracking_uri).update_run(parent_id, status="RUNNING")
     recover = sweep.replay.record_run if sweep.replay is not None else None
     resume = prepare_resume(

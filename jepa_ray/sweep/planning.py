@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import TrialScheduler
@@ -12,6 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 from jepa_ray.config import TrialConfig
 from jepa_ray.pareto.objectives import Objective
 from jepa_ray.sweep.options import SweepOptions
+from jepa_ray.tracking import writer_lock
 
 if TYPE_CHECKING:  # annotations only: the plan holds these, it never builds them
     from mlflow.entities import Run
@@ -52,3 +54,8 @@ class SweepPlan:
     """A fault to inject into trials (JEPA_RAY_FAULT, tests only)."""
     replay: Replay | None = None
     """The curve table the trials replay instead of training (--replay)."""
+
+    @property
+    def writer_lock(self) -> Path:
+        """The lock file its MLflow writer holds (a resumed driver waits for a killed one's)."""
+        return writer_lock.lock_path(self.opts.tracking_uri, self.opts.experiment, self.name)

@@ -59,7 +59,7 @@ def run_tuner(
     taking writes."""
     from ray import tune
 
-    writer = MlflowWriter(sweep.opts.tracking_uri, patience_s=sweep.opts.tracking_patience)
+    writer = MlflowWriter(sweep.opts.tracking_uri, patience_s=sweep.opts.tracking_patience, lock=str(sweep.writer_lock))
     mlflow_cb = _mlflow_callback(sweep, run, writer)
     callbacks = [mlflow_cb, _progress_callback(sweep, run, writer)]
     base = sweep.base

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 from jepa_ray.cluster import sqlite_path
 from jepa_ray.errors import one_line, storage_full
-from jepa_ray.tracking import store
+from jepa_ray.tracking import store, writer_lock
 from jepa_ray.tracking.ops import CreateRun, Failed, Flush, Flushed, LogBatch, Message, Op, Reply, RunRef, Stop
 
 MAX_QUEUED = 20_000
@@ -224,8 +224,13 @@ def _dispatch(ex: _Executor, inbox: _Queue, outbox: _Queue) -> None:
                 reported = True
 
 
-def _serve(tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, backoff_s: float, parent: int) -> None:
-    """The writer process's entry: its own client, orphaned once the `parent` process is gone."""
+def _serve(
+    tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, backoff_s: float, parent: int, lock: str | None
+) -> None:
+    """The writer process's entry: its own client, orphaned once the `parent` process is gone;
+    holding the sweep's `lock` (jepa_ray.tracking.writer_lock) until it ends."""
+    if lock is not None:
+        writer_lock.hold(lock, parent)
     _quiet_http(tracking_uri)
 
     def orphaned() -> bool:
@@ -239,12 +244,12 @@ def _serve(tracking_uri: str, inbox: _Queue, outbox: _Queue, patience_s: float, 
 
 
 def _start_process(
-    tracking_uri: str, maxsize: int, patience_s: float, backoff_s: float
+    tracking_uri: str, maxsize: int, patience_s: float, backoff_s: float, lock: str | None
 ) -> tuple[_Queue, _Queue, _Worker]:
     """A writer process (spawned, not forked: the driver holds Ray's and Tune's threads)."""
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(maxsize=maxsize), ctx.Queue()
-    args = (tracking_uri, inbox, outbox, patience_s, backoff_s, os.getpid())
+    args = (tracking_uri, inbox, outbox, patience_s, backoff_s, os.getpid(), lock)
     worker = ctx.Process(target=_serve, args=args, daemon=True)
     worker.start()
     return inbox, outbox, worker
@@ -262,7 +267,8 @@ class MlflowWriter:
     """Runs the sweep's MLflow writes in order, off the caller's thread: in a process of its own
     (`process=True`, the driver's) or a thread (`client` given: tests pass a fake one). `lazy`:
     nothing starts until the first write (an unpickled copy that is never written to never
-    starts a process)."""
+    starts a process). `lock`: the sweep's lock file, held by a process writer until it ends, so
+    that a resumed driver waits for a killed one's writer (jepa_ray.tracking.writer_lock)."""
 
     def __init__(
         self,
@@ -274,8 +280,10 @@ class MlflowWriter:
         client=None,
         process: bool | None = None,
         lazy: bool = False,
+        lock: str | None = None,
     ):
         self.tracking_uri, self.patience_s, self.backoff_s = tracking_uri, patience_s, backoff_s
+        self.lock = lock  # a process writer holds it for its life (jepa_ray.tracking.writer_lock)
         self.error: str | None = None
         self.process = client is None if process is None else process
         self._tokens = itertools.count()
@@ -288,7 +296,7 @@ class MlflowWriter:
     def _start(self) -> None:
         if self.process:
             self.q, self._out, self._worker = _start_process(
-                self.tracking_uri, self._maxsize, self.patience_s, self.backoff_s
+                self.tracking_uri, self._maxsize, self.patience_s, self.backoff_s, self.lock
             )
         else:
             _quiet_http(self.tracking_uri)
