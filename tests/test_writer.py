@@ -602,3 +602,20 @@ def test_resume_of_a_sweep_still_running_exits_2_before_ray(tmp_path, monkeypatc
     last = capsys.readouterr().err.strip().splitlines()[-1]
     running = f"sweep busy-1 is still running on this machine (driver pid {os.getpid()})"
     assert last == f"error: --resume: {running}; stop it (Ctrl-C) before resuming it"
+
+
+def test_a_lock_that_cannot_be_made_leaves_the_writer_writing_and_nothing_to_wait_for(tmp_path):
+    """A lock folder this user cannot write (another user's on a shared head, here a path under a
+    file) costs the safeguard, never the sweep: the writer goes on without a lock."""
+    from jepa_ray.tracking import writer_lock
+
+    (tmp_path / "file").write_text("")
+    lock = tmp_path / "file" / "writer.lock"
+    assert writer_lock.hold(lock, os.getpid()) is None
+    writer_lock.wait_for_previous_writer(lock, "s", patience_s=120, say=pytest.fail)
+    w = MlflowWriter(f"sqlite:///{tmp_path}/mlflow.db", process=True, lock=str(lock))
+    try:
+        ref = w.create_run(RunRef(), "0", "trial-0", {})
+        assert w.flush(timeout=120) and w.error is None and ref is not None
+    finally:
+        w.close()

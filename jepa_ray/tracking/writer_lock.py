@@ -33,13 +33,14 @@ POLL_S = 0.2
 HOLD_WAIT_S = 10.0
 SAY_EVERY_S = 30.0
 LOCK_DIR_ENV = "JEPA_RAY_LOCK_DIR"
-"""Where the lock files go (default: a `jepa_ray-locks` folder in the temp directory)."""
+"""Where the lock files go (default: a `jepa_ray-locks-UID` folder in the temp directory)."""
 
 
 def lock_path(tracking_uri: str, experiment: str, sweep: str) -> Path:
     """The lock file of the sweep `sweep` recorded in `experiment` at `tracking_uri`."""
     key = hashlib.sha256(f"{tracking_uri}\0{experiment}\0{sweep}".encode()).hexdigest()[:20]
-    folder = Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "jepa_ray-locks")
+    user = os.getuid() if hasattr(os, "getuid") else 0  # a shared head: each user's own folder
+    folder = Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"jepa_ray-locks-{user}")
     return folder / f"writer-{key}.lock"
 
 
@@ -52,8 +53,11 @@ def hold(path: str | Path, driver: int, wait_s: float = HOLD_WAIT_S) -> int | No
     if fcntl is None:
         return None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a lock is a safeguard: a writer without one still writes
+        return None
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -82,7 +86,7 @@ def _free(path: Path) -> bool:
     """Whether no process holds the lock (taken and released at once)."""
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except OSError:  # none, or not this user's to take: no writer of this user's holds it
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
