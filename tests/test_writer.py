@@ -619,3 +619,23 @@ def test_a_lock_that_cannot_be_made_leaves_the_writer_writing_and_nothing_to_wai
         assert w.flush(timeout=120) and w.error is None and ref is not None
     finally:
         w.close()
+
+
+def test_a_writer_process_that_died_is_a_failure_the_driver_hears(tmp_path):
+    """A writer that crashed or was killed writes nothing more: check() and flush() say so (the
+    sweep stops with one line), where flush() used to return False with no error and a sweep
+    ended 'successfully' with none of its trial runs (seen on the real `ray up` head)."""
+    w = MlflowWriter(f"sqlite:///{tmp_path}/mlflow.db", process=True)
+    try:
+        w.check()
+        os.kill(w._worker.pid, signal.SIGKILL)
+        w._worker.join(timeout=60)
+        with pytest.raises(WriterFailed, match=r"^the MLflow writer process died \(exit code -9\)$"):
+            w.check()
+        assert not w.flush(timeout=5) and w.error == "the MLflow writer process died (exit code -9)"
+    finally:
+        w.close()
+    closed = MlflowWriter(f"sqlite:///{tmp_path}/mlflow.db", process=True)
+    closed.close()
+    closed.check()  # a writer closed on purpose is not a dead one
+    assert closed.error is None

@@ -290,6 +290,7 @@ class MlflowWriter:
         self._flushed: set[int] = set()
         self._maxsize, self._client = maxsize, client
         self._worker: _Worker | None = None
+        self._closed = False
         if not lazy:
             self._start()
 
@@ -334,7 +335,7 @@ class MlflowWriter:
         True when it all was."""
         if self._worker is None:
             return self.error is None  # never started: nothing was queued
-        if self._poll() is not None or not self._worker.is_alive():
+        if self._poll() is not None or self._died():
             return False
         token = next(self._tokens)
         self._put(Flush(token))
@@ -346,18 +347,28 @@ class MlflowWriter:
             try:
                 self._take(self._out.get(timeout=0.2 if left is None else min(left, 0.2)))
             except queue.Empty:
-                if not self._worker.is_alive():
-                    self.error = self.error or "the MLflow writer process died"
+                self._died()
         return token in self._flushed and self.error is None
 
     def check(self) -> None:
-        """WriterFailed when the writer stopped on a failing write."""
-        if self._poll() is not None:
+        """WriterFailed when the writer stopped on a failing write, or its process died."""
+        if self._poll() is not None or self._died():
             raise WriterFailed(self.error)
+
+    def _died(self) -> bool:
+        """Whether the writer ended before it was closed (killed, or it crashed): then nothing
+        more is written, which the sweep must hear as a failure (`error`), never pass over."""
+        if self._worker is None or self._closed or self._worker.is_alive():
+            return False
+        if self.error is None:
+            code = getattr(self._worker, "exitcode", None)
+            self.error = "the MLflow writer process died" + (f" (exit code {code})" if code is not None else "")
+        return True
 
     def close(self) -> None:
         """Flush and end the writer."""
         self.flush()
+        self._closed = True
         if self._worker is not None and self._worker.is_alive():
             self.q.put(Stop())
             self._worker.join(timeout=30)
