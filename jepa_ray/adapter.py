@@ -106,6 +106,14 @@ def mark_interrupted(study, trial, attr: str) -> None:
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
+def adopt_trial(study, trial):
+    """A live Optuna `Trial` for the RUNNING trial `trial` of `study` (a FrozenTrial), as `ask`
+    would have returned it: for an ask whose answer a database outage lost after it was made."""
+    import optuna
+
+    return optuna.trial.Trial(study, trial._trial_id)
+
+
 def check_private_api(searcher_cls: type | None = None, storage_cls: type | None = None) -> None:
     """RuntimeError naming what is missing when the installed Ray or Optuna no longer has the
     private attributes used above (checked against CHECKED_VERSIONS)."""

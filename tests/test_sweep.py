@@ -947,6 +947,40 @@ def test_searcher_tells_optuna_pruned_for_a_collapse_and_fail_for_a_failure(tmp_
     assert by_id["done"].values == [0.9, 0.1]
 
 
+def test_an_ask_whose_answer_the_database_lost_is_not_left_running(tmp_path, monkeypatch):
+    """The study's database made the trial and then dropped the connection before `ask` heard
+    (a PostgreSQL restart in the chaos benchmark): the retry takes that trial instead of making a
+    second one, which left the first RUNNING for ever."""
+    from sqlalchemy.exc import OperationalError
+
+    from jepa_ray import pareto
+    from jepa_ray.adapter import searcher_study
+    from search_spaces import rectified
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    objectives = pareto.parse_objectives(sweep.DEFAULT_OBJECTIVES)
+    searcher = sweep.make_searcher(rectified.space, objectives, sweep.make_sampler("random", 0), "s", url)
+    searcher.patience_s = 30.0  # as on a database server
+    storage = searcher_study(searcher)._storage
+    made, lost = storage.create_new_trial, []
+
+    def made_then_lost(study_id, template_trial=None):
+        trial_id = made(study_id, template_trial)
+        if not lost:
+            lost.append(trial_id)
+            raise OperationalError("INSERT INTO trials", {}, Exception("server closed the connection unexpectedly"))
+        return trial_id
+
+    monkeypatch.setattr(storage, "create_new_trial", made_then_lost)
+    assert searcher.suggest("first") and lost
+    study = optuna.load_study(study_name="s", storage=url)
+    [trial] = study.get_trials()
+    assert trial._trial_id == lost[0] and trial.state.name == "RUNNING" and trial.params
+    assert trial.user_attrs["tune_trial_id"] == "first"
+    searcher.on_trial_complete("first", {"linear_acc": 0.9, "l0_density": 0.1, "final_result": True})
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+
+
 @pytest.mark.parametrize("patience_s", [60.0, 0.0])
 def test_the_searcher_waits_for_a_restarted_database(patience_s, capsys):
     """The study's PostgreSQL server killed with SIGKILL while a trial runs, and started again

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from jepa_ray.adapter import (
     CHECKED_VERSIONS,
+    adopt_trial,
     check_private_api,
     mark_interrupted,
     searcher_completed,
@@ -23,7 +24,14 @@ from jepa_ray.adapter import (
     searcher_trials,
 )
 from jepa_ray.cluster import sqlite_path
-from jepa_ray.contract import ATTR_EPOCHS, ATTR_FAILURE, ATTR_RUNG_STOP, ATTR_STOPPED, ATTR_TUNE_TRIAL
+from jepa_ray.contract import (
+    ATTR_EPOCHS,
+    ATTR_FAILURE,
+    ATTR_INTERRUPTED,
+    ATTR_RUNG_STOP,
+    ATTR_STOPPED,
+    ATTR_TUNE_TRIAL,
+)
 from jepa_ray.databases import is_database_uri
 from jepa_ray.errors import UsageError, causes, storage_full
 from jepa_ray.outcome import Ledger, Outcome, classify
@@ -76,7 +84,9 @@ class JepaOptunaSearch(OptunaSearch):
     tried again, backing off from 0.5 s to 10 s, before the error goes to Tune (0: at once)."""
 
     def suggest(self, trial_id: str):
-        def ask(_retry: bool):
+        def ask(retry: bool):
+            if retry and trial_id not in searcher_trials(self):
+                self._adopt_lost_ask(trial_id)
             params = super(JepaOptunaSearch, self).suggest(trial_id)
             trials = searcher_trials(self)
             if trial_id in trials:
@@ -84,6 +94,23 @@ class JepaOptunaSearch(OptunaSearch):
             return params
 
         return self._with_patience(ask)
+
+    def _adopt_lost_ask(self, trial_id: str) -> None:
+        """A try of `ask` that failed on a database outage may have made its trial before the
+        answer was lost: that trial, RUNNING and held by no Tune trial, becomes `trial_id`'s (a
+        second ask would leave it RUNNING for ever); any more such are ended as interrupted."""
+        study = searcher_study(self)
+        ours = {t.number for t in searcher_trials(self).values()}
+        lost = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in ours and ATTR_TUNE_TRIAL not in t.user_attrs
+        ]
+        if lost:
+            first, *more = sorted(lost, key=lambda t: t.number)
+            searcher_trials(self)[trial_id] = adopt_trial(study, first)
+            for t in more:
+                mark_interrupted(study, t, ATTR_INTERRUPTED)
 
     @property
     def suggested(self) -> int:
