@@ -97,17 +97,19 @@ def _free(path: Path) -> bool:
         os.close(fd)  # releases it if taken
 
 
-def check_not_running(path: str | Path, sweep: str) -> None:
-    """UsageError when a live driver on this machine holds the sweep's lock (it still runs)."""
+def check_not_running(path: str | Path, sweep: str) -> bool:
+    """UsageError when a live driver on this machine holds the sweep's lock (it still runs);
+    else whether a writer whose driver is gone still holds it."""
     path = Path(path)
     if fcntl is None or _free(path):
-        return
+        return False
     holder = _holder(path)
     if holder is not None and holder[1] != "-" and started_at(holder[0]) == holder[1]:
         raise UsageError(
             f"--resume: sweep {sweep} is still running on this machine (driver pid {holder[0]}); "
             "stop it (Ctrl-C) before resuming it"
         )
+    return True
 
 
 def wait_for_previous_writer(path: str | Path, sweep: str, patience_s: float, say: Callable[[str], None]) -> None:
@@ -116,8 +118,7 @@ def wait_for_previous_writer(path: str | Path, sweep: str, patience_s: float, sa
     its driver queued: waited for, and killed after `patience_s` seconds (what it did not write,
     --resume records from the trials' stores)."""
     path = Path(path)
-    check_not_running(path, sweep)
-    if fcntl is None or _free(path):
+    if not check_not_running(path, sweep):
         return
     holder = _holder(path)
     writer = f"pid {holder[2]}" if holder else "a process"
