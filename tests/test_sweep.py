@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -852,6 +853,45 @@ def test_prepare_resume_records_the_ends_mlflow_missed_as_the_driver_would_have(
     assert again.finished == 4 and len(recreated) == 2
 
 
+@pytest.mark.parametrize("logged_epochs", [2, 3])
+def test_resume_records_a_finished_trial_mlflow_missed_with_each_epoch_once(tmp_path, monkeypatch, logged_epochs):
+    """Found by tests/test_disk_full.py under load (train/loss steps [0, 1, 2, 3, 3]): a trial
+    Optuna heard finish while MLflow missed its end gets its final metrics from its store, and
+    its last epoch, which the final metrics carry, is not logged a second time (a later
+    millisecond makes a second MLflow record of the same value)."""
+    from jepa_ray.tracking import store as tracking_store
+    from jepa_ray.train.store import TrialStore
+
+    clock = iter(range(10**12, 10**12 + 10**6, 1000))  # every batch a second later
+    monkeypatch.setattr(tracking_store, "time", SimpleNamespace(time=lambda: next(clock) / 1000))
+    hand = HandMadeSweep.make(tmp_path)
+    c = hand.c
+    history = [epoch_result(e) for e in range(4)]
+    final = {**history[-1], "linear_acc": 0.61, "l0_density": 0.12}
+
+    def write(path: Path) -> Path:
+        path.mkdir(parents=True)
+        (path / ckpt_lib.HISTORY_FILE).write_text(json.dumps(history))
+        (path / ckpt_lib.METRICS_FILE).write_text(json.dumps(final))
+        return path
+
+    store = tmp_path / "trials" / "00000"
+    TrialStore(store).save_final(write)
+    trial = hand.ask()
+    hand.study.tell(trial, [0.61, 0.12])
+    run_id = hand.trial_run(trial, "RUNNING", **{tracking.TRIAL_DIR: str(store)})
+    for e in range(logged_epochs):  # the epochs MLflow heard of before its end was lost
+        tracking.log_metrics(c, run_id, epoch_result(e), step=e)
+
+    sweep.prepare_resume(hand.study, hand.uri, hand.exp_id, hand.parent)
+
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["linear_acc"] == 0.61
+    for name in ("train/loss", "train/l0_density"):
+        assert [m.step for m in c.get_metric_history(run_id, name)] == [0, 1, 2, 3], name
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "linear_acc")] == [(3, 0.61)]
+
+
 def test_prepare_resume_recreates_a_missing_run_even_when_another_trial_had_the_same_params(tmp_path):
     """Found by benchmarks/scale.py's kill -9 case (53 of 300 trials without a run): a trial whose
     run MLflow never created, proposed with the same params as a recorded one (a categorical
@@ -888,8 +928,6 @@ def test_prepare_resume_recreates_a_missing_run_even_when_another_trial_had_the_
 
 def test_resume_keeps_the_recorded_base_config():
     """A resumed sweep trains like its first trials even if --preset/--set differ now."""
-    from types import SimpleNamespace
-
     from jepa_ray import config as config_lib
 
     started = config_lib.apply_overrides(config_lib.preset("digits-sweep"), {"epochs": 7, "mu": -2.0})

@@ -218,10 +218,23 @@ def _log_missing_epochs(c, run_id: str, where: str) -> None:
     except (OSError, RuntimeError, KeyError, ValueError) as err:
         logger.warning("could not read the epoch history of %s: %s", where, err)
         return
+    _log_history(c, run_id, history)
+
+
+def _log_history(c, run_id: str, history: list[dict], final: dict | None = None) -> None:
+    """Log the epochs of `history` the run lacks, each once. `final`: the trial's final metrics,
+    which carry its last epoch's (docs/design.md): logged with that epoch in one batch, as the
+    driver does, or only the keys it lacks when MLflow has the epoch already (logging the epoch's
+    own metrics again would record them twice, with a new timestamp)."""
     logged = {m.step for m in c.get_metric_history(run_id, EPOCH_PROBE_METRIC)}
-    for metrics in history:
-        if metrics["epoch"] not in logged:
-            tracking.log_metrics(c, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=metrics["epoch"])
+    epochs = {int(e["epoch"]): {k: v for k, v in e.items() if k != "epoch"} for e in history}
+    last = int(final["epoch"]) if final is not None else None
+    extra = {k: v for k, v in (final or {}).items() if k != "epoch" and k not in epochs.get(last, {})}
+    for epoch, metrics in sorted(epochs.items()):
+        if epoch not in logged:
+            tracking.log_metrics(c, run_id, {**metrics, **extra} if epoch == last else metrics, step=epoch)
+    if last is not None and (last in logged or last not in epochs):
+        tracking.log_metrics(c, run_id, extra, step=last)
 
 
 def _record_from_store(c, run, epochs: int | None) -> bool:
@@ -242,11 +255,7 @@ def _record_from_store(c, run, epochs: int | None) -> bool:
     except (OSError, RuntimeError, KeyError, ValueError) as err:
         logger.warning("could not read the final checkpoint of %s: %s", where, err)
         return False
-    logged = {m.step for m in c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)}
-    for epoch in history:
-        if epoch["epoch"] not in logged:
-            tracking.log_metrics(c, run.info.run_id, {k: v for k, v in epoch.items() if k != "epoch"}, epoch["epoch"])
-    tracking.log_metrics(c, run.info.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, metrics["epoch"])
+    _log_history(c, run.info.run_id, history, final=metrics)
     c.set_tag(run.info.run_id, tracking.CHECKPOINT, final)
     return has_final_metrics(metrics)
 
