@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -35,22 +36,35 @@ def test_descendants_are_the_whole_tree_below_a_process_with_their_start_times()
         drv.wait()
 
 
-def test_the_watcher_kills_what_a_killed_driver_left_after_its_grace_and_nothing_that_ended():
-    drv = _driver("sleep 60 & echo $!; sleep 0.4 & echo $!; wait")
-    orphan, short = int(drv.stdout.readline()), int(drv.stdout.readline())
-    watcher = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from jepa_ray import reaper; "
-         f"left = reaper.watch(({drv.pid}, {reaper.started_at(drv.pid)!r}), poll_s=0.05, grace_s=0.5); "
-         "print(sorted(p for p, _ in left))"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(0.3)  # the watcher has seen the driver's children
-    drv.kill()  # SIGKILL of the driver only: its children are orphaned
-    drv.wait()
-    out, _ = watcher.communicate(timeout=30)
+def test_the_watcher_kills_what_a_killed_driver_left_after_its_grace_and_nothing_that_ended(monkeypatch):
+    """The watcher runs in a thread here, so that the driver is killed only once it has seen the
+    driver's children (no guess at how long a busy machine takes to start a process)."""
+    drv = _driver("sleep 60 & echo $!; sleep 0.5 & echo $!; wait")
+    orphan, _short = int(drv.stdout.readline()), int(drv.stdout.readline())
+    seen = threading.Event()
+    scan = reaper.descendants
+
+    def descendants(root: int) -> set[reaper.Proc]:
+        found = scan(root)
+        if orphan in {pid for pid, _ in found}:
+            seen.set()
+        return found
+
+    monkeypatch.setattr(reaper, "descendants", descendants)
+    killed: list[set[reaper.Proc]] = []
+    driver = (drv.pid, reaper.started_at(drv.pid))
+    watcher = threading.Thread(target=lambda: killed.append(reaper.watch(driver, poll_s=0.05, grace_s=3.0)))
+    watcher.start()
     try:
-        killed = eval(out.strip())  # noqa: S307 - a list of ints printed by the watcher above
-        assert killed == [orphan] and short not in killed  # the short one ended by itself in the grace
+        assert seen.wait(60)
+        drv.kill()  # SIGKILL of the driver only: its children are orphaned
+        drv.wait()
+        watcher.join(60)
+        assert not watcher.is_alive()
+        assert sorted(pid for pid, _ in killed[0]) == [orphan]  # the short one ended by itself in the grace
+        deadline = time.monotonic() + 60  # SIGKILL is delivered, not waited for: a bound, not a speed goal
+        while reaper.started_at(orphan) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert reaper.started_at(orphan) is None
     finally:
         try:
