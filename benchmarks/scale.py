@@ -636,7 +636,7 @@ def main() -> None:
         if args.address:  # a cluster with at least max(--concurrency) + 1 CPUs
             ray.init(address=args.address, log_to_driver=False)
         else:  # logical CPUs over-subscribed: replayed trials take no CPU of their own
-            ray.init(num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=max(concurrencies) + 2, include_dashboard=False, log_to_driver=False)
         try:
             for concurrency in concurrencies:
                 for store in stores:

@@ -197,7 +197,7 @@ def main() -> None:
     if address is None:  # a local instance for the sweeps to join
         import ray
 
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
         address = ray.get_runtime_context().gcs_address
     results: dict[str, list[list[tuple[int, float, float]]]] = {m: [] for m in methods}
     correlations: dict[tuple[str, str, int], list[float]] = {}

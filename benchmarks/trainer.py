@@ -96,6 +96,7 @@ def fit_img_per_s(cfg) -> float:
             import ray
 
             ray.init(
+                address="local",  # its own instance, even where a cluster runs
                 num_cpus=cfg.system.workers * max(1, cfg.system.threads_per_worker) + 1,
                 include_dashboard=False,
                 log_to_driver=False,

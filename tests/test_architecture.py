@@ -201,3 +201,32 @@ def test_package_files_stay_readable():
         str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"files over {MAX_LINES} lines (split them, or state why at the top): {long}"
+
+
+def ray_inits_without_an_address(path: Path) -> list[int]:
+    """Lines of `path` that call `ray.init(...)` without `address=`."""
+    tree = ast.parse(path.read_text())
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "init"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "ray"
+        and not any(k.arg == "address" for k in node.keywords)
+    ]
+
+
+def test_ray_init_always_says_which_instance():
+    """Found when a search benchmark started beside a running `ray up` head: `ray.init()` with no
+    address joins whatever cluster this machine runs (and refuses `num_cpus` there). Every call
+    names one: "local" for an instance of its own, or the cluster's address."""
+    assert ray_inits_without_an_address(ROOT / "tests" / "conftest.py") == []
+    bad = {
+        str(path.relative_to(ROOT)): lines
+        for folder in ("jepa_ray", "benchmarks", "sweeps")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (lines := ray_inits_without_an_address(path))
+    }
+    assert bad == {}
