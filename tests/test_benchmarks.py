@@ -379,3 +379,18 @@ def test_the_gpu_script_runs_every_step_on_a_cpu_in_its_dry_run():
     if not torch.cuda.is_available():  # the real run refuses at once, with one line
         refused = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert refused.returncode == 2 and '"no CUDA device: run with GPU_SH_DRY_RUN=1 on a CPU"' in refused.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_suite_cpu_counts_a_detached_childs_cpu_by_kind(tmp_path):
+    """The CPU of a process the command starts and never waits for is counted, under its kind."""
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    (tmp_path / "burn.py").write_text(burn)
+    start = f"import subprocess, sys, time; subprocess.Popen([sys.executable, {str(tmp_path / 'burn.py')!r}])"
+    start += "; time.sleep(3)"
+    rows = run_bench("benchmarks/suite_cpu.py", "--interval", "0.1", "--", sys.executable, "-c", start, positive=False)
+    by_case = {r["case"]: r for r in rows}
+    assert by_case[f"python {tmp_path.name}/burn.py"]["value"] >= 0.8  # never waited for: `time` misses it
+    assert by_case["the command"]["exit_code"] == 0 and by_case["all processes"]["value"] >= 0.8
+    bad = subprocess.run([sys.executable, "benchmarks/suite_cpu.py"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "a command is needed after --" in bad.stderr
