@@ -331,11 +331,13 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _server(tmp_path: Path, port: int) -> subprocess.Popen:
-    db = tmp_path / "server.db"
+    """The tracking server as a cluster's head runs it (jepa_ray.serve_mlflow's command and
+    environment: no MLflow job runner, whose Huey consumers cost a CPU-second each at start)."""
+    from jepa_ray import serve_mlflow
+
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-        + ["--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(tmp_path / "artifacts")]
-        + ["--workers", "1"],
+        serve_mlflow.server_command("127.0.0.1", port, str(tmp_path / "artifacts"), workers=1),
+        env=serve_mlflow.server_env(f"sqlite:///{tmp_path / 'server.db'}"),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
