@@ -782,7 +782,11 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
 
     key, stopped_key = str(interrupted.number), str(stopped.number)  # a trial's identity: its first number
     assert state.finished == 3
-    assert state.reuse_runs == {key: [interrupted_run], stopped_key: [stopped_run]}
+    ReusedRun = tracking.epochs.ReusedRun  # what each re-run reads at its start: MLflow is not asked mid-sweep
+    assert state.reuse_runs == {
+        key: [ReusedRun(interrupted_run, False, 1)],
+        stopped_key: [ReusedRun(stopped_run, False, -1)],
+    }
     assert state.resume_map == {key: str(checkpoint)}
     trials = study.get_trials()
     TS = optuna.trial.TrialState

@@ -185,3 +185,43 @@ def test_the_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch
     monkeypatch.setenv("JEPA_RAY_GIT_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"
     assert git_commit(Path(__file__).parent) not in ("abc123", "unknown")  # a checkout's own commit wins
+
+
+class SentOps:
+    """A writer that keeps what it is sent (MlflowWriter's interface as the callback uses it)."""
+
+    def __init__(self):
+        self.sent = []
+
+    def check(self) -> None:
+        pass
+
+    def send(self, op) -> None:
+        self.sent.append(op)
+
+
+def test_a_resumed_trial_reopens_its_run_without_asking_mlflow_on_the_drivers_loop():
+    """The run a re-queued trial reuses, and its newest logged epoch, come from what --resume
+    read before the sweep began: a tracking server down when the trial starts costs nothing
+    here (the writer waits out its patience), instead of an MLflow call failing on Tune's loop."""
+    from types import SimpleNamespace
+
+    from jepa_ray.config import TrialConfig
+    from jepa_ray.tracking import ops
+    from jepa_ray.tracking.epochs import ReusedRun
+
+    writer = SentOps()
+    cb = tracking.MlflowSweepCallback(
+        "http://127.0.0.1:9",  # nothing answers: any read would fail
+        "0",
+        "parent",
+        lambda spec: TrialConfig(),
+        reuse_runs={"7": [ReusedRun("run-a", True, 2)]},
+        writer=writer,
+    )
+    trial = SimpleNamespace(trial_id="t1", config={contract.SPEC_TRIAL_KEY: "7", contract.SPEC_NUMBER: 9})
+    cb.on_trial_start(0, [], trial)
+    (reopen,) = writer.sent
+    assert isinstance(reopen, ops.Reopen) and reopen.ref.run_id == "run-a" and reopen.had_failure
+    assert reopen.tags[contract.OPTUNA_TRIAL] == "9"
+    assert cb.logs["t1"].committed == 2  # epochs 0-2 are in MLflow: not written again

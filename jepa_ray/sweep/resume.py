@@ -31,6 +31,7 @@ from jepa_ray.contract import (
     FailureKind,
     has_final_metrics,
 )
+from jepa_ray.tracking.epochs import ReusedRun
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.train.store import TrialStore, resumable_checkpoint
 from jepa_ray.trial_spec import params_key
@@ -41,7 +42,7 @@ logger = logging.getLogger("jepa_ray.sweep")
 @dataclass
 class ResumeState:
     finished: int = 0
-    reuse_runs: dict[str, list[str]] = field(default_factory=dict)  # trial key -> MLflow run ids to reuse
+    reuse_runs: dict[str, list[ReusedRun]] = field(default_factory=dict)  # trial key -> MLflow runs to reuse
     resume_map: dict[str, str] = field(default_factory=dict)  # trial key -> checkpoint URI
     trial_epochs: int = 0  # epochs the sweep's trials trained before (its compute so far)
     finished_metrics: list[dict] = field(default_factory=list)  # final metrics of its finished trials
@@ -117,11 +118,14 @@ def prepare_resume(
                 skip_if_exists=False,
             )
             if run is not None:
-                state.reuse_runs.setdefault(key, []).append(run.info.run_id)
                 where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
                 if where:
                     state.resume_map[key] = where
                     _log_missing_epochs(c, run.info.run_id, where)
+                logged = c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)
+                committed = max((m.step for m in logged), default=-1)
+                reused = ReusedRun(run.info.run_id, FAILURE in run.data.tags, committed)
+                state.reuse_runs.setdefault(key, []).append(reused)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_INTERRUPTED) and not t.user_attrs.get(ATTR_STOPPED)
         ):
@@ -132,7 +136,7 @@ def prepare_resume(
                 # Optuna heard of the end but MLflow did not (the driver died, or MLflow stopped
                 # answering, before its writes): what the trial's store holds is recorded now.
                 _record_end(c, t, run, recover)
-    reused = {run_id for ids in state.reuse_runs.values() for run_id in ids}
+    reused = {r.run_id for runs_of_key in state.reuse_runs.values() for r in runs_of_key}
     for run in runs:  # what the ended trials cost and found (an interrupted one is counted when it ends)
         if run.info.run_id in reused:
             continue

@@ -22,7 +22,6 @@ from jepa_ray.contract import (
     CHECKPOINT_URI,
     DATA_SIZES,
     EPOCH,
-    EPOCH_PROBE_METRIC,
     FAILURE,
     FAILURE_KIND,
     LAST_CHECKPOINT,
@@ -43,8 +42,8 @@ from jepa_ray.contract import (
 )
 from jepa_ray.outcome import Ledger, Outcome, TrialEnd, trial_error_text
 from jepa_ray.tracking import ops
-from jepa_ray.tracking.epochs import EpochLog
-from jepa_ray.tracking.store import client, source_tags
+from jepa_ray.tracking.epochs import EpochLog, ReusedRun
+from jepa_ray.tracking.store import source_tags
 from jepa_ray.tracking.writer import MlflowWriter, RunRef
 from jepa_ray.train import checkpoint as ckpt_lib
 from jepa_ray.trial_spec import TrialSpec
@@ -83,7 +82,7 @@ class MlflowSweepCallback(Callback):
         exp_id: str,
         parent_run_id: str,
         resolve_trial: Callable[[TrialSpec], TrialConfig],
-        reuse_runs: dict[str, str] | None = None,
+        reuse_runs: dict[str, list[ReusedRun]] | None = None,
         trial_dir: Callable[[TrialSpec], str] | None = None,
         ledger: Ledger | None = None,
         *,
@@ -98,7 +97,6 @@ class MlflowSweepCallback(Callback):
         self.started: dict[str, float] = {}
         self.with_dataset: set[str] = set()  # tune trial ids whose run has its dataset input
         self.source = source_tags()
-        self.c = client(tracking_uri)  # reads only (a resumed trial's logged epochs)
         self.w = writer  # the driver's one writer process (none started here)
 
     # Tune callback hooks -------------------------------------------------------------------
@@ -124,11 +122,9 @@ class MlflowSweepCallback(Callback):
         reused = self.reuse_runs.get(key, []).pop(0) if self.reuse_runs.get(key) else None
         committed = -1
         if reused:
-            ref = RunRef(reused)
-            had_failure = FAILURE in self.c.get_run(reused).data.tags  # a trial the stopped sweep failed
-            committed = max((m.step for m in self.c.get_metric_history(reused, EPOCH_PROBE_METRIC)), default=-1)
+            ref, committed = RunRef(reused.run_id), reused.committed
             kept = {k: v for k, v in tags.items() if k != TRIAL_DIR}  # keep pointing at the store it resumes from
-            self.w.send(ops.Reopen(ref, had_failure, kept))
+            self.w.send(ops.Reopen(ref, reused.had_failure, kept))
         else:
             ref = self.w.create_run(
                 RunRef(), self.exp_id, f"trial-{trial.trial_id if spec.number is None else spec.number}", tags

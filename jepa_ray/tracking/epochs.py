@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReusedRun:
+    """The MLflow run of an interrupted trial that its re-run writes into, as --resume read it
+    before the sweep began (so that no MLflow read waits on the driver's loop mid-sweep, where a
+    tracking server down for a moment would stop the sweep instead of the writer's patience)."""
+
+    run_id: str
+    had_failure: bool  # the stopped sweep failed it: the re-run clears why
+    committed: int  # its newest epoch in MLflow (-1: none)
 
 
 class EpochLog:
