@@ -374,7 +374,7 @@ def test_a_replayed_sweep_records_the_table_and_agrees_with_the_simulator(ray_cl
     simulated = [{"FINISHED": "FINISHED", "STOPPED": "KILLED"}.get(t.outcome.name, "FAILED") for t in sim.trials]
     assert [s for _, s in live] == simulated
     curve = c.get_metric_history(parent.info.run_id, "sweep/hypervolume")
-    assert max(curve, key=lambda m: (m.step, m.timestamp)).value == pytest.approx(sim.hypervolume, rel=1e-12)
+    assert max(m.value for m in curve) == pytest.approx(sim.hypervolume, rel=1e-12)  # the curve never falls
 
 
 METHODS_SIGNALS = "online/linear_acc:max,train/l0_density:min"
@@ -426,7 +426,9 @@ def test_a_24_trial_sweep_12_at_a_time_is_recorded_once_and_its_what_if_runs(rep
     s = json.loads(out.stdout)
     curve = c.get_metric_history(parent.info.run_id, "sweep/hypervolume")
     assert s["trials"] == trials and s["baseline_trial_epochs"] == trial_epochs
-    assert s["baseline_hypervolume"] == pytest.approx(max(curve, key=lambda m: m.step).value, rel=1e-12)
+    # The sweep's final hypervolume is its curve's highest value (it never falls): two trials that end
+    # with no epoch between them log two values at the same step, which MLflow may return in any order.
+    assert s["baseline_hypervolume"] == pytest.approx(max(m.value for m in curve), rel=1e-12)
     assert s["whatif_trial_epochs"] < trial_epochs and s["stopped"] > 0 and s["seconds"] > 0
     assert set(s["lost_front_runs"]) <= {r.info.run_id for r in children}
     from jepa_ray.replay.cli import main as whatif_main  # in-process from here: no subprocess start
