@@ -276,6 +276,27 @@ def test_the_recorder_pins_its_precision_in_every_row_s_command(monkeypatch, tmp
         Recorder(bf16, tmp_path / "old.parquet", log=lambda m: None).prepare()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_recorder_refuses_a_bf16_grid_on_a_cpu_that_emulates_bf16(monkeypatch, tmp_path, native):
+    """One line before any row trains, naming the grid and what the CPU lacks; fp32 and auto
+    grids record anywhere (auto gives fp32 there)."""
+    from jepa_ray.train import step
+
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
+    grid = GRIDS["smoke"]
+    bf16 = dataclasses.replace(grid, base={**grid.base, "precision": "bf16"})
+    recorder = Recorder(bf16, tmp_path / "bf16.parquet", log=lambda m: None)
+    if native:
+        assert recorder.prepare()[1]
+    else:
+        with pytest.raises(
+            UsageError, match=r"^grid 'smoke' records at precision bf16 on the CPU, and this CPU has no"
+        ):
+            recorder.prepare()
+    assert Recorder(grid, tmp_path / "auto.parquet", log=lambda m: None).prepare()[1]
+    assert not (tmp_path / "bf16.parquet").exists()
+
+
 def _record_then_interrupt(
     tmp_path: Path, interrupts: int, background: bool = False
 ) -> tuple[subprocess.CompletedProcess, Path, Path]:

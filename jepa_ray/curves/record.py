@@ -83,6 +83,27 @@ def recording_precision(table: CurveTable, grid: Grid, data_dir: str | None) -> 
     return resolve_precision("auto", default_device(cfg))[0]
 
 
+def check_native_precision(grid: Grid, data_dir: str | None) -> None:
+    """UsageError for a recording at bf16 on a CPU that multiplies bf16 in software (no AMX-BF16,
+    AVX512-BF16 or Arm BF16): torch emulates it and every row trains many times slower than at
+    fp32. Found when the cifar10-long recording, pinned at bf16, was started on an AVX2-only
+    machine: its rows trained at 2 images/s (beside a test run) and none ended in an hour."""
+    cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
+    if cfg.system.precision != "bf16":
+        return
+    from jepa_ray.train import step  # torch: the trainer's own test of the CPU
+
+    if step.default_device(cfg).type == "cpu" and not step.cpu_has_native_bf16():
+        import torch
+
+        raise UsageError(
+            f"grid {grid.name!r} records at precision bf16 on the CPU, and this CPU has no native bf16 "
+            f"matrix support (torch: {torch.backends.cpu.get_cpu_capability()}): torch would emulate bf16 and "
+            "every row would train many times slower; record it on a CPU with AMX-BF16 or AVX512-BF16 "
+            "(or Arm BF16)"
+        )
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -177,6 +198,7 @@ class Recorder:
         precision = recording_precision(table, self.grid, self.data_dir)
         self.pinned = dataclasses.replace(self.grid, base={**self.grid.base, "precision": precision})
         check_table(table, self.pinned, self.data_dir, self.mix)
+        check_native_precision(self.pinned, self.data_dir)
         todo = [(p, s) for p, s in self.grid.points() if row_key(p, s) not in table]
         self.setting = setting
         return table, todo[: self.limit] if self.limit is not None else todo
