@@ -301,7 +301,8 @@ def test_auto_precision_is_bf16_where_the_device_multiplies_bf16_natively(monkey
         ("auto", True, "bf16", "auto: the CPU has native bf16 matrix support"),
         ("auto", False, "fp32", "auto: no native bf16 matrix support"),
         ("fp32", True, "fp32", "set"),
-        ("bf16", False, "bf16", "set"),
+        ("bf16", False, "bf16", "set; warning: this CPU has no native bf16 matrix support, torch emulates it (slow)"),
+        ("bf16", True, "bf16", "set)"),
     ],
 )
 def test_a_trial_trains_prints_and_records_its_precision(monkeypatch, capsys, tmp_path, requested, native, want, why):

@@ -55,7 +55,10 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """The precision a trial asking for `requested` trains at on `device`, and why: fp32 and bf16
-    as given; auto is bf16 on CUDA and on a CPU with native bf16 matrix support, else fp32."""
+    as given (bf16 set on a CPU that emulates it says so: it trains many times slower than fp32);
+    auto is bf16 on CUDA and on a CPU with native bf16 matrix support, else fp32."""
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return requested, "set; warning: this CPU has no native bf16 matrix support, torch emulates it (slow)"
     if requested != "auto":
         return requested, "set"
     if device.type == "cuda":
