@@ -88,12 +88,12 @@ def check_native_precision(grid: Grid, data_dir: str | None) -> None:
     AVX512-BF16 or Arm BF16): torch emulates it and every row trains many times slower than at
     fp32. Found when the cifar10-long recording, pinned at bf16, was started on an AVX2-only
     machine: its rows trained at 2 images/s (beside a test run) and none ended in an hour."""
-    cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
-    if cfg.system.precision != "bf16":
+    if grid.base.get("precision") != "bf16":  # pinned: never auto here
         return
     from jepa_ray.train import step  # torch: the trainer's own test of the CPU
 
-    if step.default_device(cfg).type == "cpu" and not step.cpu_has_native_bf16():
+    cfg = config_lib.build(grid.preset, overrides=base_overrides(grid, data_dir))
+    if step.emulates_bf16(cfg.system.precision, step.default_device(cfg)):
         import torch
 
         raise UsageError(

@@ -121,9 +121,7 @@ def prepare_resume(
                 where = run.data.tags.get(tracking.TRIAL_DIR) or run.data.tags.get(tracking.LAST_CHECKPOINT)
                 if where:
                     state.resume_map[key] = where
-                    _log_missing_epochs(c, run.info.run_id, where)
-                logged = c.get_metric_history(run.info.run_id, EPOCH_PROBE_METRIC)
-                committed = max((m.step for m in logged), default=-1)
+                committed = _log_missing_epochs(c, run.info.run_id, where)
                 reused = ReusedRun(run.info.run_id, FAILURE in run.data.tags, committed)
                 state.reuse_runs.setdefault(key, []).append(reused)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
@@ -210,23 +208,25 @@ def _record_end(c, t, run, recover: Callable) -> None:
     c.set_terminated(run_id, "KILLED" if stop else "FAILED")
 
 
-def _log_missing_epochs(c, run_id: str, where: str) -> None:
-    """Log the epochs the interrupted trial's newest checkpoint holds but its MLflow run lacks.
+def _log_missing_epochs(c, run_id: str, where: str | None) -> int:
+    """Log the epochs the interrupted trial's newest checkpoint holds but its MLflow run lacks;
+    returns the newest epoch MLflow then holds (-1: none).
 
     The driver logs an epoch once a checkpoint covers it (tracking.EpochLog); a driver killed
     between a trial's checkpoint and the driver's write leaves the checkpoint ahead of MLflow,
     and the resumed trial starts after it. Those epochs are in the checkpoint's history."""
+    history: list[dict] = []
     try:
-        checkpoint = resumable_checkpoint(where)
+        checkpoint = resumable_checkpoint(where) if where else None
         history = ckpt_lib.read_history(checkpoint) if checkpoint else []
     except (OSError, RuntimeError, KeyError, ValueError) as err:
         logger.warning("could not read the epoch history of %s: %s", where, err)
-        return
-    _log_history(c, run_id, history)
+    return _log_history(c, run_id, history)
 
 
-def _log_history(c, run_id: str, history: list[dict], final: dict | None = None) -> None:
-    """Log the epochs of `history` the run lacks, each once. `final`: the trial's final metrics,
+def _log_history(c, run_id: str, history: list[dict], final: dict | None = None) -> int:
+    """Log the epochs of `history` the run lacks, each once; returns the newest epoch the run
+    then holds (-1: none). `final`: the trial's final metrics,
     which carry its last epoch's (docs/design.md): logged with that epoch in one batch, as the
     driver does, or only the keys it lacks when MLflow has the epoch already (logging the epoch's
     own metrics again would record them twice, with a new timestamp)."""
@@ -239,6 +239,7 @@ def _log_history(c, run_id: str, history: list[dict], final: dict | None = None)
             tracking.log_metrics(c, run_id, {**metrics, **extra} if epoch == last else metrics, step=epoch)
     if last is not None and (last in logged or last not in epochs):
         tracking.log_metrics(c, run_id, extra, step=last)
+    return max(logged | set(epochs), default=-1)
 
 
 def _record_from_store(c, run, epochs: int | None) -> bool:

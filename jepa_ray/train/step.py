@@ -53,11 +53,17 @@ def cpu_has_native_bf16() -> bool:
     return bool(arm)
 
 
+def emulates_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training at `precision` on `device` means bf16 that torch emulates (a CPU without
+    native bf16 matrix support): many times slower than fp32."""
+    return precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
+
+
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """The precision a trial asking for `requested` trains at on `device`, and why: fp32 and bf16
     as given (bf16 set on a CPU that emulates it says so: it trains many times slower than fp32);
     auto is bf16 on CUDA and on a CPU with native bf16 matrix support, else fp32."""
-    if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+    if emulates_bf16(requested, device):
         return requested, "set; warning: this CPU has no native bf16 matrix support, torch emulates it (slow)"
     if requested != "auto":
         return requested, "set"
