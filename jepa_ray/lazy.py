@@ -28,3 +28,22 @@ def exports(package: str, names_by_module: dict[str, tuple[str, ...]]) -> tuple[
         return value
 
     return __getattr__, list(module_of)
+
+
+class _Module:
+    """A stand-in for a module that imports it on first attribute access and then puts the
+    module itself in the owner's namespace, so later lookups cost nothing."""
+
+    def __init__(self, name: str, owner: str):
+        self._name, self._owner = name, owner
+
+    def __getattr__(self, attr: str) -> Any:
+        module = importlib.import_module(self._name)
+        setattr(sys.modules[self._owner], self._name.partition(".")[0], module)
+        return getattr(module, attr)
+
+
+def module(name: str, owner: str) -> Any:
+    """`torch = lazy.module("torch", __name__)`: a module-level name for a heavy package that
+    loads only when a function first uses it (annotations stay strings)."""
+    return _Module(name, owner)

@@ -4,84 +4,16 @@ is sparse and non-negative."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Protocol
 
 import timm
 import torch
-from timm.models import register_model
 from torch import nn
 
+from jepa_ray import convnets  # noqa: F401  (registers jepa_ray's small CNNs in timm)
+from jepa_ray.backbone_names import check_backbone_name
 from jepa_ray.errors import ConfigError
 from jepa_ray.targets import get_target
-
-# --------------------------------------------------------------------------------------------
-# A tiny CNN registered in timm's registry: the default for 8x8 digits and CPU sweeps, where a
-# ResNet-18 would make every epoch far slower.
-
-
-class ConvNetTiny(nn.Module):
-    """Conv-BN-ReLU stages with global average pooling; timm-compatible (`num_features`,
-    `forward_features`, `forward_head`, `reset_classifier`)."""
-
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), in_chans: int = 3, num_classes: int = 0, **_: object):
-        super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_chans
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            layers += [
-                nn.Conv2d(prev, w, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(w),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(w),
-                nn.ReLU(inplace=True),
-            ]
-            prev = w
-        self.features = nn.Sequential(*layers)
-        self.num_features = prev
-        self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """timm's interface; the pooling is always the global average."""
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(2, 3))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-@register_model
-def jepa_convnet_tiny(pretrained: bool = False, **kwargs) -> ConvNetTiny:
-    """32-64-128 channels, ~0.3M parameters."""
-    kwargs.pop("img_size", None)
-    return ConvNetTiny((32, 64, 128), **kwargs)
-
-
-@register_model
-def jepa_convnet_small(pretrained: bool = False, **kwargs) -> ConvNetTiny:
-    """64-128-256 channels, ~1.1M parameters."""
-    kwargs.pop("img_size", None)
-    return ConvNetTiny((64, 128, 256), **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def check_backbone_name(name: str) -> None:
-    """Raise ConfigError for a name timm does not know, listing close matches."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
-    raise ConfigError(f"config field 'backbone' = {name!r} is not a timm model{hint}")
 
 
 def _apply_cifar_stem(backbone: nn.Module, name: str, in_chans: int) -> None:

@@ -12,10 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import scipy.optimize
 import scipy.special
-import torch
+
+from jepa_ray import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy.module("torch", __name__)  # a config resolves without torch; sampling loads it
 
 # Gamma(k/2) up to this shape is drawn exactly as a sum of exponentials (p = 1, 1/2, 2/3, 1/3,
 # 2/5, 1/4, ...): cheaper than rejection and free of GPU syncs.
@@ -297,7 +304,7 @@ def sample(
 # --------------------------------------------------------------------------------------------
 # The target registry: what the rest of the package asks of a target, declared once.
 
-Draw = Callable[[int, float, float, float, "torch.Generator | None", torch.device, torch.dtype], torch.Tensor]
+Draw = Callable[[int, float, float, float, "torch.Generator | None", "torch.device", "torch.dtype"], "torch.Tensor"]
 """(n, p, mu, sigma, generator, device, dtype) -> n flat samples."""
 
 

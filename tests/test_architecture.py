@@ -6,6 +6,7 @@ adapter's version check, and files of a readable size."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,9 @@ def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
             "regularizers",
             "distributed",
             "model",
+            "convnets",
+            "backbone_names",
+            "lazy",
             "metrics",
             "seeding",
             "errors",
@@ -147,6 +151,26 @@ def test_importing_the_config_and_the_driver_does_not_import_torch(imports):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_planning_a_sweep_does_not_import_torch_once_timm_names_are_cached(tmp_path):
+    """The driver resolves every trial's config (backbone names from the cached timm registry,
+    the targets' closed forms) without torch: the first plan fills the cache, the next needs
+    neither torch nor timm."""
+    code = (
+        "import sys; from jepa_ray.sweep import RECTIFIED, SweepOptions, plan\n"
+        "for space in ('rectified', 'rectified_density'):\n"
+        f"    plan(SweepOptions(**{{**RECTIFIED, 'space': space}}, tracking_uri='sqlite:///{tmp_path}/m.db',"
+        f" storage_path='{tmp_path}/ray'))\n"
+        "print('torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        for _ in range(2)
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-2000:]
+    assert [run.stdout.split()[-2:] for run in runs] == [["True", "True"], ["False", "False"]]
 
 
 def test_lazy_exports_resolve_every_name_and_refuse_unknown_ones():

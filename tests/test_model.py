@@ -10,8 +10,9 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import jepa_ray
+from jepa_ray.backbone_names import check_backbone_name
 from jepa_ray.config import ConfigError, TrialConfig, resolve, validate
-from jepa_ray.model import Projector, check_backbone_name, create_model
+from jepa_ray.model import Projector, create_model
 from jepa_ray.train.checkpoint import MODEL_FILE, save_checkpoint
 
 
@@ -164,6 +165,31 @@ def test_model_creation_and_validation_reject_unknown_backbones(entry):
 def test_backbone_without_close_matches_still_names_the_field():
     with pytest.raises(ConfigError, match="'backbone' = 'qqqqzzzz'"):
         check_backbone_name("qqqqzzzz")
+
+
+def test_backbone_names_come_from_a_cache_that_a_miss_refreshes(tmp_path, monkeypatch):
+    """A name the cache lacks (a model registered since) is checked against timm, which rewrites
+    the cache; an unknown name is refused with its close matches either way."""
+    from jepa_ray import backbone_names
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = backbone_names.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("jepa_convnet_tiny\n")
+    check_backbone_name("resnet18")
+    names = path.read_text().split()
+    assert {"resnet18", "jepa_convnet_tiny", "jepa_convnet_small", "vit_small_patch16_224"} <= set(names)
+    with pytest.raises(ConfigError, match="close matches: .*resnet18"):
+        check_backbone_name("resnet81")
+
+
+def test_backbone_names_work_without_a_writable_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    check_backbone_name("jepa_convnet_tiny")
+    with pytest.raises(ConfigError, match="'backbone' = 'resnet81'"):
+        check_backbone_name("resnet81")
 
 
 # --------------------------------------------------------------------------------------------

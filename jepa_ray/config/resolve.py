@@ -59,7 +59,7 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     """Fill derived values (sigma, p for the Gaussian target, the recipe, the native image size)
     and validate once."""
     validate(cfg)
-    from jepa_ray import targets  # torch: the target registry's samplers
+    from jepa_ray import targets
 
     cfg = copy.deepcopy(cfg)
     target = targets.get_target(cfg.target.target)
@@ -83,7 +83,7 @@ def validate(cfg: TrialConfig) -> None:
     """Raise ConfigError naming the first bad field, section by section in the schema's order.
     Cheap: no data is read, no model built (the dataset, target and backbone names are checked
     against their registries)."""
-    from jepa_ray.model import check_backbone_name  # torch, timm: the backbone registry
+    from jepa_ray.backbone_names import check_backbone_name
     from jepa_ray.targets import TARGETS
 
     _check_data(cfg.data, dataset_info(cfg.data.dataset))

@@ -18,11 +18,11 @@ def check_data(cfg: TrialConfig) -> None:
     """ConfigError/UsageError naming the problem when cfg's dataset cannot feed a trial: no class
     folders, an empty class folder, a split missing, columns missing, no readable image, a batch
     larger than the training split. Datasets that are not read from disk pass."""
-    from jepa_ray.data.stream import source_splits  # torch: only for a dataset read from disk
-
     d = cfg.data
     if not dataset_info(d.dataset).streamable:
         return
+    from jepa_ray.data.stream import source_splits  # torch: only for a dataset read from disk
+
     splits = source_splits(d)
     for name, source in (("train", splits.train), ("test", splits.test)):
         if len(source) == 0:
