@@ -326,6 +326,40 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2]
 
 
+def test_the_writer_process_does_not_run_the_drivers_script_again(tmp_path):
+    """A spawned writer would import the driver's main script (the sweep script: Ray Tune, the
+    whole driver) before serving; it does not, and its writes land."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    marker = tmp_path / "script-ran-in-a-child"
+    script = tmp_path / "driver.py"
+    script.write_text(
+        f"""
+import pathlib, sys
+if __name__ != "__main__":
+    pathlib.Path({str(marker)!r}).write_text(__name__)
+else:
+    from jepa_ray import tracking
+    from jepa_ray.tracking.writer import MlflowWriter, RunRef
+    exp = tracking.experiment_id({uri!r}, "script")
+    w = MlflowWriter({uri!r})
+    ref = w.create_run(RunRef(), exp, "trial-0", {{"jepa_ray.role": "trial"}})
+    w.log_metrics(ref, {{"train/loss": 0.5}}, step=0)
+    assert w.flush(timeout=120), w.error
+    w.close()
+    print(sys.modules["__main__"].__file__)
+"""
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(script)  # the driver's own __file__ is back
+    assert not marker.exists(), marker.read_text()
+    from jepa_ray import tracking
+
+    c = tracking.client(uri)
+    [run] = c.search_runs([c.get_experiment_by_name("script").experiment_id])
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "train/loss")] == [0.5]
+
+
 # --------------------------------------------------------------------------------------------
 # End to end, through a tracking server
 

@@ -22,6 +22,7 @@ with. Nothing here starts a writer on its own: the driver makes the one it passe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -30,6 +31,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
 from jepa_ray.cluster import sqlite_path
@@ -251,8 +253,23 @@ def _start_process(
     inbox, outbox = ctx.Queue(maxsize=maxsize), ctx.Queue()
     args = (tracking_uri, inbox, outbox, patience_s, backoff_s, os.getpid(), lock)
     worker = ctx.Process(target=_serve, args=args, daemon=True)
-    worker.start()
+    with _main_script_hidden():
+        worker.start()
     return inbox, outbox, worker
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """A spawned child runs the parent's main script again (as `__mp_main__`) when `__main__` has
+    a `__file__`: for the writer that is the sweep script, Ray Tune and the whole driver, seconds
+    of CPU and hundreds of MB it never uses (its target and arguments name no `__main__` object)."""
+    main = sys.modules["__main__"]
+    path = main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
 
 
 def _start_thread(ex: _Executor, maxsize: int) -> tuple[_Queue, _Queue, _Worker]:
