@@ -46,7 +46,8 @@ def test_regularizers_benchmark_quick():
 
 @pytest.mark.slow
 def test_trainer_benchmark_in_process():
-    rows = run_bench("benchmarks/trainer.py", "--epochs", "2", "--steps", "3", "--device", "cpu", "--compare-precision")
+    small = ("--epochs", "2", "--steps", "3", "--max-train", "256", "--batch", "64")
+    rows = run_bench("benchmarks/trainer.py", *small, "--device", "cpu", "--compare-precision")
     assert [r["metric"] for r in rows] == ["views_per_s", "img_per_s", "img_per_s", "img_per_s"]
     assert "baseline" in rows[2] and "baseline" in rows[3] and rows[3]["case"].startswith("jepa_ray fit bf16 vs fp32")
 

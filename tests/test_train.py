@@ -324,7 +324,9 @@ def test_a_trial_trains_prints_and_records_its_precision(monkeypatch, capsys, tm
 
     monkeypatch.setattr(loop, "train_step", spy)
     monkeypatch.setattr(loop, "evaluate_batches", spy_evaluate)
-    sets = ["--set", "epochs=1", "--set", f"precision={requested}"]
+    # Two small steps: emulated bf16 (a CPU without bf16 units) makes each step seconds long.
+    sets = ["--set", "epochs=1", "--set", "max_train_samples=128", "--set", "batch_size=64"]
+    sets += ["--set", f"precision={requested}"]
     assert cli.main(["--preset", "smoke", *sets, "--out", str(tmp_path)]) == 0
     assert f"[jepa_ray] device cpu, precision {want} ({why}" in capsys.readouterr().err
     assert used == {torch.bfloat16 if want == "bf16" else None} and evaluated == {None}
@@ -337,6 +339,7 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch, tmp_path
     resolved auto says "auto", which meant fp32 on a CPU. An explicit other precision is refused."""
     monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: started == "bf16")
     resume = {"epochs": 2, "checkpoint_every": 1, "warmup_epochs": 0.0}  # a float, as config.json reads back
+    resume |= {"max_train_samples": 128, "batch_size": 64}  # small steps: emulated bf16 is slow
     cfg = smoke(**resume)
 
     def crash(metrics: dict) -> None:
