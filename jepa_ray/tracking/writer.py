@@ -22,7 +22,6 @@ with. Nothing here starts a writer on its own: the driver makes the one it passe
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import multiprocessing as mp
@@ -31,7 +30,6 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable, Protocol
 
 from jepa_ray.cluster import sqlite_path
@@ -248,28 +246,22 @@ def _serve(
 def _start_process(
     tracking_uri: str, maxsize: int, patience_s: float, backoff_s: float, lock: str | None
 ) -> tuple[_Queue, _Queue, _Worker]:
-    """A writer process (spawned, not forked: the driver holds Ray's and Tune's threads)."""
+    """A writer process (spawned, not forked: the driver holds Ray's and Tune's threads). A spawned
+    child runs the parent's main script again (as `__mp_main__`) when `__main__` has a `__file__`:
+    for the writer, the sweep script, Ray Tune and the whole driver, seconds of CPU and hundreds of
+    MB it never uses (its target and arguments name nothing in `__main__`), so it is hidden."""
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(maxsize=maxsize), ctx.Queue()
     args = (tracking_uri, inbox, outbox, patience_s, backoff_s, os.getpid(), lock)
     worker = ctx.Process(target=_serve, args=args, daemon=True)
-    with _main_script_hidden():
-        worker.start()
-    return inbox, outbox, worker
-
-
-@contextlib.contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """A spawned child runs the parent's main script again (as `__mp_main__`) when `__main__` has
-    a `__file__`: for the writer that is the sweep script, Ray Tune and the whole driver, seconds
-    of CPU and hundreds of MB it never uses (its target and arguments name no `__main__` object)."""
     main = sys.modules["__main__"]
     path = main.__dict__.pop("__file__", None)
     try:
-        yield
+        worker.start()
     finally:
         if path is not None:
             main.__file__ = path
+    return inbox, outbox, worker
 
 
 def _start_thread(ex: _Executor, maxsize: int) -> tuple[_Queue, _Queue, _Worker]:
