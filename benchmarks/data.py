@@ -195,7 +195,9 @@ MEMORY_SIDE = 64
 """Side of the synthetic JPEGs and of the trial's images in the memory figure."""
 
 MEMORY_SAMPLE_S = 0.02
-"""Seconds between two samples of the trial's PSS (its peaks last longer than this)."""
+"""Default seconds between two samples of the trial's PSS (its peaks last longer than this). Each
+sample walks the page tables of every process of the trial (/proc/PID/smaps_rollup): at 20 ms
+that is about as much kernel CPU as the trial's own; --memory-sample-s trades it for precision."""
 
 
 def _tree_pids(pid: int) -> list[int]:
@@ -262,9 +264,9 @@ def memory_trial_child(root: str, phase_file: str) -> None:
     print(json.dumps({**peaks, "eval_s": final["time/eval_s"], "linear_acc": final["linear_acc"]}), flush=True)
 
 
-def trial_peaks(root: Path, phase_file: Path) -> dict[str, float]:
+def trial_peaks(root: Path, phase_file: Path, sample_s: float = MEMORY_SAMPLE_S) -> dict[str, float]:
     """Run `memory_trial_child` on the image folder `root` in a subprocess and sample the PSS of
-    its process tree every MEMORY_SAMPLE_S. Per phase (train, eval), in MB: the peak, the median
+    its process tree every `sample_s`. Per phase (train, eval), in MB: the peak, the median
     of the samples (the level the phase holds, where the peak adds one batch's transient), the
     most processes at once, and the trainer's own peak RSS."""
     phase_file.write_text("train")
@@ -278,7 +280,7 @@ def trial_peaks(root: Path, phase_file: Path) -> dict[str, float]:
             pss_kb, count = _tree_pss_kb(child.pid)
             samples[phase].append(pss_kb)
             processes[phase] = max(processes[phase], count)
-        time.sleep(MEMORY_SAMPLE_S)
+        time.sleep(sample_s)
     out = child.stdout.read()
     if child.returncode != 0:
         raise RuntimeError(f"the memory trial failed (exit {child.returncode})")
@@ -340,7 +342,7 @@ def features_peaks(rows: int) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def eval_memory(counts: list[int], feature_rows: list[int]) -> None:
+def eval_memory(counts: list[int], feature_rows: list[int], sample_s: float = MEMORY_SAMPLE_S) -> None:
     """One JSON line per phase (training, final evaluation) and image count: the peak PSS of a
     streamed one-epoch trial, then per phase the growth per 1,000 train images between the
     smallest and the largest count (what the trial holds per image); then, per count of
@@ -358,7 +360,7 @@ def eval_memory(counts: list[int], feature_rows: list[int]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             write_synthetic_folder(root / "data", count, MEMORY_SIDE)
-            rows[count] = trial_peaks(root / "data", root / "phase")
+            rows[count] = trial_peaks(root / "data", root / "phase", sample_s)
         scale = f"{count} + {max(count // 5, 10)} synthetic imgs {MEMORY_SIDE}px, default trial, 1 epoch"
         for phase, name in (("train", "training"), ("eval", "final evaluation")):
             row = rows[count]
@@ -367,6 +369,7 @@ def eval_memory(counts: list[int], feature_rows: list[int]) -> None:
                 "median_pss_mb": round(row[f"{phase}_median_pss_mb"], 1),
                 "processes": row[f"{phase}_processes"],
                 "trainer_peak_rss_mb": round(row[f"{phase}_rss_mb"], 1),
+                "sample_s": sample_s,
             }
             emit(f"peak memory, {name}, streamed, {scale}", "pss_mb", rows[count][f"{phase}_pss_mb"], **extra)
     lo, hi = min(counts), max(counts)
@@ -392,6 +395,12 @@ def main() -> None:
     ap.add_argument(
         "--feature-rows", default="6400,25600", help="--eval-memory: train rows of the evaluation-compute figure"
     )
+    ap.add_argument(
+        "--memory-sample-s",
+        type=float,
+        default=MEMORY_SAMPLE_S,
+        help="--eval-memory: seconds between two samples of the trial's PSS",
+    )
     ap.add_argument("--memory-trial-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--memory-features-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -403,7 +412,9 @@ def main() -> None:
         return
     counts = [int(c) for c in args.images.split(",")]
     if args.eval_memory:
-        eval_memory(counts, [int(r) for r in args.feature_rows.split(",")])
+        if not args.memory_sample_s > 0:
+            ap.error(f"--memory-sample-s {args.memory_sample_s}: allowed: seconds > 0")
+        eval_memory(counts, [int(r) for r in args.feature_rows.split(",")], args.memory_sample_s)
         return
     args.images = counts[0]
     torch.set_num_threads(1)

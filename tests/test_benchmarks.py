@@ -110,7 +110,9 @@ def test_data_benchmark_eval_memory_small():
     the final evaluation runs in the trial's one set of data workers (trainer + 2 workers), not
     in workers forked again after training."""
     rows = run_bench(
-        "benchmarks/data.py", "--eval-memory", "--images", "260,300", "--feature-rows", "300", positive=False
+        *("benchmarks/data.py", "--eval-memory", "--images", "260,300", "--feature-rows", "300"),
+        *("--memory-sample-s", "0.25"),  # at 20 ms the sampling's kernel time was half the test's CPU
+        positive=False,
     )
     peaks = [r for r in rows if r["metric"] == "pss_mb"]
     assert [(r["images"], "training" in r["case"]) for r in peaks] == [
@@ -119,7 +121,7 @@ def test_data_benchmark_eval_memory_small():
         (300, True),
         (300, False),
     ]
-    assert all(r["value"] > 0 and r["processes"] == 3 for r in peaks), peaks
+    assert all(r["value"] > 0 and r["processes"] == 3 and r["sample_s"] == 0.25 for r in peaks), peaks
     compute = [r for r in rows if r["metric"] == "peak_mb"]
     assert len(compute) == 2 and all(r["features_mb"] > 0 for r in compute), compute
     assert sum(r["metric"] == "pss_mb_per_1k_images" for r in rows) == 2
