@@ -402,6 +402,7 @@ def report(args: argparse.Namespace, injected: list[Injected], target: Target, r
         optuna_pruned=records["optuna_pruned"],
         runs=records["runs"],
         duplicate_runs=records["duplicate_runs"],
+        not_ended=records["not_ended"],
     )
     emit(
         case,

@@ -339,7 +339,8 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int, experimen
     """What MLflow and Optuna hold after a sweep: runs, their statuses and epochs (each exactly
     once: a FINISHED run every epoch, a KILLED one, stopped by a scheduler, the epochs Optuna says
     it trained), and the Optuna trials' states; `ended_with_run`: the trials Optuna holds COMPLETE
-    or PRUNED whose run (the run tagged with its number) ended too."""
+    or PRUNED whose run (the run tagged with its number) ended too; `not_ended`: the others, and the
+    Optuna trials with no run, each with its state and its run's status."""
     import optuna
 
     from jepa_ray import tracking
@@ -355,6 +356,7 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int, experimen
     trials_by_number = {str(t.number): t for t in study.get_trials()}
     states = [t.state.name for t in trials_by_number.values()]
     repeated = missing = twice = ended_with_run = 0
+    not_ended: list[dict] = []  # what a lost trial looked like: its Optuna state and its run's status
     for r, key in zip(runs, keys):  # every run's history: each epoch exactly once
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "train/loss"))
         repeated += steps != sorted(set(steps))
@@ -366,6 +368,10 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int, experimen
         missing += trained is not None and set(steps) != set(range(trained))
         ended = trial is not None and trial.state.name in ("COMPLETE", "PRUNED")
         ended_with_run += ended and r.info.status != "RUNNING"
+        if not (ended and r.info.status != "RUNNING"):
+            not_ended.append({"trial": key, "optuna": trial.state.name if trial else None, "run": r.info.status})
+    runless = [k for k in trials_by_number if k not in keys]
+    not_ended += [{"trial": k, "optuna": trials_by_number[k].state.name, "run": None} for k in runless]
     return {
         "runs": len(runs),
         "finished_runs": statuses.count("FINISHED"),
@@ -379,6 +385,7 @@ def check_records(uri: str, optuna_url: str, trials: int, epochs: int, experimen
         "optuna_complete": states.count("COMPLETE"),
         "optuna_pruned": states.count("PRUNED"),
         "ended_with_run": ended_with_run,
+        "not_ended": not_ended,
     }
 
 

@@ -182,11 +182,11 @@ def test_chaos_benchmark_small_loses_nothing():
     }
     assert by_metric["trials_pruned_while_mlflow_was_down"]["value"] > 0, by_metric  # item 3's case happened
     lost = by_metric["trials_lost"]
-    assert lost["value"] == 0 and lost["runs"] == 16 and lost["duplicate_runs"] == 0, lost
+    assert lost["value"] == 0 and lost["runs"] == 16 and lost["duplicate_runs"] == 0, json.dumps(lost)
     twice = by_metric["epochs_logged_twice"]
-    assert twice["value"] == twice["ended_runs_missing_epochs"] == 0, twice
+    assert twice["value"] == twice["ended_runs_missing_epochs"] == 0, json.dumps(twice)
     running = by_metric["optuna_trials_running"]
-    assert running["value"] == running["mlflow_runs_running"] == 0, running
+    assert running["value"] == running["mlflow_runs_running"] == 0, json.dumps(running)
     exits = by_metric["sweep_s"]
     assert exits["driver_exits"] == [1, 0] and exits["unplanned_exits"] == [], exits  # the outage's stop, then done
     recovered = [r["case"].rsplit(": ", 1)[1] for r in rows if r["metric"] == "s_to_next_trial_end"]
@@ -222,7 +222,7 @@ def test_chaos_benchmark_on_postgres_survives_database_restarts():
     assert injected["value"] == injected["planned"] == injected["survived"] == 2, injected
     assert injected["case"].endswith("postgres"), injected
     lost = by_metric["trials_lost"]
-    assert lost["value"] == 0 and lost["runs"] == 12 and lost["duplicate_runs"] == 0, lost
+    assert lost["value"] == 0 and lost["runs"] == 12 and lost["duplicate_runs"] == 0, json.dumps(lost)
     assert by_metric["epochs_logged_twice"]["value"] == 0
     assert by_metric["optuna_trials_running"]["value"] == 0
     assert by_metric["sweep_s"]["driver_exits"] == [0], by_metric["sweep_s"]
