@@ -283,6 +283,18 @@ def test_plot_scales_and_activation_plot(seeds, tmp_path):
             assert img.format == "PNG"
 
 
+def test_the_activation_plot_fills_each_dimension_to_its_rate(tmp_path):
+    """Sorted rates [1, 1, 0, 0]: the left half of the axes is filled to the top, the right half
+    is empty (the picture is the rates, whatever draws it)."""
+    with Image.open(activation_plot([0.0, 1.0, 0.0, 1.0], tmp_path / "a.png", "rates")) as img:
+        rgb = img.convert("RGB")
+        width, height = rgb.size
+        at = lambda x, y: rgb.getpixel((int(x * width), int(y * height)))  # noqa: E731
+        blue, white = (0x1F, 0x77, 0xB4), (255, 255, 255)
+        assert [at(x, 0.6) for x in (0.2, 0.3, 0.45)] == [blue] * 3
+        assert [at(x, 0.6) for x in (0.65, 0.8, 0.9)] == [white] * 3
+
+
 def test_the_mlflow_client_reader_agrees_with_the_sql_reader(seeds):
     """A non-sqlite store goes through MlflowClient: the same fronts, origins and sweep table."""
     sql = pareto.compare(seeds["uri"], [SEEDED, BASELINE], reader="sql")
