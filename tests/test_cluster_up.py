@@ -19,6 +19,7 @@ import pwd
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,12 +42,34 @@ AGENT_RETRIES = 6
 pytestmark = pytest.mark.slow
 
 
-def _why_not() -> str | None:
-    if sys.platform != "linux" or os.geteuid() != 0:
-        return "needs root on Linux (a test user and sshd on port 22)"
-    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "useradd"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed (.ci/run installs openssh-server and rsync)"
+def _reap_leftovers() -> None:
+    """A run of this test killed before its teardown (a CI timeout, Ctrl-C twice) leaves its sshd
+    on port 22 and the test user's Ray head and MLflow on 6379, 8265 and 5000, and every later
+    run would skip: kill the test user's processes and any sshd whose config lets in only the
+    test user (this fixture's; a config pytest has since deleted counts when it lay where this
+    fixture writes it), then wait for the ports."""
+    subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").replace("\0", " ").split()
+        except OSError:
+            continue
+        if not args or "sshd" not in args[0] or "-f" not in args[:-1]:
+            continue
+        config = Path(args[args.index("-f") + 1])
+        try:
+            ours = f"AllowUsers {USER}\n" in config.read_text()
+        except OSError:
+            ours = "pytest-of-" in str(config) and config.parent.name.startswith("cluster")
+        if ours:
+            os.kill(int(cmdline.parent.name), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _taken_port() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _taken_port() -> str | None:
+    """The first of the loopback ports the cluster needs that something holds, said in words."""
     for port, what in ((22, "sshd"), (5000, "MLflow"), (6379, "Ray"), (8265, "Ray's dashboard")):
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,6 +77,19 @@ def _why_not() -> str | None:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 return f"port {port} on 127.0.0.1 is taken (another {what}?)"
+    return None
+
+
+def _why_not() -> str | None:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "needs root on Linux (a test user and sshd on port 22)"
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "useradd"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (.ci/run installs openssh-server and rsync)"
+    _reap_leftovers()
+    taken = _taken_port()
+    if taken:
+        return taken
     try:
         import uv  # noqa: F401
     except ImportError:
