@@ -777,6 +777,8 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     stopped.set_user_attr("stopped", True)
     study.tell(stopped, state=optuna.trial.TrialState.FAIL)
     stopped_run = trial_run(stopped, "FAILED")
+    c.set_tag(stopped_run, tracking.FAILURE, "stopped before its end: 1 failed trial")  # as the sweep ended it
+    c.set_tag(stopped_run, tracking.FAILURE_KIND, "unfinished")
 
     state = sweep.prepare_resume(study, uri, exp_id, parent)
 
@@ -784,8 +786,8 @@ def test_prepare_resume_reruns_interrupted_trials_in_their_runs(tmp_path):
     assert state.finished == 3
     ReusedRun = tracking.epochs.ReusedRun  # what each re-run reads at its start: MLflow is not asked mid-sweep
     assert state.reuse_runs == {
-        key: [ReusedRun(interrupted_run, False, 1)],
-        stopped_key: [ReusedRun(stopped_run, False, -1)],
+        key: [ReusedRun(interrupted_run, (), 1)],
+        stopped_key: [ReusedRun(stopped_run, (tracking.FAILURE, tracking.FAILURE_KIND), -1)],  # the re-run clears them
     }
     assert state.resume_map == {key: str(checkpoint)}
     trials = study.get_trials()

@@ -216,12 +216,13 @@ def test_a_resumed_trial_reopens_its_run_without_asking_mlflow_on_the_drivers_lo
         "0",
         "parent",
         lambda spec: TrialConfig(),
-        reuse_runs={"7": [ReusedRun("run-a", True, 2)]},
+        reuse_runs={"7": [ReusedRun("run-a", (contract.FAILURE, contract.FAILURE_KIND), 2)]},
         writer=writer,
     )
     trial = SimpleNamespace(trial_id="t1", config={contract.SPEC_TRIAL_KEY: "7", contract.SPEC_NUMBER: 9})
     cb.on_trial_start(0, [], trial)
     (reopen,) = writer.sent
-    assert isinstance(reopen, ops.Reopen) and reopen.ref.run_id == "run-a" and reopen.had_failure
+    assert isinstance(reopen, ops.Reopen) and reopen.ref.run_id == "run-a"
+    assert reopen.failure_tags == (contract.FAILURE, contract.FAILURE_KIND)
     assert reopen.tags[contract.OPTUNA_TRIAL] == "9"
     assert cb.logs["t1"].committed == 2  # epochs 0-2 are in MLflow: not written again

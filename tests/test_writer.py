@@ -498,6 +498,8 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
     parent, children = parent_and_children(again)
     keys = [r.data.tags["jepa_ray.params_key"] for r in children]
     assert len(keys) == len(set(keys)) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    for r in children:  # a re-run trial's run lost the stopped sweep's failure: its reason and its kind
+        assert not {"jepa_ray.failure", "jepa_ray.failure_kind"} & set(r.data.tags), r.data.tags
     c = client(again)
     for r in children:  # every epoch exactly once
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "train/loss")]
@@ -518,6 +520,23 @@ def test_a_run_made_by_a_lost_try_is_found_in_a_real_store_by_its_sweep_and_tria
     assert ops.created_run(c, exp, "trial-1", {**tags, TRIAL_ID: "abc_00002"}) is None
     assert ops.created_run(c, exp, "trial-1", {**tags, PARENT: "sweep-b"}) is None
     assert ops.created_run(c, exp, "trial-1", {"jepa_ray.role": "trial"}) is None  # no identity: made anew
+
+
+def test_a_reopened_run_loses_the_failure_tags_the_stopped_sweep_gave_it(tmp_path):
+    """A trial stopped with its sweep is FAILED with a reason and its kind; re-run on --resume,
+    its run is RUNNING again with neither (else a finished run would still say "unfinished")."""
+    from jepa_ray import tracking
+    from jepa_ray.contract import FAILURE, FAILURE_KIND, RESUMED, TRIAL_ID
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp, c = tracking.experiment_id(uri, "reopen"), tracking.client(uri)
+    failed = {FAILURE: "stopped before its end: SIGTERM", FAILURE_KIND: "unfinished"}
+    run_id = c.create_run(exp, tags=failed).info.run_id
+    c.set_terminated(run_id, "FAILED")
+    ops.Reopen(RunRef(run_id), (FAILURE, FAILURE_KIND), {TRIAL_ID: "abc_00003"}).apply(c, run_id)
+    run = c.get_run(run_id)
+    assert run.info.status == "RUNNING" and not {FAILURE, FAILURE_KIND} & set(run.data.tags), run.data.tags
+    assert run.data.tags[RESUMED] == "true" and run.data.tags[TRIAL_ID] == "abc_00003"
 
 
 # --------------------------------------------------------------------------------------------

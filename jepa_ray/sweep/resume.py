@@ -122,7 +122,8 @@ def prepare_resume(
                 if where:
                     state.resume_map[key] = where
                 committed = _log_missing_epochs(c, run.info.run_id, where)
-                reused = ReusedRun(run.info.run_id, FAILURE in run.data.tags, committed)
+                failure_tags = tuple(tag for tag in (FAILURE, FAILURE_KIND) if tag in run.data.tags)
+                reused = ReusedRun(run.info.run_id, failure_tags, committed)
                 state.reuse_runs.setdefault(key, []).append(reused)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
             t.state == TrialState.FAIL and not t.user_attrs.get(ATTR_INTERRUPTED) and not t.user_attrs.get(ATTR_STOPPED)

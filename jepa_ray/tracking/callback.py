@@ -124,7 +124,7 @@ class MlflowSweepCallback(Callback):
         if reused:
             ref, committed = RunRef(reused.run_id), reused.committed
             kept = {k: v for k, v in tags.items() if k != TRIAL_DIR}  # keep pointing at the store it resumes from
-            self.w.send(ops.Reopen(ref, reused.had_failure, kept))
+            self.w.send(ops.Reopen(ref, reused.failure_tags, kept))
         else:
             ref = self.w.create_run(
                 RunRef(), self.exp_id, f"trial-{trial.trial_id if spec.number is None else spec.number}", tags

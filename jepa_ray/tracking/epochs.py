@@ -17,7 +17,7 @@ class ReusedRun:
     tracking server down for a moment would stop the sweep instead of the writer's patience)."""
 
     run_id: str
-    had_failure: bool  # the stopped sweep failed it: the re-run clears why
+    failure_tags: tuple[str, ...]  # why the stopped sweep failed it (FAILURE, FAILURE_KIND): the re-run clears them
     committed: int  # its newest epoch in MLflow (-1: none)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from jepa_ray.contract import FAILURE, PARENT, PRECISION, RESUMED, TRIAL_ID
+from jepa_ray.contract import PARENT, PRECISION, RESUMED, TRIAL_ID
 from jepa_ray.tracking import store
 from jepa_ray.tracking.plots import activation_plot
 from jepa_ray.train import checkpoint as ckpt_lib
@@ -85,15 +85,15 @@ class CreateRun(Op):
 
 @dataclass(frozen=True)
 class Reopen(Op):
-    """A resumed trial's run, RUNNING again under its new trial's tags (without the failure the
-    stopped sweep gave it)."""
+    """A resumed trial's run, RUNNING again under its new trial's tags, without the failure tags
+    the stopped sweep gave it (`failure_tags`: the reason and its kind)."""
 
-    had_failure: bool
+    failure_tags: tuple[str, ...]
     tags: dict[str, str]
 
     def apply(self, c: MlflowClient, run_id: str | None) -> None:
-        if self.had_failure:
-            c.delete_tag(run_id, FAILURE)
+        for tag in self.failure_tags:
+            c.delete_tag(run_id, tag)
         c.update_run(run_id, status="RUNNING")
         set_tags(c, run_id, {RESUMED: "true", **self.tags})
 
