@@ -522,6 +522,37 @@ def test_a_run_made_by_a_lost_try_is_found_in_a_real_store_by_its_sweep_and_tria
     assert ops.created_run(c, exp, "trial-1", {"jepa_ray.role": "trial"}) is None  # no identity: made anew
 
 
+def test_trials_cut_short_by_a_tracking_server_gone_say_so():
+    from jepa_ray.errors import StorageFull
+    from jepa_ray.outcome import Ledger
+    from jepa_ray.sweep.failures import EpochBudget, FailureLimit, stop_reason
+
+    limit = FailureLimit(0, Ledger(("linear_acc", "l0_density")))
+    gone = "MLflow at http://head:5000 refused writes for 120 s (9 tries): ConnectionError"
+    assert stop_reason(limit, EpochBudget(), tracking=gone) == f"stopped before its end: {gone}"
+    assert stop_reason(limit, EpochBudget()) == "stopped before its end: the sweep ended first"
+    full = StorageFull("/data/mlflow.db")  # a full store is named, whatever else the writer said
+    assert stop_reason(limit, EpochBudget(), full, tracking=str(full)) == f"stopped before its end: {full}"
+
+    from types import SimpleNamespace
+
+    from jepa_ray.sweep import tuner
+
+    ledger = Ledger(("linear_acc", "l0_density"))
+    ledger.start("running")  # the trial Tune stopped with the sweep when the writer gave up
+    told: list[str] = []
+    run = SimpleNamespace(
+        ledger=ledger,
+        limit=FailureLimit(0, ledger),
+        budget=EpochBudget(),
+        searcher=SimpleNamespace(unended=lambda: [], on_trial_complete=told.append),
+    )
+    writer = SimpleNamespace(error=gone, flush=lambda: None, close=lambda: None)
+    mlflow_cb = SimpleNamespace(write_end=lambda trial_id, end: None)
+    assert tuner._close_stopped_trials(SimpleNamespace(), run, mlflow_cb, writer, None) is None
+    assert told == ["running"] and ledger.get("running").reason == f"stopped before its end: {gone}"
+
+
 def test_a_reopened_run_loses_the_failure_tags_the_stopped_sweep_gave_it(tmp_path):
     """A trial stopped with its sweep is FAILED with a reason and its kind; re-run on --resume,
     its run is RUNNING again with neither (else a finished run would still say "unfinished")."""

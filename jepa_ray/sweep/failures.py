@@ -63,10 +63,16 @@ class EpochBudget:
         return self.budget > 0 and self.spent >= self.budget
 
 
-def stop_reason(limit: FailureLimit, budget: EpochBudget, full: StorageFull | None = None) -> str:
-    """Why trials the sweep cut short did not end (the ledger's UNFINISHED reason)."""
+def stop_reason(
+    limit: FailureLimit, budget: EpochBudget, full: StorageFull | None = None, tracking: str | None = None
+) -> str:
+    """Why trials the sweep cut short did not end (the ledger's UNFINISHED reason): a full disk,
+    MLflow that stopped taking writes (`tracking`, the writer's error), the failure limit, the
+    budget, else the sweep's own end (Ctrl-C, the search's last trial)."""
     if full is not None:
         return f"stopped before its end: {full}"
+    if tracking is not None:
+        return f"stopped before its end: {tracking}"
     if limit.reached:
         return f"stopped before its end: the sweep stopped after {limit.failed} failed trials"
     if budget.reached:

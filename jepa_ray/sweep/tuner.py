@@ -174,7 +174,7 @@ def _close_stopped_trials(
     then the writer is flushed and closed. Returns the full disk the sweep met, if any (`full`,
     a trial's, the Optuna study's or the MLflow writer's)."""
     full = full or run.ledger.storage_full or StorageFull.find(writer.error)
-    why = stop_reason(run.limit, run.budget, full)
+    why = stop_reason(run.limit, run.budget, full, tracking=writer.error)
     closed = run.ledger.close(why, also=run.searcher.unended())
     for trial_id in closed:
         run.searcher.on_trial_complete(trial_id)
