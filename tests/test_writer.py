@@ -469,7 +469,7 @@ def test_a_tracking_server_gone_mid_sweep_stops_it_with_one_line_and_resume_reco
 
 @pytest.mark.slow
 def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cluster, tmp_path):
-    from test_sweep import client, load_study, parent_and_children, sweep_command, sweep_env
+    from test_sweep import client, load_study, parent_and_children, sweep_command, sweep_env, trial_run_states
 
     args = ("--smoke", "--num-samples", "4", "--epochs", "3", "--max-concurrent", "1", "--seed", "0")
     log = tmp_path / "sweep.log"
@@ -483,7 +483,10 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
             text=True,
         )
     deadline = time.monotonic() + 300
-    while "\ntrial 1 " not in log.read_text():  # SIGTERM once two trials ended (the driver says so first)
+    while True:  # SIGTERM once two trials' runs are FINISHED and a third one's is open: a trial mid-run
+        states = [status for _, status, _ in trial_run_states(tmp_path / "mlflow.db")]
+        if states.count("FINISHED") >= 2 and "RUNNING" in states:
+            break
         assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -498,7 +501,9 @@ def test_sigterm_mid_sweep_loses_nothing_and_resume_finishes_exactly_once(ray_cl
     parent, children = parent_and_children(again)
     keys = [r.data.tags["jepa_ray.params_key"] for r in children]
     assert len(keys) == len(set(keys)) == 4 and {r.info.status for r in children} == {"FINISHED"}
-    for r in children:  # a re-run trial's run lost the stopped sweep's failure: its reason and its kind
+    resumed = [r for r in children if r.data.tags.get("jepa_ray.resumed") == "true"]
+    assert len(resumed) == 1, [r.data.tags for r in children]  # the trial SIGTERM cut short, in its run
+    for r in children:  # ... which lost the stopped sweep's failure: its reason and its kind
         assert not {"jepa_ray.failure", "jepa_ray.failure_kind"} & set(r.data.tags), r.data.tags
     c = client(again)
     for r in children:  # every epoch exactly once
