@@ -331,6 +331,7 @@ def test_smoke_sweep_parent_run(smoke):
     assert tags["jepa_ray.sampler"] == "tpe" and tags["jepa_ray.sampler_seed"] == "0"
     assert tags["jepa_ray.optuna_storage"] == smoke.optuna_storage
     assert parent.data.params["num_samples"] == "2" and parent.data.params["base.epochs"] == "1"
+    assert tags[tracking_contract.SWEEP_MAX_CONCURRENT] == "1"  # --smoke: one at a time, one actor
     assert len(children) == 2
     # The runs table's Source and Version columns, and the description on the run's page.
     assert tags[tracking_contract.SOURCE_NAME] == "sweeps/rectified.py"
@@ -447,6 +448,24 @@ def space(trial):
         overrides["batch_size"] = 100000
     return overrides
 '''
+
+
+@pytest.mark.parametrize(
+    "argv, samples, concurrent",
+    [
+        ([], 2, 1),
+        (["--num-samples", "5"], 5, 1),
+        (["--num-samples=5", "--max-concurrent=3"], 5, 3),
+        (["--max-concurrent", "0"], 2, 0),  # 0: what the cluster fits, as without --smoke
+    ],
+)
+def test_smoke_runs_two_trials_one_at_a_time_unless_told_otherwise(argv, samples, concurrent):
+    from jepa_ray.sweep.cli import _smoke
+    from jepa_ray.sweep.options import SweepOptions, parser
+
+    argv = ["--smoke", *argv]
+    opts = _smoke(SweepOptions(**vars(parser(SweepOptions()).parse_args(argv))), argv)
+    assert (opts.num_samples, opts.max_concurrent) == (samples, concurrent)
 
 
 @pytest.mark.slow

@@ -21,6 +21,21 @@ RECTIFIED = dict(space="rectified", preset="digits-sweep", experiment="rectified
 LEJEPA = dict(space="lejepa", preset="lejepa-digits", experiment="lejepa")
 
 
+def _given(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _smoke(opts: SweepOptions, argv: list[str]) -> SweepOptions:
+    """`--smoke`: 2 trials, one after the other. One trial actor then trains both (Tune reuses
+    it): its imports (torch, timm, torchvision, Ray Train: about 7 CPU-seconds) are paid once,
+    which on a small machine ends the check sooner than two actors importing side by side."""
+    if not _given(argv, "--num-samples"):
+        opts = dataclasses.replace(opts, num_samples=2)
+    if not _given(argv, "--max-concurrent"):
+        opts = dataclasses.replace(opts, max_concurrent=1)
+    return opts
+
+
 def main(argv: list[str] | None = None, **defaults: Any) -> int:
     """Entry point of the sweep scripts; `defaults` set the space, preset and experiment."""
     base_defaults = SweepOptions(**defaults)
@@ -30,8 +45,8 @@ def main(argv: list[str] | None = None, **defaults: Any) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     opts = dataclasses.replace(base_defaults, **vars(args))
-    if opts.smoke and "--num-samples" not in (argv if argv is not None else sys.argv):
-        opts.num_samples = 2
+    if opts.smoke:
+        opts = _smoke(opts, argv if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not opts.verbose:  # Ray's, Tune's and MLflow's own chatter: what a user cannot act on
         import mlflow  # noqa: F401 (it sets its loggers' levels when imported: set ours after)

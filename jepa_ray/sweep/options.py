@@ -82,7 +82,8 @@ class SweepOptions:
     resume: bool = False
     """Continue the newest (or --name) sweep of the experiment."""
     smoke: bool = False
-    """A tiny sweep for tests: 2 trials of 1 epoch (--num-samples and --epochs still apply)."""
+    """A tiny sweep for tests: 2 trials of 1 epoch, one at a time (--num-samples, --max-concurrent
+    and --epochs still apply)."""
     address: str | None = None
     """Ray cluster HOST:PORT, 'auto' (one started on this machine) or 'local' (default: $RAY_ADDRESS,
     else a cluster started with ray start / ray up, else a local instance of this sweep's own)."""
