@@ -70,7 +70,8 @@ step "cuda tests" 240 log "$PY" -m pytest -q -m cuda -p no:cacheprovider --no-he
 
 # 2. The trainer: our loop (in-process, as a one-worker trial trains) against a plain loop.
 if [ "$DRY" = 1 ]; then
-    step "trainer" 240 json "$PY" benchmarks/trainer.py --device cpu --batch 64 --epochs 2 --steps 2 --max-train 256
+    step "trainer" 240 json "$PY" benchmarks/trainer.py --device cpu --batch 64 --epochs 2 --steps 2 --max-train 256 \
+        --compare-precision
 else
     step "trainer" 300 json "$PY" benchmarks/trainer.py --cifar "$DATA" --device cuda --backbone resnet18 \
         --batch 512 --precision bf16 --epochs 3 --steps 30

@@ -38,21 +38,6 @@ def run_bench(*args: str, positive: bool = True, env: dict[str, str] | None = No
     return rows
 
 
-@pytest.mark.slow
-def test_regularizers_benchmark_quick():
-    rows = run_bench("benchmarks/regularizers.py", "--quick", "--device", "cpu")
-    cases = " ".join(r["case"] for r in rows)
-    assert "rdmreg" in cases and "sigreg" in cases and "sample rgg p=0.5" in cases
-
-
-@pytest.mark.slow
-def test_trainer_benchmark_in_process():
-    small = ("--epochs", "2", "--steps", "3", "--max-train", "256", "--batch", "64")
-    rows = run_bench("benchmarks/trainer.py", *small, "--device", "cpu", "--compare-precision")
-    assert [r["metric"] for r in rows] == ["views_per_s", "img_per_s", "img_per_s", "img_per_s"]
-    assert "baseline" in rows[2] and "baseline" in rows[3] and rows[3]["case"].startswith("jepa_ray fit bf16 vs fp32")
-
-
 def test_trainer_benchmark_probe_grid():
     rows = run_bench("benchmarks/trainer.py", "--probe-grid")
     assert [r["metric"] for r in rows] == ["cpu_s"] and len(rows[0]["runs"]) == 3 and rows[0]["value"] > 0
@@ -70,10 +55,10 @@ def test_quality_benchmark_default_case_and_mu_curve():
 
 
 @pytest.mark.slow
-def test_search_benchmark_quick():
-    # Its own Ray, not the session's: tests/test_cluster_config.py needs this process without Ray.
+def test_search_benchmark_quick(ray_cluster):
     rows = run_bench(
         "benchmarks/search.py",
+        *("--address", ray_cluster),  # the session's Ray instance: one of its own costs Ray's start-up again
         "--methods",
         "moasha-tpe",  # one live sweep: the replayed benchmark below runs every method
         "--seeds",
@@ -84,6 +69,7 @@ def test_search_benchmark_quick():
         "2",
         "--preset",
         "smoke",
+        *("--extra", "--max-concurrent", "1"),  # one trial actor trains them all (its imports paid once)
         positive=False,  # a hypervolume can be 0 (nothing finished within a small budget)
     )
     per_method = [r for r in rows if r["case"].endswith("mean over seeds [0]")]
@@ -128,7 +114,7 @@ def test_data_benchmark_eval_memory_small():
 
 
 @pytest.mark.slow
-def test_scale_benchmark_quick():
+def test_scale_benchmark_quick(ray_cluster):
     """The real driver over 8 synthetic replayed trials, 2 at a time, against bare Tune: every
     figure printed, and MLflow and Optuna hold every trial exactly once; on sqlite files, and
     with MLflow's tracking server on PostgreSQL and Optuna's study on the same server (one run of
@@ -142,7 +128,7 @@ def test_scale_benchmark_quick():
     else:
         warnings.warn(f"scale benchmark without PostgreSQL: {unavailable()}", stacklevel=1)
     quick = ("--trials", "8", "--epochs", "3", "--concurrency", "2", "--configs", "4", "--stores", ",".join(stores))
-    all_rows = run_bench("benchmarks/scale.py", *quick, positive=False)
+    all_rows = run_bench("benchmarks/scale.py", *quick, "--address", ray_cluster, positive=False)
     for store in stores:
         prefix = f"8 trials x 3 epochs, 2 at a time, MLflow {store}"
         rows = [r for r in all_rows if r["case"].startswith(prefix)]
@@ -368,8 +354,9 @@ def test_reproduce_retrains_with_changes_and_compares_means_with_the_noise_floor
 @pytest.mark.slow
 def test_the_gpu_script_runs_every_step_on_a_cpu_in_its_dry_run():
     """benchmarks/gpu.sh, the one command for a lent GPU, with GPU_SH_DRY_RUN=1: each step (the
-    CUDA tests, the trainer against a plain loop, the regularizers, a 2-trial sweep) runs small on
-    the CPU and passes, and every line it prints is a JSON benchmark line."""
+    CUDA tests, the trainer against a plain loop and bf16 against fp32, the regularizers, a
+    2-trial sweep) runs small on the CPU and passes, and every line it prints is a JSON benchmark
+    line: the trainer's and the regularizers' tests too."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(
         ["bash", "benchmarks/gpu.sh"],
@@ -382,7 +369,13 @@ def test_the_gpu_script_runs_every_step_on_a_cpu_in_its_dry_run():
     steps = {r["case"]: r["value"] for r in rows if r["bench"] == "gpu.sh" and r["metric"] == "exit_code"}
     assert steps == {"cuda tests": 0, "trainer": 0, "regularizers": 0, "2-trial sweep": 0}, out.stderr[-3000:]
     assert out.returncode == 0
-    assert {r["bench"] for r in rows} >= {"gpu.sh", "trainer", "regularizers"}
+    # The trainer and regularizer benchmarks' own rows (their small runs are these steps).
+    trainer = [r for r in rows if r["bench"] == "trainer"]
+    assert [r["metric"] for r in trainer] == ["views_per_s", "img_per_s", "img_per_s", "img_per_s"], trainer
+    assert "baseline" in trainer[2] and "baseline" in trainer[3]
+    assert trainer[3]["case"].startswith("jepa_ray fit bf16 vs fp32")  # --compare-precision
+    cases = " ".join(r["case"] for r in rows if r["bench"] == "regularizers")
+    assert "rdmreg" in cases and "sigreg" in cases and "sample rgg p=0.5" in cases
     import torch
 
     if not torch.cuda.is_available():  # the real run refuses at once, with one line

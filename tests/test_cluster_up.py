@@ -47,8 +47,8 @@ def _reap_leftovers() -> None:
     on port 22 and the test user's Ray head and MLflow on 6379, 8265 and 5000, and every later
     run would skip: kill the test user's processes and any sshd whose config lets in only the
     test user (this fixture's; a config pytest has since deleted counts when it lay where this
-    fixture writes it), then wait for the ports."""
-    subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+    fixture writes it), then, where it killed anything, wait for the ports."""
+    killed = subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True).returncode == 0
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().decode(errors="replace").replace("\0", " ").split()
@@ -63,8 +63,9 @@ def _reap_leftovers() -> None:
             ours = "pytest-of-" in str(config) and config.parent.name.startswith("cluster")
         if ours:
             os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            killed = True
     deadline = time.monotonic() + 10
-    while _taken_port() is not None and time.monotonic() < deadline:
+    while killed and _taken_port() is not None and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
