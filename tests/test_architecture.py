@@ -144,6 +144,8 @@ def test_the_method_and_data_layers_do_not_import_what_is_built_on_them():
         # data preflight, checkpoint files): seconds per process start, hundreds of MB each at scale
         "jepa_ray.sweep, jepa_ray.tracking.writer, jepa_ray.tracking.ops, jepa_ray.pareto, "
         "jepa_ray.train.checkpoint, jepa_ray.data.preflight",
+        # a replayed sweep's driver: it serves every row through the collapse guard
+        "jepa_ray.replay.tables, jepa_ray.train.guard",
     ],
 )
 def test_importing_the_config_and_the_driver_does_not_import_torch(imports):

@@ -3,7 +3,7 @@ the presets, and resolution + validation against the registries. Importing it is
 torch); resolving imports the registries."""
 
 from jepa_ray.config.presets import PRESETS, preset
-from jepa_ray.config.resolve import build, resolve, validate
+from jepa_ray.config.resolve import build, resolve, target_l0_density, validate
 from jepa_ray.config.schema import (
     LEAVES,
     LOSS_CONVENTION,
@@ -74,5 +74,6 @@ __all__ = [
     "save_json",
     "to_dict",
     "trained_precision",
+    "target_l0_density",
     "validate",
 ]

@@ -79,6 +79,14 @@ def resolve(cfg: TrialConfig) -> TrialConfig:
     return cfg
 
 
+def target_l0_density(cfg: TrialConfig) -> float:
+    """Closed-form fraction of non-zero coordinates of a resolved trial's target (1 for a
+    continuous one)."""
+    from jepa_ray import targets
+
+    return targets.get_target(cfg.target.target).l0_density(cfg.target.p, cfg.target.mu, cfg.target.sigma)
+
+
 def validate(cfg: TrialConfig) -> None:
     """Raise ConfigError naming the first bad field, section by section in the schema's order.
     Cheap: no data is read, no model built (the dataset, target and backbone names are checked

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from jepa_ray import contract as M
-from jepa_ray import metrics, targets
+from jepa_ray import metrics
+from jepa_ray.config.resolve import target_l0_density
 from jepa_ray.config.schema import float_list
 from jepa_ray.eval import probe
 
@@ -124,11 +125,6 @@ def extract_features(
         model, tensor_batches(images_u8, None, batch_size), normalize, device=device, autocast_dtype=autocast_dtype
     )
     return h, z
-
-
-def target_l0_density(cfg: TrialConfig) -> float:
-    """Closed-form fraction of non-zero coordinates of the target (1 for a continuous one)."""
-    return targets.get_target(cfg.target.target).l0_density(cfg.target.p, cfg.target.mu, cfg.target.sigma)
 
 
 def evaluate(

@@ -156,7 +156,7 @@ def serve(row: Row, cfg: TrialConfig) -> Iterator[tuple[dict[str, Any], float]]:
     collapse guard of `cfg` applied to each epoch (its stop reported as the trainer reports it),
     a recorded failure reported as one. The first result's seconds include the row's setup, the
     last one's its final evaluation."""
-    from jepa_ray.train.guard import TrialFailure, check_collapse  # torch: the trainer's collapse guard
+    from jepa_ray.train.guard import TrialFailure, check_collapse  # the trainer's collapse guard
 
     last = len(row.history) - 1
     for i, metrics in enumerate(row.history):

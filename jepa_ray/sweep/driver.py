@@ -157,7 +157,7 @@ def _trials_space(opts: SweepOptions) -> _Space:
     """The replayed table's space (--replay), else the search space's, checked against the
     trainer's config and the data."""
     if opts.replay:
-        from jepa_ray.replay.tables import Replay  # optional: --replay only (a curve table loads torch)
+        from jepa_ray.replay.tables import Replay  # optional: --replay only
 
         replay = Replay.open(opts.replay, opts.sets, speed=opts.replay_speed)
         grid = replay.grid()

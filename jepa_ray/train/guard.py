@@ -1,15 +1,15 @@
 """Why a trial stops early on its own: a non-finite loss, or a collapsed representation (the
 collapse guard). Both raise TrialFailure, which is not retried (it would fail again), with the
-failure kind the sweep reports (jepa_ray.contract.FailureKind)."""
+failure kind the sweep reports (jepa_ray.contract.FailureKind). Without torch: a replayed
+sweep's driver applies the collapse guard to every row of its table."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
-import torch
-
+from jepa_ray.config.resolve import target_l0_density
 from jepa_ray.contract import FailureKind
-from jepa_ray.eval.evaluate import target_l0_density
 from jepa_ray.targets import get_target
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def check_finite(pending, epoch: int) -> None:
     if pending is None:
         return
     step, loss, inv, reg = pending
-    if not torch.isfinite(loss):
+    if not math.isfinite(loss):  # a 0-d tensor (one sync, as torch.isfinite's bool would be)
         raise TrialFailure(
             f"non-finite loss at epoch {epoch} step {step}: invariance={inv.item():.4g} regularizer={reg.item():.4g}"
         )
