@@ -102,6 +102,9 @@ propose the same parameters (a repeat trains with its own seed and is judged as 
 TRIAL_DIR = "jepa_ray.trial_dir"
 """The trial's checkpoint store: where an interrupted trial resumes from."""
 FAILURE_KIND = "jepa_ray.failure_kind"
+FAILURE_TAGS = (FAILURE, FAILURE_KIND)
+"""The tags of a failed trial's run: why, and which kind (FailureKind); --resume deletes both
+from a run it trains again."""
 STOPPED = "jepa_ray.stopped"
 """Why a scheduler stopped the trial at a rung (its run ends KILLED, its curves kept)."""
 PARENT = "mlflow.parentRunId"

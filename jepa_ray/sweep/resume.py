@@ -27,6 +27,7 @@ from jepa_ray.contract import (
     EPOCH_PROBE_METRIC,
     FAILURE,
     FAILURE_KIND,
+    FAILURE_TAGS,
     STOPPED,
     FailureKind,
     has_final_metrics,
@@ -122,7 +123,7 @@ def prepare_resume(
                 if where:
                     state.resume_map[key] = where
                 committed = _log_missing_epochs(c, run.info.run_id, where)
-                failure_tags = tuple(tag for tag in (FAILURE, FAILURE_KIND) if tag in run.data.tags)
+                failure_tags = tuple(tag for tag in FAILURE_TAGS if tag in run.data.tags)
                 reused = ReusedRun(run.info.run_id, failure_tags, committed)
                 state.reuse_runs.setdefault(key, []).append(reused)
         elif t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (

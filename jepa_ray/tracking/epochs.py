@@ -17,7 +17,7 @@ class ReusedRun:
     tracking server down for a moment would stop the sweep instead of the writer's patience)."""
 
     run_id: str
-    failure_tags: tuple[str, ...]  # why the stopped sweep failed it (FAILURE, FAILURE_KIND): the re-run clears them
+    failure_tags: tuple[str, ...]  # why the stopped sweep failed it (of FAILURE_TAGS): the re-run clears them
     committed: int  # its newest epoch in MLflow (-1: none)
 
 

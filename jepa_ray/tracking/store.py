@@ -25,6 +25,7 @@ from jepa_ray.contract import (
     SOURCE_TYPE,
     SWEEP_NAME,
     TRAINING_KIND,
+    FailureKind,
 )
 from jepa_ray.errors import one_line
 
@@ -161,7 +162,7 @@ def fail_running_trials(tracking_uri: str, exp_id: str, parent_run_id: str, why:
     running = trial_runs(tracking_uri, exp_id, parent_run_id, status="RUNNING")
     for run in running:
         c.set_tag(run.info.run_id, FAILURE, one_line(why))
-        c.set_tag(run.info.run_id, FAILURE_KIND, "unfinished")
+        c.set_tag(run.info.run_id, FAILURE_KIND, FailureKind.UNFINISHED.value)
         c.set_terminated(run.info.run_id, "FAILED")
     return len(running)
 
