@@ -373,3 +373,19 @@ def test_suite_cpu_counts_a_detached_childs_cpu_by_kind(tmp_path):
     assert by_case["the command"]["exit_code"] == 0 and by_case["all processes"]["value"] >= 0.8
     bad = subprocess.run([sys.executable, "benchmarks/suite_cpu.py"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "a command is needed after --" in bad.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pytest_cpu_prints_one_row_per_test_and_refuses_parallel_workers(tmp_path):
+    out = tmp_path / "cpu.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks"), "PYTEST_CPU_OUT": str(out)}
+    argv = [sys.executable, "-m", "pytest", "-p", "pytest_cpu", "-p", "no:cacheprovider", "tests/test_optim.py"]
+    run = subprocess.run([*argv, "-n", "0", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    passed = int(run.stdout.split(" passed")[0].rsplit(None, 1)[-1])
+    assert len(rows) == passed and all(REQUIRED <= set(r) and r["value"] >= 0 for r in rows), rows
+    assert all(r["case"].startswith("tests/test_optim.py::") for r in rows)
+    assert f"CPU by test: {sum(r['value'] for r in rows):.0f} CPU-s over {passed} tests" in run.stdout
+    refused = subprocess.run([*argv, "-n", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "run it with -n 0" in refused.stderr
